@@ -1,0 +1,105 @@
+//! Engine throughput on real code: `cargo bench --bench engine`.
+//!
+//! The corpus is real source already on the machine: `SPILLWAY_BENCH_CORPUS` (a directory, e.g. the
+//! one `bench/make-corpus` builds), else the cargo registry's crate sources, read up to
+//! `SPILLWAY_BENCH_MB` (default 64) MiB into memory, one buffer per file. Single-threaded: this is the
+//! per-core figure. Three rule sets show that weak-prefix and generic keyword rules do not slow the
+//! strong-prefix pass.
+
+use std::path::{Path, PathBuf};
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use spillway::scanner::rule::{Pass, RawRuleFile, default_rules};
+use spillway::scanner::{Finding, RuleSet, ScanOptions};
+
+fn collect(dir: &Path, budget: &mut usize, out: &mut Vec<Vec<u8>>) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut entries: Vec<PathBuf> = rd.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    entries.sort();
+    for p in entries {
+        if *budget == 0 {
+            return;
+        }
+        if p.is_dir() {
+            collect(&p, budget, out);
+        } else if let Ok(data) = std::fs::read(&p) {
+            if data.len() <= 1 << 20 && !data[..data.len().min(8192)].contains(&0) {
+                *budget = budget.saturating_sub(data.len());
+                out.push(data);
+            }
+        }
+    }
+}
+
+fn corpus() -> Vec<Vec<u8>> {
+    let mb: usize = std::env::var("SPILLWAY_BENCH_MB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(64);
+    let dir = std::env::var_os("SPILLWAY_BENCH_CORPUS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let home = std::env::var_os("HOME")
+                .map(PathBuf::from)
+                .unwrap_or_default();
+            home.join(".cargo/registry/src")
+        });
+    let mut out = Vec::new();
+    collect(&dir, &mut (mb << 20), &mut out);
+    assert!(!out.is_empty(), "no corpus under {}", dir.display());
+    out
+}
+
+/// A Gitleaks-style generic rule: case-insensitive keywords, no prefix.
+const GENERIC: &str = r#"
+[[rules]]
+id = "bench.generic-assignment"
+name = "Generic secret assignment"
+token_type = "generic"
+description = "key/secret/token = <high entropy>"
+regex = '''(?i)(?:key|secret|token|passwd|password)(?-u:\b)["']?\s*[:=]\s*["']?([A-Za-z0-9_\-+/]{24,64})'''
+keywords = ["key", "secret", "token", "passw"]
+min_entropy = 4.0
+"#;
+
+fn bench(c: &mut Criterion) {
+    let files = corpus();
+    let bytes: usize = files.iter().map(Vec::len).sum();
+    let full = default_rules().expect("default rules");
+    let strong: Vec<_> = full
+        .iter()
+        .filter(|r| r.pass == Pass::Combined)
+        .cloned()
+        .collect();
+    let mut with_generic = full.clone();
+    let raw: RawRuleFile = toml::from_str(GENERIC).unwrap();
+    with_generic.extend(raw.rules.into_iter().map(|r| r.compile("bench").unwrap()));
+    let sets = [
+        ("strong-prefix-only", strong),
+        ("default", full),
+        ("default+generic", with_generic),
+    ];
+
+    let mut group = c.benchmark_group("engine");
+    group.throughput(Throughput::Bytes(bytes as u64));
+    group.sample_size(10);
+    for (name, rules) in sets {
+        let set = RuleSet::new(rules, ScanOptions::default()).unwrap();
+        let mut scanner = set.scanner();
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                let mut n = 0usize;
+                for f in &files {
+                    scanner.scan("bench", f, &mut |_: Finding<'_>| n += 1);
+                }
+                n
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

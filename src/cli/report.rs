@@ -1,0 +1,228 @@
+//! Output of `spillway scan`: findings as text, JSON or SARIF 2.1.0 (as GitHub code scanning takes it).
+//!
+//! A [`ReportedFinding`] is the owned, printable form of a scanner finding. It holds the raw secret
+//! only when `--show-secrets` asked for it.
+
+use std::io::{self, Write};
+
+use serde::Serialize;
+use serde_json::json;
+
+use crate::scanner::{Finding, Rule};
+
+/// Where a finding was seen.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Location {
+    /// A path (relative to the scan root when possible), or `-` for stdin.
+    pub path: String,
+    /// For `--git`: the commit that introduced the blob.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub commit: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ReportedFinding {
+    #[serde(flatten)]
+    pub location: Location,
+    pub line: usize,
+    pub column: usize,
+    #[serde(skip)]
+    pub column_utf16: usize,
+    pub start: usize,
+    pub end: usize,
+    pub rule_id: String,
+    pub rule_name: String,
+    pub token_type: String,
+    pub verdict: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub invalid_reason: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subtype: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<i64>,
+    pub preview: String,
+    pub fingerprint: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+}
+
+impl ReportedFinding {
+    pub fn new(f: &Finding<'_>, location: Location, haystack: &[u8], show_secret: bool) -> Self {
+        let line_start = f.span.start + 1 - f.column;
+        let prefix = String::from_utf8_lossy(&haystack[line_start..f.span.start]);
+        ReportedFinding {
+            location,
+            line: f.line,
+            column: f.column,
+            column_utf16: prefix.encode_utf16().count() + 1,
+            start: f.span.start,
+            end: f.span.end,
+            rule_id: f.rule.id.clone(),
+            rule_name: f.rule.name.clone(),
+            token_type: f.rule.token_type.clone(),
+            verdict: f.verdict.as_str(),
+            invalid_reason: match f.verdict {
+                crate::scanner::Verdict::Invalid(why) => Some(why.to_string()),
+                _ => None,
+            },
+            subtype: f.subtype().map(str::to_owned),
+            expires_at: f.jwt.as_ref().and_then(|j| j.expires_at),
+            preview: f.preview(),
+            fingerprint: f.fingerprint(),
+            secret: show_secret.then(|| f.secret().expose().to_owned()),
+        }
+    }
+
+    fn sort_key(&self) -> (&Location, usize, usize, &str) {
+        (&self.location, self.line, self.column, &self.rule_id)
+    }
+}
+
+/// Sorts findings so output is the same on every run, whatever the thread interleaving.
+pub fn sort(findings: &mut [ReportedFinding]) {
+    findings.sort_by(|a, b| a.sort_key().cmp(&b.sort_key()));
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Text,
+    Json,
+    Sarif,
+}
+
+pub fn write(
+    out: &mut impl Write,
+    format: Format,
+    findings: &[ReportedFinding],
+    rules: &[Rule],
+) -> io::Result<()> {
+    match format {
+        Format::Text => write_text(out, findings),
+        Format::Json => {
+            serde_json::to_writer_pretty(&mut *out, findings)?;
+            writeln!(out)
+        }
+        Format::Sarif => {
+            serde_json::to_writer_pretty(&mut *out, &sarif(findings, rules))?;
+            writeln!(out)
+        }
+    }
+}
+
+fn write_text(out: &mut impl Write, findings: &[ReportedFinding]) -> io::Result<()> {
+    for f in findings {
+        let commit = f
+            .location
+            .commit
+            .as_deref()
+            .map(|c| format!(" (commit {c})"))
+            .unwrap_or_default();
+        let detail = [f.subtype.as_deref(), f.invalid_reason.as_deref()]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>();
+        let detail = if detail.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", detail.join(", "))
+        };
+        let shown = f.secret.as_deref().unwrap_or(&f.preview);
+        writeln!(
+            out,
+            "{}:{}:{}{commit}: {} [{}] {}{detail} {shown}",
+            f.location.path, f.line, f.column, f.rule_id, f.token_type, f.verdict
+        )?;
+    }
+    Ok(())
+}
+
+/// SARIF 2.1.0 with what GitHub code scanning reads: rules, `ruleId`/`ruleIndex`, a message,
+/// `physicalLocation` with `artifactLocation.uri` and a 1-based `region`, and `partialFingerprints`.
+pub fn sarif(findings: &[ReportedFinding], rules: &[Rule]) -> serde_json::Value {
+    let mut used: Vec<&Rule> = rules
+        .iter()
+        .filter(|r| findings.iter().any(|f| f.rule_id == r.id))
+        .collect();
+    used.sort_by(|a, b| a.id.cmp(&b.id));
+    let sarif_rules: Vec<_> = used
+        .iter()
+        .map(|r| {
+            json!({
+                "id": r.id,
+                "name": r.token_type,
+                "shortDescription": { "text": r.name },
+                "fullDescription": { "text": if r.description.is_empty() { &r.name } else { &r.description } },
+                "defaultConfiguration": { "level": "error" },
+                "properties": { "tags": ["security", "secret"], "security-severity": "9.0" }
+            })
+        })
+        .collect();
+    let results: Vec<_> = findings
+        .iter()
+        .map(|f| {
+            let index = used.iter().position(|r| r.id == f.rule_id).unwrap_or(0);
+            let mut result = json!({
+                "ruleId": f.rule_id,
+                "ruleIndex": index,
+                "level": if f.verdict == "invalid" { "note" } else { "error" },
+                "message": { "text": format!("{} found: {} ({})", f.rule_name, f.preview, f.verdict) },
+                "locations": [{
+                    "physicalLocation": {
+                        "artifactLocation": { "uri": sarif_uri(&f.location.path) },
+                        "region": {
+                            "startLine": f.line,
+                            "startColumn": f.column_utf16,
+                            "endLine": f.line,
+                            "endColumn": f.column_utf16 + f.end - f.start
+                        }
+                    }
+                }],
+                "partialFingerprints": { "spillwaySecret/v1": f.fingerprint }
+            });
+            if let Some(commit) = &f.location.commit {
+                result["properties"] = json!({ "commitSha": commit });
+            }
+            result
+        })
+        .collect();
+    json!({
+        "$schema": "https://json.schemastore.org/sarif-2.1.0.json",
+        "version": "2.1.0",
+        "runs": [{
+            "tool": { "driver": {
+                "name": "spillway",
+                "version": env!("CARGO_PKG_VERSION"),
+                "informationUri": "https://github.com/spillway/spillway",
+                "rules": sarif_rules
+            }},
+            "columnKind": "utf16CodeUnits",
+            "results": results
+        }]
+    })
+}
+
+/// A relative URI with forward slashes and percent-encoded spaces, as code scanning expects.
+fn sarif_uri(path: &str) -> String {
+    let path = path.strip_prefix("./").unwrap_or(path).replace('\\', "/");
+    let mut out = String::with_capacity(path.len());
+    for b in path.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'/' | b'-' | b'_' | b'.' | b'~' => {
+                out.push(b as char)
+            }
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sarif_uris_are_relative_and_escaped() {
+        assert_eq!(sarif_uri("./src/a b.rs"), "src/a%20b.rs");
+        assert_eq!(sarif_uri("dir\\x.env"), "dir/x.env");
+    }
+}

@@ -1,0 +1,371 @@
+//! `spillway scan`: files, directories (parallel walk honouring `.gitignore`), stdin and git history.
+//!
+//! Exit status: 0 nothing found, 1 findings, 2 an error (the message names the path).
+
+use std::io::{IsTerminal, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use anyhow::Context as _;
+
+use super::baseline::Baseline;
+use super::report::{self, Format, Location, ReportedFinding};
+use crate::scanner::{RuleSet, ScanOptions, rule};
+
+/// Files this large or larger are skipped unless `--max-file-size` says otherwise.
+const DEFAULT_MAX_FILE_SIZE: &str = "25M";
+/// The first bytes inspected for a NUL to call a file binary (as git and ripgrep do).
+const BINARY_SNIFF: usize = 8 << 10;
+
+#[derive(Debug, clap::Args)]
+pub struct ScanArgs {
+    /// Files or directories to scan; `-` reads stdin. With --git: repositories. Default: `.`.
+    pub paths: Vec<PathBuf>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+    /// Extra rule files or directories (Spillway or Gitleaks TOML). Repeatable.
+    #[arg(long = "rules", value_name = "DIR")]
+    pub rules: Vec<PathBuf>,
+    /// Use only the rules given with --rules.
+    #[arg(long)]
+    pub no_default_rules: bool,
+    /// Also report candidates that fail their checksum or structure check (marked invalid).
+    #[arg(long)]
+    pub include_invalid: bool,
+    /// Print secrets in full (by default only a redacted preview).
+    #[arg(long)]
+    pub show_secrets: bool,
+    /// Scan every blob in the history of the repositories given as paths.
+    #[arg(long)]
+    pub git: bool,
+    /// Skip files larger than this (bytes, or with K, M or G).
+    #[arg(long, default_value = DEFAULT_MAX_FILE_SIZE, value_parser = parse_size)]
+    pub max_file_size: u64,
+    /// Also scan files that .gitignore / .ignore exclude.
+    #[arg(long)]
+    pub no_ignore: bool,
+    /// Worker threads (default: one per core).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Suppress findings listed in this baseline file.
+    #[arg(long, value_name = "FILE")]
+    pub baseline: Option<PathBuf>,
+    /// Write every finding of this scan to a baseline file (and exit 0 unless an error occurred).
+    #[arg(long, value_name = "FILE")]
+    pub write_baseline: Option<PathBuf>,
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (digits, mult) = match s.char_indices().last() {
+        Some((i, 'K' | 'k')) => (&s[..i], 1u64 << 10),
+        Some((i, 'M' | 'm')) => (&s[..i], 1 << 20),
+        Some((i, 'G' | 'g')) => (&s[..i], 1 << 30),
+        _ => (s, 1),
+    };
+    digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .ok_or_else(|| format!("{s:?} is not a size (examples: 1048576, 512K, 25M, 1G)"))
+}
+
+/// Counters shared by scanning threads (for the progress line and the summary).
+#[derive(Debug, Default)]
+pub struct ScanStats {
+    pub files: AtomicUsize,
+    pub bytes: AtomicU64,
+    pub skipped_binary: AtomicUsize,
+    pub skipped_large: AtomicUsize,
+}
+
+impl ScanStats {
+    pub fn add_scanned(&self, bytes: usize) {
+        self.files.fetch_add(1, Ordering::Relaxed);
+        self.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+}
+
+pub fn is_binary(data: &[u8]) -> bool {
+    memchr::memchr(0, &data[..data.len().min(BINARY_SNIFF)]).is_some()
+}
+
+fn build_rules(args: &ScanArgs) -> anyhow::Result<RuleSet> {
+    let mut rules = if args.no_default_rules {
+        Vec::new()
+    } else {
+        rule::default_rules()?
+    };
+    for path in &args.rules {
+        let extra = if path.is_dir() {
+            rule::load_rules_dir(path)?
+        } else {
+            rule::load_rule_file(path)?
+        };
+        rules.extend(extra);
+    }
+    anyhow::ensure!(
+        !rules.is_empty(),
+        "no rules: --no-default-rules needs --rules DIR"
+    );
+    Ok(RuleSet::new(
+        rules,
+        ScanOptions {
+            include_invalid: args.include_invalid,
+        },
+    )?)
+}
+
+/// Runs `spillway scan`; returns the process exit code.
+pub fn run(args: ScanArgs) -> u8 {
+    match run_inner(&args) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("spillway scan: error: {e:#}");
+            2
+        }
+    }
+}
+
+fn run_inner(args: &ScanArgs) -> anyhow::Result<u8> {
+    let set = build_rules(args)?;
+    let baseline = args.baseline.as_deref().map(Baseline::load).transpose()?;
+    let threads = args
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .max(1);
+    let paths = if args.paths.is_empty() {
+        vec![PathBuf::from(".")]
+    } else {
+        args.paths.clone()
+    };
+    let stats = ScanStats::default();
+    let errors = Mutex::new(Vec::<String>::new());
+    let done = AtomicBool::new(false);
+
+    let mut findings = std::thread::scope(|s| {
+        if std::io::stderr().is_terminal() {
+            s.spawn(|| progress(&stats, &done));
+        }
+        let result = scan_paths(args, &set, &paths, threads, &stats, &errors);
+        done.store(true, Ordering::Relaxed);
+        result
+    })?;
+
+    let errors = errors.into_inner().expect("threads joined");
+    for e in &errors {
+        eprintln!("spillway scan: error: {e}");
+    }
+    if let Some(path) = &args.write_baseline {
+        report::sort(&mut findings);
+        Baseline::from_findings(&findings).save(path)?;
+        eprintln!(
+            "spillway scan: wrote {} findings to baseline {}",
+            findings.len(),
+            path.display()
+        );
+        return Ok(if errors.is_empty() { 0 } else { 2 });
+    }
+    if let Some(b) = &baseline {
+        let known = b.fingerprints();
+        findings.retain(|f| !known.contains(f.fingerprint.as_str()));
+    }
+    report::sort(&mut findings);
+    let mut out = std::io::stdout().lock();
+    report::write(&mut out, args.format, &findings, set.rules()).context("cannot write output")?;
+    out.flush().context("cannot write output")?;
+    let skipped = (
+        stats.skipped_binary.load(Ordering::Relaxed),
+        stats.skipped_large.load(Ordering::Relaxed),
+    );
+    if skipped.1 > 0 {
+        eprintln!(
+            "spillway scan: skipped {} files over --max-file-size",
+            skipped.1
+        );
+    }
+    Ok(match (errors.is_empty(), findings.is_empty()) {
+        (false, _) => 2,
+        (true, true) => 0,
+        (true, false) => 1,
+    })
+}
+
+fn scan_paths(
+    args: &ScanArgs,
+    set: &RuleSet,
+    paths: &[PathBuf],
+    threads: usize,
+    stats: &ScanStats,
+    errors: &Mutex<Vec<String>>,
+) -> anyhow::Result<Vec<ReportedFinding>> {
+    let mut findings = Vec::new();
+    if args.git {
+        for path in paths {
+            findings.extend(super::git_history::scan_history(
+                set,
+                path,
+                threads,
+                args.max_file_size,
+                args.show_secrets,
+                stats,
+            )?);
+        }
+        return Ok(findings);
+    }
+    let (stdin, fs_paths): (Vec<&PathBuf>, Vec<&PathBuf>) =
+        paths.iter().partition(|p| p.as_os_str() == "-");
+    if !stdin.is_empty() {
+        let mut data = Vec::new();
+        std::io::stdin()
+            .lock()
+            .read_to_end(&mut data)
+            .context("-: cannot read stdin")?;
+        stats.add_scanned(data.len());
+        let mut scanner = set.scanner();
+        let location = Location {
+            path: "-".into(),
+            commit: None,
+        };
+        scanner.scan("-", &data, &mut |f: crate::scanner::Finding<'_>| {
+            findings.push(ReportedFinding::new(
+                &f,
+                location.clone(),
+                &data,
+                args.show_secrets,
+            ));
+        });
+    }
+    for p in &fs_paths {
+        if !p.exists() {
+            errors
+                .lock()
+                .expect("no panics while locked")
+                .push(format!("{}: no such file or directory", p.display()));
+        }
+    }
+    let fs_paths: Vec<&PathBuf> = fs_paths.into_iter().filter(|p| p.exists()).collect();
+    let Some((first, rest)) = fs_paths.split_first() else {
+        return Ok(findings);
+    };
+    let mut walk = ignore::WalkBuilder::new(first);
+    for p in rest {
+        walk.add(p);
+    }
+    walk.threads(threads)
+        .hidden(false)
+        .require_git(false)
+        .git_ignore(!args.no_ignore)
+        .git_exclude(!args.no_ignore)
+        .git_global(!args.no_ignore)
+        .ignore(!args.no_ignore)
+        .parents(!args.no_ignore)
+        .filter_entry(|e| e.file_name() != ".git");
+    let found = Mutex::new(findings);
+    walk.build_parallel().run(|| {
+        let mut scanner = set.scanner();
+        let mut buf = Vec::new();
+        let found = &found;
+        Box::new(move |entry| {
+            let entry = match entry {
+                Ok(e) => e,
+                Err(e) => {
+                    errors
+                        .lock()
+                        .expect("no panics while locked")
+                        .push(e.to_string());
+                    return ignore::WalkState::Continue;
+                }
+            };
+            if !entry.file_type().is_some_and(|t| t.is_file()) {
+                return ignore::WalkState::Continue;
+            }
+            let path = entry.path();
+            match read_candidate(path, args.max_file_size, &mut buf) {
+                Ok(ReadOutcome::Read) if is_binary(&buf) => {
+                    stats.skipped_binary.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(ReadOutcome::Read) => {
+                    stats.add_scanned(buf.len());
+                    let label = path.display().to_string();
+                    let location = Location {
+                        path: label.clone(),
+                        commit: None,
+                    };
+                    let mut local = Vec::new();
+                    scanner.scan(&label, &buf, &mut |f: crate::scanner::Finding<'_>| {
+                        local.push(ReportedFinding::new(
+                            &f,
+                            location.clone(),
+                            &buf,
+                            args.show_secrets,
+                        ));
+                    });
+                    if !local.is_empty() {
+                        found.lock().expect("no panics while locked").extend(local);
+                    }
+                }
+                Ok(ReadOutcome::TooLarge) => {
+                    stats.skipped_large.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => errors
+                    .lock()
+                    .expect("no panics while locked")
+                    .push(format!("{}: {e}", path.display())),
+            }
+            ignore::WalkState::Continue
+        })
+    });
+    Ok(found.into_inner().expect("walk finished"))
+}
+
+enum ReadOutcome {
+    Read,
+    TooLarge,
+}
+
+/// Reads `path` into `buf` (reused across files) unless it is larger than `max`.
+fn read_candidate(path: &Path, max: u64, buf: &mut Vec<u8>) -> std::io::Result<ReadOutcome> {
+    let mut file = std::fs::File::open(path)?;
+    let len = file.metadata()?.len();
+    if len > max {
+        return Ok(ReadOutcome::TooLarge);
+    }
+    buf.clear();
+    buf.reserve(len as usize);
+    file.read_to_end(buf)?;
+    Ok(ReadOutcome::Read)
+}
+
+/// A progress line on stderr (only when it is a terminal), cleared at the end.
+fn progress(stats: &ScanStats, done: &AtomicBool) {
+    let mut shown = false;
+    while !done.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(250));
+        let (files, bytes) = (
+            stats.files.load(Ordering::Relaxed),
+            stats.bytes.load(Ordering::Relaxed),
+        );
+        eprint!("\rscanned {files} files, {:.1} MB", bytes as f64 / 1e6);
+        shown = true;
+    }
+    if shown {
+        eprint!("\r\x1b[2K");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_with_suffixes() {
+        assert_eq!(parse_size("512K"), Ok(512 << 10));
+        assert_eq!(parse_size("25M"), Ok(25 << 20));
+        assert_eq!(parse_size("100"), Ok(100));
+        assert!(parse_size("ten").unwrap_err().contains("not a size"));
+    }
+}

@@ -1,0 +1,15 @@
+//! The scanner core: token rules as data ([`rule`]), offline validators ([`validate`]), the
+//! multi-pattern engine ([`engine`]) and what it reports ([`finding`]).
+//!
+//! Everything else in Spillway feeds text through here. This module has no async, database, HTTP or
+//! CLI imports; callers pass byte buffers and receive [`Finding`]s through a [`Sink`].
+
+pub mod engine;
+pub mod finding;
+pub mod gitleaks;
+pub mod rule;
+pub mod validate;
+
+pub use engine::{RuleSet, ScanOptions, Scanner, Sink};
+pub use finding::{Finding, TokenSecret, Verdict, redacted_preview};
+pub use rule::{Pass, Rule, RuleError};

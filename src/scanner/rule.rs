@@ -1,0 +1,412 @@
+//! Rules as data: the TOML schema of `patterns/*.toml`, parsed in two stages (raw, close to the file
+//! and validated; then compiled into a [`Rule`] with its regex and its place in the engine).
+//!
+//! Owns loading and checking rule files. It does not scan: the engine decides how rules run together.
+
+use std::path::{Path, PathBuf};
+
+use regex_automata::meta;
+use regex_syntax::hir::literal::{ExtractKind, Extractor};
+use serde::Deserialize;
+
+use super::validate::{JwtSpec, Validator};
+
+include!(concat!(env!("OUT_DIR"), "/default_rules.rs"));
+
+/// Default distance (bytes) between a keyword hit and a match for keyword-anchored rules.
+pub const DEFAULT_WINDOW: usize = 256;
+/// A literal prefix at least this long (case-sensitive) lets a rule join the combined pass.
+pub const STRONG_PREFIX_LEN: usize = 4;
+/// More case variants than this and a prefix is not a good prefilter literal.
+const MAX_PREFIX_LITERALS: usize = 8;
+
+/// An error in a rule file; always names the file and, where known, the rule.
+#[derive(Debug, thiserror::Error)]
+pub enum RuleError {
+    #[error("{file}: cannot read: {source}")]
+    Read {
+        file: String,
+        source: std::io::Error,
+    },
+    #[error("{file}: not a valid rule file: {message}")]
+    Parse { file: String, message: String },
+    #[error("{file}: rule `{id}`: {message}")]
+    Invalid {
+        file: String,
+        id: String,
+        message: String,
+    },
+    #[error("rule id `{id}` is defined twice ({first} and {second})")]
+    Duplicate {
+        id: String,
+        first: String,
+        second: String,
+    },
+}
+
+/// One rule file as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRuleFile {
+    #[serde(default)]
+    pub rules: Vec<RawRule>,
+}
+
+/// One rule as written, before compilation.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRule {
+    pub id: String,
+    pub name: String,
+    pub token_type: String,
+    #[serde(default)]
+    pub description: String,
+    pub regex: String,
+    #[serde(default)]
+    pub keywords: Vec<String>,
+    #[serde(default)]
+    pub validators: Vec<Validator>,
+    pub min_entropy: Option<f64>,
+    pub window: Option<usize>,
+    pub context: Option<RawContext>,
+    pub jwt: Option<JwtSpec>,
+    #[serde(default)]
+    pub examples: Vec<String>,
+    #[serde(default)]
+    pub negative_examples: Vec<String>,
+    /// Imported rules only: which capture group holds the secret (default: the only one).
+    #[serde(skip)]
+    pub secret_group: Option<usize>,
+    #[serde(skip)]
+    pub allowlist: Allowlist,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawContext {
+    pub keywords: Vec<String>,
+    pub within: usize,
+}
+
+/// Matches to ignore (from imported Gitleaks rules).
+#[derive(Debug, Clone, Default)]
+pub struct Allowlist {
+    /// Regexes tested against [`AllowTarget`].
+    pub regexes: Vec<meta::Regex>,
+    pub target: AllowTarget,
+    /// Case-insensitive substrings of the secret.
+    pub stopwords: Vec<String>,
+    /// Regexes over the source label (a path).
+    pub paths: Vec<meta::Regex>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum AllowTarget {
+    #[default]
+    Secret,
+    Match,
+    Line,
+}
+
+impl Allowlist {
+    pub fn is_empty(&self) -> bool {
+        self.regexes.is_empty() && self.stopwords.is_empty() && self.paths.is_empty()
+    }
+}
+
+/// How the engine runs a rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pass {
+    /// Joins the one combined regex over the whole buffer (strong literal prefix).
+    Combined,
+    /// Runs only in windows around hits of its keywords.
+    Keyword,
+    /// No keywords at all (imported rules): a separate whole-buffer pass.
+    Unanchored,
+}
+
+/// A keyword that must appear near a match.
+#[derive(Debug, Clone)]
+pub struct Context {
+    /// Lower-cased ASCII keywords.
+    pub keywords: Vec<String>,
+    pub within: usize,
+}
+
+/// A compiled rule.
+#[derive(Debug, Clone)]
+pub struct Rule {
+    pub id: String,
+    pub name: String,
+    pub token_type: String,
+    pub description: String,
+    pub pattern: String,
+    pub(crate) regex: meta::Regex,
+    pub(crate) secret_group: usize,
+    pub keywords: Vec<String>,
+    pub validators: Vec<Validator>,
+    pub min_entropy: Option<f64>,
+    pub window: usize,
+    pub context: Option<Context>,
+    pub jwt: JwtSpec,
+    pub allowlist: Allowlist,
+    pub pass: Pass,
+    /// Length of the shortest literal every match starts with (0 if none); shown in previews.
+    pub prefix_len: usize,
+    pub examples: Vec<String>,
+    pub negative_examples: Vec<String>,
+    /// Where the rule came from (file name), for messages.
+    pub origin: String,
+}
+
+fn is_valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.split(['.', '-']).all(|part| {
+            !part.is_empty()
+                && part
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        })
+}
+
+/// The shortest literal prefix of every match, and whether the prefix set is a good combined-pass
+/// prefilter (finite, few variants, each at least [`STRONG_PREFIX_LEN`] bytes).
+fn prefix_facts(hir: &regex_syntax::hir::Hir) -> (usize, bool) {
+    let seq = Extractor::new().kind(ExtractKind::Prefix).extract(hir);
+    match (seq.min_literal_len(), seq.len()) {
+        (Some(min), Some(n)) if min > 0 => {
+            (min, min >= STRONG_PREFIX_LEN && n <= MAX_PREFIX_LITERALS)
+        }
+        _ => (0, false),
+    }
+}
+
+impl RawRule {
+    /// Checks the rule and compiles it. `file` names the origin in errors.
+    pub fn compile(self, file: &str) -> Result<Rule, RuleError> {
+        let invalid = |message: String| RuleError::Invalid {
+            file: file.to_owned(),
+            id: self.id.clone(),
+            message,
+        };
+        if !is_valid_id(&self.id) {
+            return Err(invalid("id must match [a-z0-9]+([.-][a-z0-9]+)*".into()));
+        }
+        if self.token_type.trim().is_empty() {
+            return Err(invalid("token_type is empty".into()));
+        }
+        if let Some(k) = self.keywords.iter().find(|k| k.is_empty() || !k.is_ascii()) {
+            return Err(invalid(format!("keyword {k:?} must be non-empty ASCII")));
+        }
+        let hir = regex_syntax::ParserBuilder::new()
+            .build()
+            .parse(&self.regex)
+            .map_err(|e| invalid(format!("regex does not parse: {e}")))?;
+        let groups = hir.properties().explicit_captures_len();
+        let secret_group = match self.secret_group {
+            Some(g) if g <= groups => g,
+            Some(g) => {
+                return Err(invalid(format!(
+                    "secretGroup {g} but the regex has {groups} groups"
+                )));
+            }
+            None if groups == 1 => 1,
+            None => {
+                return Err(invalid(format!(
+                    "regex must have exactly one capture group, found {groups}"
+                )));
+            }
+        };
+        let regex = meta::Regex::new(&self.regex)
+            .map_err(|e| invalid(format!("regex does not compile: {e}")))?;
+        if self.validators.contains(&Validator::Jwt) != self.jwt.is_some() {
+            return Err(invalid(
+                "the `jwt` validator and the `jwt` table go together".into(),
+            ));
+        }
+        let (prefix_len, strong_prefix) = prefix_facts(&hir);
+        let pass = match (strong_prefix, self.keywords.is_empty()) {
+            (true, _) => Pass::Combined,
+            (false, false) => Pass::Keyword,
+            (false, true) => Pass::Unanchored,
+        };
+        let context = self.context.map(|c| Context {
+            keywords: c.keywords.iter().map(|k| k.to_ascii_lowercase()).collect(),
+            within: c.within,
+        });
+        Ok(Rule {
+            id: self.id,
+            name: self.name,
+            token_type: self.token_type,
+            description: self.description,
+            pattern: self.regex,
+            regex,
+            secret_group,
+            keywords: self.keywords,
+            validators: self.validators,
+            min_entropy: self.min_entropy,
+            window: self.window.unwrap_or(DEFAULT_WINDOW),
+            context,
+            jwt: self.jwt.unwrap_or_default(),
+            allowlist: self.allowlist,
+            pass,
+            prefix_len,
+            examples: self.examples,
+            negative_examples: self.negative_examples,
+            origin: file.to_owned(),
+        })
+    }
+}
+
+/// Parses one Spillway rule file.
+pub fn parse_rule_file(file: &str, text: &str) -> Result<Vec<Rule>, RuleError> {
+    let raw: RawRuleFile = toml::from_str(text).map_err(|e| RuleError::Parse {
+        file: file.to_owned(),
+        message: e.to_string(),
+    })?;
+    raw.rules.into_iter().map(|r| r.compile(file)).collect()
+}
+
+/// The rules compiled into the binary from `patterns/`.
+pub fn default_rules() -> Result<Vec<Rule>, RuleError> {
+    let mut rules = Vec::new();
+    for (name, text) in DEFAULT_RULE_FILES {
+        rules.extend(parse_rule_file(name, text)?);
+    }
+    Ok(rules)
+}
+
+/// Loads every `.toml` file in `dir` (sorted by name): Spillway rule files, or Gitleaks files
+/// (recognised by their schema).
+pub fn load_rules_dir(dir: &Path) -> Result<Vec<Rule>, RuleError> {
+    let read_err = |source| RuleError::Read {
+        file: dir.display().to_string(),
+        source,
+    };
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(read_err)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        return Err(RuleError::Parse {
+            file: dir.display().to_string(),
+            message: "no .toml rule files in directory".into(),
+        });
+    }
+    let mut rules = Vec::new();
+    for path in files {
+        rules.extend(load_rule_file(&path)?);
+    }
+    Ok(rules)
+}
+
+/// Loads one rule file, Spillway or Gitleaks format.
+pub fn load_rule_file(path: &Path) -> Result<Vec<Rule>, RuleError> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|source| RuleError::Read {
+        file: file.clone(),
+        source,
+    })?;
+    if super::gitleaks::looks_like_gitleaks(&text) {
+        super::gitleaks::parse_gitleaks_file(&file, &text)
+    } else {
+        parse_rule_file(&file, &text)
+    }
+}
+
+/// Fails on duplicate ids across all rules.
+pub fn check_unique_ids(rules: &[Rule]) -> Result<(), RuleError> {
+    let mut seen = std::collections::HashMap::new();
+    for r in rules {
+        if let Some(first) = seen.insert(r.id.as_str(), r.origin.as_str()) {
+            return Err(RuleError::Duplicate {
+                id: r.id.clone(),
+                first: first.to_owned(),
+                second: r.origin.clone(),
+            });
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_checked() {
+        assert!(is_valid_id("github.pat-classic"));
+        assert!(is_valid_id("aws"));
+        for bad in ["", "GitHub", "a..b", "a-", "-a", "a_b", "a b"] {
+            assert!(!is_valid_id(bad), "{bad:?} accepted");
+        }
+    }
+
+    fn raw(regex: &str, keywords: &[&str]) -> RawRule {
+        RawRule {
+            id: "t".into(),
+            name: "t".into(),
+            token_type: "t".into(),
+            description: String::new(),
+            regex: regex.into(),
+            keywords: keywords.iter().map(|s| s.to_string()).collect(),
+            validators: vec![],
+            min_entropy: None,
+            window: None,
+            context: None,
+            jwt: None,
+            examples: vec![],
+            negative_examples: vec![],
+            secret_group: None,
+            allowlist: Allowlist::default(),
+        }
+    }
+
+    #[test]
+    fn strong_prefixes_join_the_combined_pass_and_weak_ones_do_not() {
+        assert_eq!(
+            raw(r"(?-u:\b)(ghp_[A-Za-z0-9]{36})", &["ghp_"])
+                .compile("f")
+                .unwrap()
+                .pass,
+            Pass::Combined
+        );
+        assert_eq!(
+            raw(r"(hf_[A-Za-z]{34})", &["hf_"])
+                .compile("f")
+                .unwrap()
+                .pass,
+            Pass::Keyword
+        );
+        assert_eq!(
+            raw(r"(?i)secret\s*=\s*([a-z]{20})", &["secret"])
+                .compile("f")
+                .unwrap()
+                .pass,
+            Pass::Keyword
+        );
+        assert_eq!(
+            raw(r"([a-z]{20})", &[]).compile("f").unwrap().pass,
+            Pass::Unanchored
+        );
+    }
+
+    #[test]
+    fn a_rule_needs_exactly_one_capture() {
+        let err = raw(r"ghp_[a-z]{4}", &["ghp_"])
+            .compile("f.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("f.toml") && err.contains("exactly one capture group"),
+            "{err}"
+        );
+        let err = raw(r"(ghp_)([a-z]{4})", &["ghp_"])
+            .compile("f.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("found 2"), "{err}");
+    }
+}

@@ -1,0 +1,397 @@
+//! `spillway scan` as a user runs it: real files, real git repositories, the real binary.
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+use spillway::scanner::validate::crc32_base62;
+
+/// A format-valid GitHub classic token built from `seed` (synthetic: never issued by GitHub).
+fn github_token(seed: u64) -> String {
+    const ALNUM: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    let body: String = (0..30)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            ALNUM[(x % 62) as usize] as char
+        })
+        .collect();
+    format!("ghp_{body}{}", crc32_base62(body.as_bytes()))
+}
+
+fn spillway(args: &[&str], dir: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_spillway"))
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("spillway runs")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn write(dir: &Path, rel: &str, text: &str) {
+    let path = dir.join(rel);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, text).unwrap();
+}
+
+#[test]
+fn a_clean_tree_exits_zero_with_no_output() {
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "src/main.rs",
+        "fn main() { println!(\"hello\"); }\n",
+    );
+    let out = spillway(&["scan", "."], dir.path());
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "");
+}
+
+#[test]
+fn a_token_is_reported_with_path_line_and_column_but_never_in_full() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = github_token(1);
+    write(
+        dir.path(),
+        "config/app.env",
+        &format!("# app\nNAME=demo\n  GITHUB_TOKEN={token}\n"),
+    );
+    let out = spillway(&["scan", "config"], dir.path());
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("config/app.env:3:16:"), "{text}");
+    assert!(
+        text.contains("github_personal_access_token") && text.contains("ghp_…[40]"),
+        "{text}"
+    );
+    assert!(
+        !text.contains(&token) && !stderr(&out).contains(&token),
+        "secret leaked: {text}"
+    );
+
+    let shown = spillway(&["scan", "--show-secrets", "config"], dir.path());
+    assert!(stdout(&shown).contains(&token));
+}
+
+#[test]
+fn json_output_carries_rule_type_span_verdict_and_fingerprint() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = github_token(2);
+    write(dir.path(), "a.py", &format!("x = 1\nTOKEN = \"{token}\"\n"));
+    let out = spillway(&["scan", "--format", "json", "a.py"], dir.path());
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("valid JSON");
+    let f = &v.as_array().unwrap()[0];
+    assert_eq!(f["path"], "a.py");
+    assert_eq!(f["line"], 2);
+    assert_eq!(f["column"], 10);
+    assert_eq!(f["token_type"], "github_personal_access_token");
+    assert_eq!(f["verdict"], "valid");
+    assert_eq!(
+        f["end"].as_u64().unwrap() - f["start"].as_u64().unwrap(),
+        40
+    );
+    assert_eq!(f["fingerprint"].as_str().unwrap().len(), 32);
+    assert!(f.get("secret").is_none());
+}
+
+#[test]
+fn sarif_output_has_what_github_code_scanning_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "dir with space/k.ts",
+        &format!("const k = \"{}\";\n", github_token(3)),
+    );
+    let out = spillway(&["scan", "--format", "sarif", "."], dir.path());
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("valid JSON");
+    assert_eq!(v["version"], "2.1.0");
+    let run = &v["runs"][0];
+    let rule_ids: Vec<&str> = run["tool"]["driver"]["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap())
+        .collect();
+    let result = &run["results"][0];
+    let rule_index = result["ruleIndex"].as_u64().unwrap() as usize;
+    assert_eq!(rule_ids[rule_index], result["ruleId"].as_str().unwrap());
+    let loc = &result["locations"][0]["physicalLocation"];
+    assert_eq!(loc["artifactLocation"]["uri"], "dir%20with%20space/k.ts");
+    assert_eq!(loc["region"]["startLine"], 1);
+    assert_eq!(loc["region"]["startColumn"], 12);
+    assert!(
+        result["partialFingerprints"]
+            .as_object()
+            .unwrap()
+            .values()
+            .all(|f| f.as_str().unwrap().len() == 32)
+    );
+    assert!(
+        result["message"]["text"]
+            .as_str()
+            .unwrap()
+            .contains("ghp_…")
+    );
+}
+
+#[test]
+fn gitignored_binary_and_oversized_files_are_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), ".gitignore", "ignored/\n");
+    write(dir.path(), "ignored/secret.txt", &github_token(4));
+    let mut binary = github_token(5).into_bytes();
+    binary.extend_from_slice(b"\0\x01\x02");
+    std::fs::write(dir.path().join("blob.bin"), binary).unwrap();
+    write(
+        dir.path(),
+        "big.txt",
+        &format!("{}\n{}", "x".repeat(4096), github_token(6)),
+    );
+    let out = spillway(&["scan", "--max-file-size", "2K", "."], dir.path());
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    assert!(
+        stderr(&out).contains("skipped 1 files over --max-file-size"),
+        "{}",
+        stderr(&out)
+    );
+
+    let all = spillway(&["scan", "--no-ignore", "."], dir.path());
+    assert_eq!(all.status.code(), Some(1));
+    let text = stdout(&all);
+    assert!(
+        text.contains("ignored/secret.txt")
+            && text.contains("big.txt")
+            && !text.contains("blob.bin"),
+        "{text}"
+    );
+}
+
+#[test]
+fn stdin_is_scanned_with_a_dash() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_spillway"))
+        .args(["scan", "-"])
+        .current_dir(dir.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write as _;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("leak: {}\n", github_token(7)).as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stdout(&out).starts_with("-:1:7:"), "{}", stdout(&out));
+}
+
+#[test]
+fn a_missing_path_is_an_error_that_names_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = spillway(&["scan", "no/such/dir"], dir.path());
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("no/such/dir: no such file or directory"),
+        "{}",
+        stderr(&out)
+    );
+    let bad_rules = spillway(&["scan", "--rules", "missing-rules", "."], dir.path());
+    assert_eq!(bad_rules.status.code(), Some(2));
+    assert!(
+        stderr(&bad_rules).contains("missing-rules"),
+        "{}",
+        stderr(&bad_rules)
+    );
+}
+
+#[test]
+fn a_failed_checksum_is_not_a_finding_unless_asked_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut token = github_token(8);
+    let last = if token.ends_with('0') { "1" } else { "0" };
+    token.replace_range(39..40, last);
+    write(dir.path(), "t.txt", &token);
+    assert_eq!(
+        spillway(&["scan", "t.txt"], dir.path()).status.code(),
+        Some(0)
+    );
+    let out = spillway(&["scan", "--include-invalid", "t.txt"], dir.path());
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stdout(&out).contains("invalid (checksum does not match)"),
+        "{}",
+        stdout(&out)
+    );
+}
+
+#[test]
+fn a_baseline_suppresses_known_findings_but_not_new_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "old.txt", &github_token(9));
+    let wrote = spillway(
+        &["scan", "--write-baseline", "baseline.json", "old.txt"],
+        dir.path(),
+    );
+    assert_eq!(wrote.status.code(), Some(0), "{}", stderr(&wrote));
+    let baseline = std::fs::read_to_string(dir.path().join("baseline.json")).unwrap();
+    assert!(
+        !baseline.contains(&github_token(9)),
+        "baseline holds the secret"
+    );
+    assert_eq!(
+        spillway(
+            &["scan", "--baseline", "baseline.json", "old.txt"],
+            dir.path()
+        )
+        .status
+        .code(),
+        Some(0)
+    );
+    write(dir.path(), "new.txt", &github_token(10));
+    let out = spillway(
+        &["scan", "--baseline", "baseline.json", "old.txt", "new.txt"],
+        dir.path(),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stdout(&out).contains("new.txt") && !stdout(&out).contains("old.txt"));
+}
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    git_at(dir, args, "2020-01-01T00:00:00Z")
+}
+
+/// Runs git with author and committer dates fixed, so history order does not depend on the clock.
+fn git_at(dir: &Path, args: &[&str], date: &str) -> String {
+    let out = Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_AUTHOR_DATE", date)
+        .env("GIT_COMMITTER_DATE", date)
+        .env("GIT_AUTHOR_NAME", "t")
+        .env("GIT_AUTHOR_EMAIL", "t@example.com")
+        .env("GIT_COMMITTER_NAME", "t")
+        .env("GIT_COMMITTER_EMAIL", "t@example.com")
+        .output()
+        .expect("git runs");
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+#[test]
+fn git_history_reports_the_commit_and_path_that_introduced_a_deleted_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path();
+    git(repo, &["init", "-q", "-b", "main"]);
+    write(repo, "README.md", "hello\n");
+    git(repo, &["add", "."]);
+    git_at(
+        repo,
+        &["commit", "-q", "-m", "first"],
+        "2020-01-01T00:00:00Z",
+    );
+    write(
+        repo,
+        "deploy/settings.yml",
+        &format!("token: {}\n", github_token(11)),
+    );
+    git(repo, &["add", "."]);
+    git_at(
+        repo,
+        &["commit", "-q", "-m", "leak"],
+        "2020-01-02T00:00:00Z",
+    );
+    let leak = git(repo, &["rev-parse", "HEAD"]);
+    // The same blob again under another name, then the token is removed: still one finding.
+    std::fs::copy(repo.join("deploy/settings.yml"), repo.join("copy.yml")).unwrap();
+    git(repo, &["add", "."]);
+    git_at(
+        repo,
+        &["commit", "-q", "-m", "copy"],
+        "2020-01-03T00:00:00Z",
+    );
+    git(repo, &["rm", "-q", "deploy/settings.yml", "copy.yml"]);
+    git_at(
+        repo,
+        &["commit", "-q", "-m", "remove"],
+        "2020-01-04T00:00:00Z",
+    );
+
+    assert_eq!(
+        spillway(&["scan", "."], repo).status.code(),
+        Some(0),
+        "working tree is clean"
+    );
+    let out = spillway(&["scan", "--git", "--format", "json", "."], repo);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let findings = v.as_array().unwrap();
+    assert_eq!(findings.len(), 1, "{findings:?}");
+    assert_eq!(findings[0]["commit"], leak.as_str());
+    assert_eq!(findings[0]["path"], "deploy/settings.yml");
+    assert_eq!(findings[0]["line"], 1);
+}
+
+#[test]
+fn gitleaks_rule_files_are_imported_with_their_allowlists() {
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "rules/gitleaks.toml",
+        r#"
+title = "team rules"
+
+[[rules]]
+id = "myco-key"
+description = "MyCo internal key"
+regex = '''\b(myco_[a-z0-9]{16})\b'''
+keywords = ["myco_"]
+entropy = 2.0
+
+[[rules.allowlists]]
+stopwords = ["testtesttest"]
+"#,
+    );
+    write(
+        dir.path(),
+        "src/a.txt",
+        "k = myco_q8w7e6r5t4y3u2i1\nj = myco_testtesttest0000\n",
+    );
+    let out = spillway(
+        &["scan", "--rules", "rules", "--format", "json", "src"],
+        dir.path(),
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ids: Vec<(&str, u64)> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| (f["rule_id"].as_str().unwrap(), f["line"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(ids, [("gitleaks.myco-key", 1)]);
+}
