@@ -4,7 +4,7 @@
     plant.py CORPUS_DIR PATTERNS_DIR OUT_JSON [--per-rule N] [--seed S]
 
 Each rule's `examples` (synthetic, validated by the rule tests) are the tokens: every example of every
-rule is planted N times (default 3) into randomly chosen files, each time in a randomly chosen context
+rule is planted N times (default 3), each into a different randomly chosen file, each time in a randomly chosen context
 (.env assignment, JSON value, YAML value, shell export, source string). The ground truth lists
 (file, rule id, token type, the secret's line) per plant; the secret text itself is recovered by
 scanning the example alone, so this script needs no regex engine: it stores the example's index.
@@ -25,6 +25,8 @@ def main():
         lambda ex: f'    let key = "{ex}";\n',
     ]
     truth = []
+    # Each plant goes to a different file, so no plant lands inside another (a PEM block, say).
+    targets = iter(rng.sample(files, len(files)))
     for name in sorted(os.listdir(patterns)):
         if not name.endswith(".toml"):
             continue
@@ -33,7 +35,7 @@ def main():
         for rule in rules:
             for i, ex in enumerate(rule["examples"]):
                 for _ in range(per_rule):
-                    target = rng.choice(files)
+                    target = next(targets)
                     path = os.path.join(corpus, target)
                     with open(path, "rb") as f:
                         data = f.read()
@@ -44,7 +46,7 @@ def main():
                         text += "\n"
                     with open(path, "wb") as f:
                         f.write(data[:cut] + b"\n" + text.encode() + data[cut:])
-                    truth.append({"file": target, "rule_id": rule["id"], "token_type": rule["token_type"],
+                    truth.append({"file": target, "rule_id": rule["id"], "token_type": rule["token_type"], "text": text,
                                   "example": ex})
     with open(out, "w") as f:
         json.dump(truth, f)

@@ -20,7 +20,7 @@ explained = set()
 for p in planted:
     per_rule[p["rule_id"]][1] += 1
     for i, f in enumerate(by_file.get(p["file"], [])):
-        if (p["file"], i) not in explained and f["rule_id"] == p["rule_id"] and f["secret"] in p["example"]:
+        if (p["file"], i) not in explained and f["rule_id"] == p["rule_id"] and f["secret"] in p["text"]:
             per_rule[p["rule_id"]][0] += 1
             explained.add((p["file"], i))
             break
@@ -28,7 +28,7 @@ hits = sum(v[0] for v in per_rule.values())
 total = sum(v[1] for v in per_rule.values())
 missed = {r: v for r, v in per_rule.items() if v[0] < v[1]}
 beyond = collections.Counter(f["rule_id"] for name, fs in by_file.items() for i, f in enumerate(fs)
-                             if (name, i) not in explained and not any(f["secret"] in p["example"] for p in planted))
+                             if (name, i) not in explained and not any(f["secret"] in p["text"] for p in planted))
 print(f"recall: {hits}/{total} planted tokens found across {len(per_rule)} rules")
 for r, (h, t) in sorted(missed.items()):
     print(f"  missed {r}: {h}/{t}")

@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use spillway::scanner::rule::{Pass, RawRuleFile, default_rules};
+use spillway::scanner::rule::{RawRuleFile, default_rules};
 use spillway::scanner::{Finding, RuleSet, ScanOptions};
 
 fn collect(dir: &Path, budget: &mut usize, out: &mut Vec<Vec<u8>>) {
@@ -68,16 +68,12 @@ fn bench(c: &mut Criterion) {
     let files = corpus();
     let bytes: usize = files.iter().map(Vec::len).sum();
     let full = default_rules().expect("default rules");
-    let strong: Vec<_> = full
-        .iter()
-        .filter(|r| r.pass == Pass::Combined)
-        .cloned()
-        .collect();
+    let strong: Vec<_> = full.iter().filter(|r| r.prefix_len >= 4).cloned().collect();
     let mut with_generic = full.clone();
     let raw: RawRuleFile = toml::from_str(GENERIC).unwrap();
     with_generic.extend(raw.rules.into_iter().map(|r| r.compile("bench").unwrap()));
     let sets = [
-        ("strong-prefix-only", strong),
+        ("prefix-rules-only", strong),
         ("default", full),
         ("default+generic", with_generic),
     ];

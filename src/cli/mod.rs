@@ -22,8 +22,12 @@ pub struct Cli {
 pub enum Command {
     /// Scan files, directories, stdin or git history for tokens.
     Scan(scan::ScanArgs),
-    /// List the rules in use (id, token type, engine pass).
-    Rules,
+    /// List the default rules (id, token type, engine pass, name).
+    Rules {
+        /// Print only the engine's cost drivers: rules, keywords' distinct three-byte fingerprints.
+        #[arg(long)]
+        stats: bool,
+    },
 }
 
 /// Parses the command line and runs it; returns the process exit code.
@@ -31,17 +35,27 @@ pub fn run() -> u8 {
     let cli = Cli::parse();
     match cli.command {
         Command::Scan(args) => scan::run(args),
-        Command::Rules => match crate::scanner::rule::default_rules() {
-            Ok(rules) => {
-                for r in rules {
-                    println!("{}\t{}\t{:?}\t{}", r.id, r.token_type, r.pass, r.name);
+        Command::Rules { stats } => {
+            match crate::scanner::RuleSet::default_rules(Default::default()) {
+                Ok(set) if stats => {
+                    println!(
+                        "rules={} fingerprints={}",
+                        set.rules().len(),
+                        set.fingerprint_count()
+                    );
+                    0
                 }
-                0
+                Ok(set) => {
+                    for r in set.rules() {
+                        println!("{}\t{}\t{:?}\t{}", r.id, r.token_type, r.pass, r.name);
+                    }
+                    0
+                }
+                Err(e) => {
+                    eprintln!("spillway rules: error: {e}");
+                    2
+                }
             }
-            Err(e) => {
-                eprintln!("spillway rules: error: {e}");
-                2
-            }
-        },
+        }
     }
 }

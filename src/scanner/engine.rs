@@ -2,26 +2,35 @@
 //! per-thread [`Scanner`] that runs it over whole buffers.
 //!
 //! Why it is shaped this way (measured on this kind of machine, see docs/BENCHMARKS.md):
-//! - Rules with a strong literal prefix (>= 4 case-sensitive bytes) run as **one** combined
-//!   `meta::Regex` over the whole buffer; its literal prefilter (Teddy) is what makes it fast. A single
-//!   short or common prefix in that set drags the whole set down by 10x, so such rules never join it.
-//! - Every other rule runs only in **windows around its keywords**, found by one Aho-Corasick pass;
-//!   windows of the same rule are merged so no byte is scanned twice by a rule.
-//! - Rules without keywords (imported ones only) get a separate combined pass.
+//! - One pass finds every rule's **keywords** (for a token with a prefix, the prefix itself). The
+//!   buffer is ASCII-lower-cased in cache-sized chunks and searched with Teddy (`aho-corasick`'s packed
+//!   SIMD searcher) for the keywords' first three bytes, in groups of at most [`TEDDY_GROUP`]: Teddy
+//!   runs at 6.5 GB/s with 32 patterns but falls to 2.3 GB/s with 64 and to 0.2-0.5 GB/s as a plain
+//!   automaton beyond that, so many small groups beat one big set. A combined regex of all rules
+//!   (tried first) ran at 0.1 GB/s: its lazy DFA thrashes on 100+ token shapes.
+//! - A fingerprint hit is confirmed against the whole keyword, then each rule of that keyword runs
+//!   its own regex in a **window** around the hit; overlapping windows of a rule are merged, so no byte
+//!   is searched twice by one rule. Rule regexes thus only see a tiny fraction of the input.
+//! - Rules without keywords (imported ones only) get a separate combined whole-buffer pass.
 //! - Validators, entropy, context and allowlists run only on candidates.
 //!
 //! No async, database or HTTP here: the core takes bytes and hands [`Finding`]s to a [`Sink`].
 
 use std::ops::Range;
 
-use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
+use aho_corasick::packed;
 use memchr::memmem;
 use regex_automata::util::iter::Searcher;
 use regex_automata::{Anchored, Input, meta};
 
 use super::finding::{Finding, TokenSecret, Verdict};
-use super::rule::{AllowTarget, Pass, Rule, RuleError, check_unique_ids};
+use super::rule::{AllowTarget, MIN_KEYWORD_LEN, Pass, Rule, RuleError, check_unique_ids};
 use super::validate::{self, Validator};
+
+/// Fingerprints per Teddy searcher: the most for which it stays in its fast (slim) form.
+const TEDDY_GROUP: usize = 16;
+/// Bytes lower-cased and searched at a time: small enough to stay in L2.
+const CHUNK: usize = 128 << 10;
 
 /// Receives findings. Any `FnMut(Finding)` is a sink.
 pub trait Sink<'r> {
@@ -41,7 +50,8 @@ pub struct ScanOptions {
     pub include_invalid: bool,
 }
 
-/// Rules that run together as one `meta::Regex`; pattern `i` is rule `rule_of_pattern[i]`.
+/// Rules that run together as one `meta::Regex` over the whole buffer; pattern `i` is rule
+/// `rule_of_pattern[i]`. Only for imported rules without keywords.
 #[derive(Debug)]
 struct CombinedPass {
     regex: meta::Regex,
@@ -61,7 +71,7 @@ impl CombinedPass {
             )
             .build_many(&patterns)
             .map_err(|e| RuleError::Parse {
-                file: "<combined rule set>".into(),
+                file: "<unanchored rules>".into(),
                 message: e.to_string(),
             })?;
         Ok(Some(CombinedPass {
@@ -71,16 +81,87 @@ impl CombinedPass {
     }
 }
 
+/// A lower-cased keyword and the rules that run around it.
+#[derive(Debug)]
+struct Keyword {
+    text: Vec<u8>,
+    rules: Vec<usize>,
+}
+
+/// One Teddy searcher over up to [`TEDDY_GROUP`] fingerprints; pattern `i` stands for the keywords
+/// `keywords_of[i]`: (keyword index, offset of the fingerprint inside the keyword).
+#[derive(Debug)]
+struct FingerprintGroup {
+    searcher: packed::Searcher,
+    keywords_of: Vec<Vec<(usize, usize)>>,
+}
+
+/// A fingerprint and the keywords it stands for: (keyword index, offset of the fingerprint in it).
+type Fingerprint = ([u8; 3], Vec<(usize, usize)>);
+
+/// Estimated occurrences per MB of real code of a lower-cased 3-byte sequence.
+fn trigram_frequency(t: &[u8]) -> u32 {
+    use super::trigram_freq::TRIGRAM_PER_MB;
+    match TRIGRAM_PER_MB.binary_search_by(|(k, _)| k.as_slice().cmp(t)) {
+        Ok(i) => TRIGRAM_PER_MB[i].1,
+        // Rarer than the rarest listed sequence.
+        Err(_) => TRIGRAM_PER_MB.iter().map(|(_, f)| *f).min().unwrap_or(1) / 2,
+    }
+}
+
+/// Every fingerprint costs the SIMD pass about as much as this many extra hits per MB; it keeps the
+/// choice from spending a fingerprint per keyword when a shared one is nearly as rare.
+const FINGERPRINT_COST_PER_MB: u64 = 40;
+
+/// Picks the 3-byte sequences the prefilter searches for: every keyword contains at least one, and
+/// the choice (greedy weighted set cover) keeps both their number and their frequency in real code
+/// low, e.g. `_v1` for `dop_v1_`, `doo_v1_` and `dor_v1_`, not the common `dop`, `doo`, `dor`.
+/// Returns (fingerprint, [(keyword, offset)]) sorted by fingerprint.
+fn choose_fingerprints(keywords: &[Keyword]) -> Vec<Fingerprint> {
+    let mut uncovered: Vec<usize> = (0..keywords.len()).collect();
+    let mut chosen: Vec<Fingerprint> = Vec::new();
+    while !uncovered.is_empty() {
+        let mut best: Option<([u8; 3], u64, usize)> = None;
+        for &k in &uncovered {
+            for w in keywords[k].text.windows(MIN_KEYWORD_LEN) {
+                let t: [u8; 3] = w.try_into().expect("windows of three");
+                let covers = uncovered
+                    .iter()
+                    .filter(|&&u| memmem::find(&keywords[u].text, &t).is_some())
+                    .count();
+                let cost = u64::from(trigram_frequency(&t)) + FINGERPRINT_COST_PER_MB;
+                // Compare cost/covers without division: a/b < c/d <=> a*d < c*b.
+                let better =
+                    best.is_none_or(|(_, bc, bn)| cost * (bn as u64) < bc * (covers as u64));
+                if better {
+                    best = Some((t, cost, covers));
+                }
+            }
+        }
+        let (t, _, _) = best.expect("every keyword has at least three bytes");
+        let mut members = Vec::new();
+        uncovered.retain(|&u| match memmem::find(&keywords[u].text, &t) {
+            Some(offset) => {
+                members.push((u, offset));
+                false
+            }
+            None => true,
+        });
+        chosen.push((t, members));
+    }
+    chosen.sort();
+    chosen
+}
+
 /// The compiled rule set: built once, shared (`&RuleSet` is `Sync`) by every scanning thread.
 #[derive(Debug)]
 pub struct RuleSet {
     rules: Vec<Rule>,
-    combined: Option<CombinedPass>,
+    keywords: Vec<Keyword>,
+    groups: Vec<FingerprintGroup>,
+    /// Longest keyword: how far chunks overlap so a keyword across a chunk edge is still seen whole.
+    max_keyword: usize,
     unanchored: Option<CombinedPass>,
-    keywords: Option<AhoCorasick>,
-    /// For keyword pattern `i`: the rules to run around its hits.
-    rules_of_keyword: Vec<Vec<usize>>,
-    /// The longest keyword-rule window, for merging.
     options: ScanOptions,
 }
 
@@ -88,76 +169,62 @@ impl RuleSet {
     /// Compiles `rules` into one engine. Fails on duplicate ids.
     pub fn new(rules: Vec<Rule>, options: ScanOptions) -> Result<Self, RuleError> {
         check_unique_ids(&rules)?;
-        let by_pass = |pass: Pass| -> Vec<usize> {
-            (0..rules.len())
-                .filter(|&i| rules[i].pass == pass)
-                .collect()
-        };
-        // Longer literal prefixes first: when two rules match at the same place, the more specific wins.
-        let mut strong = by_pass(Pass::Combined);
-        strong.sort_by_key(|&i| std::cmp::Reverse(rules[i].prefix_len));
-        let combined = CombinedPass::build(&rules, strong)?;
-        let unanchored = CombinedPass::build(&rules, by_pass(Pass::Unanchored))?;
-
-        let mut keyword_list: Vec<String> = Vec::new();
-        let mut rules_of_keyword: Vec<Vec<usize>> = Vec::new();
-        for i in by_pass(Pass::Keyword) {
-            for k in &rules[i].keywords {
-                let k = k.to_ascii_lowercase();
-                let slot = match keyword_list.iter().position(|x| *x == k) {
-                    Some(p) => p,
-                    None => {
-                        keyword_list.push(k);
-                        rules_of_keyword.push(Vec::new());
-                        keyword_list.len() - 1
-                    }
-                };
-                if !rules_of_keyword[slot].contains(&i) {
-                    rules_of_keyword[slot].push(i);
+        let mut keywords: Vec<Keyword> = Vec::new();
+        for (i, rule) in rules
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.pass == Pass::Keyword)
+        {
+            for k in &rule.keywords {
+                let text = k.to_ascii_lowercase().into_bytes();
+                match keywords.iter_mut().find(|kw| kw.text == text) {
+                    Some(kw) if !kw.rules.contains(&i) => kw.rules.push(i),
+                    Some(_) => {}
+                    None => keywords.push(Keyword {
+                        text,
+                        rules: vec![i],
+                    }),
                 }
             }
         }
-        // The keyword search reports the leftmost-longest keyword at each position; a shorter keyword
-        // inside a longer one is implied by it, so the longer one also carries the shorter's rules.
-        for a in 0..keyword_list.len() {
-            for b in 0..keyword_list.len() {
-                if a != b && keyword_list[a].contains(keyword_list[b].as_str()) {
-                    let extra: Vec<usize> = rules_of_keyword[b].clone();
-                    for r in extra {
-                        if !rules_of_keyword[a].contains(&r) {
-                            rules_of_keyword[a].push(r);
-                        }
-                    }
-                }
-            }
-        }
-        let keywords = if keyword_list.is_empty() {
-            None
-        } else {
-            Some(
-                AhoCorasickBuilder::new()
-                    .ascii_case_insensitive(true)
-                    .match_kind(MatchKind::LeftmostLongest)
-                    .build(&keyword_list)
-                    .map_err(|e| RuleError::Parse {
+        let fingerprints = choose_fingerprints(&keywords);
+        let groups = fingerprints
+            .chunks(TEDDY_GROUP)
+            .map(|chunk| {
+                let searcher = packed::Config::new()
+                    .match_kind(packed::MatchKind::LeftmostFirst)
+                    .builder()
+                    .extend(chunk.iter().map(|(f, _)| f))
+                    .build()
+                    .ok_or_else(|| RuleError::Parse {
                         file: "<keywords>".into(),
-                        message: e.to_string(),
-                    })?,
-            )
-        };
+                        message: "no SIMD keyword searcher on this CPU".into(),
+                    })?;
+                Ok(FingerprintGroup {
+                    searcher,
+                    keywords_of: chunk.iter().map(|(_, ks)| ks.clone()).collect(),
+                })
+            })
+            .collect::<Result<Vec<_>, RuleError>>()?;
+        let max_keyword = keywords.iter().map(|k| k.text.len()).max().unwrap_or(0);
+        let unanchored_rules: Vec<usize> = (0..rules.len())
+            .filter(|&i| rules[i].pass == Pass::Unanchored)
+            .collect();
+        let unanchored = CombinedPass::build(&rules, unanchored_rules)?;
         tracing::debug!(
-            combined = combined.as_ref().map_or(0, |c| c.rule_of_pattern.len()),
-            keyword_rules = by_pass(Pass::Keyword).len(),
-            keywords = keyword_list.len(),
+            rules = rules.len(),
+            keywords = keywords.len(),
+            fingerprints = fingerprints.len(),
+            groups = groups.len(),
             unanchored = unanchored.as_ref().map_or(0, |c| c.rule_of_pattern.len()),
             "compiled rule set"
         );
         Ok(RuleSet {
             rules,
-            combined,
-            unanchored,
             keywords,
-            rules_of_keyword,
+            groups,
+            max_keyword,
+            unanchored,
             options,
         })
     }
@@ -179,13 +246,20 @@ impl RuleSet {
         self.options
     }
 
+    /// How many distinct keyword fingerprints the prefilter searches for (the main cost driver).
+    pub fn fingerprint_count(&self) -> usize {
+        self.groups.iter().map(|g| g.keywords_of.len()).sum()
+    }
+
     /// A scanner for one thread.
     pub fn scanner(&self) -> Scanner<'_> {
         Scanner {
             set: self,
-            combined_cache: self.combined.as_ref().map(|c| c.regex.create_cache()),
             unanchored_cache: self.unanchored.as_ref().map(|c| c.regex.create_cache()),
             open_windows: vec![None; self.rules.len()],
+            touched: Vec::new(),
+            lower: Vec::with_capacity(CHUNK + 2 * self.max_keyword),
+            hits: Vec::new(),
             candidates: Vec::new(),
         }
     }
@@ -202,10 +276,14 @@ struct Candidate {
 /// Per-thread scanning state. Cheap to create; reuse it across buffers.
 pub struct Scanner<'r> {
     set: &'r RuleSet,
-    combined_cache: Option<meta::Cache>,
     unanchored_cache: Option<meta::Cache>,
-    /// Per keyword rule: the window still being extended by nearby hits.
+    /// Per rule: the window still being extended by nearby keyword hits.
     open_windows: Vec<Option<Range<usize>>>,
+    touched: Vec<usize>,
+    /// The current chunk, lower-cased.
+    lower: Vec<u8>,
+    /// Keyword hits in the current chunk: (absolute start, keyword index).
+    hits: Vec<(usize, usize)>,
     candidates: Vec<Candidate>,
 }
 
@@ -215,14 +293,11 @@ impl<'r> Scanner<'r> {
     pub fn scan(&mut self, source: &str, haystack: &[u8], sink: &mut impl Sink<'r>) {
         self.candidates.clear();
         let set = self.set;
-        if let (Some(pass), Some(cache)) = (&set.combined, self.combined_cache.as_mut()) {
-            collect_combined(pass, cache, haystack, &mut self.candidates);
+        if !set.groups.is_empty() {
+            self.keyword_pass(haystack);
         }
         if let (Some(pass), Some(cache)) = (&set.unanchored, self.unanchored_cache.as_mut()) {
             collect_combined(pass, cache, haystack, &mut self.candidates);
-        }
-        if let Some(ac) = &set.keywords {
-            self.collect_keyword_windows(ac, haystack);
         }
         if self.candidates.is_empty() {
             return;
@@ -240,33 +315,76 @@ impl<'r> Scanner<'r> {
         }
     }
 
-    /// Runs keyword rules in merged windows around their keyword hits.
-    fn collect_keyword_windows(&mut self, ac: &AhoCorasick, haystack: &[u8]) {
+    /// Finds keyword hits chunk by chunk and runs each hit's rules in merged windows.
+    fn keyword_pass(&mut self, haystack: &[u8]) {
         let set = self.set;
-        let mut touched: Vec<usize> = Vec::new();
-        let mut at = 0;
-        // Restart one byte after each hit's start, so overlapping keywords are all seen.
-        while let Some(hit) = ac.find(aho_corasick::Input::new(haystack).span(at..haystack.len())) {
-            at = hit.start() + 1;
-            for &r in &set.rules_of_keyword[hit.pattern().as_usize()] {
-                let w = set.rules[r].window;
-                let window = hit.start().saturating_sub(w)..(hit.end() + w).min(haystack.len());
-                match &mut self.open_windows[r] {
-                    Some(open) if window.start <= open.end => open.end = open.end.max(window.end),
-                    slot => {
-                        if let Some(done) = slot.replace(window) {
-                            search_window(&set.rules[r], r, haystack, done, &mut self.candidates);
-                        } else {
-                            touched.push(r);
+        let mut chunk_start = 0;
+        while chunk_start < haystack.len() {
+            let owned_end = (chunk_start + CHUNK).min(haystack.len());
+            // The lower-cased copy reaches a keyword's length beyond the owned range on both sides,
+            // so a keyword starting in the owned range is seen whole whatever its fingerprint offset.
+            let copy_start = chunk_start.saturating_sub(set.max_keyword);
+            let copy_end = (owned_end + set.max_keyword).min(haystack.len());
+            self.lower.clear();
+            self.lower
+                .extend_from_slice(&haystack[copy_start..copy_end]);
+            self.lower.make_ascii_lowercase();
+            self.hits.clear();
+            let owned = (chunk_start - copy_start)..(owned_end - copy_start);
+            for group in &set.groups {
+                let mut at = 0;
+                // Restart one byte after each hit, so overlapping fingerprints are all seen.
+                while let Some(m) = group
+                    .searcher
+                    .find_in(&self.lower, aho_corasick::Span::from(at..self.lower.len()))
+                {
+                    at = m.start() + 1;
+                    for &(k, offset) in &group.keywords_of[m.pattern().as_usize()] {
+                        let Some(start) = m.start().checked_sub(offset) else {
+                            continue;
+                        };
+                        if owned.contains(&start)
+                            && self.lower[start..].starts_with(&set.keywords[k].text)
+                        {
+                            self.hits.push((copy_start + start, k));
+                        }
+                    }
+                    if m.start() >= owned.end {
+                        break;
+                    }
+                }
+            }
+            self.hits.sort_unstable();
+            for i in 0..self.hits.len() {
+                let (at, k) = self.hits[i];
+                let keyword = &set.keywords[k];
+                for &r in &keyword.rules {
+                    let w = set.rules[r].window;
+                    let window =
+                        at.saturating_sub(w)..(at + keyword.text.len() + w).min(haystack.len());
+                    match &mut self.open_windows[r] {
+                        Some(open) if window.start <= open.end => {
+                            open.end = open.end.max(window.end)
+                        }
+                        slot => {
+                            if let Some(done) = slot.replace(window) {
+                                search_window(
+                                    &set.rules[r],
+                                    r,
+                                    haystack,
+                                    done,
+                                    &mut self.candidates,
+                                );
+                            } else {
+                                self.touched.push(r);
+                            }
                         }
                     }
                 }
             }
-            if at >= haystack.len() {
-                break;
-            }
+            chunk_start = owned_end;
         }
-        for r in touched {
+        for r in self.touched.drain(..) {
             if let Some(done) = self.open_windows[r].take() {
                 search_window(&set.rules[r], r, haystack, done, &mut self.candidates);
             }

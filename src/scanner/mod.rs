@@ -8,6 +8,7 @@ pub mod engine;
 pub mod finding;
 pub mod gitleaks;
 pub mod rule;
+mod trigram_freq;
 pub mod validate;
 
 pub use engine::{RuleSet, ScanOptions, Scanner, Sink};

@@ -15,10 +15,11 @@ include!(concat!(env!("OUT_DIR"), "/default_rules.rs"));
 
 /// Default distance (bytes) between a keyword hit and a match for keyword-anchored rules.
 pub const DEFAULT_WINDOW: usize = 256;
-/// A literal prefix at least this long (case-sensitive) lets a rule join the combined pass.
-pub const STRONG_PREFIX_LEN: usize = 4;
-/// More case variants than this and a prefix is not a good prefilter literal.
-const MAX_PREFIX_LITERALS: usize = 8;
+/// Largest window derived from a bounded regex's longest match; larger needs an explicit `window`.
+const MAX_AUTO_WINDOW: usize = 16 << 10;
+/// Keywords are found by their first this-many bytes (the prefilter's fingerprint), so none may be
+/// shorter.
+pub const MIN_KEYWORD_LEN: usize = 3;
 
 /// An error in a rule file; always names the file and, where known, the rule.
 #[derive(Debug, thiserror::Error)]
@@ -117,11 +118,9 @@ impl Allowlist {
 /// How the engine runs a rule.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pass {
-    /// Joins the one combined regex over the whole buffer (strong literal prefix).
-    Combined,
-    /// Runs only in windows around hits of its keywords.
+    /// Runs only in windows around hits of its keywords (every Spillway rule).
     Keyword,
-    /// No keywords at all (imported rules): a separate whole-buffer pass.
+    /// No keywords at all (imported rules only): a separate whole-buffer pass.
     Unanchored,
 }
 
@@ -169,16 +168,13 @@ fn is_valid_id(id: &str) -> bool {
         })
 }
 
-/// The shortest literal prefix of every match, and whether the prefix set is a good combined-pass
-/// prefilter (finite, few variants, each at least [`STRONG_PREFIX_LEN`] bytes).
-fn prefix_facts(hir: &regex_syntax::hir::Hir) -> (usize, bool) {
-    let seq = Extractor::new().kind(ExtractKind::Prefix).extract(hir);
-    match (seq.min_literal_len(), seq.len()) {
-        (Some(min), Some(n)) if min > 0 => {
-            (min, min >= STRONG_PREFIX_LEN && n <= MAX_PREFIX_LITERALS)
-        }
-        _ => (0, false),
-    }
+/// The length of the shortest literal every match starts with (0 if none), for previews.
+fn literal_prefix_len(hir: &regex_syntax::hir::Hir) -> usize {
+    Extractor::new()
+        .kind(ExtractKind::Prefix)
+        .extract(hir)
+        .min_literal_len()
+        .unwrap_or(0)
 }
 
 impl RawRule {
@@ -195,8 +191,14 @@ impl RawRule {
         if self.token_type.trim().is_empty() {
             return Err(invalid("token_type is empty".into()));
         }
-        if let Some(k) = self.keywords.iter().find(|k| k.is_empty() || !k.is_ascii()) {
-            return Err(invalid(format!("keyword {k:?} must be non-empty ASCII")));
+        if let Some(k) = self
+            .keywords
+            .iter()
+            .find(|k| k.len() < MIN_KEYWORD_LEN || !k.is_ascii())
+        {
+            return Err(invalid(format!(
+                "keyword {k:?} must be ASCII and at least {MIN_KEYWORD_LEN} bytes"
+            )));
         }
         let hir = regex_syntax::ParserBuilder::new()
             .build()
@@ -224,11 +226,11 @@ impl RawRule {
                 "the `jwt` validator and the `jwt` table go together".into(),
             ));
         }
-        let (prefix_len, strong_prefix) = prefix_facts(&hir);
-        let pass = match (strong_prefix, self.keywords.is_empty()) {
-            (true, _) => Pass::Combined,
-            (false, false) => Pass::Keyword,
-            (false, true) => Pass::Unanchored,
+        let prefix_len = literal_prefix_len(&hir);
+        let pass = if self.keywords.is_empty() {
+            Pass::Unanchored
+        } else {
+            Pass::Keyword
         };
         let context = self.context.map(|c| Context {
             keywords: c.keywords.iter().map(|k| k.to_ascii_lowercase()).collect(),
@@ -245,7 +247,12 @@ impl RawRule {
             keywords: self.keywords,
             validators: self.validators,
             min_entropy: self.min_entropy,
-            window: self.window.unwrap_or(DEFAULT_WINDOW),
+            // A bounded regex gets a window that fits its longest match.
+            window: self.window.unwrap_or_else(|| {
+                hir.properties()
+                    .maximum_len()
+                    .map_or(DEFAULT_WINDOW, |m| m.clamp(DEFAULT_WINDOW, MAX_AUTO_WINDOW))
+            }),
             context,
             jwt: self.jwt.unwrap_or_default(),
             allowlist: self.allowlist,
@@ -365,32 +372,20 @@ mod tests {
     }
 
     #[test]
-    fn strong_prefixes_join_the_combined_pass_and_weak_ones_do_not() {
-        assert_eq!(
-            raw(r"(?-u:\b)(ghp_[A-Za-z0-9]{36})", &["ghp_"])
-                .compile("f")
-                .unwrap()
-                .pass,
-            Pass::Combined
-        );
-        assert_eq!(
-            raw(r"(hf_[A-Za-z]{34})", &["hf_"])
-                .compile("f")
-                .unwrap()
-                .pass,
-            Pass::Keyword
-        );
-        assert_eq!(
-            raw(r"(?i)secret\s*=\s*([a-z]{20})", &["secret"])
-                .compile("f")
-                .unwrap()
-                .pass,
-            Pass::Keyword
-        );
+    fn rules_without_keywords_run_unanchored() {
+        let rule = raw(r"(?-u:\b)(ghp_[A-Za-z0-9]{36})", &["ghp_"])
+            .compile("f")
+            .unwrap();
+        assert_eq!((rule.pass, rule.prefix_len), (Pass::Keyword, 4));
         assert_eq!(
             raw(r"([a-z]{20})", &[]).compile("f").unwrap().pass,
             Pass::Unanchored
         );
+        let err = raw(r"(ab[a-z]{20})", &["ab"])
+            .compile("f")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("at least 3 bytes"), "{err}");
     }
 
     #[test]
