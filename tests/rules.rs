@@ -1,10 +1,22 @@
-//! Every default rule is data, and the data is tested: ids, examples (alone and wrapped in the file
-//! formats secrets live in), negative examples, and the whole set compiling together.
+//! Every shipped rule is data, and the data is tested: ids, examples (alone and wrapped in the file
+//! formats secrets live in), negative examples, and the whole set compiling together. "Shipped" is
+//! the default set (compiled in) plus `patterns/extended/` (loaded with `--rules`).
 
-use spillway::scanner::{Finding, Rule, RuleSet, ScanOptions};
+use std::path::Path;
 
+use spillway::scanner::{Finding, Rule, RuleSet, ScanOptions, rule};
+
+fn all_rules() -> Vec<Rule> {
+    let mut rules = rule::default_rules().expect("the default rules parse");
+    let extended = Path::new(env!("CARGO_MANIFEST_DIR")).join("patterns/extended");
+    rules.extend(rule::load_rules_dir(&extended).expect("the extended rules parse"));
+    rules
+}
+
+/// Default and extended rules, compiled together (so ids must be unique across both).
 fn default_set() -> RuleSet {
-    RuleSet::default_rules(ScanOptions::default()).expect("the default rules compile together")
+    RuleSet::new(all_rules(), ScanOptions::default())
+        .expect("default and extended rules compile together")
 }
 
 /// Secrets that `rule_id` reports in `text` (valid or unvalidated findings only).
@@ -50,8 +62,14 @@ fn wrappings(example: &str) -> Vec<(&'static str, String)> {
 
 #[test]
 fn the_default_set_has_at_least_sixty_rules_with_unique_ids() {
+    let defaults =
+        RuleSet::default_rules(ScanOptions::default()).expect("the default rules compile together");
+    assert!(
+        defaults.rules().len() >= 60,
+        "only {} default rules",
+        defaults.rules().len()
+    );
     let set = default_set();
-    assert!(set.rules().len() >= 60, "only {} rules", set.rules().len());
     let mut ids: Vec<&str> = set.rules().iter().map(|r| r.id.as_str()).collect();
     ids.sort();
     let before = ids.len();

@@ -4,10 +4,13 @@
 //! Why it is shaped this way (measured on this kind of machine, see docs/BENCHMARKS.md):
 //! - One pass finds every rule's **keywords** (for a token with a prefix, the prefix itself). The
 //!   buffer is ASCII-lower-cased in cache-sized chunks and searched with Teddy (`aho-corasick`'s packed
-//!   SIMD searcher) for the keywords' first three bytes, in groups of at most [`TEDDY_GROUP`]: Teddy
-//!   runs at 6.5 GB/s with 32 patterns but falls to 2.3 GB/s with 64 and to 0.2-0.5 GB/s as a plain
-//!   automaton beyond that, so many small groups beat one big set. A combined regex of all rules
-//!   (tried first) ran at 0.1 GB/s: its lazy DFA thrashes on 100+ token shapes.
+//!   SIMD searcher) for a *fingerprint* of each keyword: three bytes chosen to be rare in real code
+//!   and shared by as many keywords as possible ([`choose_fingerprints`]). Teddy runs at ~10 GB/s
+//!   with 16 patterns, 6.5 GB/s with 32, 2.3 GB/s with 64 and 0.2-0.5 GB/s as a plain automaton
+//!   beyond that, so the fingerprints are split into balanced groups of at most [`TEDDY_GROUP`]. The
+//!   cost of a rule set is therefore about its number of distinct fingerprints
+//!   (`spillway rules --stats`). A combined regex of all rules (tried first) ran at 0.1 GB/s: its
+//!   lazy DFA thrashes on 100+ token shapes.
 //! - A fingerprint hit is confirmed against the whole keyword, then each rule of that keyword runs
 //!   its own regex in a **window** around the hit; overlapping windows of a rule are merged, so no byte
 //!   is searched twice by one rule. Rule regexes thus only see a tiny fraction of the input.
@@ -27,7 +30,9 @@ use super::finding::{Finding, TokenSecret, Verdict};
 use super::rule::{AllowTarget, MIN_KEYWORD_LEN, Pass, Rule, RuleError, check_unique_ids};
 use super::validate::{self, Validator};
 
-/// Fingerprints per Teddy searcher: the most for which it stays in its fast (slim) form.
+/// Most fingerprints per Teddy searcher. Measured on real code (docs/BENCHMARKS.md): Teddy's false
+/// candidates climb steeply past ~16 patterns (two groups of 21 ran slower than three of 14), while
+/// each extra group costs a whole pass; groups are balanced, so 41 fingerprints make 14 + 14 + 13.
 const TEDDY_GROUP: usize = 16;
 /// Bytes lower-cased and searched at a time: small enough to stay in L2.
 const CHUNK: usize = 128 << 10;
@@ -188,8 +193,9 @@ impl RuleSet {
             }
         }
         let fingerprints = choose_fingerprints(&keywords);
+        let group_count = fingerprints.len().div_ceil(TEDDY_GROUP).max(1);
         let groups = fingerprints
-            .chunks(TEDDY_GROUP)
+            .chunks(fingerprints.len().div_ceil(group_count).max(1))
             .map(|chunk| {
                 let searcher = packed::Config::new()
                     .match_kind(packed::MatchKind::LeftmostFirst)
