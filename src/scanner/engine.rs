@@ -331,10 +331,12 @@ impl<'r> Scanner<'r> {
             // so a keyword starting in the owned range is seen whole whatever its fingerprint offset.
             let copy_start = chunk_start.saturating_sub(set.max_keyword);
             let copy_end = (owned_end + set.max_keyword).min(haystack.len());
-            self.lower.clear();
-            self.lower
-                .extend_from_slice(&haystack[copy_start..copy_end]);
-            self.lower.make_ascii_lowercase();
+            // One fused copy-and-fold pass (copying, then folding in place, read the chunk twice).
+            let source = &haystack[copy_start..copy_end];
+            self.lower.resize(source.len(), 0);
+            for (folded, &byte) in self.lower.iter_mut().zip(source) {
+                *folded = byte.to_ascii_lowercase();
+            }
             self.hits.clear();
             let owned = (chunk_start - copy_start)..(owned_end - copy_start);
             for group in &set.groups {
@@ -365,9 +367,9 @@ impl<'r> Scanner<'r> {
                 let (at, k) = self.hits[i];
                 let keyword = &set.keywords[k];
                 for &r in &keyword.rules {
-                    let w = set.rules[r].window;
-                    let window =
-                        at.saturating_sub(w)..(at + keyword.text.len() + w).min(haystack.len());
+                    let rule = &set.rules[r];
+                    let window = at.saturating_sub(rule.window_before)
+                        ..(at + keyword.text.len() + rule.window).min(haystack.len());
                     match &mut self.open_windows[r] {
                         Some(open) if window.start <= open.end => {
                             open.end = open.end.max(window.end)

@@ -170,6 +170,7 @@ pub fn parse_gitleaks_file(file: &str, text: &str) -> Result<Vec<Rule>, RuleErro
                 validators: vec![],
                 min_entropy: g.entropy,
                 window: None,
+                window_before: None,
                 context: None,
                 jwt: None,
                 examples: vec![],

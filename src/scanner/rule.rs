@@ -69,6 +69,8 @@ pub struct RawRule {
     pub validators: Vec<Validator>,
     pub min_entropy: Option<f64>,
     pub window: Option<usize>,
+    /// How far before a keyword hit a match may start (default: `window`).
+    pub window_before: Option<usize>,
     pub context: Option<RawContext>,
     pub jwt: Option<JwtSpec>,
     #[serde(default)]
@@ -146,6 +148,7 @@ pub struct Rule {
     pub validators: Vec<Validator>,
     pub min_entropy: Option<f64>,
     pub window: usize,
+    pub window_before: usize,
     pub context: Option<Context>,
     pub jwt: JwtSpec,
     pub allowlist: Allowlist,
@@ -227,6 +230,12 @@ impl RawRule {
             ));
         }
         let prefix_len = literal_prefix_len(&hir);
+        // A bounded regex gets a window that fits its longest match.
+        let window = self.window.unwrap_or_else(|| {
+            hir.properties()
+                .maximum_len()
+                .map_or(DEFAULT_WINDOW, |m| m.clamp(DEFAULT_WINDOW, MAX_AUTO_WINDOW))
+        });
         let pass = if self.keywords.is_empty() {
             Pass::Unanchored
         } else {
@@ -247,12 +256,8 @@ impl RawRule {
             keywords: self.keywords,
             validators: self.validators,
             min_entropy: self.min_entropy,
-            // A bounded regex gets a window that fits its longest match.
-            window: self.window.unwrap_or_else(|| {
-                hir.properties()
-                    .maximum_len()
-                    .map_or(DEFAULT_WINDOW, |m| m.clamp(DEFAULT_WINDOW, MAX_AUTO_WINDOW))
-            }),
+            window,
+            window_before: self.window_before.unwrap_or(window),
             context,
             jwt: self.jwt.unwrap_or_default(),
             allowlist: self.allowlist,
@@ -362,6 +367,7 @@ mod tests {
             validators: vec![],
             min_entropy: None,
             window: None,
+            window_before: None,
             context: None,
             jwt: None,
             examples: vec![],
