@@ -3,6 +3,15 @@
 //!
 //! - [`scanner`]: rules as data and the multi-pattern engine (no I/O).
 //! - [`cli`]: the `spillway` command line (scan files, directories, stdin and git history).
+//! - [`store`]: SQLite / PostgreSQL storage; [`audit`]: the hash-chained audit log;
+//!   [`listeners`]: rotatable listener endpoints; [`admin_keys`]; [`keys`]: secrets held outside
+//!   the database; [`config`]: layered settings.
 
+pub mod admin_keys;
+pub mod audit;
 pub mod cli;
+pub mod config;
+pub mod keys;
+pub mod listeners;
 pub mod scanner;
+pub mod store;

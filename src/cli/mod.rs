@@ -1,5 +1,6 @@
 //! The `spillway` command line. `main.rs` only calls [`run`]; each subcommand lives in its module.
 
+pub mod admin;
 pub mod baseline;
 pub mod git_history;
 pub mod report;
@@ -14,6 +15,9 @@ use clap::{Parser, Subcommand};
     about = "Finds leaked tokens, proves them live, revokes and records them."
 )]
 pub struct Cli {
+    /// Settings file (default: ./spillway.toml when present). Environment variables override it.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<std::path::PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -22,6 +26,15 @@ pub struct Cli {
 pub enum Command {
     /// Scan files, directories, stdin or git history for tokens.
     Scan(scan::ScanArgs),
+    /// Manage listeners and their rotatable endpoints (works directly on the database).
+    #[command(subcommand)]
+    Listener(admin::ListenerCommand),
+    /// Create admin API keys (local bootstrap).
+    #[command(subcommand, name = "admin-key")]
+    AdminKey(admin::AdminKeyCommand),
+    /// Verify or export the audit log.
+    #[command(subcommand)]
+    Audit(admin::AuditCommand),
     /// List the default rules (id, token type, engine pass, name).
     Rules {
         /// Print only the engine's cost drivers: rules, keywords' distinct three-byte fingerprints.
@@ -35,6 +48,9 @@ pub fn run() -> u8 {
     let cli = Cli::parse();
     match cli.command {
         Command::Scan(args) => scan::run(args),
+        Command::Listener(c) => admin::listener(cli.config.as_ref(), c),
+        Command::AdminKey(c) => admin::admin_key(cli.config.as_ref(), c),
+        Command::Audit(c) => admin::audit(cli.config.as_ref(), c),
         Command::Rules { stats } => {
             match crate::scanner::RuleSet::default_rules(Default::default()) {
                 Ok(set) if stats => {

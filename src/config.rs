@@ -1,0 +1,111 @@
+//! One settings tree, layered: built-in defaults, then `spillway.toml` (or `--config FILE`), then
+//! `SPILLWAY_*` environment variables. Secrets are not settings: see `keys`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use serde::Deserialize;
+
+pub const DEFAULT_GITHUB_KEYS_URL: &str = "https://api.github.com/meta/public_keys/secret_scanning";
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// `sqlite://PATH` (default `sqlite://spillway.db`) or `postgres://...`.
+    pub database_url: String,
+    /// Public ingress: listener endpoints.
+    pub listen_addr: String,
+    /// Admin API, `/metrics`, health and readiness.
+    pub admin_addr: String,
+    /// Where GitHub's secret-scanning public keys are fetched.
+    pub github_keys_url: String,
+    /// Key file (used when the keys are not in the environment; generated in development).
+    pub key_file: PathBuf,
+    /// Signed audit checkpoints, kept outside the database.
+    pub audit_checkpoint_file: PathBuf,
+    /// Base URL printed with new endpoint paths.
+    pub public_url: String,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            database_url: "sqlite://spillway.db".into(),
+            listen_addr: "127.0.0.1:8080".into(),
+            admin_addr: "127.0.0.1:9090".into(),
+            github_keys_url: DEFAULT_GITHUB_KEYS_URL.into(),
+            key_file: "spillway.keys".into(),
+            audit_checkpoint_file: "spillway-audit.checkpoints".into(),
+            public_url: "http://127.0.0.1:8080".into(),
+        }
+    }
+}
+
+impl Settings {
+    /// Defaults, then `file` (or `./spillway.toml` when present), then the environment.
+    pub fn load(file: Option<&Path>) -> anyhow::Result<Settings> {
+        let default_file = Path::new("spillway.toml");
+        let file = file.or_else(|| default_file.exists().then_some(default_file));
+        let mut settings = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("{}: cannot read", path.display()))?;
+                toml::from_str(&text)
+                    .with_context(|| format!("{}: invalid settings", path.display()))?
+            }
+            None => Settings::default(),
+        };
+        settings.apply_env(|name| std::env::var(name).ok());
+        Ok(settings)
+    }
+
+    fn apply_env(&mut self, var: impl Fn(&str) -> Option<String>) {
+        let set = |target: &mut String, name: &str| {
+            if let Some(v) = var(name).filter(|v| !v.is_empty()) {
+                *target = v;
+            }
+        };
+        set(&mut self.database_url, "SPILLWAY_DATABASE_URL");
+        set(&mut self.listen_addr, "SPILLWAY_LISTEN_ADDR");
+        set(&mut self.admin_addr, "SPILLWAY_ADMIN_ADDR");
+        set(&mut self.github_keys_url, "SPILLWAY_GITHUB_KEYS_URL");
+        set(&mut self.public_url, "SPILLWAY_PUBLIC_URL");
+        if let Some(v) = var("SPILLWAY_KEY_FILE").filter(|v| !v.is_empty()) {
+            self.key_file = v.into();
+        }
+        if let Some(v) = var("SPILLWAY_AUDIT_CHECKPOINT_FILE").filter(|v| !v.is_empty()) {
+            self.audit_checkpoint_file = v.into();
+        }
+    }
+
+    /// True for a database that is not the embedded default: keys must then be provided.
+    pub fn is_production(&self) -> bool {
+        self.database_url.starts_with("postgres")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layers_apply_in_order() {
+        let mut s: Settings =
+            toml::from_str("listen_addr = \"0.0.0.0:8000\"\nadmin_addr = \"127.0.0.1:9999\"\n")
+                .unwrap();
+        assert_eq!(s.database_url, "sqlite://spillway.db", "default kept");
+        s.apply_env(|n| (n == "SPILLWAY_ADMIN_ADDR").then(|| "127.0.0.1:7000".to_owned()));
+        assert_eq!(
+            (s.listen_addr.as_str(), s.admin_addr.as_str()),
+            ("0.0.0.0:8000", "127.0.0.1:7000")
+        );
+    }
+
+    #[test]
+    fn unknown_settings_are_named() {
+        let err = toml::from_str::<Settings>("listen_adr = \"x\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("listen_adr"), "{err}");
+    }
+}

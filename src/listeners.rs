@@ -1,0 +1,396 @@
+//! Listeners and their rotatable secret endpoints (seed 000, DESIGN.md).
+//!
+//! Rules, enforced here and tested as properties:
+//! - every listener has exactly one *active* endpoint (no expiry);
+//! - rotating creates a new active endpoint and gives the old one an expiry, or deletes it at once;
+//! - an expiry can be extended while it has not passed; an expired endpoint processes nothing (it
+//!   resolves to nothing, so the server answers 404) and can no longer be changed, only deleted;
+//! - the active endpoint cannot be deleted (rotate first).
+//!
+//! An endpoint's path is `/l/<secret>`; only SHA-256 of the secret is stored, so the URL is shown
+//! once, at creation. Every change appends an audit entry in the same transaction.
+
+use anyhow::Context as _;
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use rand::RngCore as _;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use sqlx::Row as _;
+
+use crate::audit;
+use crate::store::{Store, Tx, now_ms};
+
+/// The integrations a listener can speak.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ListenerKind {
+    Github,
+    Gitlab,
+    Depsdev,
+    GitlabRevocation,
+    StandardWebhooks,
+    Twilio,
+    GithubHmac,
+}
+
+impl ListenerKind {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ListenerKind::Github => "github",
+            ListenerKind::Gitlab => "gitlab",
+            ListenerKind::Depsdev => "depsdev",
+            ListenerKind::GitlabRevocation => "gitlab-revocation",
+            ListenerKind::StandardWebhooks => "standard-webhooks",
+            ListenerKind::Twilio => "twilio",
+            ListenerKind::GithubHmac => "github-hmac",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        <Self as clap::ValueEnum>::value_variants()
+            .iter()
+            .copied()
+            .find(|k| k.as_str() == s)
+    }
+}
+
+/// Why a listener change was refused. Messages name the endpoint or listener.
+#[derive(Debug, thiserror::Error)]
+pub enum RotationError {
+    #[error("no listener {0}")]
+    NoListener(String),
+    #[error("no endpoint {0}")]
+    NoEndpoint(String),
+    #[error("endpoint {0} is the active endpoint and has no expiry: rotate the listener first")]
+    Active(String),
+    #[error("endpoint {0} has expired: an expired endpoint can no longer be changed, only deleted")]
+    Expired(String),
+    #[error("the new expiry must be in the future")]
+    ExpiryInPast,
+    #[error(transparent)]
+    Database(#[from] anyhow::Error),
+}
+
+impl From<sqlx::Error> for RotationError {
+    fn from(e: sqlx::Error) -> Self {
+        RotationError::Database(e.into())
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Endpoint {
+    pub id: String,
+    pub listener_id: String,
+    pub created_at: i64,
+    /// `None` for the active endpoint.
+    pub expires_at: Option<i64>,
+}
+
+impl Endpoint {
+    pub fn is_expired(&self, now: i64) -> bool {
+        self.expires_at.is_some_and(|at| at <= now)
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Listener {
+    pub id: String,
+    pub kind: String,
+    pub name: String,
+    pub created_at: i64,
+    pub endpoints: Vec<Endpoint>,
+}
+
+/// A newly created endpoint: the only time its secret path is known.
+#[derive(Debug)]
+pub struct NewEndpoint {
+    pub endpoint: Endpoint,
+    /// `/l/<secret>`.
+    pub path: String,
+}
+
+fn random_id(prefix: &str, bytes: usize) -> String {
+    let mut b = vec![0u8; bytes];
+    rand::rngs::OsRng.fill_bytes(&mut b);
+    format!("{prefix}{}", hex::encode(b))
+}
+
+fn path_hash(secret: &str) -> String {
+    hex::encode(Sha256::digest(secret.as_bytes()))
+}
+
+async fn insert_endpoint(
+    tx: &mut Tx,
+    listener_id: &str,
+    now: i64,
+) -> Result<NewEndpoint, RotationError> {
+    let mut secret = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut secret);
+    let secret = URL_SAFE_NO_PAD.encode(secret);
+    let endpoint = Endpoint {
+        id: random_id("ep_", 8),
+        listener_id: listener_id.to_owned(),
+        created_at: now,
+        expires_at: None,
+    };
+    sqlx::query("INSERT INTO listener_endpoints (id, listener_id, path_hash, created_at, expires_at) VALUES ($1, $2, $3, $4, NULL)")
+        .bind(&endpoint.id)
+        .bind(listener_id)
+        .bind(path_hash(&secret))
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+    Ok(NewEndpoint {
+        endpoint,
+        path: format!("/l/{secret}"),
+    })
+}
+
+/// Creates a listener with one active endpoint.
+pub async fn create(
+    store: &Store,
+    kind: ListenerKind,
+    name: &str,
+    actor: &str,
+) -> Result<(Listener, NewEndpoint), RotationError> {
+    let now = now_ms();
+    let mut tx = store.begin().await?;
+    let id = random_id("lst_", 8);
+    sqlx::query("INSERT INTO listeners (id, kind, name, created_at) VALUES ($1, $2, $3, $4)")
+        .bind(&id)
+        .bind(kind.as_str())
+        .bind(name)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+    let endpoint = insert_endpoint(&mut tx, &id, now).await?;
+    let details = serde_json::json!({ "kind": kind.as_str(), "name": name, "endpoint": endpoint.endpoint.id });
+    audit::append(
+        &mut tx,
+        store.backend(),
+        actor,
+        "listener.create",
+        &id,
+        details,
+    )
+    .await?;
+    tx.commit().await.context("cannot commit")?;
+    let listener = Listener {
+        id,
+        kind: kind.as_str().into(),
+        name: name.into(),
+        created_at: now,
+        endpoints: vec![endpoint.endpoint.clone()],
+    };
+    Ok((listener, endpoint))
+}
+
+async fn endpoints_of(tx: &mut Tx, listener_id: &str) -> Result<Vec<Endpoint>, RotationError> {
+    let rows = sqlx::query("SELECT id, listener_id, created_at, expires_at FROM listener_endpoints WHERE listener_id = $1 ORDER BY created_at, id")
+        .bind(listener_id)
+        .fetch_all(&mut **tx)
+        .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(Endpoint {
+                id: r.try_get("id")?,
+                listener_id: r.try_get("listener_id")?,
+                created_at: r.try_get("created_at")?,
+                expires_at: r.try_get("expires_at")?,
+            })
+        })
+        .collect::<Result<_, sqlx::Error>>()
+        .map_err(Into::into)
+}
+
+/// All listeners with their endpoints.
+pub async fn list(store: &Store) -> anyhow::Result<Vec<Listener>> {
+    let mut tx = store.begin().await?;
+    let rows =
+        sqlx::query("SELECT id, kind, name, created_at FROM listeners ORDER BY created_at, id")
+            .fetch_all(&mut *tx)
+            .await?;
+    let mut out = Vec::new();
+    for r in rows {
+        let id: String = r.try_get("id")?;
+        let endpoints = endpoints_of(&mut tx, &id)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        out.push(Listener {
+            id,
+            kind: r.try_get("kind")?,
+            name: r.try_get("name")?,
+            created_at: r.try_get("created_at")?,
+            endpoints,
+        });
+    }
+    tx.commit().await?;
+    Ok(out)
+}
+
+/// What happens to the old active endpoint on rotation.
+#[derive(Debug, Clone, Copy)]
+pub enum OldEndpoint {
+    /// It keeps working until this time (ms since the epoch).
+    ExpireAt(i64),
+    /// It stops working at once.
+    Delete,
+}
+
+/// Creates a new active endpoint; the old one expires or is deleted.
+pub async fn rotate(
+    store: &Store,
+    listener_id: &str,
+    old: OldEndpoint,
+    actor: &str,
+) -> Result<NewEndpoint, RotationError> {
+    let now = now_ms();
+    if let OldEndpoint::ExpireAt(at) = old {
+        if at <= now {
+            return Err(RotationError::ExpiryInPast);
+        }
+    }
+    let mut tx = store.begin().await?;
+    let endpoints = endpoints_of(&mut tx, listener_id).await?;
+    let Some(active) = endpoints.iter().find(|e| e.expires_at.is_none()) else {
+        return Err(RotationError::NoListener(listener_id.to_owned()));
+    };
+    match old {
+        OldEndpoint::ExpireAt(at) => {
+            sqlx::query("UPDATE listener_endpoints SET expires_at = $1 WHERE id = $2")
+                .bind(at)
+                .bind(&active.id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        OldEndpoint::Delete => {
+            sqlx::query("DELETE FROM listener_endpoints WHERE id = $1")
+                .bind(&active.id)
+                .execute(&mut *tx)
+                .await?;
+        }
+    }
+    let new = insert_endpoint(&mut tx, listener_id, now).await?;
+    let details = match old {
+        OldEndpoint::ExpireAt(at) => {
+            serde_json::json!({ "old": active.id, "old_expires_at": at, "new": new.endpoint.id })
+        }
+        OldEndpoint::Delete => {
+            serde_json::json!({ "old": active.id, "old_deleted": true, "new": new.endpoint.id })
+        }
+    };
+    audit::append(
+        &mut tx,
+        store.backend(),
+        actor,
+        "listener.rotate",
+        listener_id,
+        details,
+    )
+    .await?;
+    tx.commit().await.context("cannot commit")?;
+    Ok(new)
+}
+
+async fn find_endpoint(tx: &mut Tx, endpoint_id: &str) -> Result<Endpoint, RotationError> {
+    let row = sqlx::query(
+        "SELECT id, listener_id, created_at, expires_at FROM listener_endpoints WHERE id = $1",
+    )
+    .bind(endpoint_id)
+    .fetch_optional(&mut **tx)
+    .await?
+    .ok_or_else(|| RotationError::NoEndpoint(endpoint_id.to_owned()))?;
+    Ok(Endpoint {
+        id: row.try_get("id")?,
+        listener_id: row.try_get("listener_id")?,
+        created_at: row.try_get("created_at")?,
+        expires_at: row.try_get("expires_at")?,
+    })
+}
+
+/// Moves an expiring endpoint's expiry to `until`, while it has not passed.
+pub async fn extend(
+    store: &Store,
+    endpoint_id: &str,
+    until: i64,
+    actor: &str,
+) -> Result<Endpoint, RotationError> {
+    let now = now_ms();
+    let mut tx = store.begin().await?;
+    let mut endpoint = find_endpoint(&mut tx, endpoint_id).await?;
+    match endpoint.expires_at {
+        None => return Err(RotationError::Active(endpoint.id)),
+        Some(at) if at <= now => return Err(RotationError::Expired(endpoint.id)),
+        Some(_) if until <= now => return Err(RotationError::ExpiryInPast),
+        Some(_) => {}
+    }
+    sqlx::query("UPDATE listener_endpoints SET expires_at = $1 WHERE id = $2")
+        .bind(until)
+        .bind(&endpoint.id)
+        .execute(&mut *tx)
+        .await?;
+    let details =
+        serde_json::json!({ "endpoint": endpoint.id, "from": endpoint.expires_at, "to": until });
+    audit::append(
+        &mut tx,
+        store.backend(),
+        actor,
+        "listener.extend",
+        &endpoint.listener_id,
+        details,
+    )
+    .await?;
+    tx.commit().await.context("cannot commit")?;
+    endpoint.expires_at = Some(until);
+    Ok(endpoint)
+}
+
+/// Deletes an expiring or expired endpoint (never the active one).
+pub async fn delete_endpoint(
+    store: &Store,
+    endpoint_id: &str,
+    actor: &str,
+) -> Result<(), RotationError> {
+    let mut tx = store.begin().await?;
+    let endpoint = find_endpoint(&mut tx, endpoint_id).await?;
+    if endpoint.expires_at.is_none() {
+        return Err(RotationError::Active(endpoint.id));
+    }
+    sqlx::query("DELETE FROM listener_endpoints WHERE id = $1")
+        .bind(&endpoint.id)
+        .execute(&mut *tx)
+        .await?;
+    let details = serde_json::json!({ "endpoint": endpoint.id });
+    audit::append(
+        &mut tx,
+        store.backend(),
+        actor,
+        "listener.delete_endpoint",
+        &endpoint.listener_id,
+        details,
+    )
+    .await?;
+    tx.commit().await.context("cannot commit")?;
+    Ok(())
+}
+
+/// The listener an endpoint secret routes to, if the endpoint exists and has not expired.
+pub async fn resolve(
+    store: &Store,
+    secret: &str,
+) -> anyhow::Result<Option<(String, ListenerKind)>> {
+    let row = sqlx::query(
+        "SELECT l.id, l.kind, e.expires_at FROM listener_endpoints e JOIN listeners l ON l.id = e.listener_id WHERE e.path_hash = $1",
+    )
+    .bind(path_hash(secret))
+    .fetch_optional(store.pool())
+    .await?;
+    let Some(row) = row else { return Ok(None) };
+    let expires_at: Option<i64> = row.try_get("expires_at")?;
+    if expires_at.is_some_and(|at| at <= now_ms()) {
+        return Ok(None);
+    }
+    let kind: String = row.try_get("kind")?;
+    Ok(ListenerKind::parse(&kind).map(|k| (row.try_get("id").unwrap_or_default(), k)))
+}

@@ -1,0 +1,147 @@
+//! Durable state: one storage layer over SQLite (embedded default: WAL, `synchronous=FULL`, writes
+//! serialised through one connection) and PostgreSQL (production, shared by replicas). Queries are
+//! written once with `$N` placeholders, which both backends accept; migrations live in
+//! `migrations/sqlite` and `migrations/postgres` and are applied on connect.
+//!
+//! Owns connections, transactions and migrations; the tables' meaning belongs to the modules that
+//! use them (audit, listeners, admin keys).
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
+use sqlx::any::{AnyPoolOptions, install_default_drivers};
+use sqlx::{Any, AnyPool, Executor as _, Transaction};
+
+static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
+static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// A connection pool plus which backend it talks to.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+pub type Tx = Transaction<'static, Any>;
+
+/// Milliseconds since the Unix epoch: the one time unit stored.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+impl Store {
+    /// Connects to `url` (`sqlite://PATH` or `postgres://...`), creating a SQLite file if needed, and
+    /// applies migrations.
+    pub async fn connect(url: &str) -> anyhow::Result<Store> {
+        install_default_drivers();
+        let (backend, url) = if url.starts_with("sqlite:") {
+            let url = if url.contains('?') {
+                url.to_owned()
+            } else {
+                format!("{url}?mode=rwc")
+            };
+            (Backend::Sqlite, url)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            (Backend::Postgres, url.to_owned())
+        } else {
+            anyhow::bail!("SPILLWAY_DATABASE_URL must start with sqlite:// or postgres://");
+        };
+        let options = AnyPoolOptions::new().acquire_timeout(Duration::from_secs(10));
+        let options = match backend {
+            // One connection: SQLite allows one writer, and serialising here avoids SQLITE_BUSY.
+            Backend::Sqlite => options.max_connections(1).after_connect(|conn, _| {
+                Box::pin(async move {
+                    for pragma in [
+                        "PRAGMA journal_mode = WAL",
+                        "PRAGMA synchronous = FULL",
+                        "PRAGMA foreign_keys = ON",
+                        "PRAGMA busy_timeout = 5000",
+                    ] {
+                        conn.execute(pragma).await?;
+                    }
+                    Ok(())
+                })
+            }),
+            Backend::Postgres => options.max_connections(16),
+        };
+        let pool = options
+            .connect(&url)
+            .await
+            .with_context(|| format!("cannot open database {}", redact_url(&url)))?;
+        let migrator = match backend {
+            Backend::Sqlite => &SQLITE_MIGRATIONS,
+            Backend::Postgres => &POSTGRES_MIGRATIONS,
+        };
+        migrator
+            .run(&pool)
+            .await
+            .context("cannot apply database migrations")?;
+        Ok(Store { pool, backend })
+    }
+
+    /// Connects to a PostgreSQL server without applying migrations (tests use it to create a fresh
+    /// database per test).
+    pub async fn connect_admin(url: &str) -> anyhow::Result<Store> {
+        install_default_drivers();
+        let pool = AnyPoolOptions::new()
+            .max_connections(2)
+            .connect(url)
+            .await
+            .with_context(|| format!("cannot open database {}", redact_url(url)))?;
+        Ok(Store {
+            pool,
+            backend: Backend::Postgres,
+        })
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    /// Starts a transaction. On PostgreSQL, callers that append to the audit log serialise on its
+    /// head row (see `audit`).
+    pub async fn begin(&self) -> anyhow::Result<Tx> {
+        self.pool
+            .begin()
+            .await
+            .context("cannot start a database transaction")
+    }
+}
+
+/// A database URL without its password, for messages.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_passwords_are_not_printed() {
+        assert_eq!(
+            redact_url("postgres://spill:hunter2@127.0.0.1:5432/db"),
+            "postgres://spill:***@127.0.0.1:5432/db"
+        );
+        assert_eq!(redact_url("sqlite://spillway.db"), "sqlite://spillway.db");
+    }
+}
