@@ -1,8 +1,5 @@
-//! Storage, audit log, listener rotation and admin keys, on SQLite and on PostgreSQL.
-//!
-//! PostgreSQL runs when `SPILLWAY_TEST_POSTGRES_URL` names a server (`.ci/run` starts a throwaway
-//! cluster and sets it). Without it these tests run on SQLite only and say so; under CI (`CI` set)
-//! a missing PostgreSQL fails the run instead of passing silently.
+//! Storage, audit log, listener rotation and admin keys, on SQLite and on PostgreSQL (see
+//! `common::fresh_databases`).
 
 use std::time::Duration;
 
@@ -12,47 +9,8 @@ use spillway::listeners::{self, ListenerKind, OldEndpoint, RotationError};
 use spillway::store::{Store, now_ms};
 use spillway::{admin_keys, keys::Keys};
 
-/// A fresh, empty database per test: a SQLite file, and a new PostgreSQL database when available.
-async fn backends() -> Vec<(String, Store, tempfile::TempDir)> {
-    let mut out = Vec::new();
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("t.db").display());
-    out.push((
-        "sqlite".to_owned(),
-        Store::connect(&url).await.expect("sqlite opens"),
-        dir,
-    ));
-    match std::env::var("SPILLWAY_TEST_POSTGRES_URL") {
-        Ok(base) if !base.is_empty() => {
-            let admin = Store::connect_admin(&base)
-                .await
-                .expect("PostgreSQL reachable");
-            let name = format!("spillway_test_{:016x}", rand::random::<u64>());
-            sqlx::query(&format!("CREATE DATABASE {name}"))
-                .execute(admin.pool())
-                .await
-                .unwrap();
-            let url = match base.rfind('/') {
-                Some(i) if base[..i].contains("://") && i > base.find("://").unwrap() + 2 => {
-                    format!("{}/{name}", &base[..i])
-                }
-                _ => format!("{base}/{name}"),
-            };
-            out.push((
-                "postgres".to_owned(),
-                Store::connect(&url).await.expect("postgres opens"),
-                tempfile::tempdir().unwrap(),
-            ));
-        }
-        _ if std::env::var_os("CI").is_some() => {
-            panic!("CI must run the PostgreSQL tests: set SPILLWAY_TEST_POSTGRES_URL")
-        }
-        _ => eprintln!(
-            "PostgreSQL tests skipped locally: set SPILLWAY_TEST_POSTGRES_URL=postgres://... to run them"
-        ),
-    }
-    out
-}
+mod common;
+use common::backends;
 
 fn active_count(l: &listeners::Listener) -> usize {
     l.endpoints

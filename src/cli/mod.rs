@@ -24,6 +24,9 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the service: listener endpoints on SPILLWAY_LISTEN_ADDR, health and metrics on
+    /// SPILLWAY_ADMIN_ADDR (embedded SQLite by default).
+    Serve,
     /// Scan files, directories, stdin or git history for tokens.
     Scan(scan::ScanArgs),
     /// Manage listeners and their rotatable endpoints (works directly on the database).
@@ -47,6 +50,7 @@ pub enum Command {
 pub fn run() -> u8 {
     let cli = Cli::parse();
     match cli.command {
+        Command::Serve => serve(cli.config.as_ref()),
         Command::Scan(args) => scan::run(args),
         Command::Listener(c) => admin::listener(cli.config.as_ref(), c),
         Command::AdminKey(c) => admin::admin_key(cli.config.as_ref(), c),
@@ -72,6 +76,30 @@ pub fn run() -> u8 {
                     2
                 }
             }
+        }
+    }
+}
+
+fn serve(config: Option<&std::path::PathBuf>) -> u8 {
+    let _ = tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SPILLWAY_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
+    let result = crate::config::Settings::load(config.map(|p| p.as_path())).and_then(|settings| {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?
+            .block_on(crate::server::run(settings))
+    });
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("spillway serve: error: {e:#}");
+            2
         }
     }
 }

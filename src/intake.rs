@@ -1,0 +1,216 @@
+//! Durable intake: an accepted alert, one candidate per token and the queued work, with its audit
+//! entry, committed in one transaction before the platform is answered. An exact replay (same
+//! listener, same body hash) creates nothing and gets the same answer.
+//!
+//! Tokens arrive raw and leave this module only as fingerprints (HMAC under a key kept outside the
+//! database) and, where a protocol asks for it, as `sha256(token)` on the wire.
+
+use anyhow::Context as _;
+use serde::Serialize;
+use sqlx::Row as _;
+
+use crate::audit;
+use crate::keys::Keys;
+use crate::scanner::{Finding, RuleSet, TokenSecret};
+use crate::store::{Store, now_ms};
+
+/// One token as a platform reported it.
+#[derive(Debug)]
+pub struct ReportedToken {
+    pub token: TokenSecret,
+    pub token_type: String,
+    pub url: Option<String>,
+    pub source: Option<String>,
+}
+
+/// GitHub's feedback labels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Label {
+    TruePositive,
+    FalsePositive,
+}
+
+impl Label {
+    fn as_str(&self) -> &'static str {
+        match self {
+            Label::TruePositive => "true_positive",
+            Label::FalsePositive => "false_positive",
+        }
+    }
+}
+
+/// One element of the feedback array GitHub reads from the response body.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Feedback {
+    pub token_hash: String,
+    pub token_type: String,
+    pub label: Label,
+}
+
+/// What can be decided without asking anyone: a token of a type we have rules for that no such rule
+/// matches whole, or whose checksum fails, is a false positive. Anything else waits for the
+/// installation (left out of the feedback).
+pub fn offline_label(rules: &RuleSet, token: &TokenSecret, token_type: &str) -> Option<Label> {
+    if !rules.rules().iter().any(|r| r.token_type == token_type) {
+        return None;
+    }
+    let raw = token.expose();
+    let mut whole_match = None;
+    rules
+        .scanner()
+        .scan("alert", raw.as_bytes(), &mut |f: Finding<'_>| {
+            if f.rule.token_type == token_type && f.span == (0..raw.len()) {
+                whole_match = Some(f.verdict);
+            }
+        });
+    match whole_match {
+        None => Some(Label::FalsePositive),
+        Some(v) if v.is_invalid() => Some(Label::FalsePositive),
+        Some(_) => None,
+    }
+}
+
+/// The outcome of recording an alert.
+#[derive(Debug)]
+pub struct Recorded {
+    pub alert_id: i64,
+    pub replay: bool,
+    pub feedback: Vec<Feedback>,
+}
+
+/// Rows per multi-row INSERT: keeps a 5,000-token alert to a few round trips on PostgreSQL.
+const BATCH: usize = 200;
+
+/// Records an alert durably (see the module doc) and returns the feedback to answer with.
+#[allow(clippy::too_many_arguments)]
+pub async fn record_alert(
+    store: &Store,
+    keys: &Keys,
+    rules: &RuleSet,
+    listener_id: &str,
+    listener_kind: &str,
+    body_sha256: &str,
+    key_id: Option<&str>,
+    key_current: Option<bool>,
+    tokens: &[ReportedToken],
+) -> anyhow::Result<Recorded> {
+    let labels: Vec<Option<Label>> = tokens
+        .iter()
+        .map(|t| offline_label(rules, &t.token, &t.token_type))
+        .collect();
+    let feedback: Vec<Feedback> = tokens
+        .iter()
+        .zip(&labels)
+        .filter_map(|(t, l)| {
+            l.map(|label| Feedback {
+                token_hash: t.token.sha256_hex(),
+                token_type: t.token_type.clone(),
+                label,
+            })
+        })
+        .collect();
+
+    let mut tx = store.begin().await?;
+    let existing = sqlx::query("SELECT id FROM alerts WHERE listener_id = $1 AND body_sha256 = $2")
+        .bind(listener_id)
+        .bind(body_sha256)
+        .fetch_optional(&mut *tx)
+        .await?;
+    if let Some(row) = existing {
+        tx.rollback().await?;
+        return Ok(Recorded {
+            alert_id: row.try_get("id")?,
+            replay: true,
+            feedback,
+        });
+    }
+    let now = now_ms();
+    let alert_id: i64 = sqlx::query(
+        "INSERT INTO alerts (listener_id, body_sha256, received_at, key_id, key_current, token_count) \
+         VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+    )
+    .bind(listener_id)
+    .bind(body_sha256)
+    .bind(now)
+    .bind(key_id)
+    .bind(key_current.map(i64::from))
+    .bind(tokens.len() as i64)
+    .fetch_one(&mut *tx)
+    .await
+    .context("cannot record alert")?
+    .try_get("id")?;
+
+    let rows: Vec<(String, &ReportedToken, Option<Label>)> = tokens
+        .iter()
+        .zip(&labels)
+        .map(|(t, l)| (keys.fingerprint(t.token.expose()), t, *l))
+        .collect();
+    for chunk in rows.chunks(BATCH) {
+        let mut sql = String::from(
+            "INSERT INTO candidates (alert_id, fingerprint, token_type, url, source, label) VALUES ",
+        );
+        for i in 0..chunk.len() {
+            let b = i * 6;
+            if i > 0 {
+                sql.push_str(", ");
+            }
+            sql.push_str(&format!(
+                "(${}, ${}, ${}, ${}, ${}, ${})",
+                b + 1,
+                b + 2,
+                b + 3,
+                b + 4,
+                b + 5,
+                b + 6
+            ));
+        }
+        let mut q = sqlx::query(&sql);
+        for (fp, t, label) in chunk {
+            q = q
+                .bind(alert_id)
+                .bind(fp.clone())
+                .bind(t.token_type.clone())
+                .bind(t.url.clone())
+                .bind(t.source.clone())
+                .bind(label.map(|l| l.as_str().to_owned()));
+        }
+        q.execute(&mut *tx)
+            .await
+            .context("cannot record candidates")?;
+    }
+    // Every undecided candidate is queued for attribution and verification.
+    sqlx::query(
+        "INSERT INTO work_queue (kind, candidate_id, state, attempts, run_at) \
+         SELECT 'decide', id, 'pending', 0, $1 FROM candidates WHERE alert_id = $2 AND label IS NULL",
+    )
+    .bind(now)
+    .bind(alert_id)
+    .execute(&mut *tx)
+    .await
+    .context("cannot queue work")?;
+    let details = serde_json::json!({
+        "listener": listener_id,
+        "kind": listener_kind,
+        "body_sha256": body_sha256,
+        "tokens": tokens.len(),
+        "false_positives": feedback.iter().filter(|f| f.label == Label::FalsePositive).count(),
+        "key_id": key_id,
+        "key_current": key_current,
+    });
+    audit::append(
+        &mut tx,
+        store.backend(),
+        &format!("listener:{listener_id}"),
+        "alert.received",
+        &format!("alert:{alert_id}"),
+        details,
+    )
+    .await?;
+    tx.commit().await.context("cannot commit alert")?;
+    Ok(Recorded {
+        alert_id,
+        replay: false,
+        feedback,
+    })
+}

@@ -1,0 +1,194 @@
+//! `spillway serve`: public ingress (listener endpoints) on one address; health, readiness and
+//! `/metrics` on the admin address. [`start`] binds both (port 0 works, so tests get free ports)
+//! and returns their addresses and a handle; `main` only composes.
+
+mod metrics;
+mod partner;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use tokio::net::TcpListener;
+use tower::limit::ConcurrencyLimitLayer;
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::timeout::TimeoutLayer;
+
+use crate::config::Settings;
+use crate::keys::Keys;
+use crate::listeners::{self, ListenerKind};
+use crate::partner_keys::PartnerKeys;
+use crate::scanner::RuleSet;
+use crate::store::Store;
+
+pub use metrics::Metrics;
+
+/// Largest accepted request body (a 5,000-token alert is well under 1 MiB).
+pub const MAX_BODY: usize = 8 << 20;
+/// Whole-request deadline: GitHub allows partners 30 s; answer well inside it.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Requests handled at once per address; more wait.
+pub const MAX_CONCURRENT: usize = 256;
+
+/// Everything a request handler needs.
+pub struct AppState {
+    pub store: Store,
+    pub keys: Keys,
+    pub rules: RuleSet,
+    pub github_keys: PartnerKeys,
+    pub metrics: Metrics,
+}
+
+/// A running server.
+pub struct Running {
+    pub public_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub state: Arc<AppState>,
+    shutdown: tokio::sync::watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+impl Running {
+    /// Stops accepting, finishes in-flight requests, then returns.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+/// Opens the database, loads keys and rules, binds both addresses and starts serving.
+pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
+    let store = Store::connect(&settings.database_url).await?;
+    let keys = Keys::load(&settings.key_file, !settings.is_production())?;
+    let rules = RuleSet::default_rules(Default::default())?;
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .user_agent(concat!("spillway/", env!("CARGO_PKG_VERSION")))
+        .build()?;
+    let github_keys = PartnerKeys::new(&settings.github_keys_url, client);
+    let state = Arc::new(AppState {
+        store,
+        keys,
+        rules,
+        github_keys,
+        metrics: Metrics::default(),
+    });
+
+    let public = Router::new()
+        .route("/l/{secret}", post(listener_endpoint))
+        .fallback(|| async { (StatusCode::NOT_FOUND, "no such endpoint\n") })
+        .layer(DefaultBodyLimit::disable())
+        .layer(RequestBodyLimitLayer::new(MAX_BODY))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            REQUEST_TIMEOUT,
+        ))
+        .layer(ConcurrencyLimitLayer::new(MAX_CONCURRENT))
+        .with_state(state.clone());
+    let admin = Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(ready))
+        .route("/metrics", get(metrics::serve))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            REQUEST_TIMEOUT,
+        ))
+        .with_state(state.clone());
+
+    let public_listener = TcpListener::bind(&settings.listen_addr)
+        .await
+        .with_context(|| format!("cannot listen on {}", settings.listen_addr))?;
+    let admin_listener = TcpListener::bind(&settings.admin_addr)
+        .await
+        .with_context(|| format!("cannot listen on {}", settings.admin_addr))?;
+    let (public_addr, admin_addr) = (public_listener.local_addr()?, admin_listener.local_addr()?);
+    let (shutdown, watch) = tokio::sync::watch::channel(false);
+    let serve = |listener: TcpListener, app: Router| {
+        let mut watch = watch.clone();
+        tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = watch.wait_for(|stop| *stop).await;
+                })
+                .await
+        })
+    };
+    let tasks = vec![serve(public_listener, public), serve(admin_listener, admin)];
+    tracing::info!(%public_addr, %admin_addr, "spillway serving");
+    Ok(Running {
+        public_addr,
+        admin_addr,
+        state,
+        shutdown,
+        tasks,
+    })
+}
+
+async fn ready(State(state): State<Arc<AppState>>) -> Response {
+    match sqlx::query("SELECT 1").execute(state.store.pool()).await {
+        Ok(_) => (StatusCode::OK, "ready\n").into_response(),
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "database unavailable\n").into_response(),
+    }
+}
+
+/// A JSON error body naming what was wrong.
+pub fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (
+        status,
+        axum::Json(serde_json::json!({ "error": message.into() })),
+    )
+        .into_response()
+}
+
+async fn listener_endpoint(
+    State(state): State<Arc<AppState>>,
+    Path(secret): Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let routed = match listeners::resolve(&state.store, &secret).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "cannot resolve endpoint");
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "storage unavailable, retry later",
+            );
+        }
+    };
+    let Some((listener_id, kind)) = routed else {
+        return (StatusCode::NOT_FOUND, "no such endpoint\n").into_response();
+    };
+    match kind {
+        ListenerKind::Github => partner::github(&state, &listener_id, &headers, &body).await,
+        other => error(
+            StatusCode::NOT_IMPLEMENTED,
+            format!("listener kind {} is not served yet", other.as_str()),
+        ),
+    }
+}
+
+/// Runs until SIGINT/SIGTERM, then shuts down gracefully.
+pub async fn run(settings: Settings) -> anyhow::Result<()> {
+    let running = start(&settings).await?;
+    println!(
+        "spillway: public listener on http://{}, admin on http://{}",
+        running.public_addr, running.admin_addr
+    );
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down: finishing in-flight requests");
+    running.shutdown().await;
+    Ok(())
+}

@@ -1,0 +1,324 @@
+//! GitHub partner-alert intake, end to end over real HTTP: a fake GitHub key endpoint (speaking the
+//! real wire format), the real server on free loopback ports, and every backend.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use axum::Router;
+use axum::routing::get;
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use p256::ecdsa::signature::Signer as _;
+use p256::pkcs8::{EncodePublicKey as _, LineEnding};
+use sha2::{Digest, Sha256};
+use spillway::config::Settings;
+use spillway::listeners::{self, ListenerKind};
+use spillway::scanner::validate::crc32_base62;
+
+/// A fake `GET /meta/public_keys/secret_scanning` that counts how often it is asked.
+struct FakeGithub {
+    url: String,
+    hits: Arc<AtomicUsize>,
+}
+
+async fn fake_github(body: String) -> FakeGithub {
+    let hits = Arc::new(AtomicUsize::new(0));
+    let counter = hits.clone();
+    let app = Router::new().route(
+        "/meta/public_keys/secret_scanning",
+        get(move || {
+            counter.fetch_add(1, Ordering::SeqCst);
+            let body = body.clone();
+            async move { ([("content-type", "application/json")], body) }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    FakeGithub {
+        url: format!("http://{addr}/meta/public_keys/secret_scanning"),
+        hits,
+    }
+}
+
+struct Signer {
+    id: String,
+    key: p256::ecdsa::SigningKey,
+}
+
+impl Signer {
+    fn new(id: &str) -> Signer {
+        Signer {
+            id: id.into(),
+            key: p256::ecdsa::SigningKey::random(&mut rand::rngs::OsRng),
+        }
+    }
+
+    fn key_list(&self) -> String {
+        let pem = self
+            .key
+            .verifying_key()
+            .to_public_key_pem(LineEnding::LF)
+            .unwrap();
+        serde_json::json!({ "public_keys": [{ "key_identifier": self.id, "key": pem, "is_current": true }] }).to_string()
+    }
+
+    fn sign(&self, body: &[u8]) -> String {
+        let sig: p256::ecdsa::Signature = self.key.sign(body);
+        STANDARD.encode(sig.to_der().as_bytes())
+    }
+}
+
+struct Service {
+    running: spillway::server::Running,
+    endpoint: String,
+    dir: tempfile::TempDir,
+    client: reqwest::Client,
+}
+
+async fn service(database_url: &str, keys_url: &str) -> Service {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = Settings {
+        database_url: database_url.to_owned(),
+        listen_addr: "127.0.0.1:0".into(),
+        admin_addr: "127.0.0.1:0".into(),
+        github_keys_url: keys_url.to_owned(),
+        key_file: dir.path().join("keys"),
+        audit_checkpoint_file: dir.path().join("checkpoints"),
+        ..Settings::default()
+    };
+    // PostgreSQL counts as production, where keys must be provided: provide them as a file.
+    spillway::keys::Keys::load(&settings.key_file, true).unwrap();
+    let running = spillway::server::start(&settings)
+        .await
+        .expect("server starts");
+    let (_, endpoint) =
+        listeners::create(&running.state.store, ListenerKind::Github, "github", "test")
+            .await
+            .unwrap();
+    let endpoint = format!("http://{}{}", running.public_addr, endpoint.path);
+    Service {
+        running,
+        endpoint,
+        dir,
+        client: reqwest::Client::new(),
+    }
+}
+
+impl Service {
+    async fn post(
+        &self,
+        key_id: Option<&str>,
+        signature: Option<&str>,
+        body: &[u8],
+    ) -> (u16, String) {
+        let mut req = self.client.post(&self.endpoint).body(body.to_vec());
+        if let Some(k) = key_id {
+            req = req.header("GITHUB-PUBLIC-KEY-IDENTIFIER", k);
+        }
+        if let Some(s) = signature {
+            req = req.header("Github-Public-Key-Signature", s);
+        }
+        let resp = req.send().await.unwrap();
+        (resp.status().as_u16(), resp.text().await.unwrap())
+    }
+
+    async fn count(&self, table: &str) -> i64 {
+        sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {table}"))
+            .fetch_one(self.running.state.store.pool())
+            .await
+            .unwrap()
+    }
+}
+
+fn github_token(seed: u8) -> String {
+    let body: String = (0..30)
+        .map(|i| (b'a' + ((i * 7 + seed as usize * 13) % 26) as u8) as char)
+        .collect();
+    format!("ghp_{body}{}", crc32_base62(body.as_bytes()))
+}
+
+#[tokio::test]
+async fn published_github_vectors_verify_including_high_s_and_raw_bytes() {
+    let vectors: serde_json::Value =
+        serde_json::from_str(include_str!("fixtures/public_vectors.json")).unwrap();
+    let gh = &vectors["github_partner"];
+    for (backend, url, _dir) in common::fresh_databases().await {
+        let fake = fake_github(gh["keys"].to_string()).await;
+        let svc = service(&url, &fake.url).await;
+        for v in gh["vectors"].as_array().unwrap() {
+            let (status, body) = svc
+                .post(
+                    v["key_id"].as_str(),
+                    v["signature"].as_str(),
+                    v["body"].as_str().unwrap().as_bytes(),
+                )
+                .await;
+            if v["valid"].as_bool().unwrap() {
+                assert_eq!(status, 200, "{backend}: {} {body}", v["note"]);
+                assert_eq!(
+                    body, "[]",
+                    "{backend}: an unknown token type is left undecided"
+                );
+            } else {
+                assert_eq!(status, 401, "{backend}: {} {body}", v["note"]);
+                assert!(body.contains("does not verify"), "{backend}: {body}");
+            }
+        }
+        assert_eq!(svc.count("alerts").await, 1, "{backend}");
+        svc.running.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn an_alert_is_recorded_once_and_answered_with_offline_feedback() {
+    for (backend, url, _dir) in common::fresh_databases().await {
+        let signer = Signer::new("k1");
+        let fake = fake_github(signer.key_list()).await;
+        let svc = service(&url, &fake.url).await;
+        let valid = github_token(1);
+        let mut broken = github_token(2);
+        broken.replace_range(39..40, if broken.ends_with('0') { "1" } else { "0" });
+        let body = serde_json::json!([
+            { "token": valid, "type": "github_personal_access_token", "url": "https://github.com/o/r/blob/x/a.env", "source": "CONTENT" },
+            { "token": broken, "type": "github_personal_access_token", "url": "" },
+        ])
+        .to_string();
+        let (status, answer) = svc
+            .post(
+                Some("k1"),
+                Some(&signer.sign(body.as_bytes())),
+                body.as_bytes(),
+            )
+            .await;
+        assert_eq!(status, 200, "{backend}: {answer}");
+        let feedback: serde_json::Value = serde_json::from_str(&answer).unwrap();
+        let expected_hash = hex::encode(Sha256::digest(broken.as_bytes()));
+        assert_eq!(
+            feedback,
+            serde_json::json!([{ "token_hash": expected_hash, "token_type": "github_personal_access_token", "label": "false_positive" }]),
+            "{backend}"
+        );
+        // Replay: same answer, nothing new.
+        let (status, again) = svc
+            .post(
+                Some("k1"),
+                Some(&signer.sign(body.as_bytes())),
+                body.as_bytes(),
+            )
+            .await;
+        assert_eq!(
+            (status, again.as_str()),
+            (200, answer.as_str()),
+            "{backend}"
+        );
+        assert_eq!(svc.count("alerts").await, 1, "{backend}");
+        assert_eq!(svc.count("candidates").await, 2, "{backend}");
+        assert_eq!(
+            svc.count("work_queue").await,
+            1,
+            "{backend}: only the undecided token is queued"
+        );
+        let details: String =
+            sqlx::query_scalar("SELECT details FROM audit_log WHERE action = 'alert.received'")
+                .fetch_one(svc.running.state.store.pool())
+                .await
+                .unwrap();
+        assert!(
+            details.contains(&hex::encode(Sha256::digest(body.as_bytes()))),
+            "{backend}: audit records the body hash"
+        );
+
+        // Canary: the raw tokens are nowhere in the database files.
+        svc.running.shutdown().await;
+        if backend == "sqlite" {
+            let db_dir = url
+                .trim_start_matches("sqlite://")
+                .rsplit_once('/')
+                .unwrap()
+                .0
+                .to_owned();
+            for entry in std::fs::read_dir(db_dir).unwrap() {
+                let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+                for t in [&valid, &broken] {
+                    assert!(
+                        !bytes.windows(t.len()).any(|w| w == t.as_bytes()),
+                        "raw token in a database file"
+                    );
+                }
+            }
+        }
+        let _ = &svc.dir;
+    }
+}
+
+#[tokio::test]
+async fn bad_requests_get_clear_errors_and_store_nothing() {
+    for (backend, url, _dir) in common::fresh_databases().await {
+        let signer = Signer::new("k1");
+        let fake = fake_github(signer.key_list()).await;
+        let svc = service(&url, &fake.url).await;
+        let body = br#"[{"token":"x","url":""}]"#;
+        let sig = signer.sign(body);
+
+        let (s, b) = svc.post(None, Some(&sig), body).await;
+        assert_eq!(s, 400, "{backend}");
+        assert!(
+            b.contains("missing header github-public-key-identifier"),
+            "{backend}: {b}"
+        );
+        let (s, b) = svc.post(Some("k1"), None, body).await;
+        assert!(
+            s == 400 && b.contains("missing header github-public-key-signature"),
+            "{backend}: {b}"
+        );
+        let (s, b) = svc.post(Some("k1"), Some("not base64!"), body).await;
+        assert!(
+            s == 400 && b.contains("not base64 of a DER ECDSA signature"),
+            "{backend}: {b}"
+        );
+        let (s, b) = svc.post(Some("k1"), Some(&sig), body).await;
+        assert!(
+            s == 400 && b.contains("missing field `type`"),
+            "{backend}: {b}"
+        );
+        let forged = Signer::new("k1").sign(body);
+        let (s, b) = svc.post(Some("k1"), Some(&forged), body).await;
+        assert!(s == 401 && b.contains("does not verify"), "{backend}: {b}");
+
+        // Forged key ids cannot make us hammer GitHub: one refresh per interval.
+        let before = fake.hits.load(Ordering::SeqCst);
+        for i in 0..5 {
+            let (s, b) = svc
+                .post(Some(&format!("forged-{i}")), Some(&sig), body)
+                .await;
+            assert!(
+                s == 401 && b.contains("unknown public key identifier"),
+                "{backend}: {b}"
+            );
+        }
+        assert!(
+            fake.hits.load(Ordering::SeqCst) - before <= 1,
+            "{backend}: key refreshes were not rate limited"
+        );
+
+        let big = vec![b' '; spillway::server::MAX_BODY + 1];
+        let (s, _) = svc.post(Some("k1"), Some(&sig), &big).await;
+        assert_eq!(s, 413, "{backend}");
+        let resp = svc
+            .client
+            .post(format!(
+                "http://{}/l/not-an-endpoint",
+                svc.running.public_addr
+            ))
+            .body("[]")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 404, "{backend}");
+        assert_eq!(svc.count("alerts").await, 0, "{backend}");
+        svc.running.shutdown().await;
+    }
+}
