@@ -25,6 +25,8 @@ pub struct Settings {
     pub audit_checkpoint_file: PathBuf,
     /// Base URL printed with new endpoint paths.
     pub public_url: String,
+    /// How often `serve` signs a checkpoint of the audit log (seconds).
+    pub audit_checkpoint_interval_secs: u64,
 }
 
 impl Default for Settings {
@@ -37,6 +39,7 @@ impl Default for Settings {
             key_file: "spillway.keys".into(),
             audit_checkpoint_file: "spillway-audit.checkpoints".into(),
             public_url: "http://127.0.0.1:8080".into(),
+            audit_checkpoint_interval_secs: 60,
         }
     }
 }

@@ -85,6 +85,19 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
     let public = Router::new()
         .route("/l/{secret}", post(listener_endpoint))
         .fallback(|| async { (StatusCode::NOT_FOUND, "no such endpoint\n") })
+        // Spans name the route, never the URI: an endpoint path is itself a secret.
+        .layer(
+            tower_http::trace::TraceLayer::new_for_http().make_span_with(
+                |req: &axum::http::Request<_>| {
+                    let route = req
+                        .extensions()
+                        .get::<axum::extract::MatchedPath>()
+                        .map_or("unmatched", |p| p.as_str())
+                        .to_owned();
+                    tracing::info_span!("request", method = %req.method(), route)
+                },
+            ),
+        )
         .layer(DefaultBodyLimit::disable())
         .layer(RequestBodyLimitLayer::new(MAX_BODY))
         .layer(TimeoutLayer::with_status_code(
@@ -121,7 +134,13 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
                 .await
         })
     };
-    let tasks = vec![serve(public_listener, public), serve(admin_listener, admin)];
+    let mut tasks = vec![serve(public_listener, public), serve(admin_listener, admin)];
+    tasks.push(tokio::spawn(checkpoints(
+        state.clone(),
+        settings.audit_checkpoint_file.clone(),
+        Duration::from_secs(settings.audit_checkpoint_interval_secs.max(1)),
+        watch.clone(),
+    )));
     tracing::info!(%public_addr, %admin_addr, "spillway serving");
     Ok(Running {
         public_addr,
@@ -130,6 +149,28 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
         shutdown,
         tasks,
     })
+}
+
+/// Signs an audit checkpoint every `interval`, and once more at shutdown.
+async fn checkpoints(
+    state: Arc<AppState>,
+    path: std::path::PathBuf,
+    interval: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    let key = state.keys.audit_signing_key();
+    loop {
+        let stopping = tokio::select! {
+            _ = tokio::time::sleep(interval) => false,
+            _ = stop.wait_for(|s| *s) => true,
+        };
+        if let Err(e) = crate::audit::write_checkpoint(&state.store, &path, &key).await {
+            tracing::error!(error = %format!("{e:#}"), "cannot write audit checkpoint");
+        }
+        if stopping {
+            return Ok(());
+        }
+    }
 }
 
 async fn ready(State(state): State<Arc<AppState>>) -> Response {
