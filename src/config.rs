@@ -19,6 +19,11 @@ pub struct Settings {
     pub admin_addr: String,
     /// Where GitHub's secret-scanning public keys are fetched.
     pub github_keys_url: String,
+    /// Where GitLab's partner-alert verifying keys are fetched (same format as GitHub's); empty:
+    /// GitLab alerts are refused with 503 naming this setting.
+    pub gitlab_keys_url: String,
+    /// The same for deps.dev.
+    pub depsdev_keys_url: String,
     /// Key file (used when the keys are not in the environment; generated in development).
     pub key_file: PathBuf,
     /// Signed audit checkpoints, kept outside the database.
@@ -36,6 +41,8 @@ impl Default for Settings {
             listen_addr: "127.0.0.1:8080".into(),
             admin_addr: "127.0.0.1:9090".into(),
             github_keys_url: DEFAULT_GITHUB_KEYS_URL.into(),
+            gitlab_keys_url: String::new(),
+            depsdev_keys_url: String::new(),
             key_file: "spillway.keys".into(),
             audit_checkpoint_file: "spillway-audit.checkpoints".into(),
             public_url: "http://127.0.0.1:8080".into(),
@@ -72,6 +79,8 @@ impl Settings {
         set(&mut self.listen_addr, "SPILLWAY_LISTEN_ADDR");
         set(&mut self.admin_addr, "SPILLWAY_ADMIN_ADDR");
         set(&mut self.github_keys_url, "SPILLWAY_GITHUB_KEYS_URL");
+        set(&mut self.gitlab_keys_url, "SPILLWAY_GITLAB_KEYS_URL");
+        set(&mut self.depsdev_keys_url, "SPILLWAY_DEPSDEV_KEYS_URL");
         set(&mut self.public_url, "SPILLWAY_PUBLIC_URL");
         if let Some(v) = var("SPILLWAY_KEY_FILE").filter(|v| !v.is_empty()) {
             self.key_file = v.into();

@@ -79,12 +79,20 @@ struct Service {
 }
 
 async fn service(database_url: &str, keys_url: &str) -> Service {
+    service_for(database_url, keys_url, ListenerKind::Github).await
+}
+
+/// The server with all three partner platforms' key URLs pointed at `keys_url`, and one listener
+/// of `kind`.
+async fn service_for(database_url: &str, keys_url: &str, kind: ListenerKind) -> Service {
     let dir = tempfile::tempdir().unwrap();
     let settings = Settings {
         database_url: database_url.to_owned(),
         listen_addr: "127.0.0.1:0".into(),
         admin_addr: "127.0.0.1:0".into(),
         github_keys_url: keys_url.to_owned(),
+        gitlab_keys_url: keys_url.to_owned(),
+        depsdev_keys_url: keys_url.to_owned(),
         key_file: dir.path().join("keys"),
         audit_checkpoint_file: dir.path().join("checkpoints"),
         ..Settings::default()
@@ -94,10 +102,9 @@ async fn service(database_url: &str, keys_url: &str) -> Service {
     let running = spillway::server::start(&settings)
         .await
         .expect("server starts");
-    let (_, endpoint) =
-        listeners::create(&running.state.store, ListenerKind::Github, "github", "test")
-            .await
-            .unwrap();
+    let (_, endpoint) = listeners::create(&running.state.store, kind, "partner", "test")
+        .await
+        .unwrap();
     let endpoint = format!("http://{}{}", running.public_addr, endpoint.path);
     Service {
         running,
@@ -114,12 +121,30 @@ impl Service {
         signature: Option<&str>,
         body: &[u8],
     ) -> (u16, String) {
+        self.post_as(
+            "GITHUB-PUBLIC-KEY-IDENTIFIER",
+            "Github-Public-Key-Signature",
+            key_id,
+            signature,
+            body,
+        )
+        .await
+    }
+
+    async fn post_as(
+        &self,
+        key_header: &str,
+        signature_header: &str,
+        key_id: Option<&str>,
+        signature: Option<&str>,
+        body: &[u8],
+    ) -> (u16, String) {
         let mut req = self.client.post(&self.endpoint).body(body.to_vec());
         if let Some(k) = key_id {
-            req = req.header("GITHUB-PUBLIC-KEY-IDENTIFIER", k);
+            req = req.header(key_header, k);
         }
         if let Some(s) = signature {
-            req = req.header("Github-Public-Key-Signature", s);
+            req = req.header(signature_header, s);
         }
         let resp = req.send().await.unwrap();
         (resp.status().as_u16(), resp.text().await.unwrap())
@@ -320,5 +345,62 @@ async fn bad_requests_get_clear_errors_and_store_nothing() {
         assert_eq!(resp.status().as_u16(), 404, "{backend}");
         assert_eq!(svc.count("alerts").await, 0, "{backend}");
         svc.running.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn gitlab_and_depsdev_alerts_use_their_own_headers_and_shapes() {
+    for (backend, url, _dir) in common::fresh_databases().await {
+        let signer = Signer::new("k1");
+        let fake = fake_github(signer.key_list()).await;
+
+        let gitlab = service_for(&url, &fake.url, ListenerKind::Gitlab).await;
+        let body = serde_json::json!([{ "type": "gitlab_personal_access_token", "token": "glpat-0123456789abcdefghij", "url": "https://gitlab.com/x" }]).to_string();
+        let sig = signer.sign(body.as_bytes());
+        let (s, b) = gitlab.post(Some("k1"), Some(&sig), body.as_bytes()).await;
+        assert!(
+            s == 400 && b.contains("missing header gitlab-public-key-identifier"),
+            "{backend}: {b}"
+        );
+        let (s, b) = gitlab
+            .post_as(
+                "Gitlab-Public-Key-Identifier",
+                "Gitlab-Public-Key-Signature",
+                Some("k1"),
+                Some(&sig),
+                body.as_bytes(),
+            )
+            .await;
+        assert_eq!(s, 200, "{backend}: {b}");
+        assert_eq!(gitlab.count("candidates").await, 1, "{backend}");
+        gitlab.running.shutdown().await;
+    }
+    for (backend, url, _dir) in common::fresh_databases().await {
+        let signer = Signer::new("k1");
+        let fake = fake_github(signer.key_list()).await;
+        let depsdev = service_for(&url, &fake.url, ListenerKind::Depsdev).await;
+        let mut broken = github_token(5);
+        broken.replace_range(39..40, if broken.ends_with('0') { "1" } else { "0" });
+        let body =
+            serde_json::json!([{ "token": broken, "url": "https://deps.dev/x" }]).to_string();
+        let sig = signer.sign(body.as_bytes());
+        let (s, b) = depsdev
+            .post_as(
+                "DepsDev-Public-Key-Identifier",
+                "DepsDev-Public-Key-Signature",
+                Some("k1"),
+                Some(&sig),
+                body.as_bytes(),
+            )
+            .await;
+        assert_eq!(s, 200, "{backend}: {b}");
+        // No type on the wire: inferred from the token's format, and labelled from its checksum.
+        let feedback: serde_json::Value = serde_json::from_str(&b).unwrap();
+        assert_eq!(
+            feedback[0]["token_type"], "github_personal_access_token",
+            "{backend}: {b}"
+        );
+        assert_eq!(feedback[0]["label"], "false_positive", "{backend}: {b}");
+        depsdev.running.shutdown().await;
     }
 }

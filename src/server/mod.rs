@@ -42,6 +42,9 @@ pub struct AppState {
     pub keys: Keys,
     pub rules: RuleSet,
     pub github_keys: PartnerKeys,
+    /// GitLab's and deps.dev's keys, when their key URLs are configured.
+    pub gitlab_keys: Option<PartnerKeys>,
+    pub depsdev_keys: Option<PartnerKeys>,
     pub metrics: Metrics,
 }
 
@@ -68,17 +71,23 @@ impl Running {
 pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
     let store = Store::connect(&settings.database_url).await?;
     let keys = Keys::load(&settings.key_file, !settings.is_production())?;
-    let rules = RuleSet::default_rules(Default::default())?;
+    // Invalid candidates too: a failed checksum is itself a decision (false positive).
+    let rules = RuleSet::default_rules(crate::scanner::ScanOptions {
+        include_invalid: true,
+    })?;
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .user_agent(concat!("spillway/", env!("CARGO_PKG_VERSION")))
         .build()?;
-    let github_keys = PartnerKeys::new(&settings.github_keys_url, client);
+    let github_keys = PartnerKeys::new(&settings.github_keys_url, client.clone());
+    let optional = |url: &str| (!url.is_empty()).then(|| PartnerKeys::new(url, client.clone()));
     let state = Arc::new(AppState {
         store,
         keys,
         rules,
         github_keys,
+        gitlab_keys: optional(&settings.gitlab_keys_url),
+        depsdev_keys: optional(&settings.depsdev_keys_url),
         metrics: Metrics::default(),
     });
 
@@ -209,7 +218,36 @@ async fn listener_endpoint(
         return (StatusCode::NOT_FOUND, "no such endpoint\n").into_response();
     };
     match kind {
-        ListenerKind::Github => partner::github(&state, &listener_id, &headers, &body).await,
+        ListenerKind::Github => {
+            partner::alert(
+                &state,
+                partner::Platform::Github,
+                &listener_id,
+                &headers,
+                &body,
+            )
+            .await
+        }
+        ListenerKind::Gitlab => {
+            partner::alert(
+                &state,
+                partner::Platform::Gitlab,
+                &listener_id,
+                &headers,
+                &body,
+            )
+            .await
+        }
+        ListenerKind::Depsdev => {
+            partner::alert(
+                &state,
+                partner::Platform::Depsdev,
+                &listener_id,
+                &headers,
+                &body,
+            )
+            .await
+        }
         other => error(
             StatusCode::NOT_IMPLEMENTED,
             format!("listener kind {} is not served yet", other.as_str()),

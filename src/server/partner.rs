@@ -1,5 +1,7 @@
-//! Secret-scanning partner alerts, GitHub's protocol: verify the signature over the raw body
-//! *before* parsing, then record durably, then answer with the feedback array.
+//! Secret-scanning partner alerts. GitHub, GitLab and deps.dev share one scheme (DESIGN.md): an
+//! ECDSA P-256 signature over the raw body in `<Platform>-Public-Key-Signature`, the key named by
+//! `<Platform>-Public-Key-Identifier`. Verify the signature *before* parsing, record durably, then
+//! answer with the feedback array (GitHub reads it; for the others any 2xx acknowledges).
 
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -11,19 +13,68 @@ use crate::intake::{self, ReportedToken};
 use crate::partner_keys::SignatureError;
 use crate::scanner::TokenSecret;
 
-const KEY_ID_HEADER: &str = "github-public-key-identifier";
-const SIGNATURE_HEADER: &str = "github-public-key-signature";
+/// The partner programs that share the signed-alert scheme.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Platform {
+    Github,
+    Gitlab,
+    Depsdev,
+}
 
-/// One element of GitHub's alert body. `url` may be empty; `source` may be missing.
+impl Platform {
+    fn kind(self) -> &'static str {
+        match self {
+            Platform::Github => "github",
+            Platform::Gitlab => "gitlab",
+            Platform::Depsdev => "depsdev",
+        }
+    }
+
+    /// (key id header, signature header), lower case (HTTP header names are case-insensitive).
+    fn headers(self) -> (&'static str, &'static str) {
+        match self {
+            Platform::Github => (
+                "github-public-key-identifier",
+                "github-public-key-signature",
+            ),
+            Platform::Gitlab => (
+                "gitlab-public-key-identifier",
+                "gitlab-public-key-signature",
+            ),
+            Platform::Depsdev => (
+                "depsdev-public-key-identifier",
+                "depsdev-public-key-signature",
+            ),
+        }
+    }
+}
+
+/// One element of an alert body: GitHub `{token, type, url, source}` (`url` may be empty, `source`
+/// missing), GitLab `{type, token, url}`, deps.dev `{token, url}` (no type: inferred from the token).
 #[derive(Deserialize)]
-struct GithubAlert {
+struct PartnerAlert {
     token: String,
-    #[serde(rename = "type")]
-    token_type: String,
+    #[serde(rename = "type", default)]
+    token_type: Option<String>,
     #[serde(default)]
     url: Option<String>,
     #[serde(default)]
     source: Option<String>,
+}
+
+/// The token type of the default rule that matches the whole token, for platforms that send none.
+fn infer_type(state: &AppState, token: &str) -> String {
+    let mut found = None;
+    state.rules.scanner().scan(
+        "alert",
+        token.as_bytes(),
+        &mut |f: crate::scanner::Finding<'_>| {
+            if f.span == (0..token.len()) && found.is_none() {
+                found = Some(f.rule.token_type.clone());
+            }
+        },
+    );
+    found.unwrap_or_else(|| "unknown".to_owned())
 }
 
 /// A required header's value, or the message that names what is wrong with it.
@@ -63,16 +114,33 @@ fn describe_json_error(e: &serde_json::Error) -> String {
     }
 }
 
-pub async fn github(
+pub async fn alert(
     state: &AppState,
+    platform: Platform,
     listener_id: &str,
     headers: &HeaderMap,
     body: &[u8],
 ) -> Response {
-    let kind = "github";
+    let kind = platform.kind();
+    let (key_id_header, signature_header) = platform.headers();
+    let keys = match platform {
+        Platform::Github => Some(&state.github_keys),
+        Platform::Gitlab => state.gitlab_keys.as_ref(),
+        Platform::Depsdev => state.depsdev_keys.as_ref(),
+    };
+    let Some(keys) = keys else {
+        state.metrics.alert(kind, "unavailable");
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "{kind} alerts are not configured: set SPILLWAY_{}_KEYS_URL",
+                kind.to_ascii_uppercase()
+            ),
+        );
+    };
     let (key_id, signature) = match (
-        header(headers, KEY_ID_HEADER),
-        header(headers, SIGNATURE_HEADER),
+        header(headers, key_id_header),
+        header(headers, signature_header),
     ) {
         (Ok(k), Ok(s)) => (k, s),
         (Err(message), _) | (_, Err(message)) => {
@@ -80,14 +148,14 @@ pub async fn github(
             return error(StatusCode::BAD_REQUEST, message);
         }
     };
-    let key_current = match state.github_keys.verify(key_id, signature, body).await {
+    let key_current = match keys.verify(key_id, signature, body).await {
         Ok(current) => current,
         Err(SignatureError::MalformedSignature) => {
             state.metrics.alert(kind, "malformed");
             return error(
                 StatusCode::BAD_REQUEST,
                 format!(
-                    "header {SIGNATURE_HEADER}: {}",
+                    "header {signature_header}: {}",
                     SignatureError::MalformedSignature
                 ),
             );
@@ -96,32 +164,44 @@ pub async fn github(
             state.metrics.alert(kind, "bad_signature");
             return error(
                 StatusCode::UNAUTHORIZED,
-                format!("{e} ({KEY_ID_HEADER}: {key_id})"),
+                format!("{e} ({key_id_header}: {key_id})"),
             );
         }
     };
-    let alerts: Vec<GithubAlert> = match serde_json::from_slice(body) {
+    let alerts: Vec<PartnerAlert> = match serde_json::from_slice(body) {
         Ok(a) => a,
         Err(e) => {
             state.metrics.alert(kind, "malformed");
             return error(StatusCode::BAD_REQUEST, describe_json_error(&e));
         }
     };
+    if let Some(i) = alerts.iter().position(|a| a.token.is_empty()) {
+        state.metrics.alert(kind, "malformed");
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("element {i}: field `token` must be non-empty"),
+        );
+    }
+    // deps.dev sends no type; GitHub and GitLab must.
+    let type_required = platform != Platform::Depsdev;
     if let Some(i) = alerts
         .iter()
-        .position(|a| a.token.is_empty() || a.token_type.is_empty())
+        .position(|a| type_required && a.token_type.as_deref().is_none_or(str::is_empty))
     {
         state.metrics.alert(kind, "malformed");
         return error(
             StatusCode::BAD_REQUEST,
-            format!("element {i}: fields token and type must be non-empty"),
+            format!("element {i}: missing field `type`"),
         );
     }
     let tokens: Vec<ReportedToken> = alerts
         .into_iter()
         .map(|a| ReportedToken {
+            token_type: a
+                .token_type
+                .filter(|t| !t.is_empty())
+                .unwrap_or_else(|| infer_type(state, &a.token)),
             token: TokenSecret::new(a.token),
-            token_type: a.token_type,
             url: a.url.filter(|u| !u.is_empty()),
             source: a.source.map(|s| s.to_ascii_lowercase()),
         })
