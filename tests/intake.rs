@@ -13,7 +13,6 @@ use base64::engine::general_purpose::STANDARD;
 use p256::ecdsa::signature::Signer as _;
 use p256::pkcs8::{EncodePublicKey as _, LineEnding};
 use sha2::{Digest, Sha256};
-use spillway::config::Settings;
 use spillway::listeners::{self, ListenerKind};
 use spillway::scanner::validate::crc32_base62;
 
@@ -85,23 +84,7 @@ async fn service(database_url: &str, keys_url: &str) -> Service {
 /// The server with all three partner platforms' key URLs pointed at `keys_url`, and one listener
 /// of `kind`.
 async fn service_for(database_url: &str, keys_url: &str, kind: ListenerKind) -> Service {
-    let dir = tempfile::tempdir().unwrap();
-    let settings = Settings {
-        database_url: database_url.to_owned(),
-        listen_addr: "127.0.0.1:0".into(),
-        admin_addr: "127.0.0.1:0".into(),
-        github_keys_url: keys_url.to_owned(),
-        gitlab_keys_url: keys_url.to_owned(),
-        depsdev_keys_url: keys_url.to_owned(),
-        key_file: dir.path().join("keys"),
-        audit_checkpoint_file: dir.path().join("checkpoints"),
-        ..Settings::default()
-    };
-    // PostgreSQL counts as production, where keys must be provided: provide them as a file.
-    spillway::keys::Keys::load(&settings.key_file, true).unwrap();
-    let running = spillway::server::start(&settings)
-        .await
-        .expect("server starts");
+    let (running, dir) = common::start_server(database_url, keys_url).await;
     let (_, endpoint) = listeners::create(&running.state.store, kind, "partner", "test")
         .await
         .unwrap();

@@ -2,6 +2,7 @@
 //! `/metrics` on the admin address. [`start`] binds both (port 0 works, so tests get free ports)
 //! and returns their addresses and a handle; `main` only composes.
 
+mod admin_api;
 mod metrics;
 mod partner;
 
@@ -46,6 +47,8 @@ pub struct AppState {
     pub gitlab_keys: Option<PartnerKeys>,
     pub depsdev_keys: Option<PartnerKeys>,
     pub metrics: Metrics,
+    /// Base URL for endpoint URLs handed out by the admin API.
+    pub public_url: String,
 }
 
 /// A running server.
@@ -89,6 +92,7 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
         gitlab_keys: optional(&settings.gitlab_keys_url),
         depsdev_keys: optional(&settings.depsdev_keys_url),
         metrics: Metrics::default(),
+        public_url: settings.public_url.clone(),
     });
 
     let public = Router::new()
@@ -119,6 +123,8 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics::serve))
+        .merge(admin_api::routes())
+        .layer(RequestBodyLimitLayer::new(1 << 20))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             REQUEST_TIMEOUT,

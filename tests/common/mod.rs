@@ -52,3 +52,29 @@ pub async fn backends() -> Vec<(String, Store, tempfile::TempDir)> {
     }
     out
 }
+
+/// The real server on free loopback ports, keys provided as a file (PostgreSQL counts as
+/// production, where keys must be provided), partner key URLs pointed at `keys_url`.
+pub async fn start_server(
+    database_url: &str,
+    keys_url: &str,
+) -> (spillway::server::Running, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = spillway::config::Settings {
+        database_url: database_url.to_owned(),
+        listen_addr: "127.0.0.1:0".into(),
+        admin_addr: "127.0.0.1:0".into(),
+        github_keys_url: keys_url.to_owned(),
+        gitlab_keys_url: keys_url.to_owned(),
+        depsdev_keys_url: keys_url.to_owned(),
+        key_file: dir.path().join("keys"),
+        audit_checkpoint_file: dir.path().join("checkpoints"),
+        public_url: "https://hooks.example.test".into(),
+        ..spillway::config::Settings::default()
+    };
+    spillway::keys::Keys::load(&settings.key_file, true).unwrap();
+    let running = spillway::server::start(&settings)
+        .await
+        .expect("server starts");
+    (running, dir)
+}

@@ -1,0 +1,290 @@
+//! The admin API (on the admin address): listeners and their endpoints, admin keys, the audit log.
+//! Every request is authenticated by an admin key (`Authorization: Bearer spillway_...`, else 401)
+//! and authorised by its scopes (else 403); every message names what was wrong. Changes are audited
+//! with the key's id as actor.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use serde::Deserialize;
+
+use super::{AppState, error};
+use crate::admin_keys::{self, AdminKey, KeyError};
+use crate::listeners::{self, ListenerKind, OldEndpoint, RotationError};
+use crate::store::now_ms;
+
+pub fn routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route(
+            "/api/v1/listeners",
+            get(list_listeners).post(create_listener),
+        )
+        .route("/api/v1/listeners/{id}/rotate", post(rotate))
+        .route("/api/v1/endpoints/{id}/extend", post(extend))
+        .route("/api/v1/endpoints/{id}", delete(delete_endpoint))
+        .route("/api/v1/admin-keys", post(create_key))
+        .route("/api/v1/audit", get(export_audit))
+}
+
+/// Authenticates the request and checks it holds `scope`.
+async fn authorize(
+    state: &AppState,
+    headers: &HeaderMap,
+    scope: &str,
+) -> Result<AdminKey, Response> {
+    let Some(value) = headers.get("authorization") else {
+        return Err(error(
+            StatusCode::UNAUTHORIZED,
+            "missing Authorization header: expected `Bearer <admin key>`",
+        ));
+    };
+    let Some(presented) = value.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")) else {
+        return Err(error(
+            StatusCode::UNAUTHORIZED,
+            "Authorization header must be `Bearer <admin key>`",
+        ));
+    };
+    match admin_keys::authenticate(&state.store, presented.trim()).await {
+        Ok(Some(key)) if key.scopes.contains(scope) => Ok(key),
+        Ok(Some(key)) => Err(error(
+            StatusCode::FORBIDDEN,
+            format!("admin key {} lacks scope {scope}", key.id),
+        )),
+        Ok(None) => Err(error(
+            StatusCode::UNAUTHORIZED,
+            "unknown, malformed or expired admin key",
+        )),
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "cannot check admin key");
+            Err(error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "storage unavailable, retry later",
+            ))
+        }
+    }
+}
+
+fn actor(key: &AdminKey) -> String {
+    format!("admin-key:{}", key.id)
+}
+
+fn rotation_error(e: RotationError) -> Response {
+    let status = match &e {
+        RotationError::NoListener(_) | RotationError::NoEndpoint(_) => StatusCode::NOT_FOUND,
+        RotationError::Active(_) | RotationError::Expired(_) => StatusCode::CONFLICT,
+        RotationError::ExpiryInPast => StatusCode::UNPROCESSABLE_ENTITY,
+        RotationError::Database(inner) => {
+            tracing::error!(error = %format!("{inner:#}"), "listener change failed");
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "storage unavailable, retry later",
+            );
+        }
+    };
+    error(status, e.to_string())
+}
+
+fn endpoint_url(state: &AppState, path: &str) -> String {
+    format!("{}{path}", state.public_url.trim_end_matches('/'))
+}
+
+async fn list_listeners(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    if let Err(r) = authorize(&state, &headers, "listeners:read").await {
+        return r;
+    }
+    match listeners::list(&state.store).await {
+        Ok(all) => Json(all).into_response(),
+        Err(e) => rotation_error(RotationError::Database(e)),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateListener {
+    kind: String,
+    #[serde(default)]
+    name: String,
+}
+
+async fn create_listener(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Json(body): Json<CreateListener>,
+) -> Response {
+    let key = match authorize(&state, &headers, "listeners:write").await {
+        Ok(k) => k,
+        Err(r) => return r,
+    };
+    let Some(kind) = ListenerKind::parse(&body.kind) else {
+        let known: Vec<&str> = <ListenerKind as clap::ValueEnum>::value_variants()
+            .iter()
+            .map(ListenerKind::as_str)
+            .collect();
+        return error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!(
+                "kind: unknown listener kind {:?}; known: {}",
+                body.kind,
+                known.join(", ")
+            ),
+        );
+    };
+    match listeners::create(&state.store, kind, &body.name, &actor(&key)).await {
+        Ok((listener, endpoint)) => (
+            StatusCode::CREATED,
+            Json(serde_json::json!({ "listener": listener, "endpoint_url": endpoint_url(&state, &endpoint.path) })),
+        )
+            .into_response(),
+        Err(e) => rotation_error(e),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Rotate {
+    /// Seconds the old endpoint keeps working; omit with `delete_old: true`.
+    expire_in_secs: Option<u64>,
+    #[serde(default)]
+    delete_old: bool,
+}
+
+async fn rotate(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Json(body): Json<Rotate>,
+) -> Response {
+    let key = match authorize(&state, &headers, "listeners:write").await {
+        Ok(k) => k,
+        Err(r) => return r,
+    };
+    let old = match (body.expire_in_secs, body.delete_old) {
+        (None, true) => OldEndpoint::Delete,
+        (Some(secs), false) => OldEndpoint::ExpireAt(now_ms() + secs as i64 * 1000),
+        _ => {
+            return error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "give exactly one of expire_in_secs and delete_old",
+            );
+        }
+    };
+    match listeners::rotate(&state.store, &id, old, &actor(&key)).await {
+        Ok(new) => (
+            StatusCode::CREATED,
+            Json(serde_json::json!({ "endpoint": new.endpoint, "endpoint_url": endpoint_url(&state, &new.path) })),
+        )
+            .into_response(),
+        Err(e) => rotation_error(e),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Extend {
+    expire_in_secs: u64,
+}
+
+async fn extend(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Json(body): Json<Extend>,
+) -> Response {
+    let key = match authorize(&state, &headers, "listeners:write").await {
+        Ok(k) => k,
+        Err(r) => return r,
+    };
+    match listeners::extend(
+        &state.store,
+        &id,
+        now_ms() + body.expire_in_secs as i64 * 1000,
+        &actor(&key),
+    )
+    .await
+    {
+        Ok(endpoint) => Json(endpoint).into_response(),
+        Err(e) => rotation_error(e),
+    }
+}
+
+async fn delete_endpoint(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    let key = match authorize(&state, &headers, "listeners:write").await {
+        Ok(k) => k,
+        Err(r) => return r,
+    };
+    match listeners::delete_endpoint(&state.store, &id, &actor(&key)).await {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => rotation_error(e),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateKey {
+    scopes: Vec<String>,
+    ttl_secs: u64,
+    #[serde(default)]
+    name: String,
+}
+
+async fn create_key(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Json(body): Json<CreateKey>,
+) -> Response {
+    let key = match authorize(&state, &headers, "keys:write").await {
+        Ok(k) => k,
+        Err(r) => return r,
+    };
+    let scopes: BTreeSet<String> = match admin_keys::parse_scopes(&body.scopes.join(",")) {
+        Ok(s) => s,
+        Err(e) => return error(StatusCode::UNPROCESSABLE_ENTITY, format!("scopes: {e}")),
+    };
+    let ttl_ms = (body.ttl_secs as i64).saturating_mul(1000);
+    match admin_keys::create(
+        &state.store,
+        &body.name,
+        &scopes,
+        ttl_ms,
+        &actor(&key),
+        Some(&key.scopes),
+    )
+    .await
+    {
+        Ok((created, secret)) => (
+            StatusCode::CREATED,
+            Json(serde_json::json!({ "key": created, "secret": secret.expose() })),
+        )
+            .into_response(),
+        Err(KeyError::Escalation(scope)) => error(
+            StatusCode::FORBIDDEN,
+            format!(
+                "scopes: cannot grant {scope}: admin key {} does not hold it",
+                key.id
+            ),
+        ),
+        Err(KeyError::Database(e)) => rotation_error(RotationError::Database(e)),
+        Err(e) => error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
+    }
+}
+
+async fn export_audit(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    if let Err(r) = authorize(&state, &headers, "audit:read").await {
+        return r;
+    }
+    let mut out = Vec::new();
+    match crate::audit::export_jsonl(&state.store, &mut out).await {
+        Ok(_) => ([("content-type", "application/x-ndjson")], out).into_response(),
+        Err(e) => rotation_error(RotationError::Database(e)),
+    }
+}
