@@ -82,7 +82,9 @@ pub struct Recorded {
 /// Rows per multi-row INSERT: keeps a 5,000-token alert to a few round trips on PostgreSQL.
 const BATCH: usize = 200;
 
-/// Records an alert durably (see the module doc) and returns the feedback to answer with.
+/// Records an alert durably (see the module doc) and returns the feedback to answer with. A generic
+/// listener's redacted copy of the request (`redacted_event`) joins the same transaction as the
+/// listener's output stream.
 #[allow(clippy::too_many_arguments)]
 pub async fn record_alert(
     store: &Store,
@@ -94,6 +96,7 @@ pub async fn record_alert(
     key_id: Option<&str>,
     key_current: Option<bool>,
     tokens: &[ReportedToken],
+    redacted_event: Option<&str>,
 ) -> anyhow::Result<Recorded> {
     let labels: Vec<Option<Label>> = tokens
         .iter()
@@ -178,6 +181,20 @@ pub async fn record_alert(
         q.execute(&mut *tx)
             .await
             .context("cannot record candidates")?;
+    }
+    if let Some(redacted) = redacted_event {
+        sqlx::query(
+            "INSERT INTO listener_events (listener_id, received_at, body_sha256, redacted_body, tokens_found) \
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(listener_id)
+        .bind(now)
+        .bind(body_sha256)
+        .bind(redacted)
+        .bind(tokens.len() as i64)
+        .execute(&mut *tx)
+        .await
+        .context("cannot record listener event")?;
     }
     // Every undecided candidate is queued for attribution and verification.
     sqlx::query(

@@ -16,5 +16,7 @@ pub mod keys;
 pub mod listeners;
 pub mod partner_keys;
 pub mod scanner;
+pub mod seal;
 pub mod server;
 pub mod store;
+pub mod webhook_auth;

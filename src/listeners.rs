@@ -19,6 +19,8 @@ use sha2::{Digest, Sha256};
 use sqlx::Row as _;
 
 use crate::audit;
+use crate::keys::KeyBytes;
+use crate::scanner::TokenSecret;
 use crate::store::{Store, Tx, now_ms};
 
 /// The integrations a listener can speak.
@@ -44,6 +46,34 @@ impl ListenerKind {
             ListenerKind::StandardWebhooks => "standard-webhooks",
             ListenerKind::Twilio => "twilio",
             ListenerKind::GithubHmac => "github-hmac",
+        }
+    }
+
+    /// Kinds whose requests are authenticated with a per-listener secret.
+    pub fn needs_secret(&self) -> bool {
+        matches!(
+            self,
+            ListenerKind::StandardWebhooks
+                | ListenerKind::Twilio
+                | ListenerKind::GithubHmac
+                | ListenerKind::GitlabRevocation
+        )
+    }
+
+    /// A fresh secret in the kind's own format, for kinds where Spillway may choose it (Twilio's is
+    /// the account's auth token and must be given).
+    pub fn generate_secret(&self) -> Option<TokenSecret> {
+        let mut bytes = [0u8; 32];
+        rand::rngs::OsRng.fill_bytes(&mut bytes);
+        match self {
+            ListenerKind::StandardWebhooks => Some(TokenSecret::new(format!(
+                "whsec_{}",
+                base64::engine::general_purpose::STANDARD.encode(bytes)
+            ))),
+            ListenerKind::GithubHmac | ListenerKind::GitlabRevocation => {
+                Some(TokenSecret::new(URL_SAFE_NO_PAD.encode(bytes)))
+            }
+            _ => None,
         }
     }
 
@@ -154,14 +184,28 @@ pub async fn create(
     name: &str,
     actor: &str,
 ) -> Result<(Listener, NewEndpoint), RotationError> {
+    create_with_secret(store, kind, name, actor, None).await
+}
+
+/// Creates a listener whose requests are authenticated with `secret` (generic listeners and the
+/// GitLab revocation API), stored sealed under the sealing key and bound to the listener's id.
+pub async fn create_with_secret(
+    store: &Store,
+    kind: ListenerKind,
+    name: &str,
+    actor: &str,
+    secret: Option<(&KeyBytes, &TokenSecret)>,
+) -> Result<(Listener, NewEndpoint), RotationError> {
     let now = now_ms();
     let mut tx = store.begin().await?;
     let id = random_id("lst_", 8);
-    sqlx::query("INSERT INTO listeners (id, kind, name, created_at) VALUES ($1, $2, $3, $4)")
+    let sealed = secret.map(|(key, secret)| crate::seal::seal(key, &id, secret));
+    sqlx::query("INSERT INTO listeners (id, kind, name, created_at, secret_sealed) VALUES ($1, $2, $3, $4, $5)")
         .bind(&id)
         .bind(kind.as_str())
         .bind(name)
         .bind(now)
+        .bind(sealed)
         .execute(&mut *tx)
         .await?;
     let endpoint = insert_endpoint(&mut tx, &id, now).await?;
@@ -393,4 +437,21 @@ pub async fn resolve(
     }
     let kind: String = row.try_get("kind")?;
     Ok(ListenerKind::parse(&kind).map(|k| (row.try_get("id").unwrap_or_default(), k)))
+}
+
+/// The listener's authentication secret, unsealed, if it has one.
+pub async fn secret(
+    store: &Store,
+    key: &KeyBytes,
+    listener_id: &str,
+) -> anyhow::Result<Option<TokenSecret>> {
+    let sealed: Option<Option<String>> =
+        sqlx::query_scalar("SELECT secret_sealed FROM listeners WHERE id = $1")
+            .bind(listener_id)
+            .fetch_optional(store.pool())
+            .await?;
+    sealed
+        .flatten()
+        .map(|s| crate::seal::open(key, listener_id, &s))
+        .transpose()
 }

@@ -24,6 +24,11 @@ pub enum ListenerCommand {
         kind: ListenerKind,
         #[arg(long, default_value = "")]
         name: String,
+        /// File holding the listener's secret (standard-webhooks: whsec_/whpk_; twilio: the auth
+        /// token, required; github-hmac and gitlab-revocation: the shared secret). Generated and
+        /// printed once when omitted, where the protocol allows.
+        #[arg(long, value_name = "FILE")]
+        secret_file: Option<PathBuf>,
     },
     /// List listeners and their endpoints.
     List {
@@ -145,14 +150,32 @@ pub fn listener(config: Option<&PathBuf>, command: ListenerCommand) -> u8 {
         rt.block_on(async {
             let ctx = open(config).await?;
             match command {
-                ListenerCommand::Create { kind, name } => {
+                ListenerCommand::Create { kind, name, secret_file } => {
+                    let given = match &secret_file {
+                        Some(path) => Some(crate::scanner::TokenSecret::new(
+                            std::fs::read_to_string(path)
+                                .with_context(|| format!("{}: cannot read --secret-file", path.display()))?
+                                .trim()
+                                .to_owned(),
+                        )),
+                        None => None,
+                    };
+                    let generated = given.is_none() && kind.needs_secret();
+                    let secret = match given {
+                        Some(s) => Some(s),
+                        None if kind.needs_secret() => Some(kind.generate_secret().with_context(|| {
+                            format!("--kind {} needs --secret-file (the sender's secret cannot be generated here)", kind.as_str())
+                        })?),
+                        None => None,
+                    };
+                    let sealing = secret.as_ref().map(|s| (&ctx.keys.sealing, s));
                     let (listener, endpoint) =
-                        listeners::create(&ctx.store, kind, &name, LOCAL_ACTOR).await?;
+                        listeners::create_with_secret(&ctx.store, kind, &name, LOCAL_ACTOR, sealing).await?;
                     ctx.checkpoint().await?;
-                    println!(
-                        "listener {} ({}) endpoint {}",
-                        listener.id, listener.kind, endpoint.endpoint.id
-                    );
+                    println!("listener {} ({}) endpoint {}", listener.id, listener.kind, endpoint.endpoint.id);
+                    if let (true, Some(secret)) = (generated, &secret) {
+                        println!("secret (shown once; configure the sender with it): {}", secret.expose());
+                    }
                     println!(
                         "{}{}",
                         ctx.settings.public_url.trim_end_matches('/'),

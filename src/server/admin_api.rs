@@ -26,6 +26,7 @@ pub fn routes() -> Router<Arc<AppState>> {
             get(list_listeners).post(create_listener),
         )
         .route("/api/v1/listeners/{id}/rotate", post(rotate))
+        .route("/api/v1/listeners/{id}/events", get(listener_events))
         .route("/api/v1/endpoints/{id}/extend", post(extend))
         .route("/api/v1/endpoints/{id}", delete(delete_endpoint))
         .route("/api/v1/admin-keys", post(create_key))
@@ -287,4 +288,39 @@ async fn export_audit(State(state): State<Arc<AppState>>, headers: HeaderMap) ->
         Ok(_) => ([("content-type", "application/x-ndjson")], out).into_response(),
         Err(e) => rotation_error(RotationError::Database(e)),
     }
+}
+
+/// A generic listener's output stream: its redacted requests, oldest first, as NDJSON.
+async fn listener_events(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    if let Err(r) = authorize(&state, &headers, "listeners:read").await {
+        return r;
+    }
+    let rows = sqlx::query(
+        "SELECT id, received_at, body_sha256, redacted_body, tokens_found FROM listener_events WHERE listener_id = $1 ORDER BY id",
+    )
+    .bind(&id)
+    .fetch_all(state.store.pool())
+    .await;
+    let rows = match rows {
+        Ok(rows) => rows,
+        Err(e) => return rotation_error(RotationError::Database(e.into())),
+    };
+    use sqlx::Row as _;
+    let mut out = String::new();
+    for r in rows {
+        let event = serde_json::json!({
+            "id": r.try_get::<i64, _>("id").unwrap_or_default(),
+            "received_at": r.try_get::<i64, _>("received_at").unwrap_or_default(),
+            "body_sha256": r.try_get::<String, _>("body_sha256").unwrap_or_default(),
+            "tokens_found": r.try_get::<i64, _>("tokens_found").unwrap_or_default(),
+            "body": r.try_get::<String, _>("redacted_body").unwrap_or_default(),
+        });
+        out.push_str(&event.to_string());
+        out.push('\n');
+    }
+    ([("content-type", "application/x-ndjson")], out).into_response()
 }

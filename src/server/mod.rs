@@ -3,6 +3,7 @@
 //! and returns their addresses and a handle; `main` only composes.
 
 mod admin_api;
+mod generic;
 mod metrics;
 mod partner;
 
@@ -97,6 +98,11 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
 
     let public = Router::new()
         .route("/l/{secret}", post(listener_endpoint))
+        .route(
+            "/l/{secret}/v1/revocable_token_types",
+            get(revocable_token_types),
+        )
+        .route("/l/{secret}/v1/revoke_tokens", post(revoke_tokens))
         .fallback(|| async { (StatusCode::NOT_FOUND, "no such endpoint\n") })
         // Spans name the route, never the URI: an endpoint path is itself a secret.
         .layer(
@@ -204,24 +210,31 @@ pub fn error(status: StatusCode, message: impl Into<String>) -> Response {
         .into_response()
 }
 
+/// The listener an endpoint secret routes to, or the response to give when there is none.
+async fn route(state: &AppState, secret: &str) -> Result<(String, ListenerKind), Response> {
+    match listeners::resolve(&state.store, secret).await {
+        Ok(Some(found)) => Ok(found),
+        Ok(None) => Err((StatusCode::NOT_FOUND, "no such endpoint\n").into_response()),
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "cannot resolve endpoint");
+            Err(error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "storage unavailable, retry later",
+            ))
+        }
+    }
+}
+
 async fn listener_endpoint(
     State(state): State<Arc<AppState>>,
     Path(secret): Path<String>,
+    uri: axum::http::Uri,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    let routed = match listeners::resolve(&state.store, &secret).await {
-        Ok(r) => r,
-        Err(e) => {
-            tracing::error!(error = %format!("{e:#}"), "cannot resolve endpoint");
-            return error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "storage unavailable, retry later",
-            );
-        }
-    };
-    let Some((listener_id, kind)) = routed else {
-        return (StatusCode::NOT_FOUND, "no such endpoint\n").into_response();
+    let (listener_id, kind) = match route(&state, &secret).await {
+        Ok(found) => found,
+        Err(response) => return response,
     };
     match kind {
         ListenerKind::Github => {
@@ -254,10 +267,39 @@ async fn listener_endpoint(
             )
             .await
         }
-        other => error(
-            StatusCode::NOT_IMPLEMENTED,
-            format!("listener kind {} is not served yet", other.as_str()),
+        ListenerKind::StandardWebhooks | ListenerKind::Twilio | ListenerKind::GithubHmac => {
+            generic::webhook(&state, &listener_id, kind, &uri, &headers, &body).await
+        }
+        ListenerKind::GitlabRevocation => error(
+            StatusCode::NOT_FOUND,
+            "a gitlab-revocation endpoint serves /v1/revocable_token_types and /v1/revoke_tokens",
         ),
+    }
+}
+
+async fn revocable_token_types(
+    State(state): State<Arc<AppState>>,
+    Path(secret): Path<String>,
+) -> Response {
+    match route(&state, &secret).await {
+        Ok((_, ListenerKind::GitlabRevocation)) => generic::revocable_token_types(&state),
+        Ok(_) => (StatusCode::NOT_FOUND, "no such endpoint\n").into_response(),
+        Err(response) => response,
+    }
+}
+
+async fn revoke_tokens(
+    State(state): State<Arc<AppState>>,
+    Path(secret): Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    match route(&state, &secret).await {
+        Ok((listener_id, ListenerKind::GitlabRevocation)) => {
+            generic::revoke_tokens(&state, &listener_id, &headers, &body).await
+        }
+        Ok(_) => (StatusCode::NOT_FOUND, "no such endpoint\n").into_response(),
+        Err(response) => response,
     }
 }
 

@@ -217,6 +217,7 @@ pub async fn alert(
         Some(key_id),
         Some(key_current),
         &tokens,
+        None,
     )
     .await
     {
