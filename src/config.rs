@@ -32,6 +32,10 @@ pub struct Settings {
     pub public_url: String,
     /// How often `serve` signs a checkpoint of the audit log (seconds).
     pub audit_checkpoint_interval_secs: u64,
+    /// A client must send its request headers within this many seconds (slowloris guard).
+    pub header_read_timeout_secs: u64,
+    /// A whole request, body included, must be handled within this many seconds (else 408).
+    pub request_timeout_secs: u64,
 }
 
 impl Default for Settings {
@@ -47,6 +51,8 @@ impl Default for Settings {
             audit_checkpoint_file: "spillway-audit.checkpoints".into(),
             public_url: "http://127.0.0.1:8080".into(),
             audit_checkpoint_interval_secs: 60,
+            header_read_timeout_secs: 10,
+            request_timeout_secs: 10,
         }
     }
 }

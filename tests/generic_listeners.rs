@@ -277,6 +277,7 @@ async fn generic_webhooks_feed_the_intake_and_keep_a_redacted_stream() {
             "{backend}: token left in the stream"
         );
         running.shutdown().await;
+        assert_no_token_in_database_files(&url, &[token.clone(), github_token(2), github_token(3)]);
     }
 }
 
@@ -326,5 +327,25 @@ async fn gitlab_token_revocation_api() {
             .unwrap();
         assert_eq!(candidates, 1, "{backend}");
         running.shutdown().await;
+        assert_no_token_in_database_files(&url, &[github_token(4), "shared-secret".to_owned()]);
+    }
+}
+
+/// The canary for these paths: no raw token in the SQLite database, its WAL or its shm file.
+fn assert_no_token_in_database_files(url: &str, tokens: &[String]) {
+    let Some(path) = url.strip_prefix("sqlite://") else {
+        return;
+    };
+    let dir = std::path::Path::new(path).parent().unwrap();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let bytes = std::fs::read(&path).unwrap();
+        for t in tokens {
+            assert!(
+                !bytes.windows(t.len()).any(|w| w == t.as_bytes()),
+                "raw token in {}",
+                path.display()
+            );
+        }
     }
 }

@@ -387,3 +387,64 @@ async fn gitlab_and_depsdev_alerts_use_their_own_headers_and_shapes() {
         depsdev.running.shutdown().await;
     }
 }
+
+#[tokio::test]
+async fn slow_clients_are_cut_off_and_never_hold_the_server() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let (backend, url, _dir) = common::fresh_databases().await.remove(0);
+    let (running, _keep) = common::start_server_tuned(&url, "http://127.0.0.1:9/unused", |s| {
+        s.header_read_timeout_secs = 1;
+        s.request_timeout_secs = 1;
+    })
+    .await;
+    let addr = running.public_addr;
+
+    // Headers that never finish: the connection is closed.
+    let started = std::time::Instant::now();
+    let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
+    slow.write_all(b"POST /l/x HTTP/1.1\r\nHost: spillway\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        slow.read_to_end(&mut buf),
+    )
+    .await;
+    assert!(
+        read.is_ok(),
+        "{backend}: stalled headers kept the connection open"
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "{backend}"
+    );
+
+    // A body that never finishes: 408.
+    let started = std::time::Instant::now();
+    let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
+    slow.write_all(b"POST /l/x HTTP/1.1\r\nHost: spillway\r\nContent-Length: 1000\r\n\r\n[{\"tok")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(10), slow.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 408"),
+        "{backend}: {}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "{backend}"
+    );
+
+    // Meanwhile the server still answers others.
+    let resp = reqwest::get(format!("http://{}/healthz", running.admin_addr))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "{backend}");
+    running.shutdown().await;
+}

@@ -33,8 +33,6 @@ pub use metrics::Metrics;
 
 /// Largest accepted request body (a 5,000-token alert is well under 1 MiB).
 pub const MAX_BODY: usize = 8 << 20;
-/// Whole-request deadline: GitHub allows partners 30 s; answer well inside it.
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Requests handled at once per address; more wait.
 pub const MAX_CONCURRENT: usize = 256;
 
@@ -96,6 +94,9 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
         public_url: settings.public_url.clone(),
     });
 
+    // Whole-request deadline (GitHub allows partners 30 s; answer well inside it).
+    let request_timeout = Duration::from_secs(settings.request_timeout_secs.max(1));
+    let header_timeout = Duration::from_secs(settings.header_read_timeout_secs.max(1));
     let public = Router::new()
         .route("/l/{secret}", post(listener_endpoint))
         .route(
@@ -121,7 +122,7 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
         .layer(RequestBodyLimitLayer::new(MAX_BODY))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
-            REQUEST_TIMEOUT,
+            request_timeout,
         ))
         .layer(ConcurrencyLimitLayer::new(MAX_CONCURRENT))
         .with_state(state.clone());
@@ -133,7 +134,7 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
         .layer(RequestBodyLimitLayer::new(1 << 20))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
-            REQUEST_TIMEOUT,
+            request_timeout,
         ))
         .with_state(state.clone());
 
@@ -146,14 +147,12 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
     let (public_addr, admin_addr) = (public_listener.local_addr()?, admin_listener.local_addr()?);
     let (shutdown, watch) = tokio::sync::watch::channel(false);
     let serve = |listener: TcpListener, app: Router| {
-        let mut watch = watch.clone();
-        tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = watch.wait_for(|stop| *stop).await;
-                })
-                .await
-        })
+        tokio::spawn(serve_connections(
+            listener,
+            app,
+            header_timeout,
+            watch.clone(),
+        ))
     };
     let mut tasks = vec![serve(public_listener, public), serve(admin_listener, admin)];
     tasks.push(tokio::spawn(checkpoints(
@@ -172,6 +171,61 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
     })
 }
 
+/// Resolves once the shutdown flag is set (or its sender is gone).
+async fn stopped(stop: &mut tokio::sync::watch::Receiver<bool>) {
+    loop {
+        let stopping = *stop.borrow_and_update();
+        if stopping || stop.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Accepts connections until told to stop, then waits for in-flight requests to finish. Unlike
+/// `axum::serve`, it gives hyper a timer, so slow or stalled request headers are cut off after
+/// `header_timeout` (axum's default server has no header-read timeout).
+async fn serve_connections(
+    listener: TcpListener,
+    app: Router,
+    header_timeout: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let stream = match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let service = hyper_util::service::TowerToHyperService::new(app.clone());
+                let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
+                let connection = graceful.watch(connection);
+                tokio::spawn(async move {
+                    if let Err(e) = connection.await {
+                        tracing::debug!(error = %e, "connection ended with an error");
+                    }
+                });
+            }
+            _ = stopped(&mut stop) => break,
+        }
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
+}
+
 /// Signs an audit checkpoint every `interval`, and once more at shutdown.
 async fn checkpoints(
     state: Arc<AppState>,
@@ -183,7 +237,7 @@ async fn checkpoints(
     loop {
         let stopping = tokio::select! {
             _ = tokio::time::sleep(interval) => false,
-            _ = stop.wait_for(|s| *s) => true,
+            _ = stopped(&mut stop) => true,
         };
         if let Err(e) = crate::audit::write_checkpoint(&state.store, &path, &key).await {
             tracing::error!(error = %format!("{e:#}"), "cannot write audit checkpoint");

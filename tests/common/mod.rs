@@ -59,8 +59,17 @@ pub async fn start_server(
     database_url: &str,
     keys_url: &str,
 ) -> (spillway::server::Running, tempfile::TempDir) {
+    start_server_tuned(database_url, keys_url, |_| {}).await
+}
+
+/// [`start_server`] with settings adjusted by `tune`.
+pub async fn start_server_tuned(
+    database_url: &str,
+    keys_url: &str,
+    tune: impl FnOnce(&mut spillway::config::Settings),
+) -> (spillway::server::Running, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let settings = spillway::config::Settings {
+    let mut settings = spillway::config::Settings {
         database_url: database_url.to_owned(),
         listen_addr: "127.0.0.1:0".into(),
         admin_addr: "127.0.0.1:0".into(),
@@ -72,6 +81,7 @@ pub async fn start_server(
         public_url: "https://hooks.example.test".into(),
         ..spillway::config::Settings::default()
     };
+    tune(&mut settings);
     spillway::keys::Keys::load(&settings.key_file, true).unwrap();
     let running = spillway::server::start(&settings)
         .await
