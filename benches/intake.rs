@@ -57,16 +57,23 @@ struct Target {
 }
 
 impl Target {
+    /// The signature header for `body` (computed before the timed run, off the load path).
+    fn sign(&self, body: &[u8]) -> String {
+        let sig: p256::ecdsa::Signature = self.key.sign(body);
+        STANDARD.encode(sig.to_der().as_bytes())
+    }
+
     async fn send(&self, body: Vec<u8>) -> u16 {
-        let sig: p256::ecdsa::Signature = self.key.sign(&body);
+        let signature = self.sign(&body);
+        self.send_signed(body, signature).await
+    }
+
+    async fn send_signed(&self, body: Vec<u8>, signature: String) -> u16 {
         let resp = self
             .client
             .post(&self.url)
             .header("Github-Public-Key-Identifier", "bench")
-            .header(
-                "Github-Public-Key-Signature",
-                STANDARD.encode(sig.to_der().as_bytes()),
-            )
+            .header("Github-Public-Key-Signature", signature)
             .body(body)
             .send()
             .await
@@ -132,15 +139,21 @@ async fn run(backend: &str, database_url: &str) {
     let rate: u64 = env_or("SPILLWAY_BENCH_RATE", 200);
     let secs: u64 = env_or("SPILLWAY_BENCH_SECS", 10);
     let total = rate * secs;
-    let bodies: Vec<Vec<u8>> = (0..total).map(|i| alert_body(i * 10, 10)).collect();
+    let bodies: Vec<(Vec<u8>, String)> = (0..total)
+        .map(|i| {
+            let body = alert_body(i * 10, 10);
+            let signature = target.sign(&body);
+            (body, signature)
+        })
+        .collect();
     let t0 = Instant::now();
     let mut tasks = Vec::with_capacity(total as usize);
-    for (i, body) in bodies.into_iter().enumerate() {
+    for (i, (body, signature)) in bodies.into_iter().enumerate() {
         let scheduled = t0 + Duration::from_secs_f64(i as f64 / rate as f64);
         tokio::time::sleep_until(scheduled.into()).await;
         let target = target.clone();
         tasks.push(tokio::spawn(async move {
-            let status = target.send(body).await;
+            let status = target.send_signed(body, signature).await;
             (status, scheduled.elapsed())
         }));
     }
