@@ -7,6 +7,7 @@
 
 use anyhow::Context as _;
 use serde::Serialize;
+use sha2::Digest as _;
 use sqlx::Row as _;
 
 use crate::audit;
@@ -92,12 +93,13 @@ pub async fn record_alert(
     rules: &RuleSet,
     listener_id: &str,
     listener_kind: &str,
-    body_sha256: &str,
+    body: &[u8],
     key_id: Option<&str>,
     key_current: Option<bool>,
     tokens: &[ReportedToken],
     redacted_event: Option<&str>,
 ) -> anyhow::Result<Recorded> {
+    let body_sha256 = &hex::encode(sha2::Sha256::digest(body));
     let labels: Vec<Option<Label>> = tokens
         .iter()
         .map(|t| offline_label(rules, &t.token, &t.token_type))

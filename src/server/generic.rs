@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use super::{AppState, error};
+use super::{AppState, answer_recorded, error};
 use crate::intake::{self, ReportedToken};
 use crate::listeners::{self, ListenerKind};
 use crate::scanner::{Finding, TokenSecret};
@@ -137,41 +137,25 @@ pub async fn webhook(
             }
         });
     redacted.push_str(&String::from_utf8_lossy(&body[copied..]));
-    let body_sha256 = hex::encode(Sha256::digest(body));
-    match intake::record_alert(
-        &state.store,
-        &state.keys,
-        &state.rules,
-        listener_id,
+    let found_count = tokens.len();
+    answer_recorded(
+        state,
         kind_name,
-        &body_sha256,
-        None,
-        None,
-        &tokens,
-        Some(&redacted),
+        intake::record_alert(
+            &state.store,
+            &state.keys,
+            &state.rules,
+            listener_id,
+            kind_name,
+            body,
+            None,
+            None,
+            &tokens,
+            Some(&redacted),
+        )
+        .await,
+        |_| axum::Json(serde_json::json!({ "tokens_found": found_count })).into_response(),
     )
-    .await
-    {
-        Ok(recorded) => {
-            state.metrics.alert(
-                kind_name,
-                if recorded.replay {
-                    "replay"
-                } else {
-                    "accepted"
-                },
-            );
-            axum::Json(serde_json::json!({ "tokens_found": tokens.len() })).into_response()
-        }
-        Err(e) => {
-            tracing::error!(error = %format!("{e:#}"), "cannot record webhook");
-            state.metrics.alert(kind_name, "unavailable");
-            error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "not stored: storage unavailable, retry later",
-            )
-        }
-    }
 }
 
 /// `GET .../v1/revocable_token_types` of the GitLab Token Revocation API: the token types Spillway
@@ -253,39 +237,22 @@ pub async fn revoke_tokens(
             source: Some("gitlab".into()),
         })
         .collect();
-    let body_sha256 = hex::encode(Sha256::digest(body));
-    match intake::record_alert(
-        &state.store,
-        &state.keys,
-        &state.rules,
-        listener_id,
+    answer_recorded(
+        state,
         kind,
-        &body_sha256,
-        None,
-        None,
-        &tokens,
-        None,
+        intake::record_alert(
+            &state.store,
+            &state.keys,
+            &state.rules,
+            listener_id,
+            kind,
+            body,
+            None,
+            None,
+            &tokens,
+            None,
+        )
+        .await,
+        |_| StatusCode::NO_CONTENT.into_response(),
     )
-    .await
-    {
-        Ok(recorded) => {
-            state.metrics.alert(
-                kind,
-                if recorded.replay {
-                    "replay"
-                } else {
-                    "accepted"
-                },
-            );
-            StatusCode::NO_CONTENT.into_response()
-        }
-        Err(e) => {
-            tracing::error!(error = %format!("{e:#}"), "cannot record revocation request");
-            state.metrics.alert(kind, "unavailable");
-            error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "not stored: storage unavailable, retry later",
-            )
-        }
-    }
 }

@@ -255,6 +255,38 @@ async fn ready(State(state): State<Arc<AppState>>) -> Response {
     }
 }
 
+/// The answer once intake has run: the alert counted as accepted (or replay) and answered by `ok`;
+/// a storage failure answers 503, never a 2xx for an alert that was not stored (the sender retries,
+/// or the alert would be lost).
+fn answer_recorded(
+    state: &AppState,
+    kind: &'static str,
+    result: anyhow::Result<crate::intake::Recorded>,
+    ok: impl FnOnce(crate::intake::Recorded) -> Response,
+) -> Response {
+    match result {
+        Ok(recorded) => {
+            state.metrics.alert(
+                kind,
+                if recorded.replay {
+                    "replay"
+                } else {
+                    "accepted"
+                },
+            );
+            ok(recorded)
+        }
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), listener_kind = kind, "cannot record alert");
+            state.metrics.alert(kind, "unavailable");
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not stored: storage unavailable, retry later",
+            )
+        }
+    }
+}
+
 /// A JSON error body naming what was wrong.
 pub fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (

@@ -6,9 +6,8 @@
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
 
-use super::{AppState, error};
+use super::{AppState, answer_recorded, error};
 use crate::intake::{self, ReportedToken};
 use crate::partner_keys::SignatureError;
 use crate::scanner::TokenSecret;
@@ -206,40 +205,22 @@ pub async fn alert(
             source: a.source.map(|s| s.to_ascii_lowercase()),
         })
         .collect();
-    let body_sha256 = hex::encode(Sha256::digest(body));
-    match intake::record_alert(
-        &state.store,
-        &state.keys,
-        &state.rules,
-        listener_id,
+    answer_recorded(
+        state,
         kind,
-        &body_sha256,
-        Some(key_id),
-        Some(key_current),
-        &tokens,
-        None,
+        intake::record_alert(
+            &state.store,
+            &state.keys,
+            &state.rules,
+            listener_id,
+            kind,
+            body,
+            Some(key_id),
+            Some(key_current),
+            &tokens,
+            None,
+        )
+        .await,
+        |recorded| (StatusCode::OK, axum::Json(recorded.feedback)).into_response(),
     )
-    .await
-    {
-        Ok(recorded) => {
-            state.metrics.alert(
-                kind,
-                if recorded.replay {
-                    "replay"
-                } else {
-                    "accepted"
-                },
-            );
-            (StatusCode::OK, axum::Json(recorded.feedback)).into_response()
-        }
-        Err(e) => {
-            // Never 2xx for an alert that was not stored: the platform retries or we lose it.
-            tracing::error!(error = %format!("{e:#}"), "cannot record alert");
-            state.metrics.alert(kind, "unavailable");
-            error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "alert not stored: storage unavailable, retry later",
-            )
-        }
-    }
 }
