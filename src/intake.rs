@@ -12,7 +12,7 @@ use sqlx::Row as _;
 
 use crate::audit;
 use crate::keys::Keys;
-use crate::scanner::{Finding, RuleSet, TokenSecret};
+use crate::scanner::{Finding, RuleSet, Scanner, TokenSecret};
 use crate::store::{Store, now_ms};
 
 /// One token as a platform reported it.
@@ -52,19 +52,23 @@ pub struct Feedback {
 /// What can be decided without asking anyone: a token of a type we have rules for that no such rule
 /// matches whole, or whose checksum fails, is a false positive. Anything else waits for the
 /// installation (left out of the feedback).
-pub fn offline_label(rules: &RuleSet, token: &TokenSecret, token_type: &str) -> Option<Label> {
+/// `scanner` is reused across an alert's tokens.
+pub fn offline_label<'r>(
+    scanner: &mut Scanner<'r>,
+    rules: &'r RuleSet,
+    token: &TokenSecret,
+    token_type: &str,
+) -> Option<Label> {
     if !rules.rules().iter().any(|r| r.token_type == token_type) {
         return None;
     }
     let raw = token.expose();
     let mut whole_match = None;
-    rules
-        .scanner()
-        .scan("alert", raw.as_bytes(), &mut |f: Finding<'_>| {
-            if f.rule.token_type == token_type && f.span == (0..raw.len()) {
-                whole_match = Some(f.verdict);
-            }
-        });
+    scanner.scan("alert", raw.as_bytes(), &mut |f: Finding<'_>| {
+        if f.rule.token_type == token_type && f.span == (0..raw.len()) {
+            whole_match = Some(f.verdict);
+        }
+    });
     match whole_match {
         None => Some(Label::FalsePositive),
         Some(v) if v.is_invalid() => Some(Label::FalsePositive),
@@ -100,9 +104,10 @@ pub async fn record_alert(
     redacted_event: Option<&str>,
 ) -> anyhow::Result<Recorded> {
     let body_sha256 = &hex::encode(sha2::Sha256::digest(body));
+    let mut scanner = rules.scanner();
     let labels: Vec<Option<Label>> = tokens
         .iter()
-        .map(|t| offline_label(rules, &t.token, &t.token_type))
+        .map(|t| offline_label(&mut scanner, rules, &t.token, &t.token_type))
         .collect();
     let feedback: Vec<Feedback> = tokens
         .iter()

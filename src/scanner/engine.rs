@@ -264,7 +264,8 @@ impl RuleSet {
             unanchored_cache: self.unanchored.as_ref().map(|c| c.regex.create_cache()),
             open_windows: vec![None; self.rules.len()],
             touched: Vec::new(),
-            lower: Vec::with_capacity(CHUNK + 2 * self.max_keyword),
+            // Grows to the chunk size on first use: scanning a short token allocates little.
+            lower: Vec::new(),
             hits: Vec::new(),
             candidates: Vec::new(),
         }

@@ -62,9 +62,9 @@ struct PartnerAlert {
 }
 
 /// The token type of the default rule that matches the whole token, for platforms that send none.
-fn infer_type(state: &AppState, token: &str) -> String {
+fn infer_type(scanner: &mut crate::scanner::Scanner<'_>, token: &str) -> String {
     let mut found = None;
-    state.rules.scanner().scan(
+    scanner.scan(
         "alert",
         token.as_bytes(),
         &mut |f: crate::scanner::Finding<'_>| {
@@ -193,13 +193,14 @@ pub async fn alert(
             format!("element {i}: missing field `type`"),
         );
     }
+    let mut scanner = state.rules.scanner();
     let tokens: Vec<ReportedToken> = alerts
         .into_iter()
         .map(|a| ReportedToken {
             token_type: a
                 .token_type
                 .filter(|t| !t.is_empty())
-                .unwrap_or_else(|| infer_type(state, &a.token)),
+                .unwrap_or_else(|| infer_type(&mut scanner, &a.token)),
             token: TokenSecret::new(a.token),
             url: a.url.filter(|u| !u.is_empty()),
             source: a.source.map(|s| s.to_ascii_lowercase()),
