@@ -52,12 +52,13 @@ async fn rotation_rules_hold_through_random_operation_sequences() {
                 }
                 1 => {
                     let e = pick(&mut rng);
-                    let result = listeners::extend(&store, &e.id, now_ms() + 500, "test").await;
+                    let until = now_ms() + 500;
+                    let result = listeners::extend(&store, &e.id, until, "test").await;
                     match (e.expires_at, result) {
                         (None, Err(RotationError::Active(_))) => {}
                         (Some(at), Err(RotationError::Expired(_))) if at <= now_ms() => {}
-                        (Some(at), Ok(updated)) if at > now_ms() - 50 => {
-                            assert!(updated.expires_at.unwrap() > now_ms())
+                        (Some(at), Ok(updated)) if at > now_ms() - 1000 => {
+                            assert_eq!(updated.expires_at, Some(until))
                         }
                         (at, r) => panic!(
                             "{backend} step {step}: extend of endpoint expiring {at:?} gave {r:?}"
@@ -117,7 +118,7 @@ async fn an_expired_endpoint_cannot_be_changed_only_deleted() {
         listeners::rotate(
             &store,
             &listener.id,
-            OldEndpoint::ExpireAt(now_ms() + 80),
+            OldEndpoint::ExpireAt(now_ms() + 600),
             "test",
         )
         .await
@@ -127,7 +128,7 @@ async fn an_expired_endpoint_cannot_be_changed_only_deleted() {
             listeners::resolve(&store, secret).await.unwrap().is_some(),
             "{backend}: still live before expiry"
         );
-        tokio::time::sleep(Duration::from_millis(120)).await;
+        tokio::time::sleep(Duration::from_millis(700)).await;
         assert!(
             listeners::resolve(&store, secret).await.unwrap().is_none(),
             "{backend}: expired endpoint routes nowhere"
