@@ -436,7 +436,8 @@ pub async fn resolve(
         return Ok(None);
     }
     let kind: String = row.try_get("kind")?;
-    Ok(ListenerKind::parse(&kind).map(|k| (row.try_get("id").unwrap_or_default(), k)))
+    let id: String = row.try_get("id")?;
+    Ok(ListenerKind::parse(&kind).map(|k| (id, k)))
 }
 
 /// The listener's authentication secret, unsealed, if it has one.

@@ -110,8 +110,8 @@ impl Store {
         &self.pool
     }
 
-    /// Starts a transaction. On PostgreSQL, callers that append to the audit log serialise on its
-    /// head row (see `audit`).
+    /// Starts a transaction. On PostgreSQL, appends to the audit log inside it serialise on a
+    /// transaction-scoped advisory lock (see `audit::append`).
     pub async fn begin(&self) -> anyhow::Result<Tx> {
         self.pool
             .begin()
