@@ -103,6 +103,40 @@ pub fn standard_webhooks(
     Err(AuthError::BadSignature("webhook-signature"))
 }
 
+/// A new Standard Webhooks HMAC secret: `whsec_` + base64 of 32 random bytes.
+pub fn generate_whsec() -> String {
+    use rand::RngCore as _;
+    let mut key = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut key);
+    format!("whsec_{}", STANDARD.encode(key))
+}
+
+/// The `webhook-signature` value for a message signed with every `whsec_` secret in `secrets`
+/// (space-separated `v1,<base64>` entries, so a receiver that knows either secret of a rotation
+/// verifies it).
+pub fn sign_standard_webhooks(
+    secrets: &[&str],
+    id: &str,
+    timestamp: i64,
+    body: &[u8],
+) -> Result<String, AuthError> {
+    let mut out = Vec::with_capacity(secrets.len());
+    for secret in secrets {
+        let key = secret
+            .strip_prefix("whsec_")
+            .and_then(|k| STANDARD.decode(k).ok())
+            .ok_or(AuthError::Secret("expected whsec_<base64>"))?;
+        let mut mac = Hmac::<Sha256>::new_from_slice(&key).expect("any key length");
+        mac.update(id.as_bytes());
+        mac.update(b".");
+        mac.update(timestamp.to_string().as_bytes());
+        mac.update(b".");
+        mac.update(body);
+        out.push(format!("v1,{}", STANDARD.encode(mac.finalize().into_bytes())));
+    }
+    Ok(out.join(" "))
+}
+
 fn twilio_mac(auth_token: &str, url: &str, params: &[(String, String)]) -> Hmac<Sha1> {
     let mut sorted: Vec<&(String, String)> = params.iter().collect();
     sorted.sort();
@@ -152,6 +186,23 @@ pub fn github_hmac(secret: &str, header: &str, body: &[u8]) -> Result<(), AuthEr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn signatures_from_either_rotation_secret_verify() {
+        let (old, new) = (generate_whsec(), generate_whsec());
+        let header = sign_standard_webhooks(&[&old, &new], "msg_1", 1_700_000_000, b"{}").unwrap();
+        assert_eq!(header.split(' ').count(), 2);
+        for secret in [&old, &new] {
+            assert_eq!(
+                standard_webhooks(secret, "msg_1", "1700000000", &header, b"{}", 1_700_000_010),
+                Ok(())
+            );
+        }
+        let other = generate_whsec();
+        assert!(standard_webhooks(&other, "msg_1", "1700000000", &header, b"{}", 1_700_000_010).is_err());
+        assert!(standard_webhooks(&old, "msg_1", "1700000000", &header, b"{ }", 1_700_000_010).is_err());
+        assert!(sign_standard_webhooks(&["nope"], "m", 1, b"").is_err());
+    }
 
     #[test]
     fn github_hmac_round_trips_and_rejects_tampering() {
