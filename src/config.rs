@@ -36,6 +36,23 @@ pub struct Settings {
     pub header_read_timeout_secs: u64,
     /// A whole request, body included, must be handled within this many seconds (else 408).
     pub request_timeout_secs: u64,
+    /// Installations' URLs may be plain http (tests and the local demo; never in production).
+    pub outbound_allow_http: bool,
+    /// Installations' URLs may resolve to loopback, private, link-local or metadata addresses.
+    pub outbound_allow_private: bool,
+    /// Deadline of one call to an installation (milliseconds).
+    pub call_timeout_ms: u64,
+    /// Calls to installations in flight at once, across all installations (per replica).
+    pub max_in_flight: usize,
+    /// A finding fails loudly after this many unsuccessful calls at one step...
+    pub max_attempts: u32,
+    /// ...or once it is this many hours old without an outcome.
+    pub max_age_hours: u64,
+    /// Without a key id or hostname to attribute a token, at most this many installations issuing
+    /// its type are asked; more than that and the finding is recorded as unattributed.
+    pub fanout_max: usize,
+    /// How often workers look for due work when nothing wakes them (milliseconds).
+    pub work_poll_ms: u64,
 }
 
 impl Default for Settings {
@@ -53,6 +70,14 @@ impl Default for Settings {
             audit_checkpoint_interval_secs: 60,
             header_read_timeout_secs: 10,
             request_timeout_secs: 10,
+            outbound_allow_http: false,
+            outbound_allow_private: false,
+            call_timeout_ms: 5_000,
+            max_in_flight: 256,
+            max_attempts: 12,
+            max_age_hours: 24,
+            fanout_max: 5,
+            work_poll_ms: 200,
         }
     }
 }
@@ -88,6 +113,19 @@ impl Settings {
         set(&mut self.gitlab_keys_url, "SPILLWAY_GITLAB_KEYS_URL");
         set(&mut self.depsdev_keys_url, "SPILLWAY_DEPSDEV_KEYS_URL");
         set(&mut self.public_url, "SPILLWAY_PUBLIC_URL");
+        let flag = |target: &mut bool, name: &str| {
+            if let Some(v) = var(name) {
+                *target = matches!(v.as_str(), "1" | "true" | "yes");
+            }
+        };
+        flag(
+            &mut self.outbound_allow_http,
+            "SPILLWAY_OUTBOUND_ALLOW_HTTP",
+        );
+        flag(
+            &mut self.outbound_allow_private,
+            "SPILLWAY_OUTBOUND_ALLOW_PRIVATE",
+        );
         if let Some(v) = var("SPILLWAY_KEY_FILE").filter(|v| !v.is_empty()) {
             self.key_file = v.into();
         }

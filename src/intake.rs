@@ -22,6 +22,8 @@ pub struct ReportedToken {
     pub token_type: String,
     pub url: Option<String>,
     pub source: Option<String>,
+    /// Hostnames seen next to the token (for attribution), when the text around it is known.
+    pub context_hosts: Vec<String>,
 }
 
 /// GitHub's feedback labels.
@@ -156,34 +158,42 @@ pub async fn record_alert(
         .zip(&labels)
         .map(|(t, l)| (keys.fingerprint(t.token.expose()), t, *l))
         .collect();
+    const COLUMNS: usize = 8;
     for chunk in rows.chunks(BATCH) {
         let mut sql = String::from(
-            "INSERT INTO candidates (alert_id, fingerprint, token_type, url, source, label) VALUES ",
+            "INSERT INTO candidates (alert_id, fingerprint, token_type, url, source, label, \
+             sealed_token, context_hosts) VALUES ",
         );
         for i in 0..chunk.len() {
-            let b = i * 6;
             if i > 0 {
                 sql.push_str(", ");
             }
-            sql.push_str(&format!(
-                "(${}, ${}, ${}, ${}, ${}, ${})",
-                b + 1,
-                b + 2,
-                b + 3,
-                b + 4,
-                b + 5,
-                b + 6
-            ));
+            let params: Vec<String> = (1..=COLUMNS)
+                .map(|c| format!("${}", i * COLUMNS + c))
+                .collect();
+            sql.push_str(&format!("({})", params.join(", ")));
         }
         let mut q = sqlx::query(&sql);
         for (fp, t, label) in chunk {
+            // Undecided tokens stay sealed until decided (the decision may need the token itself).
+            let sealed = label.is_none().then(|| {
+                crate::seal::seal(
+                    &keys.sealing,
+                    &crate::revocation::decide::candidate_owner(fp),
+                    &t.token,
+                )
+            });
+            let hosts = (!t.context_hosts.is_empty())
+                .then(|| serde_json::to_string(&t.context_hosts).expect("strings serialise"));
             q = q
                 .bind(alert_id)
                 .bind(fp.clone())
                 .bind(t.token_type.clone())
                 .bind(t.url.clone())
                 .bind(t.source.clone())
-                .bind(label.map(|l| l.as_str().to_owned()));
+                .bind(label.map(|l| l.as_str().to_owned()))
+                .bind(sealed)
+                .bind(hosts);
         }
         q.execute(&mut *tx)
             .await
@@ -237,4 +247,42 @@ pub async fn record_alert(
         replay: false,
         feedback,
     })
+}
+
+/// Hostnames (lowercased, at least one dot, alphabetic top-level label) within `radius` bytes of
+/// `span` in `text`: the context that attributes a token to an installation by hostname.
+pub fn hosts_near(text: &[u8], span: std::ops::Range<usize>, radius: usize) -> Vec<String> {
+    let start = span.start.saturating_sub(radius);
+    let end = (span.end + radius).min(text.len());
+    let mut hosts = Vec::new();
+    for part in [&text[start..span.start], &text[span.end..end]] {
+        for word in part.split(|b| !(b.is_ascii_alphanumeric() || *b == b'.' || *b == b'-')) {
+            let word = std::str::from_utf8(word)
+                .unwrap_or("")
+                .trim_matches(|c| c == '.' || c == '-');
+            let labels: Vec<&str> = word.split('.').collect();
+            let plausible = labels.len() >= 2
+                && labels.iter().all(|l| !l.is_empty() && l.len() <= 63)
+                && labels
+                    .last()
+                    .is_some_and(|t| t.len() >= 2 && t.bytes().all(|b| b.is_ascii_alphabetic()));
+            let host = word.to_ascii_lowercase();
+            if plausible && !hosts.contains(&host) {
+                hosts.push(host);
+            }
+        }
+    }
+    hosts
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn hostnames_next_to_a_token_are_found() {
+        let text = b"FOUNDRY_URL=https://acme.palantirfoundry.com\nTOKEN=abc123\nother=1.5 v2.x";
+        let at = text.windows(6).position(|w| w == b"abc123").unwrap();
+        let hosts = super::hosts_near(text, at..at + 6, 200);
+        assert_eq!(hosts, vec!["acme.palantirfoundry.com".to_owned()]);
+        assert!(super::hosts_near(text, at..at + 6, 3).is_empty());
+    }
 }

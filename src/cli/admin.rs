@@ -14,7 +14,7 @@ use crate::store::{Store, now_ms};
 use crate::{admin_keys, audit};
 
 /// Who the audit log names for local commands.
-const LOCAL_ACTOR: &str = "cli";
+pub(super) const LOCAL_ACTOR: &str = "cli";
 
 #[derive(Debug, Subcommand)]
 pub enum ListenerCommand {
@@ -96,13 +96,13 @@ fn format_time(ms: i64) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
 }
 
-struct Context {
-    settings: Settings,
-    store: Store,
-    keys: Keys,
+pub(super) struct Context {
+    pub(super) settings: Settings,
+    pub(super) store: Store,
+    pub(super) keys: Keys,
 }
 
-async fn open(config: Option<&PathBuf>) -> anyhow::Result<Context> {
+pub(super) async fn open(config: Option<&PathBuf>) -> anyhow::Result<Context> {
     let settings = Settings::load(config.map(PathBuf::as_path))?;
     let store = Store::connect(&settings.database_url).await?;
     let keys = Keys::load(&settings.key_file, !settings.is_production())?;
@@ -116,7 +116,7 @@ async fn open(config: Option<&PathBuf>) -> anyhow::Result<Context> {
 impl Context {
     /// Signs the newest audit entry (after every local change, so changes made before the server
     /// first starts are covered too). Returns the entry signed, if any was new.
-    async fn checkpoint(&self) -> anyhow::Result<Option<i64>> {
+    pub(super) async fn checkpoint(&self) -> anyhow::Result<Option<i64>> {
         let c = audit::write_checkpoint(
             &self.store,
             &self.settings.audit_checkpoint_file,
@@ -127,7 +127,7 @@ impl Context {
     }
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+pub(super) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -135,7 +135,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 /// Runs a command and turns its error into exit code 2 with a message.
-fn finish(name: &str, result: anyhow::Result<u8>) -> u8 {
+pub(super) fn finish(name: &str, result: anyhow::Result<u8>) -> u8 {
     match result {
         Ok(code) => code,
         Err(e) => {

@@ -3,6 +3,7 @@
 pub mod admin;
 pub mod baseline;
 pub mod git_history;
+pub mod installation;
 pub mod report;
 pub mod scan;
 
@@ -35,6 +36,9 @@ pub enum Command {
     /// Create admin API keys (local bootstrap).
     #[command(subcommand, name = "admin-key")]
     AdminKey(admin::AdminKeyCommand),
+    /// Manage installations: who issues which tokens and where Spillway verifies and revokes them.
+    #[command(subcommand)]
+    Installation(installation::InstallationCommand),
     /// Verify or export the audit log.
     #[command(subcommand)]
     Audit(admin::AuditCommand),
@@ -55,6 +59,7 @@ pub fn run() -> u8 {
         Command::Listener(c) => admin::listener(cli.config.as_ref(), c),
         Command::AdminKey(c) => admin::admin_key(cli.config.as_ref(), c),
         Command::Audit(c) => admin::audit(cli.config.as_ref(), c),
+        Command::Installation(c) => installation::installation(cli.config.as_ref(), c),
         Command::Rules { stats } => {
             match crate::scanner::RuleSet::default_rules(Default::default()) {
                 Ok(set) if stats => {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::Router;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
@@ -16,7 +16,9 @@ use serde::Deserialize;
 
 use super::{AppState, error};
 use crate::admin_keys::{self, AdminKey, KeyError};
+use crate::installations::{self, RegistryError};
 use crate::listeners::{self, ListenerKind, OldEndpoint, RotationError};
+use crate::scanner::TokenSecret;
 use crate::store::now_ms;
 
 pub fn routes() -> Router<Arc<AppState>> {
@@ -31,6 +33,21 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/api/v1/endpoints/{id}", delete(delete_endpoint))
         .route("/api/v1/admin-keys", post(create_key))
         .route("/api/v1/audit", get(export_audit))
+        .route(
+            "/api/v1/installations",
+            get(list_installations).post(register_installation),
+        )
+        .route(
+            "/api/v1/installations/{id}",
+            get(get_installation)
+                .patch(update_installation)
+                .delete(remove_installation),
+        )
+        .route(
+            "/api/v1/installations/{id}/rotate-secret",
+            post(rotate_installation_secret),
+        )
+        .route("/api/v1/findings", get(list_findings))
 }
 
 /// Authenticates the request and checks it holds `scope`.
@@ -323,4 +340,218 @@ async fn listener_events(
         out.push('\n');
     }
     ([("content-type", "application/x-ndjson")], out).into_response()
+}
+
+fn registry_error(e: RegistryError) -> Response {
+    let status = match &e {
+        RegistryError::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+        RegistryError::NotFound(_) => StatusCode::NOT_FOUND,
+        RegistryError::NameTaken(_)
+        | RegistryError::TwoSecretsLive(_)
+        | RegistryError::NothingToRetire(_) => StatusCode::CONFLICT,
+        RegistryError::Storage(inner) => {
+            tracing::error!(error = %format!("{inner:#}"), "installation change failed");
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "storage unavailable, retry later",
+            );
+        }
+    };
+    error(status, e.to_string())
+}
+
+async fn list_installations(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    if let Err(r) = authorize(&state, &headers, "installations:read").await {
+        return r;
+    }
+    match installations::list(&state.store).await {
+        Ok(all) => Json(all).into_response(),
+        Err(e) => registry_error(RegistryError::Storage(e)),
+    }
+}
+
+#[derive(Deserialize)]
+struct Register {
+    #[serde(flatten)]
+    spec: installations::Spec,
+    /// The installation's shared secret (`whsec_...`); generated and returned once when omitted.
+    #[serde(default)]
+    secret: Option<String>,
+}
+
+async fn register_installation(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Json(body): Json<Register>,
+) -> Response {
+    let key = match authorize(&state, &headers, "installations:write").await {
+        Ok(k) => k,
+        Err(r) => return r,
+    };
+    match installations::register(
+        &state.store,
+        &state.keys.sealing,
+        &state.policy,
+        body.spec,
+        body.secret.map(TokenSecret::new),
+        &actor(&key),
+    )
+    .await
+    {
+        Ok((installation, generated)) => {
+            state.engine.wake();
+            (
+                StatusCode::CREATED,
+                Json(serde_json::json!({
+                    "installation": installation,
+                    "secret": generated.as_ref().map(TokenSecret::expose),
+                })),
+            )
+                .into_response()
+        }
+        Err(e) => registry_error(e),
+    }
+}
+
+async fn get_installation(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    if let Err(r) = authorize(&state, &headers, "installations:read").await {
+        return r;
+    }
+    match installations::get(&state.store, &id).await {
+        Ok(i) => Json(i).into_response(),
+        Err(e) => registry_error(e),
+    }
+}
+
+async fn update_installation(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Json(patch): Json<installations::Patch>,
+) -> Response {
+    let key = match authorize(&state, &headers, "installations:write").await {
+        Ok(k) => k,
+        Err(r) => return r,
+    };
+    match installations::update(&state.store, &state.policy, &id, patch, &actor(&key)).await {
+        Ok(i) => Json(i).into_response(),
+        Err(e) => registry_error(e),
+    }
+}
+
+async fn remove_installation(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    let key = match authorize(&state, &headers, "installations:write").await {
+        Ok(k) => k,
+        Err(r) => return r,
+    };
+    match installations::remove(&state.store, &id, &actor(&key)).await {
+        Ok(stopped) => {
+            Json(serde_json::json!({ "removed": id, "findings_failed": stopped })).into_response()
+        }
+        Err(e) => registry_error(e),
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RotateSecret {
+    #[serde(default)]
+    secret: Option<String>,
+    #[serde(default)]
+    retire_old: bool,
+}
+
+async fn rotate_installation_secret(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Json(body): Json<RotateSecret>,
+) -> Response {
+    let key = match authorize(&state, &headers, "installations:write").await {
+        Ok(k) => k,
+        Err(r) => return r,
+    };
+    if body.retire_old {
+        if body.secret.is_some() {
+            return error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "give either secret (add one) or retire_old, not both",
+            );
+        }
+        return match installations::retire_old_secret(&state.store, &id, &actor(&key)).await {
+            Ok(()) => Json(serde_json::json!({ "live_secrets": 1 })).into_response(),
+            Err(e) => registry_error(e),
+        };
+    }
+    match installations::rotate_secret(
+        &state.store,
+        &state.keys.sealing,
+        &id,
+        body.secret.map(TokenSecret::new),
+        &actor(&key),
+    )
+    .await
+    {
+        Ok(generated) => (
+            StatusCode::CREATED,
+            Json(serde_json::json!({
+                "live_secrets": 2,
+                "secret": generated.as_ref().map(TokenSecret::expose),
+            })),
+        )
+            .into_response(),
+        Err(e) => registry_error(e),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FindingQuery {
+    state: Option<String>,
+    installation: Option<String>,
+    #[serde(default)]
+    after: i64,
+    #[serde(default = "default_page")]
+    limit: i64,
+}
+
+fn default_page() -> i64 {
+    100
+}
+
+async fn list_findings(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    query: Result<Query<FindingQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    if let Err(r) = authorize(&state, &headers, "installations:read").await {
+        return r;
+    }
+    let q = match query {
+        Ok(Query(q)) => q,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("query: {}", e.body_text())),
+    };
+    if !(1..=1000).contains(&q.limit) {
+        return error(StatusCode::BAD_REQUEST, "limit: must be 1 to 1000");
+    }
+    match crate::revocation::findings::list(
+        &state.store,
+        q.state.as_deref(),
+        q.installation.as_deref(),
+        q.after,
+        q.limit,
+    )
+    .await
+    {
+        Ok(rows) => Json(rows).into_response(),
+        Err(e) => registry_error(RegistryError::Storage(e)),
+    }
 }

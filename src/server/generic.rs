@@ -133,6 +133,7 @@ pub async fn webhook(
                     token_type: f.rule.token_type.clone(),
                     url: None,
                     source: Some(kind_name.to_owned()),
+                    context_hosts: intake::hosts_near(body, f.span.clone(), 256),
                 });
             }
         });
@@ -235,6 +236,7 @@ pub async fn revoke_tokens(
             token_type: r.token_type,
             url: r.location,
             source: Some("gitlab".into()),
+            context_hosts: Vec::new(),
         })
         .collect();
     answer_recorded(

@@ -6,6 +6,7 @@ mod admin_api;
 mod generic;
 mod metrics;
 mod partner;
+mod pull_api;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -25,7 +26,9 @@ use tower_http::timeout::TimeoutLayer;
 use crate::config::Settings;
 use crate::keys::Keys;
 use crate::listeners::{self, ListenerKind};
+use crate::outbound::Policy;
 use crate::partner_keys::PartnerKeys;
+use crate::revocation::Engine;
 use crate::scanner::RuleSet;
 use crate::store::Store;
 
@@ -39,15 +42,19 @@ pub const MAX_CONCURRENT: usize = 256;
 /// Everything a request handler needs.
 pub struct AppState {
     pub store: Store,
-    pub keys: Keys,
+    pub keys: Arc<Keys>,
     pub rules: RuleSet,
     pub github_keys: PartnerKeys,
     /// GitLab's and deps.dev's keys, when their key URLs are configured.
     pub gitlab_keys: Option<PartnerKeys>,
     pub depsdev_keys: Option<PartnerKeys>,
-    pub metrics: Metrics,
+    pub metrics: Arc<Metrics>,
     /// Base URL for endpoint URLs handed out by the admin API.
     pub public_url: String,
+    /// Which installation URLs may be registered and called.
+    pub policy: Policy,
+    /// Deciding, verifying, revoking and notifying.
+    pub engine: Arc<Engine>,
 }
 
 /// A running server.
@@ -72,7 +79,7 @@ impl Running {
 /// Opens the database, loads keys and rules, binds both addresses and starts serving.
 pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
     let store = Store::connect(&settings.database_url).await?;
-    let keys = Keys::load(&settings.key_file, !settings.is_production())?;
+    let keys = Arc::new(Keys::load(&settings.key_file, !settings.is_production())?);
     // Invalid candidates too: a failed checksum is itself a decision (false positive).
     let rules = RuleSet::default_rules(crate::scanner::ScanOptions {
         include_invalid: true,
@@ -83,6 +90,18 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
         .build()?;
     let github_keys = PartnerKeys::new(&settings.github_keys_url, client.clone());
     let optional = |url: &str| (!url.is_empty()).then(|| PartnerKeys::new(url, client.clone()));
+    let policy = Policy {
+        allow_http: settings.outbound_allow_http,
+        allow_private: settings.outbound_allow_private,
+    };
+    let metrics = Arc::new(Metrics::default());
+    let engine = Arc::new(Engine::new(
+        store.clone(),
+        keys.clone(),
+        policy,
+        settings,
+        metrics.clone(),
+    )?);
     let state = Arc::new(AppState {
         store,
         keys,
@@ -90,8 +109,10 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
         github_keys,
         gitlab_keys: optional(&settings.gitlab_keys_url),
         depsdev_keys: optional(&settings.depsdev_keys_url),
-        metrics: Metrics::default(),
+        metrics,
         public_url: settings.public_url.clone(),
+        policy,
+        engine: engine.clone(),
     });
 
     // Whole-request deadline (GitHub allows partners 30 s; answer well inside it).
@@ -104,6 +125,7 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
             get(revocable_token_types),
         )
         .route("/l/{secret}/v1/revoke_tokens", post(revoke_tokens))
+        .merge(pull_api::routes())
         .fallback(|| async { (StatusCode::NOT_FOUND, "no such endpoint\n") })
         // Spans name the route, never the URI: an endpoint path is itself a secret.
         .layer(
@@ -161,6 +183,13 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
         Duration::from_secs(settings.audit_checkpoint_interval_secs.max(1)),
         watch.clone(),
     )));
+    tasks.push(tokio::spawn({
+        let stop = watch.clone();
+        async move {
+            engine.run(stop).await;
+            Ok(())
+        }
+    }));
     tracing::info!(%public_addr, %admin_addr, "spillway serving");
     Ok(Running {
         public_addr,
@@ -274,6 +303,9 @@ fn answer_recorded(
                     "accepted"
                 },
             );
+            if !recorded.replay {
+                state.engine.wake();
+            }
             ok(recorded)
         }
         Err(e) => {

@@ -204,6 +204,7 @@ pub async fn alert(
             token: TokenSecret::new(a.token),
             url: a.url.filter(|u| !u.is_empty()),
             source: a.source.map(|s| s.to_ascii_lowercase()),
+            context_hosts: Vec::new(),
         })
         .collect();
     answer_recorded(

@@ -1,0 +1,153 @@
+//! Installations' token-signing keys, by key id (`plntr` or `kid`): inline keys from the registry
+//! and JWKS fetched from each installation's `jwks_url`, cached. An unknown key id triggers one
+//! refresh, single-flight per installation and at most once per [`MIN_REFRESH`], so forged key ids
+//! cannot make Spillway hammer an installation.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use p256::ecdsa::VerifyingKey;
+
+use crate::contract::Jwks;
+use crate::installations::Installation;
+use crate::outbound::Outbound;
+
+/// An installation's JWKS is fetched at most this often.
+pub const MIN_REFRESH: Duration = Duration::from_secs(10);
+
+#[derive(Default)]
+struct Entries {
+    /// kid -> (installation id, key); several installations may (wrongly) publish one kid.
+    by_kid: HashMap<String, Vec<(String, VerifyingKey)>>,
+    /// installation id -> when its JWKS was last fetched (or inline keys loaded) and its version.
+    loaded: HashMap<String, (Instant, i64)>,
+}
+
+/// The shared key cache.
+pub struct KeyCache {
+    entries: Mutex<Entries>,
+    /// One refresh at a time per installation.
+    refreshing: tokio::sync::Mutex<()>,
+    outbound: Outbound,
+}
+
+/// What a key id resolves to.
+pub struct KeyMatch {
+    pub installation_id: String,
+    pub key: VerifyingKey,
+}
+
+impl KeyCache {
+    pub fn new(outbound: Outbound) -> KeyCache {
+        KeyCache {
+            entries: Mutex::default(),
+            refreshing: tokio::sync::Mutex::new(()),
+            outbound,
+        }
+    }
+
+    /// The keys known under `kid`, without any network call.
+    pub fn lookup(&self, kid: &str) -> Vec<KeyMatch> {
+        let entries = self.entries.lock().expect("key cache lock");
+        entries
+            .by_kid
+            .get(kid)
+            .map(|v| {
+                v.iter()
+                    .map(|(id, key)| KeyMatch {
+                        installation_id: id.clone(),
+                        key: *key,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn replace(&self, installation_id: &str, version: i64, jwks: &Jwks) {
+        let mut entries = self.entries.lock().expect("key cache lock");
+        for keys in entries.by_kid.values_mut() {
+            keys.retain(|(id, _)| id != installation_id);
+        }
+        for jwk in &jwks.keys {
+            let (Some(kid), Ok(key)) = (jwk.kid.as_ref(), crate::jwt::key_from_jwk(jwk)) else {
+                continue;
+            };
+            entries
+                .by_kid
+                .entry(kid.clone())
+                .or_default()
+                .push((installation_id.to_owned(), key));
+        }
+        entries
+            .loaded
+            .insert(installation_id.to_owned(), (Instant::now(), version));
+    }
+
+    /// Loads inline keys of every installation whose registration changed (cheap: no network).
+    pub fn load_inline(&self, installations: &[Installation]) {
+        for i in installations {
+            let Some(jwks) = &i.spec.inline_jwks else {
+                continue;
+            };
+            let stale = {
+                let entries = self.entries.lock().expect("key cache lock");
+                entries
+                    .loaded
+                    .get(&i.id)
+                    .is_none_or(|(_, v)| *v != i.updated_at)
+            };
+            if stale {
+                self.replace(&i.id, i.updated_at, jwks);
+            }
+        }
+    }
+
+    /// Fetches the JWKS of each installation in `candidates` that has a `jwks_url` and was not
+    /// fetched within [`MIN_REFRESH`]. Errors are logged and leave the cached keys in place.
+    pub async fn refresh(&self, candidates: &[&Installation]) {
+        let _one_at_a_time = self.refreshing.lock().await;
+        for i in candidates {
+            let Some(url) = &i.spec.jwks_url else {
+                continue;
+            };
+            let recent = {
+                let entries = self.entries.lock().expect("key cache lock");
+                entries
+                    .loaded
+                    .get(&i.id)
+                    .is_some_and(|(at, v)| *v == i.updated_at && at.elapsed() < MIN_REFRESH)
+            };
+            if recent {
+                continue;
+            }
+            // Mark the attempt first: a failing endpoint is not retried before MIN_REFRESH either.
+            self.entries
+                .lock()
+                .expect("key cache lock")
+                .loaded
+                .insert(i.id.clone(), (Instant::now(), i.updated_at));
+            match self.fetch(url).await {
+                Ok(jwks) => self.replace(&i.id, i.updated_at, &jwks),
+                Err(e) => tracing::warn!(
+                    installation = %i.id,
+                    error = %format!("{e:#}"),
+                    "cannot fetch installation JWKS"
+                ),
+            }
+        }
+    }
+
+    async fn fetch(&self, url: &str) -> anyhow::Result<Jwks> {
+        self.outbound.policy.check("jwks_url", url)?;
+        let response = self.outbound.client.get(url).send().await?;
+        anyhow::ensure!(
+            response.status().is_success(),
+            "jwks_url answered {}",
+            response.status()
+        );
+        let bytes = response.bytes().await?;
+        anyhow::ensure!(bytes.len() <= 1 << 20, "JWKS larger than 1 MiB");
+        Ok(serde_json::from_slice(&bytes)?)
+    }
+}

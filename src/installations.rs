@@ -1,0 +1,631 @@
+//! The installation registry: who issues which tokens, their signing keys, where Spillway verifies,
+//! revokes and notifies (or pull mode), their rate limit, and the shared secrets that sign
+//! Spillway's calls (sealed; two live during a rotation: add the new one beside the old, let the
+//! installation verify with it, then retire the old). Every change is audited.
+
+use std::collections::BTreeSet;
+
+use anyhow::Context as _;
+use serde::{Deserialize, Serialize};
+use sqlx::Row as _;
+
+use crate::audit;
+use crate::contract::Jwks;
+use crate::keys::KeyBytes;
+use crate::outbound::Policy;
+use crate::scanner::TokenSecret;
+use crate::store::{Store, now_ms};
+
+/// How tokens are handed to an installation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Delivery {
+    /// `token_sha256` only (the default: the installation looks tokens up by hash).
+    #[default]
+    Sha256,
+    /// The raw token as well, for installations that cannot look up by hash.
+    Raw,
+}
+
+impl Delivery {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Delivery::Sha256 => "sha256",
+            Delivery::Raw => "raw",
+        }
+    }
+}
+
+/// What an operator registers (and what `update` replaces field by field).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Spec {
+    pub name: String,
+    #[serde(default)]
+    pub hostnames: Vec<String>,
+    pub token_types: Vec<String>,
+    #[serde(default)]
+    pub jwks_url: Option<String>,
+    #[serde(default)]
+    pub inline_jwks: Option<Jwks>,
+    #[serde(default)]
+    pub verify_url: Option<String>,
+    #[serde(default)]
+    pub revoke_url: Option<String>,
+    #[serde(default)]
+    pub notify_url: Option<String>,
+    #[serde(default)]
+    pub pull_mode: bool,
+    #[serde(default = "default_rate")]
+    pub rate_per_sec: f64,
+    #[serde(default = "default_burst")]
+    pub burst: u32,
+    #[serde(default = "default_concurrency")]
+    pub concurrency: u32,
+    #[serde(default)]
+    pub delivery: Delivery,
+}
+
+fn default_rate() -> f64 {
+    10.0
+}
+fn default_burst() -> u32 {
+    20
+}
+fn default_concurrency() -> u32 {
+    4
+}
+
+/// A registered installation.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Installation {
+    pub id: String,
+    #[serde(flatten)]
+    pub spec: Spec,
+    pub created_at: i64,
+    pub updated_at: i64,
+    /// When the newest shared secret was added, and how many are live (1, or 2 mid-rotation).
+    pub secret_created_at: i64,
+    pub live_secrets: usize,
+}
+
+/// Why a registration or change was refused. Messages name the field.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("{field}: {message}")]
+    Invalid { field: String, message: String },
+    #[error("no installation {0}")]
+    NotFound(String),
+    #[error("an installation named {0:?} exists")]
+    NameTaken(String),
+    #[error(
+        "installation {0} already has two live secrets: retire the old one (rotate-secret --retire-old) before adding another"
+    )]
+    TwoSecretsLive(String),
+    #[error("installation {0} has one live secret: nothing to retire")]
+    NothingToRetire(String),
+    #[error(transparent)]
+    Storage(#[from] anyhow::Error),
+}
+
+fn invalid(field: &str, message: impl Into<String>) -> RegistryError {
+    RegistryError::Invalid {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+impl Spec {
+    /// Checks every field; `policy` decides which URLs may be called.
+    pub fn validate(&self, policy: &Policy) -> Result<(), RegistryError> {
+        let name = self.name.trim();
+        if name.is_empty() || name.len() > 100 {
+            return Err(invalid("name", "must be 1 to 100 characters"));
+        }
+        if self.token_types.is_empty() {
+            return Err(invalid("token_types", "name at least one token type"));
+        }
+        if let Some(t) = self
+            .token_types
+            .iter()
+            .find(|t| t.is_empty() || !t.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
+        {
+            return Err(invalid(
+                "token_types",
+                format!("{t:?} is not a token type name (letters, digits, _)"),
+            ));
+        }
+        for h in &self.hostnames {
+            let ok = !h.is_empty()
+                && h.len() <= 253
+                && h.contains('.')
+                && h.bytes().all(|b| {
+                    b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-'
+                });
+            if !ok {
+                return Err(invalid(
+                    "hostnames",
+                    format!("{h:?} is not a lowercase DNS name"),
+                ));
+            }
+        }
+        for (field, url) in [
+            ("jwks_url", &self.jwks_url),
+            ("verify_url", &self.verify_url),
+            ("revoke_url", &self.revoke_url),
+            ("notify_url", &self.notify_url),
+        ] {
+            if let Some(url) = url {
+                policy.check(field, url).map_err(|e| {
+                    invalid(field, e.to_string().replacen(&format!("{field}: "), "", 1))
+                })?;
+            }
+        }
+        if let Some(jwks) = &self.inline_jwks {
+            for (i, jwk) in jwks.keys.iter().enumerate() {
+                crate::jwt::key_from_jwk(jwk)
+                    .map_err(|e| invalid(&format!("inline_jwks.keys[{i}]"), e.to_string()))?;
+                if jwk.kid.as_deref().is_none_or(str::is_empty) {
+                    return Err(invalid(
+                        &format!("inline_jwks.keys[{i}].kid"),
+                        "required (the token header's plntr or kid)",
+                    ));
+                }
+            }
+        }
+        if self.pull_mode {
+            if self.verify_url.is_some() || self.revoke_url.is_some() {
+                return Err(invalid(
+                    "pull_mode",
+                    "a pull-mode installation has no verify_url or revoke_url (it fetches its revocations)",
+                ));
+            }
+        } else if self.revoke_url.is_none() {
+            return Err(invalid("revoke_url", "required unless pull_mode is set"));
+        }
+        if !(self.rate_per_sec.is_finite()
+            && self.rate_per_sec > 0.0
+            && self.rate_per_sec <= 10_000.0)
+        {
+            return Err(invalid("rate_per_sec", "must be > 0 and <= 10000"));
+        }
+        if !(1..=10_000).contains(&self.burst) {
+            return Err(invalid("burst", "must be 1 to 10000"));
+        }
+        if !(1..=256).contains(&self.concurrency) {
+            return Err(invalid("concurrency", "must be 1 to 256"));
+        }
+        Ok(())
+    }
+}
+
+/// Partial update: each `Some` replaces the field.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Patch {
+    pub name: Option<String>,
+    pub hostnames: Option<Vec<String>>,
+    pub token_types: Option<Vec<String>>,
+    pub jwks_url: Option<Option<String>>,
+    pub inline_jwks: Option<Option<Jwks>>,
+    pub verify_url: Option<Option<String>>,
+    pub revoke_url: Option<Option<String>>,
+    pub notify_url: Option<Option<String>>,
+    pub pull_mode: Option<bool>,
+    pub rate_per_sec: Option<f64>,
+    pub burst: Option<u32>,
+    pub concurrency: Option<u32>,
+    pub delivery: Option<Delivery>,
+}
+
+impl Patch {
+    pub fn apply(self, spec: &mut Spec) {
+        macro_rules! set {
+            ($($f:ident),*) => { $( if let Some(v) = self.$f { spec.$f = v; } )* };
+        }
+        set!(
+            name,
+            hostnames,
+            token_types,
+            jwks_url,
+            inline_jwks,
+            verify_url,
+            revoke_url,
+            notify_url,
+            pull_mode,
+            rate_per_sec,
+            burst,
+            concurrency,
+            delivery
+        );
+    }
+}
+
+fn new_id(prefix: &str) -> String {
+    format!("{prefix}_{:016x}", rand::random::<u64>())
+}
+
+fn secret_owner(installation_id: &str) -> String {
+    format!("installation:{installation_id}")
+}
+
+/// A shared secret given by the operator, or a new one.
+fn secret_or_new(secret: Option<TokenSecret>) -> Result<(TokenSecret, bool), RegistryError> {
+    match secret {
+        Some(s) => {
+            crate::webhook_auth::sign_standard_webhooks(&[s.expose()], "check", 0, b"")
+                .map_err(|_| invalid("secret", "must be whsec_<base64>"))?;
+            Ok((s, false))
+        }
+        None => Ok((
+            TokenSecret::new(crate::webhook_auth::generate_whsec()),
+            true,
+        )),
+    }
+}
+
+/// Registers an installation; returns it and, when Spillway generated the shared secret, that
+/// secret (shown once; only its sealed form is stored).
+pub async fn register(
+    store: &Store,
+    sealing: &KeyBytes,
+    policy: &Policy,
+    mut spec: Spec,
+    secret: Option<TokenSecret>,
+    actor: &str,
+) -> Result<(Installation, Option<TokenSecret>), RegistryError> {
+    spec.name = spec.name.trim().to_owned();
+    spec.validate(policy)?;
+    let (secret, generated) = secret_or_new(secret)?;
+    let id = new_id("ins");
+    let now = now_ms();
+    let mut tx = store.begin().await?;
+    let taken = sqlx::query("SELECT 1 FROM installations WHERE name = $1")
+        .bind(&spec.name)
+        .fetch_optional(&mut *tx)
+        .await
+        .context("cannot read installations")?;
+    if taken.is_some() {
+        return Err(RegistryError::NameTaken(spec.name));
+    }
+    write_spec(&mut tx, &id, &spec, now, true).await?;
+    add_secret(&mut tx, sealing, &id, &secret, now).await?;
+    audit::append(
+        &mut tx,
+        store.backend(),
+        actor,
+        "installation.registered",
+        &format!("installation:{id}"),
+        audit_details(&spec),
+    )
+    .await?;
+    tx.commit().await.context("cannot commit installation")?;
+    let installation = get(store, &id).await?;
+    Ok((installation, generated.then_some(secret)))
+}
+
+fn audit_details(spec: &Spec) -> serde_json::Value {
+    serde_json::json!({
+        "name": spec.name,
+        "token_types": spec.token_types,
+        "hostnames": spec.hostnames,
+        "pull_mode": spec.pull_mode,
+        "delivery": spec.delivery.as_str(),
+        "rate_per_sec": spec.rate_per_sec,
+        "burst": spec.burst,
+        "concurrency": spec.concurrency,
+    })
+}
+
+async fn write_spec(
+    tx: &mut crate::store::Tx,
+    id: &str,
+    spec: &Spec,
+    now: i64,
+    insert: bool,
+) -> anyhow::Result<()> {
+    let sql = if insert {
+        "INSERT INTO installations (name, hostnames, token_types, jwks_url, inline_jwks, verify_url, \
+         revoke_url, notify_url, pull_mode, rate_per_sec, burst, concurrency, delivery, updated_at, \
+         id, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $14)"
+    } else {
+        "UPDATE installations SET name = $1, hostnames = $2, token_types = $3, jwks_url = $4, \
+         inline_jwks = $5, verify_url = $6, revoke_url = $7, notify_url = $8, pull_mode = $9, \
+         rate_per_sec = $10, burst = $11, concurrency = $12, delivery = $13, updated_at = $14 \
+         WHERE id = $15"
+    };
+    sqlx::query(sql)
+        .bind(&spec.name)
+        .bind(serde_json::to_string(&spec.hostnames)?)
+        .bind(serde_json::to_string(&spec.token_types)?)
+        .bind(spec.jwks_url.clone())
+        .bind(
+            spec.inline_jwks
+                .as_ref()
+                .map(serde_json::to_string)
+                .transpose()?,
+        )
+        .bind(spec.verify_url.clone())
+        .bind(spec.revoke_url.clone())
+        .bind(spec.notify_url.clone())
+        .bind(i64::from(spec.pull_mode))
+        .bind(spec.rate_per_sec)
+        .bind(i64::from(spec.burst))
+        .bind(i64::from(spec.concurrency))
+        .bind(spec.delivery.as_str())
+        .bind(now)
+        .bind(id)
+        .execute(&mut **tx)
+        .await
+        .context("cannot write installation")?;
+    Ok(())
+}
+
+async fn add_secret(
+    tx: &mut crate::store::Tx,
+    sealing: &KeyBytes,
+    id: &str,
+    secret: &TokenSecret,
+    now: i64,
+) -> anyhow::Result<()> {
+    sqlx::query(
+        "INSERT INTO installation_secrets (id, installation_id, sealed, created_at) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(new_id("sec"))
+    .bind(id)
+    .bind(crate::seal::seal(sealing, &secret_owner(id), secret))
+    .bind(now)
+    .execute(&mut **tx)
+    .await
+    .context("cannot store installation secret")?;
+    Ok(())
+}
+
+const COLUMNS: &str = "i.id, i.name, i.hostnames, i.token_types, i.jwks_url, i.inline_jwks, \
+    i.verify_url, i.revoke_url, i.notify_url, i.pull_mode, i.rate_per_sec, i.burst, i.concurrency, \
+    i.delivery, i.created_at, i.updated_at, \
+    (SELECT MAX(s.created_at) FROM installation_secrets s WHERE s.installation_id = i.id) AS secret_created_at, \
+    (SELECT COUNT(*) FROM installation_secrets s WHERE s.installation_id = i.id) AS live_secrets";
+
+fn from_row(row: &sqlx::any::AnyRow) -> anyhow::Result<Installation> {
+    let json_list = |col: &str| -> anyhow::Result<Vec<String>> {
+        Ok(serde_json::from_str(&row.try_get::<String, _>(col)?)?)
+    };
+    let delivery: String = row.try_get("delivery")?;
+    Ok(Installation {
+        id: row.try_get("id")?,
+        spec: Spec {
+            name: row.try_get("name")?,
+            hostnames: json_list("hostnames")?,
+            token_types: json_list("token_types")?,
+            jwks_url: row.try_get("jwks_url")?,
+            inline_jwks: row
+                .try_get::<Option<String>, _>("inline_jwks")?
+                .map(|s| serde_json::from_str(&s))
+                .transpose()?,
+            verify_url: row.try_get("verify_url")?,
+            revoke_url: row.try_get("revoke_url")?,
+            notify_url: row.try_get("notify_url")?,
+            pull_mode: row.try_get::<i64, _>("pull_mode")? != 0,
+            rate_per_sec: row.try_get("rate_per_sec")?,
+            burst: row.try_get::<i64, _>("burst")? as u32,
+            concurrency: row.try_get::<i64, _>("concurrency")? as u32,
+            delivery: if delivery == "raw" {
+                Delivery::Raw
+            } else {
+                Delivery::Sha256
+            },
+        },
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+        secret_created_at: row
+            .try_get::<Option<i64>, _>("secret_created_at")?
+            .unwrap_or(0),
+        live_secrets: row.try_get::<i64, _>("live_secrets")? as usize,
+    })
+}
+
+/// Every installation, by name.
+pub async fn list(store: &Store) -> anyhow::Result<Vec<Installation>> {
+    let rows = sqlx::query(&format!(
+        "SELECT {COLUMNS} FROM installations i ORDER BY i.name"
+    ))
+    .fetch_all(store.pool())
+    .await
+    .context("cannot list installations")?;
+    rows.iter().map(from_row).collect()
+}
+
+/// One installation by id or name.
+pub async fn get(store: &Store, id_or_name: &str) -> Result<Installation, RegistryError> {
+    let row = sqlx::query(&format!(
+        "SELECT {COLUMNS} FROM installations i WHERE i.id = $1 OR i.name = $1"
+    ))
+    .bind(id_or_name)
+    .fetch_optional(store.pool())
+    .await
+    .context("cannot read installation")?;
+    match row {
+        Some(row) => Ok(from_row(&row)?),
+        None => Err(RegistryError::NotFound(id_or_name.into())),
+    }
+}
+
+/// Applies `patch`, validates the result and records it.
+pub async fn update(
+    store: &Store,
+    policy: &Policy,
+    id_or_name: &str,
+    patch: Patch,
+    actor: &str,
+) -> Result<Installation, RegistryError> {
+    let current = get(store, id_or_name).await?;
+    let mut spec = current.spec.clone();
+    patch.apply(&mut spec);
+    spec.name = spec.name.trim().to_owned();
+    spec.validate(policy)?;
+    let mut tx = store.begin().await?;
+    if spec.name != current.spec.name {
+        let taken = sqlx::query("SELECT 1 FROM installations WHERE name = $1")
+            .bind(&spec.name)
+            .fetch_optional(&mut *tx)
+            .await
+            .context("cannot read installations")?;
+        if taken.is_some() {
+            return Err(RegistryError::NameTaken(spec.name));
+        }
+    }
+    write_spec(&mut tx, &current.id, &spec, now_ms(), false).await?;
+    audit::append(
+        &mut tx,
+        store.backend(),
+        actor,
+        "installation.updated",
+        &format!("installation:{}", current.id),
+        audit_details(&spec),
+    )
+    .await?;
+    tx.commit().await.context("cannot commit installation")?;
+    get(store, &current.id).await
+}
+
+/// Adds a shared secret beside the current one (generated unless given); both sign until the old
+/// one is retired. Returns the generated secret, if any.
+pub async fn rotate_secret(
+    store: &Store,
+    sealing: &KeyBytes,
+    id_or_name: &str,
+    secret: Option<TokenSecret>,
+    actor: &str,
+) -> Result<Option<TokenSecret>, RegistryError> {
+    let current = get(store, id_or_name).await?;
+    if current.live_secrets >= 2 {
+        return Err(RegistryError::TwoSecretsLive(current.id));
+    }
+    let (secret, generated) = secret_or_new(secret)?;
+    let mut tx = store.begin().await?;
+    add_secret(&mut tx, sealing, &current.id, &secret, now_ms()).await?;
+    audit::append(
+        &mut tx,
+        store.backend(),
+        actor,
+        "installation.secret_added",
+        &format!("installation:{}", current.id),
+        serde_json::json!({ "live_secrets": current.live_secrets + 1 }),
+    )
+    .await?;
+    tx.commit().await.context("cannot commit secret")?;
+    Ok(generated.then_some(secret))
+}
+
+/// Retires every secret but the newest.
+pub async fn retire_old_secret(
+    store: &Store,
+    id_or_name: &str,
+    actor: &str,
+) -> Result<(), RegistryError> {
+    let current = get(store, id_or_name).await?;
+    if current.live_secrets < 2 {
+        return Err(RegistryError::NothingToRetire(current.id));
+    }
+    let mut tx = store.begin().await?;
+    sqlx::query(
+        "DELETE FROM installation_secrets WHERE installation_id = $1 AND id NOT IN \
+         (SELECT id FROM installation_secrets WHERE installation_id = $1 ORDER BY created_at DESC, id DESC LIMIT 1)",
+    )
+    .bind(&current.id)
+    .execute(&mut *tx)
+    .await
+    .context("cannot retire secret")?;
+    audit::append(
+        &mut tx,
+        store.backend(),
+        actor,
+        "installation.secret_retired",
+        &format!("installation:{}", current.id),
+        serde_json::json!({ "live_secrets": 1 }),
+    )
+    .await?;
+    tx.commit().await.context("cannot commit secret")?;
+    Ok(())
+}
+
+/// The live shared secrets, newest first.
+pub async fn secrets(
+    store: &Store,
+    sealing: &KeyBytes,
+    installation_id: &str,
+) -> anyhow::Result<Vec<TokenSecret>> {
+    let rows = sqlx::query(
+        "SELECT sealed FROM installation_secrets WHERE installation_id = $1 ORDER BY created_at DESC, id DESC",
+    )
+    .bind(installation_id)
+    .fetch_all(store.pool())
+    .await
+    .context("cannot read installation secrets")?;
+    rows.iter()
+        .map(|r| {
+            crate::seal::open(
+                sealing,
+                &secret_owner(installation_id),
+                &r.try_get::<String, _>("sealed")?,
+            )
+        })
+        .collect()
+}
+
+/// Removes an installation. Its findings still in progress fail (audited), so none waits forever
+/// on a target that no longer exists.
+pub async fn remove(store: &Store, id_or_name: &str, actor: &str) -> Result<usize, RegistryError> {
+    let current = get(store, id_or_name).await?;
+    let now = now_ms();
+    let mut tx = store.begin().await?;
+    let stopped = sqlx::query(
+        "UPDATE findings SET state = 'failed', outcome = 'installation_removed', sealed_token = NULL, \
+         lease_until = NULL, lease_owner = NULL, updated_at = $1, decided_at = $1 \
+         WHERE installation_id = $2 AND state IN ('verifying', 'revoking', 'awaiting_pull', 'notifying')",
+    )
+    .bind(now)
+    .bind(&current.id)
+    .execute(&mut *tx)
+    .await
+    .context("cannot stop findings")?
+    .rows_affected() as usize;
+    sqlx::query("DELETE FROM installations WHERE id = $1")
+        .bind(&current.id)
+        .execute(&mut *tx)
+        .await
+        .context("cannot remove installation")?;
+    audit::append(
+        &mut tx,
+        store.backend(),
+        actor,
+        "installation.removed",
+        &format!("installation:{}", current.id),
+        serde_json::json!({ "name": current.spec.name, "findings_stopped": stopped }),
+    )
+    .await?;
+    tx.commit().await.context("cannot commit removal")?;
+    Ok(stopped)
+}
+
+/// The installations that issue `token_type`.
+pub fn issuing<'a>(all: &'a [Installation], token_type: &str) -> Vec<&'a Installation> {
+    all.iter()
+        .filter(|i| i.spec.token_types.iter().any(|t| t == token_type))
+        .collect()
+}
+
+/// The installations one of whose hostnames is `host` or a parent domain of it.
+pub fn by_hostname<'a>(all: &'a [Installation], hosts: &[String]) -> Vec<&'a Installation> {
+    let hosts: BTreeSet<&str> = hosts.iter().map(String::as_str).collect();
+    all.iter()
+        .filter(|i| {
+            i.spec.hostnames.iter().any(|h| {
+                hosts
+                    .iter()
+                    .any(|seen| *seen == h || seen.ends_with(&format!(".{h}")))
+            })
+        })
+        .collect()
+}

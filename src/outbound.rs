@@ -1,0 +1,219 @@
+//! Calls to installations: one HTTP client that refuses what an attacker-controlled registration
+//! could point it at. URLs must be https (unless the operator allows http), and a target that is or
+//! resolves to a loopback, private, link-local (cloud metadata included), CGNAT, multicast or
+//! unspecified address is refused at connect time, after DNS, so a name that later re-resolves to
+//! an internal address is caught too (unless the operator allows private targets). No redirects,
+//! no proxies from the environment.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use reqwest::dns::{Addrs, Name, Resolve, Resolving};
+
+/// Why a URL may not be called.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UrlError {
+    #[error("{field}: not a valid URL")]
+    Invalid { field: String },
+    #[error("{field}: must be https (plain http is allowed only with outbound_allow_http)")]
+    NotHttps { field: String },
+    #[error(
+        "{field}: {ip} is a loopback, private, link-local or otherwise internal address (allowed only with outbound_allow_private)"
+    )]
+    Internal { field: String, ip: IpAddr },
+}
+
+/// Which outbound targets the operator allows.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Policy {
+    pub allow_http: bool,
+    pub allow_private: bool,
+}
+
+impl Policy {
+    /// Checks a URL's scheme and, for an IP literal, its address (names are checked after DNS).
+    pub fn check(&self, field: &str, url: &str) -> Result<url::Url, UrlError> {
+        let parsed = url::Url::parse(url).map_err(|_| UrlError::Invalid {
+            field: field.into(),
+        })?;
+        match parsed.scheme() {
+            "https" => {}
+            "http" if self.allow_http => {}
+            _ => {
+                return Err(UrlError::NotHttps {
+                    field: field.into(),
+                });
+            }
+        }
+        let ip = match parsed.host() {
+            Some(url::Host::Ipv4(ip)) => Some(IpAddr::V4(ip)),
+            Some(url::Host::Ipv6(ip)) => Some(IpAddr::V6(ip)),
+            Some(url::Host::Domain(_)) => None,
+            None => {
+                return Err(UrlError::Invalid {
+                    field: field.into(),
+                });
+            }
+        };
+        if let Some(ip) = ip.filter(|ip| !self.allow_private && is_internal(*ip)) {
+            return Err(UrlError::Internal {
+                field: field.into(),
+                ip,
+            });
+        }
+        Ok(parsed)
+    }
+}
+
+/// True for addresses an outbound call must not reach by default.
+pub fn is_internal(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => is_internal_v4(v4),
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return is_internal_v4(v4);
+            }
+            let first = v6.segments()[0];
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || (first & 0xfe00) == 0xfc00 // unique local fc00::/7
+                || (first & 0xffc0) == 0xfe80 // link-local fe80::/10
+                || v6 == Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254) // AWS IMDS over IPv6
+        }
+    }
+}
+
+fn is_internal_v4(ip: Ipv4Addr) -> bool {
+    let [a, b, ..] = ip.octets();
+    ip.is_loopback()
+        || ip.is_private()
+        || ip.is_link_local() // 169.254/16: cloud metadata lives here
+        || ip.is_unspecified()
+        || ip.is_broadcast()
+        || ip.is_multicast()
+        || a == 0
+        || (a == 100 && (64..128).contains(&b)) // CGNAT 100.64/10
+        || (a == 192 && b == 0 && ip.octets()[2] == 0) // IETF protocol assignments
+        || (a == 198 && (b == 18 || b == 19)) // benchmarking 198.18/15
+}
+
+/// Resolves names with the system resolver, then drops internal addresses.
+struct GuardedResolver {
+    allow_private: bool,
+}
+
+impl Resolve for GuardedResolver {
+    fn resolve(&self, name: Name) -> Resolving {
+        let allow_private = self.allow_private;
+        Box::pin(async move {
+            let host = name.as_str().to_owned();
+            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
+                .await?
+                .filter(|a| allow_private || !is_internal(a.ip()))
+                .collect();
+            if addrs.is_empty() {
+                return Err(format!(
+                    "{host} resolves only to internal addresses (allowed only with outbound_allow_private)"
+                )
+                .into());
+            }
+            Ok(Box::new(addrs.into_iter()) as Addrs)
+        })
+    }
+}
+
+/// The client for installation calls, with the policy it enforces.
+#[derive(Clone)]
+pub struct Outbound {
+    pub client: reqwest::Client,
+    pub policy: Policy,
+}
+
+impl Outbound {
+    pub fn new(policy: Policy, timeout: Duration) -> anyhow::Result<Outbound> {
+        let client = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout.min(Duration::from_secs(5)))
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .pool_max_idle_per_host(64)
+            .dns_resolver(Arc::new(GuardedResolver {
+                allow_private: policy.allow_private,
+            }))
+            .user_agent(concat!("spillway/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(Outbound { client, policy })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn internal_addresses_are_recognised() {
+        for internal in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "::1",
+            "fd00::1",
+            "fe80::1",
+            "::ffff:127.0.0.1",
+            "fd00:ec2::254",
+        ] {
+            assert!(is_internal(internal.parse().unwrap()), "{internal}");
+        }
+        for public in ["1.1.1.1", "140.82.112.3", "2606:4700::1111"] {
+            assert!(!is_internal(public.parse().unwrap()), "{public}");
+        }
+    }
+
+    #[test]
+    fn policy_names_the_field_and_the_reason() {
+        let strict = Policy::default();
+        assert_eq!(
+            strict.check("revoke_url", "http://example.com/r"),
+            Err(UrlError::NotHttps {
+                field: "revoke_url".into()
+            })
+        );
+        let err = strict
+            .check("verify_url", "https://169.254.169.254/latest")
+            .unwrap_err();
+        assert!(err.to_string().contains("verify_url"), "{err}");
+        assert!(strict.check("notify_url", "https://example.com/n").is_ok());
+        let open = Policy {
+            allow_http: true,
+            allow_private: true,
+        };
+        assert!(open.check("revoke_url", "http://127.0.0.1:9/r").is_ok());
+        assert!(open.check("revoke_url", "ftp://x/").is_err());
+    }
+
+    #[tokio::test]
+    async fn names_resolving_to_loopback_are_refused_at_connect_time() {
+        let outbound = Outbound::new(
+            Policy {
+                allow_http: true,
+                allow_private: false,
+            },
+            Duration::from_secs(2),
+        )
+        .unwrap();
+        let err = outbound
+            .client
+            .get("http://localhost:9/")
+            .send()
+            .await
+            .unwrap_err();
+        let chain = format!("{:?}", anyhow::Error::from(err));
+        assert!(chain.contains("internal addresses"), "{chain}");
+    }
+}

@@ -1,0 +1,160 @@
+//! Per-installation limits, per replica: a GCRA rate limiter (governor) kept under the declared
+//! rate, a concurrency cap, and a circuit breaker that stops calls to an installation that keeps
+//! failing and lets one probe through after a cooldown.
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use tokio::sync::Semaphore;
+
+use crate::installations::Installation;
+
+/// Spillway stays under this share of an installation's declared rate, and uses half its burst, so
+/// network jitter never makes the installation see more than it declared.
+pub const RATE_MARGIN: f64 = 0.9;
+/// Consecutive failed calls that open the breaker.
+pub const BREAKER_THRESHOLD: u32 = 5;
+const BREAKER_MIN_COOLDOWN: Duration = Duration::from_secs(2);
+const BREAKER_MAX_COOLDOWN: Duration = Duration::from_secs(120);
+
+/// Breaker state, for metrics and claims.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BreakerState {
+    Closed,
+    Open,
+    HalfOpen,
+}
+
+#[derive(Debug)]
+struct Breaker {
+    failures: u32,
+    open_until: Option<Instant>,
+    cooldown: Duration,
+}
+
+/// One installation's limits.
+pub struct InstallationLimits {
+    pub limiter: DefaultDirectRateLimiter,
+    pub concurrency: Arc<Semaphore>,
+    breaker: Mutex<Breaker>,
+    version: i64,
+}
+
+impl InstallationLimits {
+    fn new(installation: &Installation) -> Self {
+        let rate = (installation.spec.rate_per_sec * RATE_MARGIN).max(0.001);
+        let burst = NonZeroU32::new((installation.spec.burst / 2).max(1)).expect("at least 1");
+        let quota = Quota::with_period(Duration::from_secs_f64(1.0 / rate))
+            .expect("a positive period")
+            .allow_burst(burst);
+        InstallationLimits {
+            limiter: RateLimiter::direct(quota),
+            concurrency: Arc::new(Semaphore::new(installation.spec.concurrency as usize)),
+            breaker: Mutex::new(Breaker {
+                failures: 0,
+                open_until: None,
+                cooldown: BREAKER_MIN_COOLDOWN,
+            }),
+            version: installation.updated_at,
+        }
+    }
+
+    pub fn breaker_state(&self) -> BreakerState {
+        let b = self.breaker.lock().expect("breaker lock");
+        match b.open_until {
+            None => BreakerState::Closed,
+            Some(t) if Instant::now() < t => BreakerState::Open,
+            Some(_) => BreakerState::HalfOpen,
+        }
+    }
+
+    /// How long until calls may go out again, when the breaker is open.
+    pub fn open_for(&self) -> Option<Duration> {
+        let b = self.breaker.lock().expect("breaker lock");
+        b.open_until
+            .and_then(|t| t.checked_duration_since(Instant::now()))
+    }
+
+    /// Records a call's result: a success closes the breaker; `BREAKER_THRESHOLD` failures in a
+    /// row (or a failed half-open probe) open it, for twice as long each time.
+    pub fn record(&self, success: bool) {
+        let mut b = self.breaker.lock().expect("breaker lock");
+        if success {
+            b.failures = 0;
+            b.open_until = None;
+            b.cooldown = BREAKER_MIN_COOLDOWN;
+            return;
+        }
+        b.failures += 1;
+        let probing = b.open_until.is_some();
+        if probing || b.failures >= BREAKER_THRESHOLD {
+            let cooldown = b.cooldown;
+            b.open_until = Some(Instant::now() + cooldown);
+            b.cooldown = (cooldown * 2).min(BREAKER_MAX_COOLDOWN);
+            tracing::warn!(
+                cooldown_ms = cooldown.as_millis() as u64,
+                "circuit breaker opened for an installation"
+            );
+        }
+    }
+}
+
+/// Limits of every installation this replica calls.
+#[derive(Default)]
+pub struct Limits {
+    map: Mutex<HashMap<String, Arc<InstallationLimits>>>,
+}
+
+impl Limits {
+    /// The limits of `installation`, rebuilt when its registration changed.
+    pub fn of(&self, installation: &Installation) -> Arc<InstallationLimits> {
+        let mut map = self.map.lock().expect("limits lock");
+        match map.get(&installation.id) {
+            Some(l) if l.version == installation.updated_at => l.clone(),
+            _ => {
+                let l = Arc::new(InstallationLimits::new(installation));
+                map.insert(installation.id.clone(), l.clone());
+                l
+            }
+        }
+    }
+
+    /// Each installation's breaker state.
+    pub fn breaker_states(&self) -> Vec<(String, BreakerState)> {
+        let map = self.map.lock().expect("limits lock");
+        map.iter()
+            .map(|(id, l)| (id.clone(), l.breaker_state()))
+            .collect()
+    }
+}
+
+/// Full-jitter exponential backoff: uniform in [0, min(cap, base * 2^attempt)], but never sooner
+/// than the installation's `Retry-After`.
+pub fn backoff(attempt: u32, retry_after: Option<Duration>) -> Duration {
+    const BASE: Duration = Duration::from_millis(250);
+    const CAP: Duration = Duration::from_secs(300);
+    let ceiling = BASE.saturating_mul(1u32 << attempt.min(20)).min(CAP);
+    let jitter = ceiling.mul_f64(rand::random::<f64>());
+    retry_after.map_or(jitter, |r| r.max(jitter))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_is_bounded_and_honours_retry_after() {
+        for attempt in 0..30 {
+            let d = backoff(attempt, None);
+            assert!(d <= Duration::from_secs(300), "{attempt}: {d:?}");
+        }
+        assert!(backoff(0, Some(Duration::from_secs(7))) >= Duration::from_secs(7));
+        // Jitter spreads retries: 50 draws are not all equal.
+        let draws: std::collections::BTreeSet<u128> =
+            (0..50).map(|_| backoff(6, None).as_micros()).collect();
+        assert!(draws.len() > 10);
+    }
+}

@@ -1,0 +1,652 @@
+//! From candidate to outcome, exactly once in effect. Everything runs from durable state:
+//!
+//! 1. [`decide`]: each queued candidate is attributed to installations (JWT key id, hostname next
+//!    to the token, or bounded fan-out by token type), verified offline where a signature allows,
+//!    and becomes one *finding* per installation (unattributed ones are recorded, never dropped).
+//! 2. The dispatcher claims due findings (leases; `FOR UPDATE SKIP LOCKED` on PostgreSQL, so
+//!    replicas share the work) within each installation's concurrency cap and circuit breaker,
+//!    and a task per finding makes the signed verify / revoke / notify calls under the
+//!    installation's rate limit.
+//! 3. Each state change commits with its audit entry in one transaction, fenced by the lease, so a
+//!    crash anywhere resumes from the last commit; repeated calls carry the same deterministic
+//!    `Idempotency-Key`, so a resumed call has no second effect.
+//!
+//! States: `verifying`, `revoking`, `notifying` (worker-driven), `awaiting_pull` (the installation
+//! pulls); terminal: `revoked`, `already_revoked`, `unknown_token`, `inactive`, `expired`,
+//! `invalid`, `unattributed`, `failed`.
+
+mod calls;
+pub mod decide;
+pub mod findings;
+pub mod limits;
+pub mod pull;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use sqlx::Row as _;
+
+use crate::audit;
+use crate::config::Settings;
+use crate::contract::{self, RevokeStatus, VerifyStatus};
+use crate::installation_keys::KeyCache;
+use crate::installations::{self, Delivery, Installation};
+use crate::keys::Keys;
+use crate::outbound::{Outbound, Policy};
+use crate::scanner::TokenSecret;
+use crate::store::{Backend, Store, now_ms};
+use calls::Answer;
+use limits::Limits;
+
+/// States in which a worker acts on a finding.
+pub const WORKER_STATES: [&str; 3] = ["verifying", "revoking", "notifying"];
+
+/// Tunables, from settings.
+#[derive(Debug, Clone)]
+pub struct Tuning {
+    pub max_in_flight: usize,
+    pub max_attempts: u32,
+    pub max_age: Duration,
+    pub fanout_max: usize,
+    pub poll: Duration,
+    pub lease: Duration,
+}
+
+impl Tuning {
+    pub fn from_settings(s: &Settings) -> Tuning {
+        let call = Duration::from_millis(s.call_timeout_ms.max(1));
+        Tuning {
+            max_in_flight: s.max_in_flight.max(1),
+            max_attempts: s.max_attempts.max(1),
+            max_age: Duration::from_secs(s.max_age_hours.max(1) * 3600),
+            fanout_max: s.fanout_max.max(1),
+            poll: Duration::from_millis(s.work_poll_ms.max(10)),
+            // Long enough for a rate-limit wait plus a timed-out call; a crashed worker's findings
+            // are resumed once it lapses.
+            lease: (call * 4).max(Duration::from_secs(30)),
+        }
+    }
+}
+
+/// Events the revocation engine reports (metrics hang off this).
+pub trait Observer: Send + Sync {
+    fn call(&self, _step: &'static str, _installation: &str, _outcome: &str, _elapsed: Duration) {}
+    fn revoked(&self, _installation: &str, _time_to_revoke: Duration) {}
+    fn failed(&self, _installation: &str, _step: &'static str) {}
+    fn rate_limit_wait(&self, _installation: &str, _waited: Duration) {}
+}
+
+/// A no-op observer.
+pub struct NoObserver;
+impl Observer for NoObserver {}
+
+/// Shared state of the deciding and revoking workers.
+pub struct Engine {
+    pub store: Store,
+    pub keys: Arc<Keys>,
+    pub outbound: Outbound,
+    pub key_cache: KeyCache,
+    pub limits: Limits,
+    pub tuning: Tuning,
+    pub observer: Arc<dyn Observer>,
+    /// Identifies this replica's leases.
+    pub worker_id: String,
+    wake: tokio::sync::Notify,
+    in_flight: Arc<tokio::sync::Semaphore>,
+    installations: Mutex<Arc<Vec<Installation>>>,
+}
+
+/// A claimed finding.
+#[derive(Debug, Clone)]
+struct Claimed {
+    id: i64,
+    installation_id: String,
+    state: String,
+    outcome: Option<String>,
+    fingerprint: String,
+    token_type: String,
+    sealed_token: Option<String>,
+    found_at: Option<String>,
+    source: String,
+    received_at: i64,
+    created_at: i64,
+    attempts: i64,
+}
+
+/// The sealing owner of a finding's token copy.
+pub fn finding_owner(installation_id: &str, fingerprint: &str) -> String {
+    format!("finding:{installation_id}:{fingerprint}")
+}
+
+impl Engine {
+    pub fn new(
+        store: Store,
+        keys: Arc<Keys>,
+        policy: Policy,
+        settings: &Settings,
+        observer: Arc<dyn Observer>,
+    ) -> anyhow::Result<Engine> {
+        let tuning = Tuning::from_settings(settings);
+        let outbound = Outbound::new(
+            policy,
+            Duration::from_millis(settings.call_timeout_ms.max(1)),
+        )?;
+        Ok(Engine {
+            store,
+            keys,
+            key_cache: KeyCache::new(outbound.clone()),
+            outbound,
+            limits: Limits::default(),
+            in_flight: Arc::new(tokio::sync::Semaphore::new(tuning.max_in_flight)),
+            tuning,
+            observer,
+            worker_id: format!("w_{:016x}", rand::random::<u64>()),
+            wake: tokio::sync::Notify::new(),
+            installations: Mutex::new(Arc::new(Vec::new())),
+        })
+    }
+
+    /// Tells the dispatcher that work may be due (intake calls it after each commit).
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// The deterministic idempotency key of `operation` on a token at an installation.
+    pub fn idempotency_key(
+        &self,
+        operation: &str,
+        installation_id: &str,
+        fingerprint: &str,
+    ) -> String {
+        let mac = self
+            .keys
+            .fingerprint(&format!("{operation}\0{installation_id}\0{fingerprint}"));
+        format!("spw_{operation}_{}", &mac[..32])
+    }
+
+    /// The installations as last read (refreshed by the dispatcher on each round).
+    pub fn installations(&self) -> Arc<Vec<Installation>> {
+        self.installations
+            .lock()
+            .expect("installations lock")
+            .clone()
+    }
+
+    async fn refresh_installations(&self) -> anyhow::Result<Arc<Vec<Installation>>> {
+        let all = Arc::new(installations::list(&self.store).await?);
+        self.key_cache.load_inline(&all);
+        *self.installations.lock().expect("installations lock") = all.clone();
+        Ok(all)
+    }
+
+    /// Runs the dispatcher until `stop` flips.
+    pub async fn run(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
+        loop {
+            if let Err(e) = self.round().await {
+                tracing::warn!(error = %format!("{e:#}"), "revocation round failed; retrying");
+            }
+            tokio::select! {
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(self.tuning.poll) => {}
+                _ = stop.changed() => {}
+            }
+            if *stop.borrow() {
+                return;
+            }
+        }
+    }
+
+    /// One round: decide queued candidates, then dispatch due findings.
+    pub async fn round(self: &Arc<Self>) -> anyhow::Result<()> {
+        let all = self.refresh_installations().await?;
+        while decide::decide_batch(self).await? == decide::BATCH {}
+        for installation in all.iter().filter(|i| !i.spec.pull_mode) {
+            self.dispatch(installation).await?;
+        }
+        Ok(())
+    }
+
+    /// Claims as many due findings of `installation` as it has free call slots, and starts a task
+    /// for each.
+    async fn dispatch(self: &Arc<Self>, installation: &Installation) -> anyhow::Result<()> {
+        let limits = self.limits.of(installation);
+        let mut slots = match limits.breaker_state() {
+            limits::BreakerState::Open => return Ok(()),
+            limits::BreakerState::HalfOpen => 1.min(limits.concurrency.available_permits()),
+            limits::BreakerState::Closed => limits.concurrency.available_permits(),
+        };
+        slots = slots.min(self.in_flight.available_permits());
+        if slots == 0 {
+            return Ok(());
+        }
+        let claimed = self.claim(&installation.id, slots).await?;
+        for item in claimed {
+            let (Ok(permit), Ok(global)) = (
+                limits.concurrency.clone().try_acquire_owned(),
+                self.in_flight.clone().try_acquire_owned(),
+            ) else {
+                // Another task took the slot meanwhile: the lease lapses and a later round runs it.
+                continue;
+            };
+            let engine = self.clone();
+            tokio::spawn(async move {
+                engine.work(item).await;
+                drop((permit, global));
+                engine.wake();
+            });
+        }
+        Ok(())
+    }
+
+    async fn claim(&self, installation_id: &str, limit: usize) -> anyhow::Result<Vec<Claimed>> {
+        let now = now_ms();
+        let lock = match self.store.backend() {
+            Backend::Postgres => "FOR UPDATE SKIP LOCKED",
+            Backend::Sqlite => "",
+        };
+        let sql = format!(
+            "UPDATE findings SET lease_until = $1, lease_owner = $2 WHERE id IN (\
+               SELECT id FROM findings WHERE installation_id = $3 \
+               AND state IN ('verifying', 'revoking', 'notifying') AND next_run_at <= $4 \
+               AND (lease_until IS NULL OR lease_until < $4) ORDER BY next_run_at LIMIT $5 {lock}) \
+             RETURNING id, installation_id, state, outcome, fingerprint, token_type, sealed_token, \
+               found_at, source, received_at, created_at, attempts"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(now + self.tuning.lease.as_millis() as i64)
+            .bind(&self.worker_id)
+            .bind(installation_id)
+            .bind(now)
+            .bind(limit as i64)
+            .fetch_all(self.store.pool())
+            .await
+            .context("cannot claim findings")?;
+        rows.iter()
+            .map(|r| {
+                Ok(Claimed {
+                    id: r.try_get("id")?,
+                    installation_id: r.try_get("installation_id")?,
+                    state: r.try_get("state")?,
+                    outcome: r.try_get("outcome")?,
+                    fingerprint: r.try_get("fingerprint")?,
+                    token_type: r.try_get("token_type")?,
+                    sealed_token: r.try_get("sealed_token")?,
+                    found_at: r.try_get("found_at")?,
+                    source: r.try_get("source")?,
+                    received_at: r.try_get("received_at")?,
+                    created_at: r.try_get("created_at")?,
+                    attempts: r.try_get("attempts")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Drives one claimed finding through as many steps as are due now.
+    async fn work(&self, mut item: Claimed) {
+        loop {
+            match self.step(&item).await {
+                Ok(Some(next)) => item = next,
+                Ok(None) => return,
+                Err(e) => {
+                    // Storage trouble: the lease lapses and the finding is resumed later.
+                    tracing::warn!(finding = item.id, error = %format!("{e:#}"), "finding step failed");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// One call and its committed outcome. Returns the finding when its next step is due at once.
+    async fn step(&self, item: &Claimed) -> anyhow::Result<Option<Claimed>> {
+        let all = self.installations();
+        let Some(installation) = all.iter().find(|i| i.id == item.installation_id) else {
+            // Removed meanwhile (`installations::remove` fails its findings).
+            return Ok(None);
+        };
+        let limits = self.limits.of(installation);
+        if let Some(wait) = limits.open_for() {
+            self.reschedule(item, wait, None).await?;
+            return Ok(None);
+        }
+        let token = match &item.sealed_token {
+            Some(sealed) => crate::seal::open(
+                &self.keys.sealing,
+                &finding_owner(&item.installation_id, &item.fingerprint),
+                sealed,
+            )?,
+            None => anyhow::bail!(
+                "finding {} has no sealed token in state {}",
+                item.id,
+                item.state
+            ),
+        };
+        let secrets =
+            installations::secrets(&self.store, &self.keys.sealing, &installation.id).await?;
+        let started = std::time::Instant::now();
+        if let Err(not_until) = limits.limiter.check() {
+            let wait = not_until.wait_time_from(governor::clock::Clock::now(
+                &governor::clock::DefaultClock::default(),
+            ));
+            self.observer.rate_limit_wait(&installation.id, wait);
+            limits.limiter.until_ready().await;
+        }
+        let sha256 = token.sha256_hex();
+        let raw = (installation.spec.delivery == Delivery::Raw).then(|| token.expose().to_owned());
+        let finding_id = format!("fnd_{}", item.id);
+        let transition = match item.state.as_str() {
+            "verifying" => {
+                let url = installation.spec.verify_url.as_deref().unwrap_or_default();
+                let key = self.idempotency_key("verify", &installation.id, &item.fingerprint);
+                let body = contract::VerifyRequest {
+                    finding_id,
+                    token_type: item.token_type.clone(),
+                    token_sha256: sha256,
+                    token: raw,
+                };
+                let answer = calls::verify(&self.outbound, url, &secrets, &key, &body).await;
+                crate::failpoint::hit("verify.after_call");
+                self.classify(
+                    "verify",
+                    installation,
+                    started,
+                    answer,
+                    |status| match status {
+                        VerifyStatus::Active => {
+                            Next::Continue("revoking", None, Some("true_positive"))
+                        }
+                        VerifyStatus::Revoked => {
+                            Next::Done("already_revoked".into(), Some("true_positive"))
+                        }
+                        VerifyStatus::Inactive => {
+                            Next::Done("inactive".into(), Some("true_positive"))
+                        }
+                        VerifyStatus::UnknownToken => Next::Done("unknown_token".into(), None),
+                    },
+                )
+            }
+            "revoking" => {
+                let url = installation.spec.revoke_url.as_deref().unwrap_or_default();
+                let key = self.idempotency_key("revoke", &installation.id, &item.fingerprint);
+                let body = contract::RevokeRequest {
+                    finding_id,
+                    token_type: item.token_type.clone(),
+                    token_sha256: sha256,
+                    token: raw,
+                    found_at: item.found_at.clone(),
+                    source: item.source.clone(),
+                    received_at: contract::rfc3339_ms(item.received_at),
+                };
+                crate::failpoint::hit("revoke.before_call");
+                let answer = calls::revoke(&self.outbound, url, &secrets, &key, &body).await;
+                crate::failpoint::hit("revoke.after_call");
+                let notify = installation.spec.notify_url.is_some();
+                self.classify(
+                    "revoke",
+                    installation,
+                    started,
+                    answer,
+                    |status| match status {
+                        RevokeStatus::Revoked | RevokeStatus::AlreadyRevoked if notify => {
+                            Next::Continue(
+                                "notifying",
+                                Some(status.as_str()),
+                                Some("true_positive"),
+                            )
+                        }
+                        RevokeStatus::Revoked | RevokeStatus::AlreadyRevoked => {
+                            Next::Done(status.as_str().into(), Some("true_positive"))
+                        }
+                        RevokeStatus::UnknownToken => Next::Done("unknown_token".into(), None),
+                    },
+                )
+            }
+            "notifying" => {
+                let url = installation.spec.notify_url.as_deref().unwrap_or_default();
+                let key = self.idempotency_key("notify", &installation.id, &item.fingerprint);
+                let outcome = item.outcome.clone().unwrap_or_else(|| "revoked".into());
+                let body = contract::Notification {
+                    event: "token.revoked".into(),
+                    finding_id,
+                    token_type: item.token_type.clone(),
+                    token_sha256: sha256,
+                    found_at: item.found_at.clone(),
+                    source: item.source.clone(),
+                    received_at: contract::rfc3339_ms(item.received_at),
+                    outcome: outcome.clone(),
+                    decided_at: contract::rfc3339_ms(now_ms()),
+                };
+                let answer = calls::notify(&self.outbound, url, &secrets, &key, &body).await;
+                crate::failpoint::hit("notify.after_call");
+                self.classify("notify", installation, started, answer, |()| {
+                    Next::Done(outcome, None)
+                })
+            }
+            other => anyhow::bail!("finding {} claimed in state {other}", item.id),
+        };
+        self.commit(item, installation, &token, transition).await
+    }
+
+    fn classify<T>(
+        &self,
+        step: &'static str,
+        installation: &Installation,
+        started: std::time::Instant,
+        answer: Answer<T>,
+        on_known: impl FnOnce(T) -> Next,
+    ) -> Next {
+        let limits = self.limits.of(installation);
+        match answer {
+            Answer::Known(v) => {
+                limits.record(true);
+                self.observer
+                    .call(step, &installation.id, "answered", started.elapsed());
+                on_known(v)
+            }
+            Answer::Unknown {
+                reason,
+                retry_after,
+            } => {
+                // An installation that says when to come back is not failing.
+                limits.record(retry_after.is_some());
+                self.observer
+                    .call(step, &installation.id, "unknown", started.elapsed());
+                Next::Retry {
+                    reason,
+                    retry_after,
+                }
+            }
+        }
+    }
+
+    /// Puts a finding back without counting an attempt (breaker open).
+    async fn reschedule(
+        &self,
+        item: &Claimed,
+        wait: Duration,
+        reason: Option<&str>,
+    ) -> anyhow::Result<()> {
+        sqlx::query(
+            "UPDATE findings SET next_run_at = $1, lease_until = NULL, lease_owner = NULL, \
+             last_error = COALESCE($2, last_error) WHERE id = $3 AND lease_owner = $4",
+        )
+        .bind(now_ms() + wait.as_millis() as i64)
+        .bind(reason)
+        .bind(item.id)
+        .bind(&self.worker_id)
+        .execute(self.store.pool())
+        .await
+        .context("cannot reschedule finding")?;
+        Ok(())
+    }
+
+    /// Commits a step's outcome with its audit entry, fenced by this worker's lease.
+    async fn commit(
+        &self,
+        item: &Claimed,
+        installation: &Installation,
+        token: &TokenSecret,
+        next: Next,
+    ) -> anyhow::Result<Option<Claimed>> {
+        let now = now_ms();
+        let step = step_name(&item.state);
+        let (state, outcome, label, error, run_at, attempts) = match &next {
+            Next::Continue(state, outcome, label) => (
+                (*state).to_owned(),
+                outcome.map(str::to_owned).or(item.outcome.clone()),
+                *label,
+                None,
+                now,
+                0,
+            ),
+            Next::Done(state, label) => (state.clone(), Some(state.clone()), *label, None, now, 0),
+            Next::Retry {
+                reason,
+                retry_after,
+            } => {
+                let attempts = item.attempts + 1;
+                let too_old = now - item.created_at > self.tuning.max_age.as_millis() as i64;
+                if attempts < i64::from(self.tuning.max_attempts) && !too_old {
+                    let delay = limits::backoff(attempts as u32, *retry_after);
+                    sqlx::query(
+                        "UPDATE findings SET attempts = $1, next_run_at = $2, last_error = $3, \
+                         lease_until = NULL, lease_owner = NULL, updated_at = $4 \
+                         WHERE id = $5 AND lease_owner = $6 AND state = $7",
+                    )
+                    .bind(attempts)
+                    .bind(now + delay.as_millis() as i64)
+                    .bind(reason)
+                    .bind(now)
+                    .bind(item.id)
+                    .bind(&self.worker_id)
+                    .bind(&item.state)
+                    .execute(self.store.pool())
+                    .await
+                    .context("cannot schedule retry")?;
+                    return Ok(None);
+                }
+                if item.state == "notifying" {
+                    // The token is revoked; only the notification gave up. Keep the outcome.
+                    let outcome = item.outcome.clone().unwrap_or_else(|| "revoked".into());
+                    (
+                        outcome.clone(),
+                        Some(outcome),
+                        None,
+                        Some(format!("notification abandoned: {reason}")),
+                        now,
+                        attempts,
+                    )
+                } else {
+                    self.observer.failed(&installation.id, step);
+                    (
+                        "failed".to_owned(),
+                        Some(format!("failed_{step}")),
+                        None,
+                        Some(reason.clone()),
+                        now,
+                        attempts,
+                    )
+                }
+            }
+        };
+        let terminal = !WORKER_STATES.contains(&state.as_str());
+        let sealed = (!terminal).then(|| {
+            crate::seal::seal(
+                &self.keys.sealing,
+                &finding_owner(&item.installation_id, &item.fingerprint),
+                token,
+            )
+        });
+        let revoked_now = item.state == "revoking"
+            && matches!(outcome.as_deref(), Some("revoked" | "already_revoked"));
+        let mut tx = self.store.begin().await?;
+        let lease_until = (!terminal).then(|| now + self.tuning.lease.as_millis() as i64);
+        let updated = sqlx::query(
+            "UPDATE findings SET state = $1, outcome = $2, label = COALESCE($3, label), \
+             last_error = COALESCE($4, last_error), next_run_at = $5, attempts = $6, \
+             sealed_token = $7, lease_until = $8, lease_owner = $9, updated_at = $10, \
+             decided_at = CASE WHEN $11 = 1 THEN $10 ELSE decided_at END \
+             WHERE id = $12 AND lease_owner = $13 AND state = $14",
+        )
+        .bind(&state)
+        .bind(outcome.clone())
+        .bind(label)
+        .bind(error.clone())
+        .bind(run_at)
+        .bind(attempts)
+        .bind(sealed.clone())
+        .bind(lease_until)
+        .bind((!terminal).then(|| self.worker_id.clone()))
+        .bind(now)
+        .bind(i64::from(revoked_now))
+        .bind(item.id)
+        .bind(&self.worker_id)
+        .bind(&item.state)
+        .execute(&mut *tx)
+        .await
+        .context("cannot record finding state")?
+        .rows_affected();
+        if updated != 1 {
+            // The lease lapsed and another worker owns the finding now: it repeats this step with
+            // the same idempotency key, so nothing is lost or doubled.
+            tx.rollback().await?;
+            return Ok(None);
+        }
+        let action = match state.as_str() {
+            _ if error.is_some() && state != "failed" => "finding.notify_abandoned".to_owned(),
+            s => format!("finding.{s}"),
+        };
+        audit::append(
+            &mut tx,
+            self.store.backend(),
+            &format!("worker:{}", self.worker_id),
+            &action,
+            &format!("finding:{}", item.id),
+            serde_json::json!({
+                "installation": item.installation_id,
+                "from": item.state,
+                "to": state,
+                "outcome": outcome,
+                "attempts": attempts,
+                "error": error,
+            }),
+        )
+        .await?;
+        tx.commit().await.context("cannot commit finding state")?;
+        if revoked_now {
+            let ttr = Duration::from_millis((now - item.received_at).max(0) as u64);
+            self.observer.revoked(&installation.id, ttr);
+        }
+        if terminal {
+            return Ok(None);
+        }
+        Ok(Some(Claimed {
+            state,
+            outcome,
+            sealed_token: sealed,
+            attempts: 0,
+            ..item.clone()
+        }))
+    }
+}
+
+/// What a step's answer leads to.
+enum Next {
+    /// Another worker step, due now: (state, outcome, label).
+    Continue(&'static str, Option<&'static str>, Option<&'static str>),
+    /// A terminal state: (state, label).
+    Done(String, Option<&'static str>),
+    /// The answer was unknown: retry later.
+    Retry {
+        reason: String,
+        retry_after: Option<Duration>,
+    },
+}
+
+fn step_name(state: &str) -> &'static str {
+    match state {
+        "verifying" => "verify",
+        "revoking" => "revoke",
+        _ => "notify",
+    }
+}
