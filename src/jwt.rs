@@ -62,7 +62,8 @@ fn b64_json(part: &str, what: &'static str) -> Result<Value, JwtError> {
 /// Splits and decodes `token`; checks `alg` is ES256 and a key id is present.
 pub fn decode(token: &str) -> Result<Decoded, JwtError> {
     let mut parts = token.split('.');
-    let (Some(h), Some(c), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+    let (Some(h), Some(c), Some(s), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
     else {
         return Err(JwtError::Shape);
     };
@@ -154,7 +155,8 @@ mod tests {
     fn minted_tokens_verify_only_under_their_key() {
         let key = SigningKey::random(&mut rand::rngs::OsRng);
         let other = SigningKey::random(&mut rand::rngs::OsRng);
-        let claims = serde_json::json!({"sub": "u1", "jti": "j1", "org": "o1", "exp": 2_000_000_000});
+        let claims =
+            serde_json::json!({"sub": "u1", "jti": "j1", "org": "o1", "exp": 2_000_000_000});
         let token = mint(&key, "AAAAAAAAAAAAAAAAAAAAAA==", &claims);
         assert!(token.starts_with("eyJwbG50ciI6"), "Foundry header prefix");
         let d = decode(&token).unwrap();

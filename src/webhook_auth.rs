@@ -132,7 +132,10 @@ pub fn sign_standard_webhooks(
         mac.update(timestamp.to_string().as_bytes());
         mac.update(b".");
         mac.update(body);
-        out.push(format!("v1,{}", STANDARD.encode(mac.finalize().into_bytes())));
+        out.push(format!(
+            "v1,{}",
+            STANDARD.encode(mac.finalize().into_bytes())
+        ));
     }
     Ok(out.join(" "))
 }
@@ -199,8 +202,13 @@ mod tests {
             );
         }
         let other = generate_whsec();
-        assert!(standard_webhooks(&other, "msg_1", "1700000000", &header, b"{}", 1_700_000_010).is_err());
-        assert!(standard_webhooks(&old, "msg_1", "1700000000", &header, b"{ }", 1_700_000_010).is_err());
+        assert!(
+            standard_webhooks(&other, "msg_1", "1700000000", &header, b"{}", 1_700_000_010)
+                .is_err()
+        );
+        assert!(
+            standard_webhooks(&old, "msg_1", "1700000000", &header, b"{ }", 1_700_000_010).is_err()
+        );
         assert!(sign_standard_webhooks(&["nope"], "m", 1, b"").is_err());
     }
 
