@@ -510,3 +510,105 @@ fn the_command_prints_its_address_serves_and_stops_on_sigterm() {
         "{stderr}"
     );
 }
+
+#[test]
+fn the_openapi_schemas_name_exactly_the_contract_fields() {
+    use spillway::contract::*;
+    let doc: Value =
+        serde_json::from_str(include_str!("../docs/openapi/installation.json")).unwrap();
+    let schemas = &doc["components"]["schemas"];
+    let fields = |v: Value| -> Vec<String> {
+        let mut keys: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+        keys.sort();
+        keys
+    };
+    let documented = |name: &str| -> Vec<String> { fields(schemas[name]["properties"].clone()) };
+    let raw = Some("t".to_owned());
+    let examples = [
+        (
+            "VerifyRequest",
+            serde_json::to_value(VerifyRequest {
+                finding_id: "f".into(),
+                token_type: "t".into(),
+                token_sha256: sha("t"),
+                token: raw.clone(),
+            }),
+        ),
+        (
+            "RevokeRequest",
+            serde_json::to_value(RevokeRequest {
+                finding_id: "f".into(),
+                token_type: "t".into(),
+                token_sha256: sha("t"),
+                token: raw.clone(),
+                found_at: None,
+                source: "github".into(),
+                received_at: rfc3339_ms(0),
+            }),
+        ),
+        (
+            "Notification",
+            serde_json::to_value(Notification {
+                event: "token.revoked".into(),
+                finding_id: "f".into(),
+                token_type: "t".into(),
+                token_sha256: sha("t"),
+                found_at: None,
+                source: "github".into(),
+                received_at: rfc3339_ms(0),
+                outcome: "revoked".into(),
+                decided_at: rfc3339_ms(0),
+            }),
+        ),
+        (
+            "PullPage",
+            serde_json::to_value(PullPage {
+                revocations: vec![],
+                next_cursor: 0,
+            }),
+        ),
+        (
+            "PullItem",
+            serde_json::to_value(PullItem {
+                finding_id: "f".into(),
+                cursor: 1,
+                idempotency_key: "k".into(),
+                token_type: "t".into(),
+                token_sha256: sha("t"),
+                token: raw,
+                found_at: None,
+                source: "github".into(),
+                received_at: rfc3339_ms(0),
+            }),
+        ),
+        (
+            "PullAck",
+            serde_json::to_value(PullAck {
+                status: RevokeStatus::Revoked,
+            }),
+        ),
+    ];
+    for (name, value) in examples {
+        assert_eq!(fields(value.unwrap()), documented(name), "{name}");
+    }
+    let jwk = serde_json::to_value(spillway::jwt::jwk_of(
+        p256::ecdsa::SigningKey::random(&mut rand::rngs::OsRng).verifying_key(),
+        "k",
+    ))
+    .unwrap();
+    assert_eq!(fields(jwk), documented("Jwk"));
+    // The status enums list exactly what the contract types serialise to, in order.
+    let verify = [
+        VerifyStatus::Active,
+        VerifyStatus::Inactive,
+        VerifyStatus::Revoked,
+        VerifyStatus::UnknownToken,
+    ];
+    let revoke = [
+        RevokeStatus::Revoked,
+        RevokeStatus::AlreadyRevoked,
+        RevokeStatus::UnknownToken,
+    ];
+    assert_eq!(schemas["VerifyStatus"]["enum"], json!(verify));
+    assert_eq!(schemas["RevokeStatus"]["enum"], json!(revoke));
+}
