@@ -14,8 +14,10 @@
 //! unauthenticated, and all state is in memory. Bind it to loopback. It keeps tokens by sha256
 //! only and logs at most a sha256 prefix.
 
+mod faults;
 mod gcra;
 mod ledger;
+mod tokens;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -33,24 +35,18 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use p256::ecdsa::SigningKey;
 use rand::rngs::{OsRng, StdRng};
-use rand::{Rng as _, RngCore as _, SeedableRng as _};
-use serde::{Deserialize, Serialize};
+use rand::{RngCore as _, SeedableRng as _};
 use sha2::{Digest as _, Sha256};
 
 pub use gcra::{Gcra, RateError};
 pub use ledger::{Revocation, Stats};
+pub use tokens::{MintedToken, SESSION_TTL_SECS, TokenKind, TokenRequest, USER_TTL_SECS};
 
 use super::{Served, now_ms};
 use crate::contract::{self, Jwks, Notification, RevokeRequest, VerifyRequest, VerifyResponse};
 use crate::server::error;
 use crate::webhook_auth::{self, AuthError};
-
-/// Session tokens' default lifetime (Foundry's).
-pub const SESSION_TTL_SECS: u64 = 16 * 60 * 60;
-/// How long a user-generated token stays active by default (it carries no `exp`).
-pub const USER_TTL_SECS: u64 = 30 * 24 * 60 * 60;
-/// Longest TTL `/tokens` accepts (100 years).
-const MAX_TTL_SECS: u64 = 100 * 365 * 24 * 60 * 60;
+use faults::{Fault, hang_then_answer};
 
 /// Options of `spillway reference-installation`.
 #[derive(Debug, Clone, clap::Parser)]
@@ -226,20 +222,6 @@ impl Installation {
         Err(last)
     }
 
-    fn draw_fault(&self) -> Fault {
-        let mut rng = self.rng.lock().unwrap_or_else(|p| p.into_inner());
-        let r: f64 = rng.r#gen();
-        if r < self.behaviour.fail_rate {
-            Fault::Failure(InjectedFailure::ALL[rng.gen_range(0..InjectedFailure::ALL.len())])
-        } else if r < self.behaviour.fail_rate + self.behaviour.timeout_rate {
-            Fault::Timeout {
-                effect_first: rng.gen_bool(0.5),
-            }
-        } else {
-            Fault::None
-        }
-    }
-
     /// Carries out a checked contract call and answers it.
     fn apply(&self, call: &Call) -> Response {
         match call {
@@ -369,67 +351,6 @@ fn checked_sha(token_sha256: &str, token: Option<&str>) -> Result<String, String
     Ok(sha)
 }
 
-/// What failure injection decided for one call.
-#[derive(Debug, Clone, Copy)]
-enum Fault {
-    None,
-    Failure(InjectedFailure),
-    /// Hang, then answer; `effect_first` applies the effect before hanging (an ambiguous timeout).
-    Timeout {
-        effect_first: bool,
-    },
-}
-
-/// Answers the contract calls "unknown", with no effect.
-#[derive(Debug, Clone, Copy)]
-enum InjectedFailure {
-    UnavailableJson,
-    InternalText,
-    ForbiddenHtml,
-    OkHtml,
-}
-
-impl InjectedFailure {
-    const ALL: [InjectedFailure; 4] = [
-        InjectedFailure::UnavailableJson,
-        InjectedFailure::InternalText,
-        InjectedFailure::ForbiddenHtml,
-        InjectedFailure::OkHtml,
-    ];
-
-    fn response(self) -> Response {
-        let html = |status: StatusCode, page: &'static str| {
-            (
-                status,
-                [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
-                page,
-            )
-                .into_response()
-        };
-        match self {
-            InjectedFailure::UnavailableJson => error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "injected failure: temporarily unavailable",
-            ),
-            InjectedFailure::InternalText => (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "injected failure: internal server error\n",
-            )
-                .into_response(),
-            InjectedFailure::ForbiddenHtml => html(
-                StatusCode::FORBIDDEN,
-                "<!doctype html><html><head><title>403 Forbidden</title></head>\
-                 <body><h1>Forbidden</h1><p>Request blocked by the edge proxy.</p></body></html>\n",
-            ),
-            InjectedFailure::OkHtml => html(
-                StatusCode::OK,
-                "<!doctype html><html><head><title>Sign in</title></head>\
-                 <body><form action=\"/login\"><input name=\"user\"></form></body></html>\n",
-            ),
-        }
-    }
-}
-
 /// Every contract call: rate limit, latency, signature, parsing, then injection or the effect.
 async fn contract_call(
     installation: Arc<Installation>,
@@ -474,28 +395,6 @@ async fn contract_call(
     }
 }
 
-/// Hangs for `--hang-secs`, then answers. The work runs in its own task, so a caller that gives
-/// up does not cancel it: with `effect_first` the effect lands before the hang, otherwise after
-/// it, either way whether or not anyone is still waiting.
-async fn hang_then_answer(
-    installation: Arc<Installation>,
-    call: Call,
-    effect_first: bool,
-) -> Response {
-    let hang = installation.behaviour.hang;
-    let work = tokio::spawn(async move {
-        let early = effect_first.then(|| installation.apply(&call));
-        tokio::time::sleep(hang).await;
-        early.unwrap_or_else(|| installation.apply(&call))
-    });
-    work.await.unwrap_or_else(|_| {
-        error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "the delayed answer was lost",
-        )
-    })
-}
-
 async fn verify(State(i): State<Arc<Installation>>, headers: HeaderMap, body: Bytes) -> Response {
     contract_call(i, Operation::Verify, headers, body).await
 }
@@ -506,85 +405,6 @@ async fn revoke(State(i): State<Arc<Installation>>, headers: HeaderMap, body: By
 
 async fn notify(State(i): State<Arc<Installation>>, headers: HeaderMap, body: Bytes) -> Response {
     contract_call(i, Operation::Notify, headers, body).await
-}
-
-/// Which kind of token `/tokens` mints.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum TokenKind {
-    /// User-generated: no `exp` claim; inactive after its TTL (default 30 days).
-    User,
-    /// Session: `exp` = `iat` + TTL (default 16 hours).
-    Session,
-}
-
-/// Body of `POST /tokens`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TokenRequest {
-    pub kind: TokenKind,
-    #[serde(default)]
-    pub ttl_secs: Option<u64>,
-    #[serde(default)]
-    pub sub: Option<String>,
-}
-
-/// Answer of `POST /tokens`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct MintedToken {
-    pub token: String,
-    pub kind: TokenKind,
-    /// The `exp` claim (unix seconds); `null` for user tokens, which carry none.
-    pub expires_at: Option<i64>,
-    /// When the installation starts answering `inactive` for it (unix seconds).
-    pub inactive_after: i64,
-}
-
-impl Installation {
-    fn mint(&self, req: &TokenRequest) -> Result<MintedToken, String> {
-        let default_ttl = match req.kind {
-            TokenKind::User => USER_TTL_SECS,
-            TokenKind::Session => SESSION_TTL_SECS,
-        };
-        let ttl = req.ttl_secs.unwrap_or(default_ttl);
-        if ttl > MAX_TTL_SECS {
-            return Err(format!("ttl_secs must be at most {MAX_TTL_SECS}"));
-        }
-        let iat = now_ms() / 1000;
-        let inactive_after = iat + ttl as i64;
-        let sub = req
-            .sub
-            .clone()
-            .unwrap_or_else(|| format!("user-{}", hex::encode(random_bytes::<8>())));
-        let mut claims = serde_json::json!({
-            "sub": sub,
-            "jti": hex::encode(random_bytes::<16>()),
-            "org": self.org,
-            "iat": iat,
-        });
-        let expires_at = (req.kind == TokenKind::Session).then_some(inactive_after);
-        if let Some(exp) = expires_at {
-            claims["exp"] = exp.into();
-        }
-        let token = crate::jwt::mint(&self.signing_key, &self.plntr, &claims);
-        let sha = hex::encode(Sha256::digest(token.as_bytes()));
-        tracing::info!(token_sha256 = short(&sha), kind = ?req.kind, "issued token");
-        self.ledger().issue(sha, inactive_after);
-        Ok(MintedToken {
-            token,
-            kind: req.kind,
-            expires_at,
-            inactive_after,
-        })
-    }
-}
-
-async fn issue_token(State(i): State<Arc<Installation>>, body: Bytes) -> Response {
-    let minted = parse_body::<TokenRequest>(&body).and_then(|req| i.mint(&req));
-    match minted {
-        Ok(minted) => (StatusCode::CREATED, axum::Json(minted)).into_response(),
-        Err(message) => error(StatusCode::BAD_REQUEST, message),
-    }
 }
 
 async fn jwks(State(i): State<Arc<Installation>>) -> axum::Json<Jwks> {
@@ -608,7 +428,7 @@ async fn notifications(State(i): State<Arc<Installation>>) -> axum::Json<Vec<Not
 fn router(installation: Arc<Installation>) -> Router {
     Router::new()
         .route("/jwks.json", get(jwks))
-        .route("/tokens", post(issue_token))
+        .route("/tokens", post(tokens::issue_token))
         .route("/verify", post(verify))
         .route("/revoke", post(revoke))
         .route("/notify", post(notify))
