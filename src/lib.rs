@@ -6,12 +6,14 @@
 //! - [`store`]: SQLite / PostgreSQL storage; [`audit`]: the hash-chained audit log;
 //!   [`listeners`]: rotatable listener endpoints; [`admin_keys`]; [`keys`]: secrets held outside
 //!   the database; [`config`]: layered settings.
+//! - [`devtools`]: the reference installation and a fake GitHub, for tests, benchmarks and demos.
 
 pub mod admin_keys;
 pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod contract;
+pub mod devtools;
 pub mod failpoint;
 pub mod installation_keys;
 pub mod installations;

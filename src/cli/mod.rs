@@ -48,6 +48,14 @@ pub enum Command {
         #[arg(long)]
         stats: bool,
     },
+    /// Run the reference installation: issues Foundry-style tokens and answers Spillway's signed
+    /// verify, revoke and notify calls (a test and demo tool; bind it to loopback).
+    #[command(name = "reference-installation")]
+    ReferenceInstallation(crate::devtools::reference_installation::Args),
+    /// Run a stand-in for GitHub's secret scanning: publishes a key and sends signed alerts
+    /// (a test and demo tool; bind it to loopback).
+    #[command(name = "fake-github")]
+    FakeGithub(crate::devtools::fake_github::Args),
 }
 
 /// Parses the command line and runs it; returns the process exit code.
@@ -60,6 +68,13 @@ pub fn run() -> u8 {
         Command::AdminKey(c) => admin::admin_key(cli.config.as_ref(), c),
         Command::Audit(c) => admin::audit(cli.config.as_ref(), c),
         Command::Installation(c) => installation::installation(cli.config.as_ref(), c),
+        Command::ReferenceInstallation(args) => devtool(
+            "reference-installation",
+            crate::devtools::reference_installation::run(args),
+        ),
+        Command::FakeGithub(args) => {
+            devtool("fake-github", crate::devtools::fake_github::run(args))
+        }
         Command::Rules { stats } => {
             match crate::scanner::RuleSet::default_rules(Default::default()) {
                 Ok(set) if stats => {
@@ -85,7 +100,8 @@ pub fn run() -> u8 {
     }
 }
 
-fn serve(config: Option<&std::path::PathBuf>) -> u8 {
+/// JSON logs on stderr, filtered by `SPILLWAY_LOG` (default `info`).
+fn init_tracing() {
     let _ = tracing_subscriber::fmt()
         .json()
         .with_env_filter(
@@ -94,6 +110,10 @@ fn serve(config: Option<&std::path::PathBuf>) -> u8 {
         )
         .with_writer(std::io::stderr)
         .try_init();
+}
+
+fn serve(config: Option<&std::path::PathBuf>) -> u8 {
+    init_tracing();
     let result = crate::config::Settings::load(config.map(|p| p.as_path())).and_then(|settings| {
         tokio::runtime::Builder::new_multi_thread()
             .enable_all()
@@ -104,6 +124,23 @@ fn serve(config: Option<&std::path::PathBuf>) -> u8 {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("spillway serve: error: {e:#}");
+            2
+        }
+    }
+}
+
+/// Runs a development tool's future on a multi-thread runtime; returns the exit code.
+fn devtool(name: &str, tool: impl std::future::Future<Output = anyhow::Result<()>>) -> u8 {
+    init_tracing();
+    let result = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(anyhow::Error::from)
+        .and_then(|runtime| runtime.block_on(tool));
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("spillway {name}: error: {e:#}");
             2
         }
     }
