@@ -5,6 +5,8 @@
 //! missing PostgreSQL fails the run instead of passing silently.
 #![allow(dead_code)]
 
+pub mod revocation;
+
 use spillway::store::Store;
 
 /// (backend name, database URL, directory that lives as long as the database).

@@ -1,0 +1,194 @@
+//! A revocation rig: the real server, a fake GitHub that signs alerts, the reference installation
+//! (all on free loopback ports), a GitHub listener and the installation registered.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use spillway::devtools::{fake_github, reference_installation};
+use spillway::installations::{self, Spec};
+use spillway::listeners::{self, ListenerKind};
+use spillway::outbound::Policy;
+use spillway::revocation::findings::{self, FindingView};
+use spillway::scanner::TokenSecret;
+
+pub struct Rig {
+    pub server: spillway::server::Running,
+    pub github: fake_github::Running,
+    pub installation: reference_installation::Running,
+    pub installation_id: String,
+    pub endpoint: String,
+    pub client: reqwest::Client,
+    _dirs: (tempfile::TempDir, tempfile::TempDir),
+}
+
+/// Terminal finding states.
+pub const TERMINAL: [&str; 8] = [
+    "revoked",
+    "already_revoked",
+    "unknown_token",
+    "inactive",
+    "expired",
+    "invalid",
+    "unattributed",
+    "failed",
+];
+
+/// Permissive outbound policy (loopback, http) and quick polling, as tests need.
+pub fn local(settings: &mut spillway::config::Settings) {
+    settings.outbound_allow_http = true;
+    settings.outbound_allow_private = true;
+    settings.work_poll_ms = 50;
+    settings.call_timeout_ms = 1_000;
+}
+
+/// The registration of the reference installation at `base`.
+pub fn spec(base: &str, name: &str) -> Spec {
+    serde_json::from_value(json!({
+        "name": name,
+        "hostnames": ["acme.palantirfoundry.com"],
+        "token_types": ["palantir_jwt"],
+        "jwks_url": format!("{base}/jwks.json"),
+        "verify_url": format!("{base}/verify"),
+        "revoke_url": format!("{base}/revoke"),
+        "notify_url": format!("{base}/notify"),
+        "rate_per_sec": 200.0,
+        "burst": 50,
+        "concurrency": 16
+    }))
+    .unwrap()
+}
+
+impl Rig {
+    pub async fn start(
+        database_url: &str,
+        tune_installation: impl FnOnce(&mut reference_installation::Args),
+        tune_server: impl FnOnce(&mut spillway::config::Settings),
+        tune_spec: impl FnOnce(&mut Spec),
+    ) -> Rig {
+        let github = fake_github::start(&fake_github::Args {
+            listen: "127.0.0.1:0".into(),
+        })
+        .await
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let mut args = reference_installation::Args {
+            secret_file: dir.path().join("ri.whsec"),
+            rate_limit: 200.0,
+            burst: 50,
+            ..Default::default()
+        };
+        tune_installation(&mut args);
+        let installation = reference_installation::start(&args).await.unwrap();
+        let (server, server_dir) =
+            super::start_server_tuned(database_url, &github.keys_url(), |s| {
+                local(s);
+                tune_server(s);
+            })
+            .await;
+        let store = &server.state.store;
+        let (_, endpoint) = listeners::create(store, ListenerKind::Github, "github", "test")
+            .await
+            .unwrap();
+        let mut spec = spec(&installation.url(), "reference");
+        tune_spec(&mut spec);
+        let policy = Policy {
+            allow_http: true,
+            allow_private: true,
+        };
+        let (registered, _) = installations::register(
+            store,
+            &server.state.keys.sealing,
+            &policy,
+            spec,
+            Some(TokenSecret::new(installation.secrets[0].clone())),
+            "test",
+        )
+        .await
+        .unwrap();
+        Rig {
+            endpoint: format!("http://{}{}", server.public_addr, endpoint.path),
+            server,
+            github,
+            installation,
+            installation_id: registered.id,
+            client: reqwest::Client::new(),
+            _dirs: (dir, server_dir),
+        }
+    }
+
+    /// Mints a token at the reference installation (`kind`: user or session).
+    pub async fn mint(&self, kind: &str, ttl_secs: Option<u64>) -> String {
+        let mut body = json!({ "kind": kind });
+        if let Some(ttl) = ttl_secs {
+            body["ttl_secs"] = json!(ttl);
+        }
+        let r: Value = self
+            .client
+            .post(format!("{}/tokens", self.installation.url()))
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        r["token"].as_str().unwrap().to_owned()
+    }
+
+    /// Sends a signed GitHub partner alert; returns status and body.
+    pub async fn alert(&self, alerts: &Value) -> (reqwest::StatusCode, String) {
+        let body = serde_json::to_vec(alerts).unwrap();
+        let r = self
+            .client
+            .post(&self.endpoint)
+            .header("Github-Public-Key-Identifier", &self.github.key_identifier)
+            .header("Github-Public-Key-Signature", self.github.sign(&body))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        (r.status(), r.text().await.unwrap())
+    }
+
+    pub async fn findings(&self) -> Vec<FindingView> {
+        findings::list(&self.server.state.store, None, None, 0, 1000)
+            .await
+            .unwrap()
+    }
+
+    /// Waits until `n` findings exist and all are terminal.
+    pub async fn settled(&self, n: usize, within: Duration) -> Vec<FindingView> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let all = self.findings().await;
+            if all.len() >= n && all.iter().all(|f| TERMINAL.contains(&f.state.as_str())) {
+                return all;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "findings did not settle: {all:#?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Signs a checkpoint now and verifies the whole audit log against it.
+    pub async fn audit_verdict(&self) -> spillway::audit::Verdict {
+        let store = &self.server.state.store;
+        let path = self._dirs.1.path().join("checkpoints");
+        let key = self.server.state.keys.audit_signing_key();
+        spillway::audit::write_checkpoint(store, &path, &key)
+            .await
+            .unwrap();
+        spillway::audit::verify(store, &path, &key.verifying_key())
+            .await
+            .unwrap()
+    }
+
+    pub async fn stop(self) {
+        self.server.shutdown().await;
+        self.installation.shutdown().await;
+        self.github.shutdown().await;
+    }
+}

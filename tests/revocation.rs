@@ -1,0 +1,399 @@
+//! From alert to revoked, over real HTTP, on every backend: the real server, the reference
+//! installation (the installation side of the contract) and a fake GitHub signing alerts.
+
+mod common;
+
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use common::revocation::Rig;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+fn sha256(s: &str) -> String {
+    hex::encode(Sha256::digest(s.as_bytes()))
+}
+
+/// The same token with its signature's first byte changed: still well formed, no longer valid.
+fn forge(token: &str) -> String {
+    let (input, sig) = token.rsplit_once('.').unwrap();
+    let mut bytes = URL_SAFE_NO_PAD.decode(sig).unwrap();
+    bytes[0] ^= 0x55;
+    format!("{input}.{}", URL_SAFE_NO_PAD.encode(bytes))
+}
+
+#[tokio::test]
+async fn tokens_are_attributed_verified_revoked_and_notified_exactly_once() {
+    for (backend, url, _dir) in common::fresh_databases().await {
+        let rig = Rig::start(&url, |_| {}, |_| {}, |_| {}).await;
+        let session = rig.mint("session", None).await;
+        let user = rig.mint("user", None).await;
+        let expired = rig.mint("session", Some(1)).await;
+        tokio::time::sleep(Duration::from_millis(2_100)).await;
+        let forged = forge(&rig.mint("session", None).await);
+        let alerts = json!([
+            {"token": session, "type": "palantir_jwt", "url": "https://github.com/o/r/blob/1/a.env", "source": "commit"},
+            {"token": user, "type": "palantir_jwt", "url": "", "source": "content"},
+            {"token": expired, "type": "palantir_jwt", "url": ""},
+            {"token": forged, "type": "palantir_jwt", "url": ""},
+            {"token": "sk_acme_not_issued_by_anyone_0123456789", "type": "acme_secret", "url": ""}
+        ]);
+        let (status, body) = rig.alert(&alerts).await;
+        assert_eq!(status, 200, "{backend}: {body}");
+        // The same token reported again, in another alert: no second finding, no second effect.
+        let (status, _) = rig
+            .alert(&json!([{"token": session, "type": "palantir_jwt", "url": "https://gist.github.com/x"}]))
+            .await;
+        assert_eq!(status, 200);
+
+        let findings = rig.settled(5, Duration::from_secs(20)).await;
+        let state_of = |token: &str| {
+            let fp = rig.server.state.keys.fingerprint(token);
+            findings
+                .iter()
+                .filter(|f| f.fingerprint == fp)
+                .map(|f| (f.state.clone(), f.attribution.clone(), f.label.clone()))
+                .collect::<Vec<_>>()
+        };
+        let revoked = || {
+            (
+                "revoked".to_owned(),
+                "key_id".to_owned(),
+                Some("true_positive".to_owned()),
+            )
+        };
+        assert_eq!(
+            state_of(&session),
+            vec![revoked()],
+            "{backend}: {findings:#?}"
+        );
+        assert_eq!(state_of(&user), vec![revoked()], "{backend}");
+        assert_eq!(
+            state_of(&expired),
+            vec![(
+                "expired".to_owned(),
+                "key_id".to_owned(),
+                Some("true_positive".to_owned())
+            )],
+            "{backend}: an expired token is labelled, not revoked"
+        );
+        assert_eq!(
+            state_of(&forged),
+            vec![(
+                "invalid".to_owned(),
+                "key_id".to_owned(),
+                Some("false_positive".to_owned())
+            )],
+            "{backend}: a bad signature under a known key is a false positive"
+        );
+        let unattributed = state_of("sk_acme_not_issued_by_anyone_0123456789");
+        assert_eq!(unattributed.len(), 1, "{backend}: recorded, never dropped");
+        assert_eq!(unattributed[0].0, "unattributed");
+
+        let stats = rig.installation.stats();
+        assert_eq!(stats.revocations, 2, "{backend}: {stats:?}");
+        assert_eq!(stats.duplicate_effects, 0, "{backend}: {stats:?}");
+        assert_eq!(stats.rate_limit_exceeded, 0, "{backend}: {stats:?}");
+        assert_eq!(stats.bad_signatures, 0, "{backend}: {stats:?}");
+        // Each revocation was notified, with the token's hash and never the token.
+        let notes: serde_json::Value = rig
+            .client
+            .get(format!("{}/notifications", rig.installation.url()))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let notes = notes.as_array().unwrap();
+        assert_eq!(notes.len(), 2, "{backend}: {notes:?}");
+        let hashes: Vec<&str> = notes
+            .iter()
+            .map(|n| n["token_sha256"].as_str().unwrap())
+            .collect();
+        assert!(
+            hashes.contains(&sha256(&session).as_str()) && hashes.contains(&sha256(&user).as_str())
+        );
+        let text = serde_json::to_string(notes).unwrap();
+        assert!(
+            !text.contains(&session) && !text.contains(&user),
+            "{backend}: no raw token"
+        );
+        let with_url = notes
+            .iter()
+            .find(|n| n["token_sha256"] == sha256(&session))
+            .unwrap();
+        assert_eq!(with_url["found_at"], "https://github.com/o/r/blob/1/a.env");
+        assert_eq!(with_url["outcome"], "revoked");
+
+        // Idempotency keys are deterministic: one per token, each used once.
+        let revs = rig.installation.revocations();
+        assert_eq!(revs.len(), 2);
+        assert!(
+            revs.iter()
+                .all(|r| r.idempotency_key.starts_with("spw_revoke_"))
+        );
+
+        // Sealed copies are gone once terminal; the audit log verifies.
+        let store = &rig.server.state.store;
+        let (left,): (i64,) =
+            sqlx::query_as("SELECT COUNT(*) FROM findings WHERE sealed_token IS NOT NULL")
+                .fetch_one(store.pool())
+                .await
+                .unwrap();
+        assert_eq!(left, 0, "{backend}");
+        let (left,): (i64,) =
+            sqlx::query_as("SELECT COUNT(*) FROM candidates WHERE sealed_token IS NOT NULL")
+                .fetch_one(store.pool())
+                .await
+                .unwrap();
+        assert_eq!(left, 0, "{backend}");
+        let verdict = rig.audit_verdict().await;
+        assert!(
+            matches!(verdict, spillway::audit::Verdict::Intact { .. }),
+            "{backend}: {verdict:?}"
+        );
+        let actions: Vec<(String,)> = sqlx::query_as("SELECT action FROM audit_log")
+            .fetch_all(store.pool())
+            .await
+            .unwrap();
+        let count = |a: &str| actions.iter().filter(|(x,)| x == a).count();
+        assert_eq!(count("candidate.decided"), 6, "{backend}");
+        assert_eq!(count("finding.notifying"), 2, "{backend}");
+        assert_eq!(count("finding.revoked"), 2, "{backend}");
+        rig.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn flaky_slow_and_rate_limited_installations_still_get_every_token_revoked_once() {
+    for (backend, url, _dir) in common::fresh_databases().await {
+        let rig = Rig::start(
+            &url,
+            |a| {
+                a.fail_rate = 0.4;
+                a.timeout_rate = 0.1;
+                a.hang_secs = 3;
+                a.rate_limit = 20.0;
+                a.burst = 4;
+            },
+            |s| s.call_timeout_ms = 500,
+            |spec| {
+                spec.rate_per_sec = 20.0;
+                spec.burst = 4;
+                spec.concurrency = 8;
+            },
+        )
+        .await;
+        let mut alerts = Vec::new();
+        for _ in 0..12 {
+            alerts.push(json!({"token": rig.mint("session", None).await, "type": "palantir_jwt", "url": ""}));
+        }
+        let (status, _) = rig.alert(&json!(alerts)).await;
+        assert_eq!(status, 200);
+        let findings = rig.settled(12, Duration::from_secs(60)).await;
+        assert!(
+            findings.iter().all(|f| f.state == "revoked"),
+            "{backend}: {findings:#?}"
+        );
+        let stats = rig.installation.stats();
+        assert_eq!(stats.revocations, 12, "{backend}: {stats:?}");
+        assert_eq!(stats.duplicate_effects, 0, "{backend}: {stats:?}");
+        assert_eq!(stats.rate_limit_exceeded, 0, "{backend}: {stats:?}");
+        assert!(
+            stats.injected_failures + stats.injected_timeouts > 0,
+            "{backend}: faults were injected"
+        );
+        rig.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn an_installation_that_always_fails_makes_the_finding_fail_loudly() {
+    for (backend, url, _dir) in common::fresh_databases().await {
+        let rig = Rig::start(&url, |a| a.fail_rate = 1.0, |s| s.max_attempts = 3, |_| {}).await;
+        let token = rig.mint("session", None).await;
+        rig.alert(&json!([{"token": token, "type": "palantir_jwt", "url": ""}]))
+            .await;
+        let findings = rig.settled(1, Duration::from_secs(30)).await;
+        assert_eq!(findings[0].state, "failed", "{backend}: {findings:#?}");
+        assert_eq!(findings[0].outcome.as_deref(), Some("failed_revoke"));
+        assert!(
+            findings[0]
+                .last_error
+                .as_deref()
+                .unwrap()
+                .contains("revoke_url")
+        );
+        assert_eq!(rig.installation.stats().revocations, 0);
+        let metrics = rig.server.state.metrics.encode();
+        assert!(
+            metrics.contains("spillway_findings_failed_total{installation=\"")
+                && metrics.contains("step=\"revoke\"} 1"),
+            "{backend}: {metrics}"
+        );
+        let (failed,): (i64,) =
+            sqlx::query_as("SELECT COUNT(*) FROM audit_log WHERE action = 'finding.failed'")
+                .fetch_one(rig.server.state.store.pool())
+                .await
+                .unwrap();
+        assert_eq!(failed, 1, "{backend}");
+        rig.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn online_verification_decides_tokens_without_a_signature() {
+    for (backend, url, _dir) in common::fresh_databases().await {
+        // An installation without JWKS: tokens are attributed by type and verified online.
+        let rig = Rig::start(&url, |_| {}, |_| {}, |spec| spec.jwks_url = None).await;
+        let live = rig.mint("session", None).await;
+        rig.alert(&json!([
+            {"token": live, "type": "palantir_jwt", "url": ""},
+            {"token": forge(&rig.mint("user", None).await), "type": "palantir_jwt", "url": ""}
+        ]))
+        .await;
+        let findings = rig.settled(2, Duration::from_secs(20)).await;
+        let live_fp = rig.server.state.keys.fingerprint(&live);
+        for f in &findings {
+            assert_eq!(f.attribution, "token_type", "{backend}");
+            let expected = if f.fingerprint == live_fp {
+                "revoked"
+            } else {
+                "unknown_token"
+            };
+            assert_eq!(f.state, expected, "{backend}: {f:?}");
+        }
+        let stats = rig.installation.stats();
+        assert_eq!(
+            (stats.verify_calls, stats.revocations),
+            (2, 1),
+            "{backend}: {stats:?}"
+        );
+        rig.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn pull_mode_installations_fetch_and_acknowledge_their_revocations() {
+    for (backend, url, _dir) in common::fresh_databases().await {
+        let rig = Rig::start(
+            &url,
+            |_| {},
+            |_| {},
+            |spec| {
+                spec.pull_mode = true;
+                spec.verify_url = None;
+                spec.revoke_url = None;
+                spec.notify_url = None;
+            },
+        )
+        .await;
+        let tokens = [
+            rig.mint("session", None).await,
+            rig.mint("user", None).await,
+        ];
+        rig.alert(&json!([
+            {"token": tokens[0], "type": "palantir_jwt", "url": "https://github.com/o/r"},
+            {"token": tokens[1], "type": "palantir_jwt", "url": ""}
+        ]))
+        .await;
+        let base = format!(
+            "http://{}/installations/v1/{}/revocations",
+            rig.server.public_addr, rig.installation_id
+        );
+        let secret = rig.installation.secrets[0].clone();
+        // Wait for the decisions.
+        let page = loop {
+            let r = rig
+                .client
+                .get(format!("{base}?after=0&limit=1"))
+                .bearer_auth(&secret)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            let page: spillway::contract::PullPage = r.json().await.unwrap();
+            if !page.revocations.is_empty() {
+                break page;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert_eq!(page.revocations.len(), 1, "limit honoured");
+        let first = &page.revocations[0];
+        assert!(first.token.is_none(), "sha256 delivery by default");
+        assert!(tokens.iter().any(|t| sha256(t) == first.token_sha256));
+        let second_page: spillway::contract::PullPage = rig
+            .client
+            .get(format!("{base}?after={}", page.next_cursor))
+            .bearer_auth(&secret)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(
+            second_page.revocations.len(),
+            1,
+            "{backend}: the cursor moves on"
+        );
+
+        // Authentication and input errors are named.
+        let r = rig
+            .client
+            .get(&base)
+            .bearer_auth("whsec_wrong")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401);
+        let r = rig
+            .client
+            .get(format!("{base}?limit=0"))
+            .bearer_auth(&secret)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400);
+        assert!(r.text().await.unwrap().contains("limit"));
+
+        let ack = |id: &str, status: &str| {
+            rig.client
+                .post(format!("{base}/{id}/ack"))
+                .bearer_auth(&secret)
+                .json(&json!({ "status": status }))
+                .send()
+        };
+        let r = ack(&first.finding_id, "revoked").await.unwrap();
+        assert_eq!(r.status(), 200);
+        let r = ack(&first.finding_id, "revoked").await.unwrap();
+        assert_eq!(
+            r.status(),
+            200,
+            "{backend}: acknowledging twice is idempotent"
+        );
+        let r = ack(&first.finding_id, "unknown_token").await.unwrap();
+        assert_eq!(r.status(), 409, "{backend}: a conflicting acknowledgement");
+        let r = ack(&second_page.revocations[0].finding_id, "already_revoked")
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let r = ack("fnd_999999", "revoked").await.unwrap();
+        assert_eq!(r.status(), 404);
+
+        let findings = rig.settled(2, Duration::from_secs(5)).await;
+        let mut states: Vec<&str> = findings.iter().map(|f| f.state.as_str()).collect();
+        states.sort();
+        assert_eq!(states, ["already_revoked", "revoked"], "{backend}");
+        let (acks,): (i64,) = sqlx::query_as(
+            "SELECT COUNT(*) FROM audit_log WHERE actor LIKE 'installation:%' AND action LIKE 'finding.%'",
+        )
+        .fetch_one(rig.server.state.store.pool())
+        .await
+        .unwrap();
+        assert_eq!(acks, 2, "{backend}: each acknowledgement is audited once");
+        rig.stop().await;
+    }
+}
