@@ -53,6 +53,9 @@ pub struct Settings {
     pub fanout_max: usize,
     /// How often workers look for due work when nothing wakes them (milliseconds).
     pub work_poll_ms: u64,
+    /// Replicas sharing one database: each paces its calls to an installation at this share of
+    /// the installation's declared rate and burst, so together they stay within it.
+    pub replicas: u32,
 }
 
 impl Default for Settings {
@@ -78,6 +81,7 @@ impl Default for Settings {
             max_age_hours: 24,
             fanout_max: 5,
             work_poll_ms: 200,
+            replicas: 1,
         }
     }
 }
@@ -126,6 +130,18 @@ impl Settings {
             &mut self.outbound_allow_private,
             "SPILLWAY_OUTBOUND_ALLOW_PRIVATE",
         );
+        macro_rules! number {
+            ($field:ident, $name:literal) => {
+                if let Some(v) = var($name).and_then(|v| v.parse().ok()) {
+                    self.$field = v;
+                }
+            };
+        }
+        number!(call_timeout_ms, "SPILLWAY_CALL_TIMEOUT_MS");
+        number!(work_poll_ms, "SPILLWAY_WORK_POLL_MS");
+        number!(max_attempts, "SPILLWAY_MAX_ATTEMPTS");
+        number!(max_in_flight, "SPILLWAY_MAX_IN_FLIGHT");
+        number!(replicas, "SPILLWAY_REPLICAS");
         if let Some(v) = var("SPILLWAY_KEY_FILE").filter(|v| !v.is_empty()) {
             self.key_file = v.into();
         }

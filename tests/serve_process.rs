@@ -3,9 +3,8 @@
 //! and restarted: every alert it acknowledged must be in the database and the audit log, and no raw
 //! token may appear in its logs, its responses or any file it wrote (the canary).
 
-use std::net::TcpListener as StdListener;
 use std::path::Path;
-use std::process::{Child, Command};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,72 +17,8 @@ use p256::pkcs8::{EncodePublicKey as _, LineEnding};
 use sha2::{Digest, Sha256};
 use spillway::scanner::validate::crc32_base62;
 
-fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Setup {
-    dir: tempfile::TempDir,
-    public: u16,
-    admin: u16,
-    keys_url: String,
-}
-
-impl Setup {
-    fn command(&self, args: &[&str]) -> Command {
-        let d = self.dir.path();
-        let mut c = Command::new(env!("CARGO_BIN_EXE_spillway"));
-        c.args(args)
-            .current_dir(d)
-            .env(
-                "SPILLWAY_DATABASE_URL",
-                format!("sqlite://{}", d.join("spillway.db").display()),
-            )
-            .env("SPILLWAY_KEY_FILE", d.join("spillway.keys"))
-            .env(
-                "SPILLWAY_AUDIT_CHECKPOINT_FILE",
-                d.join("audit.checkpoints"),
-            )
-            .env("SPILLWAY_LISTEN_ADDR", format!("127.0.0.1:{}", self.public))
-            .env("SPILLWAY_ADMIN_ADDR", format!("127.0.0.1:{}", self.admin))
-            .env(
-                "SPILLWAY_PUBLIC_URL",
-                format!("http://127.0.0.1:{}", self.public),
-            )
-            .env("SPILLWAY_GITHUB_KEYS_URL", &self.keys_url)
-            .env("SPILLWAY_LOG", "debug");
-        c
-    }
-
-    fn start(&self, run: usize) -> Child {
-        let log = |name: &str| {
-            std::fs::File::create(self.dir.path().join(format!("{name}.{run}.log"))).unwrap()
-        };
-        let child = self
-            .command(&["serve"])
-            .stdout(log("stdout"))
-            .stderr(log("stderr"))
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if std::net::TcpStream::connect(("127.0.0.1", self.admin)).is_ok()
-                && std::net::TcpStream::connect(("127.0.0.1", self.public)).is_ok()
-            {
-                return child;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let mut child = child;
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("spillway serve did not start");
-    }
-}
+mod common;
+use common::process::Setup;
 
 fn token(n: u32) -> String {
     let body = format!("{:0>30}", format!("canary{n}x")).replace('0', "q");
@@ -109,12 +44,7 @@ async fn fake_github(key: &p256::ecdsa::SigningKey) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_alerts_survive_sigkill_and_no_token_leaks_anywhere() {
     let key = Arc::new(p256::ecdsa::SigningKey::random(&mut rand::rngs::OsRng));
-    let setup = Setup {
-        dir: tempfile::tempdir().unwrap(),
-        public: free_port(),
-        admin: free_port(),
-        keys_url: fake_github(&key).await,
-    };
+    let setup = Setup::new(fake_github(&key).await, None);
     let created = setup
         .command(&["listener", "create", "--kind", "github"])
         .output()

@@ -15,14 +15,14 @@
 //! only and logs at most a sha256 prefix.
 
 mod faults;
-mod gcra;
 mod ledger;
+mod limit;
 mod tokens;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use axum::Router;
@@ -38,8 +38,8 @@ use rand::rngs::{OsRng, StdRng};
 use rand::{RngCore as _, SeedableRng as _};
 use sha2::{Digest as _, Sha256};
 
-pub use gcra::{Gcra, RateError};
 pub use ledger::{Revocation, Stats};
+pub use limit::{Limit, RateError};
 pub use tokens::{MintedToken, SESSION_TTL_SECS, TokenKind, TokenRequest, USER_TTL_SECS};
 
 use super::{Served, now_ms};
@@ -170,7 +170,7 @@ struct Installation {
     org: String,
     secrets: Vec<String>,
     behaviour: Behaviour,
-    limit: Gcra,
+    limit: Limit,
     rng: Mutex<StdRng>,
     ledger: Mutex<ledger::Ledger>,
 }
@@ -179,7 +179,7 @@ impl Installation {
     /// Validates the options before reading (or creating) the secret file.
     fn new(args: &Args) -> anyhow::Result<Installation> {
         let behaviour = Behaviour::from_args(args)?;
-        let limit = Gcra::new(args.rate_limit, args.burst)?;
+        let limit = Limit::new(args.rate_limit, args.burst)?;
         let secrets = load_or_create_secrets(&args.secret_file)?;
         let rng = match args.seed {
             Some(seed) => StdRng::seed_from_u64(seed),
@@ -363,12 +363,12 @@ async fn contract_call(
         Operation::Revoke => s.revoke_calls += 1,
         Operation::Notify => s.notify_calls += 1,
     });
-    if let Err(wait) = installation.limit.check(Instant::now()) {
+    if let Err(wait) = installation.limit.check() {
         installation.count(|s| s.rate_limit_exceeded += 1);
         let mut response = error(StatusCode::TOO_MANY_REQUESTS, "rate limit exceeded");
         response
             .headers_mut()
-            .insert(header::RETRY_AFTER, gcra::retry_after_secs(wait).into());
+            .insert(header::RETRY_AFTER, limit::retry_after_secs(wait).into());
         return response;
     }
     if !installation.behaviour.slow.is_zero() {

@@ -15,10 +15,12 @@ use crate::installations::Installation;
 /// Spillway stays under this share of an installation's declared rate, and uses half its burst, so
 /// network jitter never makes the installation see more than it declared.
 pub const RATE_MARGIN: f64 = 0.9;
-/// Consecutive failed calls that open the breaker.
-pub const BREAKER_THRESHOLD: u32 = 5;
-const BREAKER_MIN_COOLDOWN: Duration = Duration::from_secs(2);
-const BREAKER_MAX_COOLDOWN: Duration = Duration::from_secs(120);
+/// Consecutive failed calls that open the breaker: an installation failing half its calls is
+/// flaky, not down (ten failures in a row happen once in a thousand runs there), and retries with
+/// backoff serve it better than a pause.
+pub const BREAKER_THRESHOLD: u32 = 10;
+const BREAKER_MIN_COOLDOWN: Duration = Duration::from_secs(1);
+const BREAKER_MAX_COOLDOWN: Duration = Duration::from_secs(30);
 
 /// Breaker state, for metrics and claims.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,15 +46,20 @@ pub struct InstallationLimits {
 }
 
 impl InstallationLimits {
-    fn new(installation: &Installation) -> Self {
-        let rate = (installation.spec.rate_per_sec * RATE_MARGIN).max(0.001);
-        let burst = NonZeroU32::new((installation.spec.burst / 2).max(1)).expect("at least 1");
+    /// `replicas`: how many Spillway replicas share the installation's quota.
+    fn new(installation: &Installation, replicas: u32) -> Self {
+        let replicas = replicas.max(1);
+        let rate = (installation.spec.rate_per_sec * RATE_MARGIN / f64::from(replicas)).max(0.001);
+        let burst =
+            NonZeroU32::new((installation.spec.burst / 2 / replicas).max(1)).expect("at least 1");
         let quota = Quota::with_period(Duration::from_secs_f64(1.0 / rate))
             .expect("a positive period")
             .allow_burst(burst);
         InstallationLimits {
             limiter: RateLimiter::direct(quota),
-            concurrency: Arc::new(Semaphore::new(installation.spec.concurrency as usize)),
+            concurrency: Arc::new(Semaphore::new(
+                (installation.spec.concurrency / replicas).max(1) as usize,
+            )),
             breaker: Mutex::new(Breaker {
                 failures: 0,
                 open_until: None,
@@ -89,10 +96,15 @@ impl InstallationLimits {
             return;
         }
         b.failures += 1;
+        let now = Instant::now();
+        if b.open_until.is_some_and(|t| now < t) {
+            // A call started before the breaker opened: it says nothing new.
+            return;
+        }
         let probing = b.open_until.is_some();
         if probing || b.failures >= BREAKER_THRESHOLD {
             let cooldown = b.cooldown;
-            b.open_until = Some(Instant::now() + cooldown);
+            b.open_until = Some(now + cooldown);
             b.cooldown = (cooldown * 2).min(BREAKER_MAX_COOLDOWN);
             tracing::warn!(
                 cooldown_ms = cooldown.as_millis() as u64,
@@ -106,16 +118,24 @@ impl InstallationLimits {
 #[derive(Default)]
 pub struct Limits {
     map: Mutex<HashMap<String, Arc<InstallationLimits>>>,
+    replicas: u32,
 }
 
 impl Limits {
+    pub fn new(replicas: u32) -> Limits {
+        Limits {
+            map: Mutex::default(),
+            replicas,
+        }
+    }
+
     /// The limits of `installation`, rebuilt when its registration changed.
     pub fn of(&self, installation: &Installation) -> Arc<InstallationLimits> {
         let mut map = self.map.lock().expect("limits lock");
         match map.get(&installation.id) {
             Some(l) if l.version == installation.updated_at => l.clone(),
             _ => {
-                let l = Arc::new(InstallationLimits::new(installation));
+                let l = Arc::new(InstallationLimits::new(installation, self.replicas));
                 map.insert(installation.id.clone(), l.clone());
                 l
             }
@@ -131,11 +151,11 @@ impl Limits {
     }
 }
 
-/// Full-jitter exponential backoff: uniform in [0, min(cap, base * 2^attempt)], but never sooner
+/// Full-jitter exponential backoff: uniform in [0, min(60 s, 100 ms * 2^attempt)], but never sooner
 /// than the installation's `Retry-After`.
 pub fn backoff(attempt: u32, retry_after: Option<Duration>) -> Duration {
-    const BASE: Duration = Duration::from_millis(250);
-    const CAP: Duration = Duration::from_secs(300);
+    const BASE: Duration = Duration::from_millis(100);
+    const CAP: Duration = Duration::from_secs(60);
     let ceiling = BASE.saturating_mul(1u32 << attempt.min(20)).min(CAP);
     let jitter = ceiling.mul_f64(rand::random::<f64>());
     retry_after.map_or(jitter, |r| r.max(jitter))
@@ -149,12 +169,63 @@ mod tests {
     fn backoff_is_bounded_and_honours_retry_after() {
         for attempt in 0..30 {
             let d = backoff(attempt, None);
-            assert!(d <= Duration::from_secs(300), "{attempt}: {d:?}");
+            assert!(d <= Duration::from_secs(60), "{attempt}: {d:?}");
         }
         assert!(backoff(0, Some(Duration::from_secs(7))) >= Duration::from_secs(7));
         // Jitter spreads retries: 50 draws are not all equal.
         let draws: std::collections::BTreeSet<u128> =
             (0..50).map(|_| backoff(6, None).as_micros()).collect();
         assert!(draws.len() > 10);
+    }
+}
+
+#[cfg(test)]
+mod breaker_tests {
+    use super::*;
+
+    fn limits() -> InstallationLimits {
+        let spec: crate::installations::Spec = serde_json::from_value(serde_json::json!({
+            "name": "x", "token_types": ["t"], "revoke_url": "https://x.example/r"
+        }))
+        .unwrap();
+        InstallationLimits::new(
+            &Installation {
+                id: "ins_1".into(),
+                spec,
+                created_at: 0,
+                updated_at: 0,
+                secret_created_at: 0,
+                live_secrets: 1,
+            },
+            1,
+        )
+    }
+
+    #[test]
+    fn the_breaker_opens_after_consecutive_failures_and_a_success_closes_it() {
+        let l = limits();
+        for _ in 0..BREAKER_THRESHOLD - 1 {
+            l.record(false);
+        }
+        assert_eq!(l.breaker_state(), BreakerState::Closed);
+        l.record(true);
+        for _ in 0..BREAKER_THRESHOLD - 1 {
+            l.record(false);
+        }
+        assert_eq!(
+            l.breaker_state(),
+            BreakerState::Closed,
+            "a success resets the count"
+        );
+        l.record(false);
+        assert_eq!(l.breaker_state(), BreakerState::Open);
+        assert!(l.open_for().unwrap() <= BREAKER_MIN_COOLDOWN);
+        // Calls already in flight that fail now do not extend the pause.
+        for _ in 0..5 {
+            l.record(false);
+        }
+        assert!(l.open_for().unwrap() <= BREAKER_MIN_COOLDOWN);
+        l.record(true);
+        assert_eq!(l.breaker_state(), BreakerState::Closed);
     }
 }

@@ -50,6 +50,7 @@ pub struct Tuning {
     pub max_age: Duration,
     pub fanout_max: usize,
     pub poll: Duration,
+    pub call_timeout: Duration,
     pub lease: Duration,
 }
 
@@ -62,9 +63,11 @@ impl Tuning {
             max_age: Duration::from_secs(s.max_age_hours.max(1) * 3600),
             fanout_max: s.fanout_max.max(1),
             poll: Duration::from_millis(s.work_poll_ms.max(10)),
-            // Long enough for a rate-limit wait plus a timed-out call; a crashed worker's findings
-            // are resumed once it lapses.
-            lease: (call * 4).max(Duration::from_secs(30)),
+            call_timeout: call,
+            // A crashed worker's findings are resumed once its lease lapses, so it is short; a
+            // task that could not start its call well inside the lease gives the finding back
+            // instead (see `step`), so two workers never call for one finding at once.
+            lease: (call * 3 + Duration::from_secs(2)).max(Duration::from_secs(3)),
         }
     }
 }
@@ -112,6 +115,8 @@ struct Claimed {
     received_at: i64,
     created_at: i64,
     attempts: i64,
+    /// When this worker's lease began.
+    leased_at: std::time::Instant,
 }
 
 /// The sealing owner of a finding's token copy.
@@ -137,7 +142,7 @@ impl Engine {
             keys,
             key_cache: KeyCache::new(outbound.clone()),
             outbound,
-            limits: Limits::default(),
+            limits: Limits::new(settings.replicas),
             in_flight: Arc::new(tokio::sync::Semaphore::new(tuning.max_in_flight)),
             tuning,
             observer,
@@ -277,6 +282,7 @@ impl Engine {
                     received_at: r.try_get("received_at")?,
                     created_at: r.try_get("created_at")?,
                     attempts: r.try_get("attempts")?,
+                    leased_at: std::time::Instant::now(),
                 })
             })
             .collect()
@@ -330,6 +336,13 @@ impl Engine {
             ));
             self.observer.rate_limit_wait(&installation.id, wait);
             limits.limiter.until_ready().await;
+        }
+        if item.leased_at.elapsed() + self.tuning.call_timeout + Duration::from_millis(500)
+            > self.tuning.lease
+        {
+            // Not enough lease left for a whole call: give the finding back for a fresh claim.
+            self.reschedule(item, Duration::ZERO, None).await?;
+            return Ok(None);
         }
         let sha256 = token.sha256_hex();
         let raw = (installation.spec.delivery == Delivery::Raw).then(|| token.expose().to_owned());
@@ -625,6 +638,7 @@ impl Engine {
             outcome,
             sealed_token: sealed,
             attempts: 0,
+            leased_at: std::time::Instant::now(),
             ..item.clone()
         }))
     }

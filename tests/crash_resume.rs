@@ -1,0 +1,205 @@
+//! Crash-resume at each step, on every backend: the real `spillway serve` binary aborts at a named
+//! point (`SPILLWAY_CRASH_AT`: like SIGKILL at that instant), is restarted, and must finish the
+//! job with no duplicate effect at the reference installation, an intact audit log, and no raw
+//! token in any file or log it wrote.
+
+mod common;
+
+use std::os::unix::process::ExitStatusExt as _;
+use std::time::{Duration, Instant};
+
+use common::process::Setup;
+use serde_json::json;
+use spillway::devtools::{fake_github, reference_installation};
+use spillway::revocation::findings;
+
+async fn crash_and_resume(point: &str, online: bool) {
+    for (backend, url, _db_dir) in common::fresh_databases().await {
+        let github = fake_github::start(&fake_github::Args {
+            listen: "127.0.0.1:0".into(),
+        })
+        .await
+        .unwrap();
+        let mut setup = Setup::new(github.keys_url(), Some(&url));
+        let secret_file = setup.dir.path().join("ri.whsec");
+        let installation = reference_installation::start(&reference_installation::Args {
+            secret_file: secret_file.clone(),
+            rate_limit: 100.0,
+            burst: 20,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        setup.env = vec![
+            ("SPILLWAY_OUTBOUND_ALLOW_HTTP".into(), "true".into()),
+            ("SPILLWAY_OUTBOUND_ALLOW_PRIVATE".into(), "true".into()),
+            // A 5 s lease: a crashed run's claims lapse quickly.
+            ("SPILLWAY_CALL_TIMEOUT_MS".into(), "1000".into()),
+        ];
+        // PostgreSQL counts as production, where keys are provided, not generated.
+        spillway::keys::Keys::load(&setup.dir.path().join("spillway.keys"), true).unwrap();
+
+        let out = setup
+            .command(&["listener", "create", "--kind", "github"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let endpoint = String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .last()
+            .unwrap()
+            .trim()
+            .to_owned();
+        let base = installation.url();
+        let (jwks, verify) = (format!("{base}/jwks.json"), format!("{base}/verify"));
+        let (revoke, notify) = (format!("{base}/revoke"), format!("{base}/notify"));
+        let mut args = vec![
+            "installation",
+            "register",
+            "--name",
+            "reference",
+            "--token-type",
+            "palantir_jwt",
+            "--revoke-url",
+            &revoke,
+            "--notify-url",
+            &notify,
+            "--rate-limit",
+            "100",
+            "--burst",
+            "20",
+            "--secret-file",
+        ];
+        let secret_path = secret_file.display().to_string();
+        args.push(&secret_path);
+        if online {
+            args.extend(["--verify-url", verify.as_str()]);
+        } else {
+            args.extend(["--jwks-url", jwks.as_str()]);
+        }
+        let out = setup.command(&args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{backend}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+
+        let client = reqwest::Client::new();
+        let token: serde_json::Value = client
+            .post(format!("{base}/tokens"))
+            .json(&json!({"kind": "session"}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let token = token["token"].as_str().unwrap().to_owned();
+
+        // Run 0 aborts at the crash point, after acknowledging the alert.
+        let mut child = setup.start_with(0, &[("SPILLWAY_CRASH_AT", point)]);
+        let body = serde_json::to_vec(
+            &json!([{"token": token, "type": "palantir_jwt", "url": "https://github.com/o/r"}]),
+        )
+        .unwrap();
+        let r = client
+            .post(&endpoint)
+            .header("Github-Public-Key-Identifier", &github.key_identifier)
+            .header("Github-Public-Key-Signature", github.sign(&body))
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{backend} {point}");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{backend}: never reached {point}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert_eq!(status.signal(), Some(6), "{backend}: aborted at {point}");
+
+        // Run 1 resumes.
+        let mut child = setup.start(1);
+        let store = spillway::store::Store::connect(&url).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let finding = loop {
+            let all = findings::list(&store, None, None, 0, 10).await.unwrap();
+            if let Some(f) = all.iter().find(|f| f.state == "revoked") {
+                break f.clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{backend} {point}: not resumed: {all:#?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert_eq!(
+            findings::list(&store, None, None, 0, 10)
+                .await
+                .unwrap()
+                .len(),
+            1,
+            "{backend}: one finding"
+        );
+        assert_eq!(finding.outcome.as_deref(), Some("revoked"));
+        let stats = installation.stats();
+        assert_eq!(stats.revocations, 1, "{backend} {point}: {stats:?}");
+        assert_eq!(stats.duplicate_effects, 0, "{backend} {point}: {stats:?}");
+        assert_eq!(stats.notifications, 1, "{backend} {point}: {stats:?}");
+        assert_eq!(stats.bad_signatures, 0, "{backend} {point}: {stats:?}");
+
+        let _ = child.kill();
+        let _ = child.wait();
+        let verify = setup.command(&["audit", "verify"]).output().unwrap();
+        assert!(
+            verify.status.success(),
+            "{backend} {point}: {}",
+            String::from_utf8_lossy(&verify.stdout)
+        );
+        // Canary: the token is in no file or log (database, WAL, checkpoints, stdout, stderr).
+        for (name, bytes) in setup.files() {
+            assert!(
+                !bytes.windows(token.len()).any(|w| w == token.as_bytes()),
+                "{backend} {point}: raw token in {name}"
+            );
+        }
+        installation.shutdown().await;
+        github.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn crash_before_a_decision_commits() {
+    crash_and_resume("decide.before_commit", false).await;
+}
+
+#[tokio::test]
+async fn crash_before_the_revoke_call() {
+    crash_and_resume("revoke.before_call", false).await;
+}
+
+#[tokio::test]
+async fn crash_after_the_revoke_call_before_its_commit() {
+    crash_and_resume("revoke.after_call", false).await;
+}
+
+#[tokio::test]
+async fn crash_after_the_notify_call_before_its_commit() {
+    crash_and_resume("notify.after_call", false).await;
+}
+
+#[tokio::test]
+async fn crash_after_the_verify_call_before_its_commit() {
+    crash_and_resume("verify.after_call", true).await;
+}
