@@ -77,7 +77,7 @@ impl Default for Settings {
             outbound_allow_private: false,
             call_timeout_ms: 5_000,
             max_in_flight: 256,
-            max_attempts: 12,
+            max_attempts: 30,
             max_age_hours: 24,
             fanout_max: 5,
             work_poll_ms: 200,
