@@ -11,6 +11,7 @@ use sha2::Digest as _;
 use sqlx::Row as _;
 
 use crate::audit;
+use crate::installation_keys::KeyCache;
 use crate::keys::Keys;
 use crate::scanner::{Finding, RuleSet, Scanner, TokenSecret};
 use crate::store::{Store, now_ms};
@@ -55,12 +56,28 @@ pub struct Feedback {
 /// matches whole, or whose checksum fails, is a false positive. Anything else waits for the
 /// installation (left out of the feedback).
 /// `scanner` is reused across an alert's tokens.
+/// With `jwt_keys`, a JWT whose key id is cached is labelled by its signature: `true_positive` when
+/// it verifies, `false_positive` when no key under that id does.
 pub fn offline_label<'r>(
     scanner: &mut Scanner<'r>,
     rules: &'r RuleSet,
+    jwt_keys: Option<&KeyCache>,
     token: &TokenSecret,
     token_type: &str,
 ) -> Option<Label> {
+    if let (Some(cache), Ok(decoded)) = (jwt_keys, crate::jwt::decode(token.expose())) {
+        let keys = cache.lookup(decoded.key_id().unwrap_or_default());
+        if !keys.is_empty() {
+            let valid = keys
+                .iter()
+                .any(|k| crate::jwt::verify(token.expose(), &decoded, &k.key));
+            return Some(if valid {
+                Label::TruePositive
+            } else {
+                Label::FalsePositive
+            });
+        }
+    }
     if !rules.rules().iter().any(|r| r.token_type == token_type) {
         return None;
     }
@@ -97,6 +114,7 @@ pub async fn record_alert(
     store: &Store,
     keys: &Keys,
     rules: &RuleSet,
+    jwt_keys: Option<&KeyCache>,
     listener_id: &str,
     listener_kind: &str,
     body: &[u8],
@@ -109,7 +127,7 @@ pub async fn record_alert(
     let mut scanner = rules.scanner();
     let labels: Vec<Option<Label>> = tokens
         .iter()
-        .map(|t| offline_label(&mut scanner, rules, &t.token, &t.token_type))
+        .map(|t| offline_label(&mut scanner, rules, jwt_keys, &t.token, &t.token_type))
         .collect();
     let feedback: Vec<Feedback> = tokens
         .iter()
@@ -176,7 +194,7 @@ pub async fn record_alert(
         let mut q = sqlx::query(&sql);
         for (fp, t, label) in chunk {
             // Undecided tokens stay sealed until decided (the decision may need the token itself).
-            let sealed = label.is_none().then(|| {
+            let sealed = (*label != Some(Label::FalsePositive)).then(|| {
                 crate::seal::seal(
                     &keys.sealing,
                     &crate::revocation::decide::candidate_owner(fp),
@@ -213,10 +231,11 @@ pub async fn record_alert(
         .await
         .context("cannot record listener event")?;
     }
-    // Every undecided candidate is queued for attribution and verification.
+    // Every candidate not already known false is queued for attribution and revocation.
     sqlx::query(
         "INSERT INTO work_queue (kind, candidate_id, state, attempts, run_at) \
-         SELECT 'decide', id, 'pending', 0, $1 FROM candidates WHERE alert_id = $2 AND label IS NULL",
+         SELECT 'decide', id, 'pending', 0, $1 FROM candidates \
+         WHERE alert_id = $2 AND (label IS NULL OR label <> 'false_positive')",
     )
     .bind(now)
     .bind(alert_id)

@@ -162,6 +162,41 @@ async fn tokens_are_attributed_verified_revoked_and_notified_exactly_once() {
         assert_eq!(count("candidate.decided"), 6, "{backend}");
         assert_eq!(count("finding.notifying"), 2, "{backend}");
         assert_eq!(count("finding.revoked"), 2, "{backend}");
+
+        // With the installation's keys now cached, the alert's answer already labels JWTs by their
+        // signature (GitHub's feedback), and a true positive is still revoked.
+        let fresh = rig.mint("session", None).await;
+        let forged_again = forge(&rig.mint("user", None).await);
+        let (status, body) = rig
+            .alert(&json!([
+                {"token": fresh, "type": "palantir_jwt", "url": ""},
+                {"token": forged_again, "type": "palantir_jwt", "url": ""}
+            ]))
+            .await;
+        assert_eq!(status, 200);
+        let feedback: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(
+            feedback,
+            json!([
+                {"token_hash": sha256(&fresh), "token_type": "palantir_jwt", "label": "true_positive"},
+                {"token_hash": sha256(&forged_again), "token_type": "palantir_jwt", "label": "false_positive"}
+            ]),
+            "{backend}"
+        );
+        let findings = rig.settled(6, Duration::from_secs(20)).await;
+        let fresh_fp = rig.server.state.keys.fingerprint(&fresh);
+        assert!(
+            findings
+                .iter()
+                .any(|f| f.fingerprint == fresh_fp && f.state == "revoked"),
+            "{backend}: {findings:#?}"
+        );
+        assert_eq!(
+            findings.len(),
+            6,
+            "{backend}: a false positive at intake makes no finding"
+        );
+        assert_eq!(rig.installation.stats().revocations, 3);
         rig.stop().await;
     }
 }
@@ -394,6 +429,158 @@ async fn pull_mode_installations_fetch_and_acknowledge_their_revocations() {
         .await
         .unwrap();
         assert_eq!(acks, 2, "{backend}: each acknowledgement is audited once");
+        rig.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn a_hostname_next_to_the_token_attributes_it_and_fanout_is_bounded() {
+    use hmac::{Hmac, Mac};
+    use spillway::installations;
+    use spillway::listeners::{self, ListenerKind};
+    use spillway::scanner::TokenSecret;
+    for (backend, url, _dir) in common::fresh_databases().await {
+        // Two installations issue the type and neither publishes keys: only context can tell.
+        let rig = Rig::start(
+            &url,
+            |_| {},
+            |s| s.fanout_max = 1,
+            |spec| spec.jwks_url = None,
+        )
+        .await;
+        let store = &rig.server.state.store;
+        let mut other = common::revocation::spec(&rig.installation.url(), "other");
+        other.hostnames = vec!["other.example.com".into()];
+        other.jwks_url = None;
+        let policy = spillway::outbound::Policy {
+            allow_http: true,
+            allow_private: true,
+        };
+        installations::register(
+            store,
+            &rig.server.state.keys.sealing,
+            &policy,
+            other,
+            None,
+            "test",
+        )
+        .await
+        .unwrap();
+        let (_, endpoint) = listeners::create_with_secret(
+            store,
+            ListenerKind::GithubHmac,
+            "hooks",
+            "test",
+            Some((
+                &rig.server.state.keys.sealing,
+                &TokenSecret::new("hook-secret"),
+            )),
+        )
+        .await
+        .unwrap();
+        let near = rig.mint("session", None).await;
+        let alone = rig.mint("session", None).await;
+        let body = format!(
+            "{{\"config\": \"FOUNDRY_URL=https://acme.palantirfoundry.com\\nFOUNDRY_TOKEN={near}\"}}"
+        );
+        let mut mac = Hmac::<Sha256>::new_from_slice(b"hook-secret").unwrap();
+        mac.update(body.as_bytes());
+        let r = rig
+            .client
+            .post(format!(
+                "http://{}{}",
+                rig.server.public_addr, endpoint.path
+            ))
+            .header(
+                "X-Hub-Signature-256",
+                format!("sha256={}", hex::encode(mac.finalize().into_bytes())),
+            )
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            r.status().is_success(),
+            "{backend}: {}",
+            r.text().await.unwrap()
+        );
+        rig.alert(&json!([{"token": alone, "type": "palantir_jwt", "url": ""}]))
+            .await;
+
+        let findings = rig.settled(2, Duration::from_secs(20)).await;
+        let (near_fp, alone_fp) = (
+            rig.server.state.keys.fingerprint(&near),
+            rig.server.state.keys.fingerprint(&alone),
+        );
+        let near_f: Vec<_> = findings
+            .iter()
+            .filter(|f| f.fingerprint == near_fp)
+            .collect();
+        assert_eq!(
+            near_f.len(),
+            1,
+            "{backend}: only the installation named next to it: {findings:#?}"
+        );
+        assert_eq!(
+            (
+                near_f[0].attribution.as_str(),
+                near_f[0].state.as_str(),
+                near_f[0].installation_id.as_deref()
+            ),
+            ("hostname", "revoked", Some(rig.installation_id.as_str())),
+            "{backend}"
+        );
+        let alone_f: Vec<_> = findings
+            .iter()
+            .filter(|f| f.fingerprint == alone_fp)
+            .collect();
+        assert_eq!(alone_f.len(), 1, "{backend}");
+        assert_eq!(
+            alone_f[0].state, "unattributed",
+            "{backend}: more issuers than fanout_max"
+        );
+        assert!(
+            alone_f[0]
+                .last_error
+                .as_deref()
+                .unwrap()
+                .contains("fanout_max 1"),
+            "{backend}"
+        );
+        rig.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn replicas_on_one_database_share_the_work_and_revoke_each_token_once() {
+    for (backend, url, _dir) in common::fresh_databases().await {
+        if backend != "postgres" {
+            continue; // several replicas is the PostgreSQL deployment
+        }
+        let rig = Rig::start(&url, |_| {}, |_| {}, |_| {}).await;
+        let (second, _keep) = common::start_server_tuned(&url, &rig.github.keys_url(), |s| {
+            common::revocation::local(s);
+            s.key_file = rig.key_file();
+        })
+        .await;
+        let mut alerts = Vec::new();
+        for _ in 0..30 {
+            alerts.push(json!({"token": rig.mint("session", None).await, "type": "palantir_jwt", "url": ""}));
+        }
+        rig.alert(&json!(alerts)).await;
+        let findings = rig.settled(30, Duration::from_secs(30)).await;
+        assert!(
+            findings.iter().all(|f| f.state == "revoked"),
+            "{findings:#?}"
+        );
+        let stats = rig.installation.stats();
+        assert_eq!(
+            (stats.revocations, stats.duplicate_effects),
+            (30, 0),
+            "{stats:?}"
+        );
+        assert_eq!(stats.notifications, 30, "{stats:?}");
+        second.shutdown().await;
         rig.stop().await;
     }
 }

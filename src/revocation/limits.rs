@@ -15,10 +15,12 @@ use crate::installations::Installation;
 /// Spillway stays under this share of an installation's declared rate, and uses half its burst, so
 /// network jitter never makes the installation see more than it declared.
 pub const RATE_MARGIN: f64 = 0.9;
-/// Consecutive failed calls that open the breaker: an installation failing half its calls is
-/// flaky, not down (ten failures in a row happen once in a thousand runs there), and retries with
-/// backoff serve it better than a pause.
-pub const BREAKER_THRESHOLD: u32 = 10;
+/// The breaker looks at an installation's last `BREAKER_WINDOW` answers and opens when at least
+/// `BREAKER_THRESHOLD` of them failed: an installation failing half its calls is flaky, not down,
+/// and retries with backoff serve it better than a pause (a run of consecutive failures would trip
+/// a breaker there every few hundred calls).
+pub const BREAKER_WINDOW: usize = 20;
+pub const BREAKER_THRESHOLD: usize = 18;
 const BREAKER_MIN_COOLDOWN: Duration = Duration::from_secs(1);
 const BREAKER_MAX_COOLDOWN: Duration = Duration::from_secs(30);
 
@@ -32,7 +34,8 @@ pub enum BreakerState {
 
 #[derive(Debug)]
 struct Breaker {
-    failures: u32,
+    /// The last answers, newest last: true = failed.
+    recent: std::collections::VecDeque<bool>,
     open_until: Option<Instant>,
     cooldown: Duration,
 }
@@ -61,7 +64,7 @@ impl InstallationLimits {
                 (installation.spec.concurrency / replicas).max(1) as usize,
             )),
             breaker: Mutex::new(Breaker {
-                failures: 0,
+                recent: std::collections::VecDeque::with_capacity(BREAKER_WINDOW),
                 open_until: None,
                 cooldown: BREAKER_MIN_COOLDOWN,
             }),
@@ -85,24 +88,31 @@ impl InstallationLimits {
             .and_then(|t| t.checked_duration_since(Instant::now()))
     }
 
-    /// Records a call's result: a success closes the breaker; `BREAKER_THRESHOLD` failures in a
-    /// row (or a failed half-open probe) open it, for twice as long each time.
+    /// Records a call's result: a success closes the breaker; `BREAKER_THRESHOLD` failures among
+    /// the last `BREAKER_WINDOW` answers (or a failed half-open probe) open it, for twice as long
+    /// each time.
     pub fn record(&self, success: bool) {
         let mut b = self.breaker.lock().expect("breaker lock");
+        if b.recent.len() == BREAKER_WINDOW {
+            b.recent.pop_front();
+        }
+        b.recent.push_back(!success);
         if success {
-            b.failures = 0;
+            if b.open_until.is_some() {
+                b.recent.clear();
+            }
             b.open_until = None;
             b.cooldown = BREAKER_MIN_COOLDOWN;
             return;
         }
-        b.failures += 1;
         let now = Instant::now();
         if b.open_until.is_some_and(|t| now < t) {
             // A call started before the breaker opened: it says nothing new.
             return;
         }
         let probing = b.open_until.is_some();
-        if probing || b.failures >= BREAKER_THRESHOLD {
+        let failures = b.recent.iter().filter(|f| **f).count();
+        if probing || failures >= BREAKER_THRESHOLD {
             let cooldown = b.cooldown;
             b.open_until = Some(now + cooldown);
             b.cooldown = (cooldown * 2).min(BREAKER_MAX_COOLDOWN);
@@ -202,21 +212,21 @@ mod breaker_tests {
     }
 
     #[test]
-    fn the_breaker_opens_after_consecutive_failures_and_a_success_closes_it() {
+    fn the_breaker_opens_when_most_recent_calls_fail_and_a_success_closes_it() {
         let l = limits();
+        // Flaky (every other call fails): never opens.
+        for i in 0..200 {
+            l.record(i % 2 == 0);
+        }
+        assert_eq!(l.breaker_state(), BreakerState::Closed);
+        // Down: opens once the window is mostly failures.
+        for _ in 0..BREAKER_WINDOW {
+            l.record(true);
+        }
         for _ in 0..BREAKER_THRESHOLD - 1 {
             l.record(false);
         }
         assert_eq!(l.breaker_state(), BreakerState::Closed);
-        l.record(true);
-        for _ in 0..BREAKER_THRESHOLD - 1 {
-            l.record(false);
-        }
-        assert_eq!(
-            l.breaker_state(),
-            BreakerState::Closed,
-            "a success resets the count"
-        );
         l.record(false);
         assert_eq!(l.breaker_state(), BreakerState::Open);
         assert!(l.open_for().unwrap() <= BREAKER_MIN_COOLDOWN);
@@ -227,5 +237,11 @@ mod breaker_tests {
         assert!(l.open_for().unwrap() <= BREAKER_MIN_COOLDOWN);
         l.record(true);
         assert_eq!(l.breaker_state(), BreakerState::Closed);
+        l.record(false);
+        assert_eq!(
+            l.breaker_state(),
+            BreakerState::Closed,
+            "the window starts afresh"
+        );
     }
 }

@@ -98,7 +98,13 @@ pub struct Engine {
     wake: tokio::sync::Notify,
     in_flight: Arc<tokio::sync::Semaphore>,
     installations: Mutex<Arc<Vec<Installation>>>,
+    /// Opened shared secrets by installation, keyed also by (newest secret time, live count) so a
+    /// rotation is seen on the next round.
+    secrets: Mutex<std::collections::HashMap<String, CachedSecrets>>,
 }
+
+/// (newest secret's creation time, live count, the opened secrets).
+type CachedSecrets = (i64, usize, Arc<Vec<TokenSecret>>);
 
 /// A claimed finding.
 #[derive(Debug, Clone)]
@@ -149,6 +155,7 @@ impl Engine {
             worker_id: format!("w_{:016x}", rand::random::<u64>()),
             wake: tokio::sync::Notify::new(),
             installations: Mutex::new(Arc::new(Vec::new())),
+            secrets: Mutex::default(),
         })
     }
 
@@ -176,6 +183,32 @@ impl Engine {
             .lock()
             .expect("installations lock")
             .clone()
+    }
+
+    /// The installation's live shared secrets (cached until they change).
+    async fn secrets_of(
+        &self,
+        installation: &Installation,
+    ) -> anyhow::Result<Arc<Vec<TokenSecret>>> {
+        let version = (installation.secret_created_at, installation.live_secrets);
+        if let Some((at, n, s)) = self
+            .secrets
+            .lock()
+            .expect("secrets lock")
+            .get(&installation.id)
+        {
+            if (*at, *n) == version {
+                return Ok(s.clone());
+            }
+        }
+        let opened = Arc::new(
+            installations::secrets(&self.store, &self.keys.sealing, &installation.id).await?,
+        );
+        self.secrets.lock().expect("secrets lock").insert(
+            installation.id.clone(),
+            (version.0, version.1, opened.clone()),
+        );
+        Ok(opened)
     }
 
     async fn refresh_installations(&self) -> anyhow::Result<Arc<Vec<Installation>>> {
@@ -327,8 +360,7 @@ impl Engine {
                 item.state
             ),
         };
-        let secrets =
-            installations::secrets(&self.store, &self.keys.sealing, &installation.id).await?;
+        let secrets = self.secrets_of(installation).await?;
         let started = std::time::Instant::now();
         if let Err(not_until) = limits.limiter.check() {
             let wait = not_until.wait_time_from(governor::clock::Clock::now(

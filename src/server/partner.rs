@@ -214,6 +214,7 @@ pub async fn alert(
             &state.store,
             &state.keys,
             &state.rules,
+            Some(&state.engine.key_cache),
             listener_id,
             kind,
             body,

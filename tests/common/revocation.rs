@@ -173,6 +173,11 @@ impl Rig {
         }
     }
 
+    /// The server's key file (a second replica must share its keys).
+    pub fn key_file(&self) -> std::path::PathBuf {
+        self._dirs.1.path().join("keys")
+    }
+
     /// Signs a checkpoint now and verifies the whole audit log against it.
     pub async fn audit_verdict(&self) -> spillway::audit::Verdict {
         let store = &self.server.state.store;
