@@ -20,15 +20,17 @@ pub const MIN_REFRESH: Duration = Duration::from_secs(10);
 struct Entries {
     /// kid -> (installation id, key); several installations may (wrongly) publish one kid.
     by_kid: HashMap<String, Vec<(String, VerifyingKey)>>,
-    /// installation id -> when its JWKS was last fetched (or inline keys loaded) and its version.
-    loaded: HashMap<String, (Instant, i64)>,
+    /// installation id -> the registration version (`updated_at`) the cache reflects.
+    synced: HashMap<String, i64>,
+    /// installation id -> when its JWKS URL was last fetched (or tried), for which version.
+    fetched: HashMap<String, (Instant, i64)>,
 }
 
 /// The shared key cache.
 pub struct KeyCache {
     entries: Mutex<Entries>,
     /// One refresh at a time per installation.
-    refreshing: tokio::sync::Mutex<()>,
+    refreshing: Mutex<HashMap<String, std::sync::Arc<tokio::sync::Mutex<()>>>>,
     outbound: Outbound,
 }
 
@@ -42,7 +44,7 @@ impl KeyCache {
     pub fn new(outbound: Outbound) -> KeyCache {
         KeyCache {
             entries: Mutex::default(),
-            refreshing: tokio::sync::Mutex::new(()),
+            refreshing: Mutex::default(),
             outbound,
         }
     }
@@ -64,12 +66,19 @@ impl KeyCache {
             .unwrap_or_default()
     }
 
-    fn replace(&self, installation_id: &str, version: i64, jwks: &Jwks) {
+    /// Replaces an installation's keys with `jwks` plus its inline keys.
+    fn replace(&self, installation: &Installation, jwks: &Jwks) {
+        let installation_id = installation.id.as_str();
         let mut entries = self.entries.lock().expect("key cache lock");
         for keys in entries.by_kid.values_mut() {
             keys.retain(|(id, _)| id != installation_id);
         }
-        for jwk in &jwks.keys {
+        let inline = installation
+            .spec
+            .inline_jwks
+            .iter()
+            .flat_map(|j| j.keys.iter());
+        for jwk in jwks.keys.iter().chain(inline) {
             let (Some(kid), Ok(key)) = (jwk.kid.as_ref(), crate::jwt::key_from_jwk(jwk)) else {
                 continue;
             };
@@ -80,25 +89,32 @@ impl KeyCache {
                 .push((installation_id.to_owned(), key));
         }
         entries
-            .loaded
-            .insert(installation_id.to_owned(), (Instant::now(), version));
+            .synced
+            .insert(installation_id.to_owned(), installation.updated_at);
     }
 
-    /// Loads inline keys of every installation whose registration changed (cheap: no network).
+    /// Brings the cache in line with the registry (no network): inline keys of installations
+    /// whose registration changed are (re)loaded, keys of changed or removed installations are
+    /// dropped (a JWKS URL is fetched again on the next unknown key id).
     pub fn load_inline(&self, installations: &[Installation]) {
+        {
+            let mut entries = self.entries.lock().expect("key cache lock");
+            let live: std::collections::HashSet<&str> =
+                installations.iter().map(|i| i.id.as_str()).collect();
+            for keys in entries.by_kid.values_mut() {
+                keys.retain(|(id, _)| live.contains(id.as_str()));
+            }
+            entries.synced.retain(|id, _| live.contains(id.as_str()));
+            entries.fetched.retain(|id, _| live.contains(id.as_str()));
+        }
         for i in installations {
-            let Some(jwks) = &i.spec.inline_jwks else {
-                continue;
-            };
-            let stale = {
+            let changed = {
                 let entries = self.entries.lock().expect("key cache lock");
-                entries
-                    .loaded
-                    .get(&i.id)
-                    .is_none_or(|(_, v)| *v != i.updated_at)
+                entries.synced.get(&i.id) != Some(&i.updated_at)
             };
-            if stale {
-                self.replace(&i.id, i.updated_at, jwks);
+            if changed {
+                // Inline keys only; a JWKS URL is fetched on the next unknown key id.
+                self.replace(i, &Jwks::default());
             }
         }
     }
@@ -106,15 +122,22 @@ impl KeyCache {
     /// Fetches the JWKS of each installation in `candidates` that has a `jwks_url` and was not
     /// fetched within [`MIN_REFRESH`]. Errors are logged and leave the cached keys in place.
     pub async fn refresh(&self, candidates: &[&Installation]) {
-        let _one_at_a_time = self.refreshing.lock().await;
         for i in candidates {
             let Some(url) = &i.spec.jwks_url else {
                 continue;
             };
+            let gate = self
+                .refreshing
+                .lock()
+                .expect("key cache lock")
+                .entry(i.id.clone())
+                .or_default()
+                .clone();
+            let _one_at_a_time = gate.lock().await;
             let recent = {
                 let entries = self.entries.lock().expect("key cache lock");
                 entries
-                    .loaded
+                    .fetched
                     .get(&i.id)
                     .is_some_and(|(at, v)| *v == i.updated_at && at.elapsed() < MIN_REFRESH)
             };
@@ -125,10 +148,10 @@ impl KeyCache {
             self.entries
                 .lock()
                 .expect("key cache lock")
-                .loaded
+                .fetched
                 .insert(i.id.clone(), (Instant::now(), i.updated_at));
             match self.fetch(url).await {
-                Ok(jwks) => self.replace(&i.id, i.updated_at, &jwks),
+                Ok(jwks) => self.replace(i, &jwks),
                 Err(e) => tracing::warn!(
                     installation = %i.id,
                     error = %format!("{e:#}"),
@@ -145,6 +168,10 @@ impl KeyCache {
             response.status().is_success(),
             "jwks_url answered {}",
             response.status()
+        );
+        anyhow::ensure!(
+            response.content_length().is_none_or(|n| n <= 1 << 20),
+            "JWKS larger than 1 MiB"
         );
         let bytes = response.bytes().await?;
         anyhow::ensure!(bytes.len() <= 1 << 20, "JWKS larger than 1 MiB");

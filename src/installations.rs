@@ -122,6 +122,12 @@ impl Spec {
         if name.is_empty() || name.len() > 100 {
             return Err(invalid("name", "must be 1 to 100 characters"));
         }
+        if name.starts_with("ins_") {
+            return Err(invalid(
+                "name",
+                "must not start with ins_ (installation ids do)",
+            ));
+        }
         if self.token_types.is_empty() {
             return Err(invalid("token_types", "name at least one token type"));
         }
@@ -475,18 +481,76 @@ pub async fn update(
             return Err(RegistryError::NameTaken(spec.name));
         }
     }
-    write_spec(&mut tx, &current.id, &spec, now_ms(), false).await?;
+    let now = now_ms();
+    write_spec(&mut tx, &current.id, &spec, now, false).await?;
+    let moved = migrate_findings(&mut tx, &current.id, &spec, now).await?;
+    let mut details = audit_details(&spec);
+    details["findings_moved"] = moved.into();
     audit::append(
         &mut tx,
         store.backend(),
         actor,
         "installation.updated",
         &format!("installation:{}", current.id),
-        audit_details(&spec),
+        details,
     )
     .await?;
     tx.commit().await.context("cannot commit installation")?;
     get(store, &current.id).await
+}
+
+/// Moves the installation's findings in progress to the states its new registration implies (push
+/// and pull swapped, verify or notify URL removed), so none waits on a step that no longer exists.
+async fn migrate_findings(
+    tx: &mut crate::store::Tx,
+    id: &str,
+    spec: &Spec,
+    now: i64,
+) -> anyhow::Result<u64> {
+    let mut moves: Vec<(&str, &str)> = Vec::new();
+    if spec.pull_mode {
+        moves.push(("verifying", "'awaiting_pull'"));
+        moves.push(("revoking", "'awaiting_pull'"));
+    } else {
+        let first = if spec.verify_url.is_some() {
+            "'verifying'"
+        } else {
+            "'revoking'"
+        };
+        moves.push(("awaiting_pull", first));
+        if spec.verify_url.is_none() {
+            moves.push(("verifying", "'revoking'"));
+        }
+    }
+    let mut moved = 0;
+    for (from, to) in moves {
+        moved += sqlx::query(&format!(
+            "UPDATE findings SET state = {to}, attempts = 0, next_run_at = $1, lease_until = NULL, \
+             lease_owner = NULL, updated_at = $1 WHERE installation_id = $2 AND state = $3"
+        ))
+        .bind(now)
+        .bind(id)
+        .bind(from)
+        .execute(&mut **tx)
+        .await
+        .context("cannot move findings")?
+        .rows_affected();
+    }
+    if spec.notify_url.is_none() {
+        // Revoked already; only the notification had no longer anywhere to go.
+        moved += sqlx::query(
+            "UPDATE findings SET state = outcome, sealed_token = NULL, lease_until = NULL, \
+             lease_owner = NULL, updated_at = $1, last_error = 'notify_url removed' \
+             WHERE installation_id = $2 AND state = 'notifying'",
+        )
+        .bind(now)
+        .bind(id)
+        .execute(&mut **tx)
+        .await
+        .context("cannot move findings")?
+        .rows_affected();
+    }
+    Ok(moved)
 }
 
 /// Adds a shared secret beside the current one (generated unless given); both sign until the old

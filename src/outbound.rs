@@ -74,7 +74,21 @@ pub fn is_internal(ip: IpAddr) -> bool {
             if let Some(v4) = v6.to_ipv4_mapped() {
                 return is_internal_v4(v4);
             }
-            let first = v6.segments()[0];
+            let seg = v6.segments();
+            let first = seg[0];
+            let embedded = |hi: u16, lo: u16| {
+                Ipv4Addr::new((hi >> 8) as u8, hi as u8, (lo >> 8) as u8, lo as u8)
+            };
+            // NAT64 (64:ff9b::/96) and IPv4-compatible (::/96) addresses carry an IPv4 address in
+            // their last 32 bits, 6to4 (2002::/16) in bits 16..48: judge that address.
+            if (seg[..6] == [0x64, 0xff9b, 0, 0, 0, 0] || seg[..6] == [0; 6])
+                && is_internal_v4(embedded(seg[6], seg[7]))
+            {
+                return true;
+            }
+            if first == 0x2002 && is_internal_v4(embedded(seg[1], seg[2])) {
+                return true;
+            }
             v6.is_loopback()
                 || v6.is_unspecified()
                 || v6.is_multicast()
@@ -97,6 +111,7 @@ fn is_internal_v4(ip: Ipv4Addr) -> bool {
         || (a == 100 && (64..128).contains(&b)) // CGNAT 100.64/10
         || (a == 192 && b == 0 && ip.octets()[2] == 0) // IETF protocol assignments
         || (a == 198 && (b == 18 || b == 19)) // benchmarking 198.18/15
+        || a >= 240 // reserved 240/4
 }
 
 /// Resolves names with the system resolver, then drops internal addresses.
@@ -167,10 +182,19 @@ mod tests {
             "fe80::1",
             "::ffff:127.0.0.1",
             "fd00:ec2::254",
+            "64:ff9b::7f00:1",
+            "::10.0.0.1",
+            "2002:a9fe:a9fe::1",
+            "240.0.0.1",
         ] {
             assert!(is_internal(internal.parse().unwrap()), "{internal}");
         }
-        for public in ["1.1.1.1", "140.82.112.3", "2606:4700::1111"] {
+        for public in [
+            "1.1.1.1",
+            "140.82.112.3",
+            "2606:4700::1111",
+            "64:ff9b::101:101",
+        ] {
             assert!(!is_internal(public.parse().unwrap()), "{public}");
         }
     }

@@ -119,6 +119,16 @@ async fn installations_are_registered_rotated_and_removed_with_audit() {
             "{b}"
         );
 
+        // A misspelt field is refused, not ignored.
+        let mut typo = registration("typo");
+        typo["verfy_url"] = json!("https://acme.example.com/v");
+        let (s, b) = call(&base, Method::POST, "/api/v1/installations", w, Some(typo)).await;
+        assert!(
+            s == StatusCode::UNPROCESSABLE_ENTITY
+                && b["error"].as_str().unwrap().contains("verfy_url"),
+            "{backend}: {b}"
+        );
+
         // Register: the generated secret is returned once.
         let (s, b) = call(
             &base,

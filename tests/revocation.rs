@@ -227,7 +227,8 @@ async fn flaky_slow_and_rate_limited_installations_still_get_every_token_revoked
         }
         let (status, _) = rig.alert(&json!(alerts)).await;
         assert_eq!(status, 200);
-        let findings = rig.settled(12, Duration::from_secs(60)).await;
+        // A liveness bound, not a speed goal (the full suite shares two cores).
+        let findings = rig.settled(12, Duration::from_secs(120)).await;
         assert!(
             findings.iter().all(|f| f.state == "revoked"),
             "{backend}: {findings:#?}"

@@ -85,6 +85,10 @@ pub struct SpecArgs {
     concurrency: Option<u32>,
     #[arg(long, value_parser = ["sha256", "raw"])]
     delivery: Option<String>,
+    /// Remove a field (repeatable; update only): verify-url, revoke-url, notify-url, jwks-url,
+    /// inline-jwks, hostnames.
+    #[arg(long, value_name = "FIELD", value_parser = ["verify-url", "revoke-url", "notify-url", "jwks-url", "inline-jwks", "hostnames"])]
+    clear: Vec<String>,
 }
 
 impl SpecArgs {
@@ -103,15 +107,29 @@ impl SpecArgs {
             }
             None => None,
         };
+        let cleared = |f: &str| self.clear.iter().any(|c| c == f);
+        let url = |given: Option<String>, field: &str| match given {
+            Some(u) => Some(Some(u)),
+            None if cleared(field) => Some(None),
+            None => None,
+        };
         Ok(Patch {
+            jwks_url: url(self.jwks_url.clone(), "jwks-url"),
+            verify_url: url(self.verify_url.clone(), "verify-url"),
+            revoke_url: url(self.revoke_url.clone(), "revoke-url"),
+            notify_url: url(self.notify_url.clone(), "notify-url"),
+            inline_jwks: if cleared("inline-jwks") {
+                Some(None)
+            } else {
+                inline_jwks
+            },
+            hostnames: if cleared("hostnames") {
+                Some(Vec::new())
+            } else {
+                (!self.hostnames.is_empty()).then_some(self.hostnames.clone())
+            },
             name: self.name,
-            hostnames: (!self.hostnames.is_empty()).then_some(self.hostnames),
             token_types: (!self.token_types.is_empty()).then_some(self.token_types),
-            jwks_url: self.jwks_url.map(Some),
-            inline_jwks,
-            verify_url: self.verify_url.map(Some),
-            revoke_url: self.revoke_url.map(Some),
-            notify_url: self.notify_url.map(Some),
             pull_mode: self.pull_mode,
             rate_per_sec: self.rate_limit,
             burst: self.burst,
@@ -136,20 +154,25 @@ fn read_secret(path: &Path) -> anyhow::Result<Option<TokenSecret>> {
     }
 }
 
-/// Writes a generated secret to `path` (0600), or prints it when there is no path.
-fn hand_over(secret: &TokenSecret, path: Option<&Path>) -> anyhow::Result<()> {
-    match path {
-        Some(path) => {
-            let mut options = std::fs::OpenOptions::new();
-            options.write(true).create_new(true);
-            #[cfg(unix)]
-            {
-                use std::os::unix::fs::OpenOptionsExt as _;
-                options.mode(0o600);
-            }
-            let mut file = options
-                .open(path)
-                .with_context(|| format!("{}: cannot create --secret-file", path.display()))?;
+/// Creates `path` (0600) for a secret about to be generated: before anything is stored, so a
+/// secret is never committed without a place to hand it over.
+fn create_secret_file(path: &Path) -> anyhow::Result<std::fs::File> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        options.mode(0o600);
+    }
+    options
+        .open(path)
+        .with_context(|| format!("{}: cannot create --secret-file", path.display()))
+}
+
+/// Writes a generated secret to the file made by [`create_secret_file`], or prints it.
+fn hand_over(secret: &TokenSecret, target: Option<(&Path, std::fs::File)>) -> anyhow::Result<()> {
+    match target {
+        Some((path, mut file)) => {
             writeln!(file, "{}", secret.expose())?;
             println!("shared secret written to {}", path.display());
         }
@@ -186,7 +209,11 @@ pub fn installation(config: Option<&PathBuf>, command: InstallationCommand) -> u
                         Some(p) => read_secret(p)?,
                         None => None,
                     };
-                    let (installation, generated) = installations::register(
+                    let target = match (&secret_file, &given) {
+                        (Some(p), None) => Some((p.as_path(), create_secret_file(p)?)),
+                        _ => None,
+                    };
+                    let registered = installations::register(
                         &ctx.store,
                         &ctx.keys.sealing,
                         &policy,
@@ -194,13 +221,22 @@ pub fn installation(config: Option<&PathBuf>, command: InstallationCommand) -> u
                         given,
                         LOCAL_ACTOR,
                     )
-                    .await?;
+                    .await;
+                    let (installation, generated) = match registered {
+                        Ok(r) => r,
+                        Err(e) => {
+                            if let Some((p, _)) = &target {
+                                let _ = std::fs::remove_file(p);
+                            }
+                            return Err(e.into());
+                        }
+                    };
                     println!(
                         "registered installation {} ({})",
                         installation.id, installation.spec.name
                     );
                     if let Some(secret) = generated {
-                        hand_over(&secret, secret_file.as_deref())?;
+                        hand_over(&secret, target)?;
                     }
                     0
                 }
@@ -254,17 +290,30 @@ pub fn installation(config: Option<&PathBuf>, command: InstallationCommand) -> u
                             Some(p) => read_secret(p)?,
                             None => None,
                         };
-                        let generated = installations::rotate_secret(
+                        let target = match (&secret_file, &given) {
+                            (Some(p), None) => Some((p.as_path(), create_secret_file(p)?)),
+                            _ => None,
+                        };
+                        let rotated = installations::rotate_secret(
                             &ctx.store,
                             &ctx.keys.sealing,
                             &installation,
                             given,
                             LOCAL_ACTOR,
                         )
-                        .await?;
+                        .await;
+                        let generated = match rotated {
+                            Ok(g) => g,
+                            Err(e) => {
+                                if let Some((p, _)) = &target {
+                                    let _ = std::fs::remove_file(p);
+                                }
+                                return Err(e.into());
+                            }
+                        };
                         println!("new shared secret added; both sign until --retire-old");
                         if let Some(secret) = generated {
-                            hand_over(&secret, secret_file.as_deref())?;
+                            hand_over(&secret, target)?;
                         }
                     }
                     0

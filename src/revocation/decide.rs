@@ -109,11 +109,60 @@ pub async fn decide_batch(engine: &Engine) -> anyhow::Result<usize> {
         let candidate_id: i64 = row.try_get("candidate_id")?;
         let candidate = load(engine, work_id, candidate_id).await?;
         if let Err(e) = decide(engine, candidate).await {
-            // The lease lapses and the candidate is decided again later.
             tracing::warn!(candidate = candidate_id, error = %format!("{e:#}"), "cannot decide candidate");
+            retry_or_fail(engine, work_id, candidate_id, &format!("{e:#}")).await?;
         }
     }
     Ok(count)
+}
+
+/// Counts a failed decision: retried with backoff, and after `max_attempts` failed loudly (audit
+/// entry, metric) instead of retried forever.
+async fn retry_or_fail(
+    engine: &Engine,
+    work_id: i64,
+    candidate_id: i64,
+    error: &str,
+) -> anyhow::Result<()> {
+    let now = now_ms();
+    let attempts: i64 = match sqlx::query(
+        "UPDATE work_queue SET attempts = attempts + 1, lease_until = NULL, lease_owner = NULL \
+         WHERE id = $1 AND lease_owner = $2 AND state = 'pending' RETURNING attempts",
+    )
+    .bind(work_id)
+    .bind(&engine.worker_id)
+    .fetch_optional(engine.store.pool())
+    .await?
+    {
+        Some(row) => row.try_get("attempts")?,
+        None => return Ok(()),
+    };
+    if attempts < i64::from(engine.tuning.max_attempts) {
+        let delay = super::limits::backoff(attempts as u32, None);
+        sqlx::query("UPDATE work_queue SET run_at = $1 WHERE id = $2")
+            .bind(now + delay.as_millis() as i64)
+            .bind(work_id)
+            .execute(engine.store.pool())
+            .await?;
+        return Ok(());
+    }
+    let mut tx = engine.store.begin().await?;
+    sqlx::query("UPDATE work_queue SET state = 'failed' WHERE id = $1 AND state = 'pending'")
+        .bind(work_id)
+        .execute(&mut *tx)
+        .await?;
+    audit::append(
+        &mut tx,
+        engine.store.backend(),
+        &format!("worker:{}", engine.worker_id),
+        "candidate.failed",
+        &format!("candidate:{candidate_id}"),
+        serde_json::json!({ "attempts": attempts, "error": error }),
+    )
+    .await?;
+    tx.commit().await?;
+    engine.observer.failed("none", "decide");
+    Ok(())
 }
 
 async fn load(engine: &Engine, work_id: i64, candidate_id: i64) -> anyhow::Result<Candidate> {
@@ -266,7 +315,7 @@ async fn decide(engine: &Engine, c: Candidate) -> anyhow::Result<()> {
             (Some(t), true) => Some(crate::seal::seal(
                 &engine.keys.sealing,
                 &finding_owner(&installation.id, &c.fingerprint),
-                t,
+                &super::sealed_payload(t, installation.spec.delivery),
             )),
             _ => None,
         };

@@ -23,6 +23,8 @@ pub const BREAKER_WINDOW: usize = 20;
 pub const BREAKER_THRESHOLD: usize = 18;
 const BREAKER_MIN_COOLDOWN: Duration = Duration::from_secs(1);
 const BREAKER_MAX_COOLDOWN: Duration = Duration::from_secs(30);
+/// A probe with no answer after this long no longer blocks the next.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Breaker state, for metrics and claims.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,6 +40,11 @@ struct Breaker {
     recent: std::collections::VecDeque<bool>,
     open_until: Option<Instant>,
     cooldown: Duration,
+    /// Set by a `Retry-After`: no calls until then, breaker untouched.
+    paused_until: Option<Instant>,
+    /// A half-open probe call is out (since when): no other call until it answers, or until it
+    /// is clearly lost (a probe that was never sent or whose task ended without an answer).
+    probe_out: Option<Instant>,
 }
 
 /// One installation's limits.
@@ -67,6 +74,8 @@ impl InstallationLimits {
                 recent: std::collections::VecDeque::with_capacity(BREAKER_WINDOW),
                 open_until: None,
                 cooldown: BREAKER_MIN_COOLDOWN,
+                paused_until: None,
+                probe_out: None,
             }),
             version: installation.updated_at,
         }
@@ -74,18 +83,52 @@ impl InstallationLimits {
 
     pub fn breaker_state(&self) -> BreakerState {
         let b = self.breaker.lock().expect("breaker lock");
+        let now = Instant::now();
+        if b.paused_until.is_some_and(|t| now < t) {
+            return BreakerState::Open;
+        }
         match b.open_until {
             None => BreakerState::Closed,
-            Some(t) if Instant::now() < t => BreakerState::Open,
+            Some(t) if now < t => BreakerState::Open,
             Some(_) => BreakerState::HalfOpen,
         }
     }
 
-    /// How long until calls may go out again, when the breaker is open.
+    /// How long until calls may go out again, when the breaker is open or calls are paused.
     pub fn open_for(&self) -> Option<Duration> {
         let b = self.breaker.lock().expect("breaker lock");
-        b.open_until
-            .and_then(|t| t.checked_duration_since(Instant::now()))
+        let now = Instant::now();
+        [b.open_until, b.paused_until]
+            .into_iter()
+            .flatten()
+            .filter_map(|t| t.checked_duration_since(now))
+            .max()
+    }
+
+    /// In the half-open state, admits one probe call at a time.
+    pub fn try_probe(&self) -> bool {
+        let mut b = self.breaker.lock().expect("breaker lock");
+        if b.probe_out.is_some_and(|t| t.elapsed() < PROBE_TIMEOUT) {
+            return false;
+        }
+        b.probe_out = Some(Instant::now());
+        true
+    }
+
+    /// Lets the next probe go: the last one ended without an answer (nothing was due, or its
+    /// task gave the finding back before calling).
+    pub fn release_probe(&self) {
+        self.breaker.lock().expect("breaker lock").probe_out = None;
+    }
+
+    /// Pauses calls for `wait` (the installation answered with `Retry-After`), without counting a
+    /// failure or lengthening the breaker's cooldown.
+    pub fn pause(&self, wait: Duration) {
+        let mut b = self.breaker.lock().expect("breaker lock");
+        let until = Instant::now() + wait;
+        if b.paused_until.is_none_or(|t| t < until) {
+            b.paused_until = Some(until);
+        }
     }
 
     /// Records a call's result: a success closes the breaker; `BREAKER_THRESHOLD` failures among
@@ -93,6 +136,7 @@ impl InstallationLimits {
     /// each time.
     pub fn record(&self, success: bool) {
         let mut b = self.breaker.lock().expect("breaker lock");
+        b.probe_out = None;
         if b.recent.len() == BREAKER_WINDOW {
             b.recent.pop_front();
         }

@@ -121,8 +121,36 @@ struct Claimed {
     received_at: i64,
     created_at: i64,
     attempts: i64,
-    /// When this worker's lease began.
-    leased_at: std::time::Instant,
+    decided_at: Option<i64>,
+}
+
+/// What a finding keeps sealed until its outcome: the raw token only for an installation that
+/// takes raw tokens; otherwise just `sha256(token)` (`sha256:<hex>`), all its calls need.
+pub fn sealed_payload(token: &TokenSecret, delivery: Delivery) -> TokenSecret {
+    match delivery {
+        Delivery::Raw => token.clone(),
+        Delivery::Sha256 => TokenSecret::new(format!("sha256:{}", token.sha256_hex())),
+    }
+}
+
+/// A finding's opened payload.
+pub struct Opened {
+    pub sha256: String,
+    /// Present only for installations in `raw` mode.
+    pub raw: Option<String>,
+}
+
+pub fn open_payload(payload: &TokenSecret) -> Opened {
+    match payload.expose().strip_prefix("sha256:") {
+        Some(hash) => Opened {
+            sha256: hash.to_owned(),
+            raw: None,
+        },
+        None => Opened {
+            sha256: payload.sha256_hex(),
+            raw: Some(payload.expose().to_owned()),
+        },
+    }
 }
 
 /// The sealing owner of a finding's token copy.
@@ -239,8 +267,59 @@ impl Engine {
     pub async fn round(self: &Arc<Self>) -> anyhow::Result<()> {
         let all = self.refresh_installations().await?;
         while decide::decide_batch(self).await? == decide::BATCH {}
-        for installation in all.iter().filter(|i| !i.spec.pull_mode) {
+        // Pull-mode installations too: their acknowledged findings may await a notification.
+        for installation in all.iter() {
             self.dispatch(installation).await?;
+        }
+        self.expire_pulls().await?;
+        Ok(())
+    }
+
+    /// Fails loudly the pull-mode findings no one acknowledged within `max_age`.
+    async fn expire_pulls(&self) -> anyhow::Result<()> {
+        let now = now_ms();
+        let cutoff = now - self.tuning.max_age.as_millis() as i64;
+        let stale = sqlx::query(
+            "SELECT id, installation_id FROM findings WHERE state = 'awaiting_pull' AND created_at < $1 LIMIT 100",
+        )
+        .bind(cutoff)
+        .fetch_all(self.store.pool())
+        .await
+        .context("cannot read pending pulls")?;
+        for row in stale {
+            let id: i64 = row.try_get("id")?;
+            let installation: String = row.try_get("installation_id")?;
+            let mut tx = self.store.begin().await?;
+            let updated = sqlx::query(
+                "UPDATE findings SET state = 'failed', outcome = 'failed_pull', sealed_token = NULL, \
+                 updated_at = $1, decided_at = $1, last_error = 'not acknowledged within max_age_hours' \
+                 WHERE id = $2 AND state = 'awaiting_pull'",
+            )
+            .bind(now)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if updated != 1 {
+                tx.rollback().await?;
+                continue;
+            }
+            audit::append(
+                &mut tx,
+                self.store.backend(),
+                &format!("worker:{}", self.worker_id),
+                "finding.failed",
+                &format!("finding:{id}"),
+                serde_json::json!({
+                    "installation": installation,
+                    "from": "awaiting_pull",
+                    "to": "failed",
+                    "error": "not acknowledged within max_age_hours",
+                }),
+            )
+            .await?;
+            tx.commit().await?;
+            self.observer.failed(&installation, "pull");
         }
         Ok(())
     }
@@ -251,7 +330,10 @@ impl Engine {
         let limits = self.limits.of(installation);
         let mut slots = match limits.breaker_state() {
             limits::BreakerState::Open => return Ok(()),
-            limits::BreakerState::HalfOpen => 1.min(limits.concurrency.available_permits()),
+            limits::BreakerState::HalfOpen if limits.try_probe() => {
+                1.min(limits.concurrency.available_permits())
+            }
+            limits::BreakerState::HalfOpen => return Ok(()),
             limits::BreakerState::Closed => limits.concurrency.available_permits(),
         };
         slots = slots.min(self.in_flight.available_permits());
@@ -259,6 +341,9 @@ impl Engine {
             return Ok(());
         }
         let claimed = self.claim(&installation.id, slots).await?;
+        if claimed.is_empty() {
+            limits.release_probe();
+        }
         for item in claimed {
             let (Ok(permit), Ok(global)) = (
                 limits.concurrency.clone().try_acquire_owned(),
@@ -268,8 +353,13 @@ impl Engine {
                 continue;
             };
             let engine = self.clone();
+            let limits = limits.clone();
             tokio::spawn(async move {
                 engine.work(item).await;
+                // A probe that ended without an answer must not block the next one.
+                if limits.breaker_state() == limits::BreakerState::HalfOpen {
+                    limits.release_probe();
+                }
                 drop((permit, global));
                 engine.wake();
             });
@@ -289,7 +379,7 @@ impl Engine {
                AND state IN ('verifying', 'revoking', 'notifying') AND next_run_at <= $4 \
                AND (lease_until IS NULL OR lease_until < $4) ORDER BY next_run_at LIMIT $5 {lock}) \
              RETURNING id, installation_id, state, outcome, fingerprint, token_type, sealed_token, \
-               found_at, source, received_at, created_at, attempts"
+               found_at, source, received_at, created_at, attempts, decided_at"
         );
         let rows = sqlx::query(&sql)
             .bind(now + self.tuning.lease.as_millis() as i64)
@@ -315,7 +405,7 @@ impl Engine {
                     received_at: r.try_get("received_at")?,
                     created_at: r.try_get("created_at")?,
                     attempts: r.try_get("attempts")?,
-                    leased_at: std::time::Instant::now(),
+                    decided_at: r.try_get("decided_at")?,
                 })
             })
             .collect()
@@ -361,23 +451,18 @@ impl Engine {
             ),
         };
         let secrets = self.secrets_of(installation).await?;
-        let started = std::time::Instant::now();
         if let Err(not_until) = limits.limiter.check() {
+            // Over the installation's rate: give the finding back until the limiter has room,
+            // instead of waiting while holding its lease.
             let wait = not_until.wait_time_from(governor::clock::Clock::now(
                 &governor::clock::DefaultClock::default(),
             ));
             self.observer.rate_limit_wait(&installation.id, wait);
-            limits.limiter.until_ready().await;
-        }
-        if item.leased_at.elapsed() + self.tuning.call_timeout + Duration::from_millis(500)
-            > self.tuning.lease
-        {
-            // Not enough lease left for a whole call: give the finding back for a fresh claim.
-            self.reschedule(item, Duration::ZERO, None).await?;
+            self.reschedule(item, wait, None).await?;
             return Ok(None);
         }
-        let sha256 = token.sha256_hex();
-        let raw = (installation.spec.delivery == Delivery::Raw).then(|| token.expose().to_owned());
+        let started = std::time::Instant::now();
+        let Opened { sha256, raw } = open_payload(&token);
         let finding_id = format!("fnd_{}", item.id);
         let transition = match item.state.as_str() {
             "verifying" => {
@@ -459,7 +544,7 @@ impl Engine {
                     source: item.source.clone(),
                     received_at: contract::rfc3339_ms(item.received_at),
                     outcome: outcome.clone(),
-                    decided_at: contract::rfc3339_ms(now_ms()),
+                    decided_at: contract::rfc3339_ms(item.decided_at.unwrap_or_else(now_ms)),
                 };
                 let answer = calls::notify(&self.outbound, url, &secrets, &key, &body).await;
                 crate::failpoint::hit("notify.after_call");
@@ -492,8 +577,12 @@ impl Engine {
                 reason,
                 retry_after,
             } => {
-                // An installation that says when to come back is not failing.
-                limits.record(retry_after.is_some());
+                // An installation that says when to come back is not failing, but is paused:
+                // no call to it until then, for any finding.
+                match retry_after {
+                    Some(wait) => limits.pause(wait),
+                    None => limits.record(false),
+                }
                 self.observer
                     .call(step, &installation.id, "unknown", started.elapsed());
                 Next::Retry {
@@ -670,7 +759,11 @@ impl Engine {
             outcome,
             sealed_token: sealed,
             attempts: 0,
-            leased_at: std::time::Instant::now(),
+            decided_at: if revoked_now {
+                Some(now)
+            } else {
+                item.decided_at
+            },
             ..item.clone()
         }))
     }

@@ -99,13 +99,16 @@ pub async fn page(
             &finding_owner(&installation.id, &fingerprint),
             &sealed,
         )?;
+        let opened = super::open_payload(&token);
         items.push(PullItem {
             finding_id: format!("fnd_{id}"),
             cursor: id,
             idempotency_key: idempotency_key(&fingerprint),
             token_type: r.try_get("token_type")?,
-            token_sha256: token.sha256_hex(),
-            token: (installation.spec.delivery == Delivery::Raw).then(|| token.expose().to_owned()),
+            token_sha256: opened.sha256,
+            token: opened
+                .raw
+                .filter(|_| installation.spec.delivery == Delivery::Raw),
             found_at: r.try_get("found_at")?,
             source: r.try_get("source")?,
             received_at: contract::rfc3339_ms(r.try_get("received_at")?),
@@ -156,7 +159,7 @@ pub async fn ack(
     let next = if notify { "notifying" } else { status.as_str() };
     let now = now_ms();
     let revoked = status != RevokeStatus::UnknownToken;
-    sqlx::query(
+    let updated = sqlx::query(
         "UPDATE findings SET state = $1, outcome = $2, label = COALESCE($3, label), updated_at = $4, \
          decided_at = $4, next_run_at = $4, sealed_token = CASE WHEN $5 = 1 THEN sealed_token ELSE NULL END \
          WHERE id = $6 AND state = 'awaiting_pull'",
@@ -169,7 +172,13 @@ pub async fn ack(
     .bind(id)
     .execute(&mut *tx)
     .await
-    .context("cannot record acknowledgement")?;
+    .context("cannot record acknowledgement")?
+    .rows_affected();
+    if updated != 1 {
+        // A concurrent acknowledgement won: answer as for a second one.
+        tx.rollback().await.map_err(anyhow::Error::from)?;
+        return Box::pin(ack(store, installation, finding_id, status)).await;
+    }
     audit::append(
         &mut tx,
         store.backend(),

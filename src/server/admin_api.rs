@@ -370,30 +370,32 @@ async fn list_installations(State(state): State<Arc<AppState>>, headers: HeaderM
     }
 }
 
-#[derive(Deserialize)]
-struct Register {
-    #[serde(flatten)]
-    spec: installations::Spec,
-    /// The installation's shared secret (`whsec_...`); generated and returned once when omitted.
-    #[serde(default)]
-    secret: Option<String>,
-}
-
+/// `POST /api/v1/installations`: the registration fields (docs/INSTALLATIONS.md) plus an optional
+/// `secret` (`whsec_...`; generated and returned once when omitted). Unknown fields are refused.
 async fn register_installation(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
-    Json(body): Json<Register>,
+    Json(mut body): Json<serde_json::Map<String, serde_json::Value>>,
 ) -> Response {
     let key = match authorize(&state, &headers, "installations:write").await {
         Ok(k) => k,
         Err(r) => return r,
     };
+    let secret = match body.remove("secret") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::String(s)) => Some(TokenSecret::new(s)),
+        Some(_) => return error(StatusCode::UNPROCESSABLE_ENTITY, "secret: must be a string"),
+    };
+    let spec: installations::Spec = match serde_json::from_value(serde_json::Value::Object(body)) {
+        Ok(spec) => spec,
+        Err(e) => return error(StatusCode::UNPROCESSABLE_ENTITY, format!("body: {e}")),
+    };
     match installations::register(
         &state.store,
         &state.keys.sealing,
         &state.policy,
-        body.spec,
-        body.secret.map(TokenSecret::new),
+        spec,
+        secret,
         &actor(&key),
     )
     .await
