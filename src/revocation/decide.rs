@@ -104,15 +104,30 @@ pub async fn decide_batch(engine: &Engine) -> anyhow::Result<usize> {
     .await
     .context("cannot claim candidates")?;
     let count = claimed.len();
+    let mut prepared = Vec::with_capacity(count);
     for row in claimed {
         let work_id: i64 = row.try_get("id")?;
         let candidate_id: i64 = row.try_get("candidate_id")?;
         let candidate = load(engine, work_id, candidate_id).await?;
-        if let Err(e) = decide(engine, candidate).await {
-            tracing::warn!(candidate = candidate_id, error = %format!("{e:#}"), "cannot decide candidate");
-            retry_or_fail(engine, work_id, candidate_id, &format!("{e:#}")).await?;
+        match prepare(engine, candidate).await {
+            Ok(p) => prepared.push(p),
+            Err(e) => {
+                tracing::warn!(candidate = candidate_id, error = %format!("{e:#}"), "cannot decide candidate");
+                retry_or_fail(engine, work_id, candidate_id, &format!("{e:#}")).await?;
+            }
         }
     }
+    // One transaction (one commit, one fsync) for the whole batch: deciding must not crowd out
+    // intake on the database. A failed commit leaves every lease to lapse; all are decided again.
+    if prepared.is_empty() {
+        return Ok(count);
+    }
+    let mut tx = engine.store.begin().await?;
+    for p in &prepared {
+        record(engine, &mut tx, p).await?;
+    }
+    crate::failpoint::hit("decide.before_commit");
+    tx.commit().await.context("cannot commit decisions")?;
     Ok(count)
 }
 
@@ -288,7 +303,15 @@ async fn attribute(
     }
 }
 
-async fn decide(engine: &Engine, c: Candidate) -> anyhow::Result<()> {
+/// A candidate with its decision, ready to be recorded.
+struct Prepared {
+    c: Candidate,
+    token: Option<TokenSecret>,
+    decision: Decision,
+}
+
+/// Opens the candidate's token and decides it (may fetch a JWKS: outside any transaction).
+async fn prepare(engine: &Engine, c: Candidate) -> anyhow::Result<Prepared> {
     let all = engine.installations();
     let token = match &c.sealed_token {
         Some(sealed) => Some(crate::seal::open(
@@ -306,8 +329,27 @@ async fn decide(engine: &Engine, c: Candidate) -> anyhow::Result<()> {
             reason: Some("no sealed token (recorded before decisions existed)".into()),
         },
     };
+    Ok(Prepared { c, token, decision })
+}
+
+/// Records one decision inside `tx` (shared by a batch: one commit for many decisions). Returns
+/// false, having written nothing, when another worker took the candidate over.
+async fn record(engine: &Engine, tx: &mut crate::store::Tx, p: &Prepared) -> anyhow::Result<bool> {
+    let Prepared { c, token, decision } = p;
     let now = now_ms();
-    let mut tx = engine.store.begin().await?;
+    // Fence first: only the lease holder records the decision.
+    let done = sqlx::query(
+        "UPDATE work_queue SET state = 'done', lease_until = NULL WHERE id = $1 AND lease_owner = $2 AND state = 'pending'",
+    )
+    .bind(c.work_id)
+    .bind(&engine.worker_id)
+    .execute(&mut **tx)
+    .await
+    .context("cannot complete work item")?
+    .rows_affected();
+    if done != 1 {
+        return Ok(false);
+    }
     let mut created = Vec::new();
     for (installation, first) in &decision.targets {
         let active = matches!(first, First::Verify | First::Revoke | First::Pull);
@@ -342,7 +384,7 @@ async fn decide(engine: &Engine, c: Candidate) -> anyhow::Result<()> {
         .bind(c.received_at)
         .bind(now)
         .bind((!active).then_some(now))
-        .fetch_optional(&mut *tx)
+        .fetch_optional(&mut **tx)
         .await
         .context("cannot record finding")?;
         created.push(serde_json::json!({
@@ -367,7 +409,7 @@ async fn decide(engine: &Engine, c: Candidate) -> anyhow::Result<()> {
         .bind(c.received_at)
         .bind(now)
         .bind(decision.reason.clone())
-        .fetch_one(&mut *tx)
+        .fetch_one(&mut **tx)
         .await
         .context("cannot record unattributed finding")?
         .try_get("id")?;
@@ -381,25 +423,11 @@ async fn decide(engine: &Engine, c: Candidate) -> anyhow::Result<()> {
     )
     .bind(label)
     .bind(c.id)
-    .execute(&mut *tx)
+    .execute(&mut **tx)
     .await
     .context("cannot update candidate")?;
-    let done = sqlx::query(
-        "UPDATE work_queue SET state = 'done', lease_until = NULL WHERE id = $1 AND lease_owner = $2 AND state = 'pending'",
-    )
-    .bind(c.work_id)
-    .bind(&engine.worker_id)
-    .execute(&mut *tx)
-    .await
-    .context("cannot complete work item")?
-    .rows_affected();
-    if done != 1 {
-        // Another worker took this candidate over after our lease lapsed.
-        tx.rollback().await?;
-        return Ok(());
-    }
     audit::append(
-        &mut tx,
+        tx,
         engine.store.backend(),
         &format!("worker:{}", engine.worker_id),
         "candidate.decided",
@@ -411,7 +439,5 @@ async fn decide(engine: &Engine, c: Candidate) -> anyhow::Result<()> {
         }),
     )
     .await?;
-    crate::failpoint::hit("decide.before_commit");
-    tx.commit().await.context("cannot commit decision")?;
-    Ok(())
+    Ok(true)
 }
