@@ -104,6 +104,10 @@ pub async fn decide_batch(engine: &Engine) -> anyhow::Result<usize> {
     .await
     .context("cannot claim candidates")?;
     let count = claimed.len();
+    if count > 0 {
+        // Decisions see every registration made before them, wherever it was made.
+        engine.read_installations(true).await?;
+    }
     let mut prepared = Vec::with_capacity(count);
     for row in claimed {
         let work_id: i64 = row.try_get("id")?;

@@ -39,6 +39,13 @@ use crate::store::{Backend, Store, now_ms};
 use calls::Answer;
 use limits::Limits;
 
+/// Least time between two dispatcher rounds.
+const MIN_ROUND_GAP: Duration = Duration::from_millis(25);
+/// How often stale pull-mode findings are looked for.
+const HOUSEKEEPING: Duration = Duration::from_secs(10);
+/// How stale the in-memory registry may be.
+const REGISTRY_REFRESH: Duration = Duration::from_millis(500);
+
 /// States in which a worker acts on a finding.
 pub const WORKER_STATES: [&str; 3] = ["verifying", "revoking", "notifying"];
 
@@ -98,6 +105,7 @@ pub struct Engine {
     wake: tokio::sync::Notify,
     in_flight: Arc<tokio::sync::Semaphore>,
     installations: Mutex<Arc<Vec<Installation>>>,
+    installations_read_at: Mutex<Option<std::time::Instant>>,
     /// Opened shared secrets by installation, keyed also by (newest secret time, live count) so a
     /// rotation is seen on the next round.
     secrets: Mutex<std::collections::HashMap<String, CachedSecrets>>,
@@ -183,6 +191,7 @@ impl Engine {
             worker_id: format!("w_{:016x}", rand::random::<u64>()),
             wake: tokio::sync::Notify::new(),
             installations: Mutex::new(Arc::new(Vec::new())),
+            installations_read_at: Mutex::new(None),
             secrets: Mutex::default(),
         })
     }
@@ -239,8 +248,32 @@ impl Engine {
         Ok(opened)
     }
 
+    /// Re-reads the registry at most every [`REGISTRY_REFRESH`] (changes made elsewhere, e.g. by
+    /// the CLI or another replica, are seen within that).
     async fn refresh_installations(&self) -> anyhow::Result<Arc<Vec<Installation>>> {
+        self.read_installations(false).await
+    }
+
+    /// Reads the registry now (`force`), or when the copy in memory is older than
+    /// [`REGISTRY_REFRESH`].
+    pub(crate) async fn read_installations(
+        &self,
+        force: bool,
+    ) -> anyhow::Result<Arc<Vec<Installation>>> {
+        if !force {
+            let read_at = self
+                .installations_read_at
+                .lock()
+                .expect("installations lock");
+            if read_at.is_some_and(|t| t.elapsed() < REGISTRY_REFRESH) {
+                return Ok(self.installations());
+            }
+        }
         let all = Arc::new(installations::list(&self.store).await?);
+        *self
+            .installations_read_at
+            .lock()
+            .expect("installations lock") = Some(std::time::Instant::now());
         self.key_cache.load_inline(&all);
         *self.installations.lock().expect("installations lock") = all.clone();
         Ok(all)
@@ -248,10 +281,21 @@ impl Engine {
 
     /// Runs the dispatcher until `stop` flips.
     pub async fn run(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
+        let mut housekeeping = std::time::Instant::now();
         loop {
             if let Err(e) = self.round().await {
                 tracing::warn!(error = %format!("{e:#}"), "revocation round failed; retrying");
             }
+            if housekeeping.elapsed() >= HOUSEKEEPING {
+                housekeeping = std::time::Instant::now();
+                if let Err(e) = self.expire_pulls().await {
+                    tracing::warn!(error = %format!("{e:#}"), "cannot expire pulls");
+                }
+            }
+            // Rounds are at least MIN_ROUND_GAP apart, so a burst of alerts (each one waking the
+            // dispatcher) is decided in a few batched transactions, not one round per alert
+            // competing with intake for the database.
+            tokio::time::sleep(MIN_ROUND_GAP).await;
             tokio::select! {
                 _ = self.wake.notified() => {}
                 _ = tokio::time::sleep(self.tuning.poll) => {}
@@ -271,7 +315,6 @@ impl Engine {
         for installation in all.iter() {
             self.dispatch(installation).await?;
         }
-        self.expire_pulls().await?;
         Ok(())
     }
 
