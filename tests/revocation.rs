@@ -154,12 +154,23 @@ async fn tokens_are_attributed_verified_revoked_and_notified_exactly_once() {
             matches!(verdict, spillway::audit::Verdict::Intact { .. }),
             "{backend}: {verdict:?}"
         );
-        let actions: Vec<(String,)> = sqlx::query_as("SELECT action FROM audit_log")
-            .fetch_all(store.pool())
-            .await
-            .unwrap();
-        let count = |a: &str| actions.iter().filter(|(x,)| x == a).count();
-        assert_eq!(count("candidate.decided"), 6, "{backend}");
+        let actions: Vec<(String, String)> =
+            sqlx::query_as("SELECT action, details FROM audit_log")
+                .fetch_all(store.pool())
+                .await
+                .unwrap();
+        let count = |a: &str| actions.iter().filter(|(x, _)| x == a).count();
+        let decided: usize = actions
+            .iter()
+            .filter(|(x, _)| x == "candidates.decided")
+            .map(|(_, d)| {
+                serde_json::from_str::<serde_json::Value>(d).unwrap()["decisions"]
+                    .as_array()
+                    .unwrap()
+                    .len()
+            })
+            .sum();
+        assert_eq!(decided, 6, "{backend}: every decision audited");
         assert_eq!(count("finding.notifying"), 2, "{backend}");
         assert_eq!(count("finding.revoked"), 2, "{backend}");
 

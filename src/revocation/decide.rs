@@ -127,8 +127,22 @@ pub async fn decide_batch(engine: &Engine) -> anyhow::Result<usize> {
         return Ok(count);
     }
     let mut tx = engine.store.begin().await?;
+    let mut decisions = Vec::with_capacity(prepared.len());
     for p in &prepared {
-        record(engine, &mut tx, p).await?;
+        decisions.extend(record(engine, &mut tx, p).await?);
+    }
+    // One audit entry for the batch, appended last: on PostgreSQL the audit lock is then held
+    // only from here to the commit, not while the batch is written.
+    if !decisions.is_empty() {
+        audit::append(
+            &mut tx,
+            engine.store.backend(),
+            &format!("worker:{}", engine.worker_id),
+            "candidates.decided",
+            &format!("candidates:{}", decisions.len()),
+            serde_json::json!({ "decisions": decisions }),
+        )
+        .await?;
     }
     crate::failpoint::hit("decide.before_commit");
     tx.commit().await.context("cannot commit decisions")?;
@@ -336,9 +350,13 @@ async fn prepare(engine: &Engine, c: Candidate) -> anyhow::Result<Prepared> {
     Ok(Prepared { c, token, decision })
 }
 
-/// Records one decision inside `tx` (shared by a batch: one commit for many decisions). Returns
-/// false, having written nothing, when another worker took the candidate over.
-async fn record(engine: &Engine, tx: &mut crate::store::Tx, p: &Prepared) -> anyhow::Result<bool> {
+/// Records one decision inside `tx` (shared by a batch: one commit for many decisions) and returns
+/// its audit record; `None`, having written nothing, when another worker took the candidate over.
+async fn record(
+    engine: &Engine,
+    tx: &mut crate::store::Tx,
+    p: &Prepared,
+) -> anyhow::Result<Option<serde_json::Value>> {
     let Prepared { c, token, decision } = p;
     let now = now_ms();
     // Fence first: only the lease holder records the decision.
@@ -352,7 +370,7 @@ async fn record(engine: &Engine, tx: &mut crate::store::Tx, p: &Prepared) -> any
     .context("cannot complete work item")?
     .rows_affected();
     if done != 1 {
-        return Ok(false);
+        return Ok(None);
     }
     let mut created = Vec::new();
     for (installation, first) in &decision.targets {
@@ -430,18 +448,10 @@ async fn record(engine: &Engine, tx: &mut crate::store::Tx, p: &Prepared) -> any
     .execute(&mut **tx)
     .await
     .context("cannot update candidate")?;
-    audit::append(
-        tx,
-        engine.store.backend(),
-        &format!("worker:{}", engine.worker_id),
-        "candidate.decided",
-        &format!("candidate:{}", c.id),
-        serde_json::json!({
-            "attribution": decision.attribution,
-            "findings": created,
-            "reason": decision.reason,
-        }),
-    )
-    .await?;
-    Ok(true)
+    Ok(Some(serde_json::json!({
+        "candidate": c.id,
+        "attribution": decision.attribution,
+        "findings": created,
+        "reason": decision.reason,
+    })))
 }
