@@ -104,14 +104,19 @@ pub async fn decide_batch(engine: &Engine) -> anyhow::Result<usize> {
     .await
     .context("cannot claim candidates")?;
     let count = claimed.len();
+    // RETURNING does not keep the subquery's order: decide in arrival order, so the first report
+    // of a token is the one its finding records.
+    let mut claimed: Vec<(i64, i64)> = claimed
+        .iter()
+        .map(|row| Ok((row.try_get("id")?, row.try_get("candidate_id")?)))
+        .collect::<anyhow::Result<_>>()?;
+    claimed.sort_unstable();
     if count > 0 {
         // Decisions see every registration made before them, wherever it was made.
         engine.read_installations(true).await?;
     }
     let mut prepared = Vec::with_capacity(count);
-    for row in claimed {
-        let work_id: i64 = row.try_get("id")?;
-        let candidate_id: i64 = row.try_get("candidate_id")?;
+    for (work_id, candidate_id) in claimed {
         let candidate = load(engine, work_id, candidate_id).await?;
         match prepare(engine, candidate).await {
             Ok(p) => prepared.push(p),
