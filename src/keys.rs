@@ -142,9 +142,8 @@ impl Keys {
     }
 }
 
-/// Writes a file readable only by its owner.
-fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
-    use std::io::Write as _;
+/// Creates a new file readable only by its owner (fails if it exists): key files, shared secrets.
+pub fn create_private_file(path: &Path) -> std::io::Result<std::fs::File> {
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
@@ -152,8 +151,13 @@ fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
         use std::os::unix::fs::OpenOptionsExt as _;
         options.mode(0o600);
     }
-    let mut file = options
-        .open(path)
+    options.open(path)
+}
+
+/// Writes a file readable only by its owner.
+fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut file = create_private_file(path)
         .with_context(|| format!("{}: cannot create key file", path.display()))?;
     file.write_all(text.as_bytes())?;
     file.sync_all()?;

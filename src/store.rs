@@ -106,6 +106,16 @@ impl Store {
         self.backend
     }
 
+    /// The clause that lets concurrent claimers pass over rows another transaction holds:
+    /// `FOR UPDATE SKIP LOCKED` on PostgreSQL; nothing on SQLite, whose single writer connection
+    /// already serialises claims.
+    pub fn skip_locked(&self) -> &'static str {
+        match self.backend {
+            Backend::Postgres => "FOR UPDATE SKIP LOCKED",
+            Backend::Sqlite => "",
+        }
+    }
+
     pub fn pool(&self) -> &AnyPool {
         &self.pool
     }

@@ -8,7 +8,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use hmac::{Hmac, Mac};
 use sha1::Sha1;
-use sha2::Sha256;
+use sha2::{Digest as _, Sha256};
 
 /// Why a request was not authenticated. Messages name the header and never echo a secret.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -101,6 +101,16 @@ pub fn standard_webhooks(
         }
     }
     Err(AuthError::BadSignature("webhook-signature"))
+}
+
+/// Equal in time independent of where the first difference is (shared secrets presented raw, e.g.
+/// GitLab's revocation secret or an installation's bearer secret in pull mode).
+pub fn same_secret(a: &str, b: &str) -> bool {
+    let (x, y) = (Sha256::digest(a.as_bytes()), Sha256::digest(b.as_bytes()));
+    x.iter()
+        .zip(y.iter())
+        .fold(0u8, |acc, (p, q)| acc | (p ^ q))
+        == 0
 }
 
 /// A new Standard Webhooks HMAC secret: `whsec_` + base64 of 32 random bytes.

@@ -157,15 +157,7 @@ fn read_secret(path: &Path) -> anyhow::Result<Option<TokenSecret>> {
 /// Creates `path` (0600) for a secret about to be generated: before anything is stored, so a
 /// secret is never committed without a place to hand it over.
 fn create_secret_file(path: &Path) -> anyhow::Result<std::fs::File> {
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt as _;
-        options.mode(0o600);
-    }
-    options
-        .open(path)
+    crate::keys::create_private_file(path)
         .with_context(|| format!("{}: cannot create --secret-file", path.display()))
 }
 

@@ -154,13 +154,7 @@ fn parse_secrets(text: &str) -> anyhow::Result<Vec<String>> {
 
 fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
     use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)?
-        .write_all(contents.as_bytes())
+    crate::keys::create_private_file(path)?.write_all(contents.as_bytes())
 }
 
 /// The installation: its signing key, secrets, limits and records.

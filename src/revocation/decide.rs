@@ -17,7 +17,7 @@ use crate::audit;
 use crate::installations::{self, Installation};
 use crate::jwt;
 use crate::scanner::TokenSecret;
-use crate::store::{Backend, now_ms};
+use crate::store::now_ms;
 
 /// Candidates decided per claim.
 pub const BATCH: usize = 64;
@@ -86,10 +86,7 @@ fn online(i: &Installation) -> First {
 /// Claims up to [`BATCH`] queued candidates and decides each; returns how many were claimed.
 pub async fn decide_batch(engine: &Engine) -> anyhow::Result<usize> {
     let now = now_ms();
-    let lock = match engine.store.backend() {
-        Backend::Postgres => "FOR UPDATE SKIP LOCKED",
-        Backend::Sqlite => "",
-    };
+    let lock = engine.store.skip_locked();
     let claimed = sqlx::query(&format!(
         "UPDATE work_queue SET lease_until = $1, lease_owner = $2 WHERE id IN (\
            SELECT id FROM work_queue WHERE kind = 'decide' AND state = 'pending' AND run_at <= $3 \

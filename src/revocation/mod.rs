@@ -35,7 +35,7 @@ use crate::installations::{self, Delivery, Installation};
 use crate::keys::Keys;
 use crate::outbound::{Outbound, Policy};
 use crate::scanner::TokenSecret;
-use crate::store::{Backend, Store, now_ms};
+use crate::store::{Store, now_ms};
 use calls::Answer;
 use limits::Limits;
 
@@ -71,9 +71,8 @@ impl Tuning {
             fanout_max: s.fanout_max.max(1),
             poll: Duration::from_millis(s.work_poll_ms.max(10)),
             call_timeout: call,
-            // A crashed worker's findings are resumed once its lease lapses, so it is short; a
-            // task that could not start its call well inside the lease gives the finding back
-            // instead (see `step`), so two workers never call for one finding at once.
+            // A crashed worker's findings are resumed once its lease lapses, so it is short: a task
+            // never waits while holding one (over the rate limit it gives the finding back).
             lease: (call * 3 + Duration::from_secs(2)).max(Duration::from_secs(3)),
         }
     }
@@ -86,10 +85,6 @@ pub trait Observer: Send + Sync {
     fn failed(&self, _installation: &str, _step: &'static str) {}
     fn rate_limit_wait(&self, _installation: &str, _waited: Duration) {}
 }
-
-/// A no-op observer.
-pub struct NoObserver;
-impl Observer for NoObserver {}
 
 /// Shared state of the deciding and revoking workers.
 pub struct Engine {
@@ -175,10 +170,7 @@ impl Engine {
         observer: Arc<dyn Observer>,
     ) -> anyhow::Result<Engine> {
         let tuning = Tuning::from_settings(settings);
-        let outbound = Outbound::new(
-            policy,
-            Duration::from_millis(settings.call_timeout_ms.max(1)),
-        )?;
+        let outbound = Outbound::new(policy, tuning.call_timeout)?;
         Ok(Engine {
             store,
             keys,
@@ -248,14 +240,9 @@ impl Engine {
         Ok(opened)
     }
 
-    /// Re-reads the registry at most every [`REGISTRY_REFRESH`] (changes made elsewhere, e.g. by
-    /// the CLI or another replica, are seen within that).
-    async fn refresh_installations(&self) -> anyhow::Result<Arc<Vec<Installation>>> {
-        self.read_installations(false).await
-    }
-
     /// Reads the registry now (`force`), or when the copy in memory is older than
-    /// [`REGISTRY_REFRESH`].
+    /// [`REGISTRY_REFRESH`] (changes made elsewhere, by the CLI or another replica, are seen
+    /// within that).
     pub(crate) async fn read_installations(
         &self,
         force: bool,
@@ -309,7 +296,7 @@ impl Engine {
 
     /// One round: decide queued candidates, then dispatch due findings.
     pub async fn round(self: &Arc<Self>) -> anyhow::Result<()> {
-        let all = self.refresh_installations().await?;
+        let all = self.read_installations(false).await?;
         while decide::decide_batch(self).await? == decide::BATCH {}
         // Pull-mode installations too: their acknowledged findings may await a notification.
         for installation in all.iter() {
@@ -412,10 +399,7 @@ impl Engine {
 
     async fn claim(&self, installation_id: &str, limit: usize) -> anyhow::Result<Vec<Claimed>> {
         let now = now_ms();
-        let lock = match self.store.backend() {
-            Backend::Postgres => "FOR UPDATE SKIP LOCKED",
-            Backend::Sqlite => "",
-        };
+        let lock = self.store.skip_locked();
         let sql = format!(
             "UPDATE findings SET lease_until = $1, lease_owner = $2 WHERE id IN (\
                SELECT id FROM findings WHERE installation_id = $3 \
@@ -478,7 +462,17 @@ impl Engine {
         };
         let limits = self.limits.of(installation);
         if let Some(wait) = limits.open_for() {
-            self.reschedule(item, wait, None).await?;
+            self.reschedule(item, wait).await?;
+            return Ok(None);
+        }
+        if let Err(not_until) = limits.limiter.check() {
+            // Over the installation's rate: give the finding back until the limiter has room,
+            // instead of waiting while holding its lease.
+            let wait = not_until.wait_time_from(governor::clock::Clock::now(
+                &governor::clock::DefaultClock::default(),
+            ));
+            self.observer.rate_limit_wait(&installation.id, wait);
+            self.reschedule(item, wait).await?;
             return Ok(None);
         }
         let token = match &item.sealed_token {
@@ -494,16 +488,6 @@ impl Engine {
             ),
         };
         let secrets = self.secrets_of(installation).await?;
-        if let Err(not_until) = limits.limiter.check() {
-            // Over the installation's rate: give the finding back until the limiter has room,
-            // instead of waiting while holding its lease.
-            let wait = not_until.wait_time_from(governor::clock::Clock::now(
-                &governor::clock::DefaultClock::default(),
-            ));
-            self.observer.rate_limit_wait(&installation.id, wait);
-            self.reschedule(item, wait, None).await?;
-            return Ok(None);
-        }
         let started = std::time::Instant::now();
         let Opened { sha256, raw } = open_payload(&token);
         let finding_id = format!("fnd_{}", item.id);
@@ -519,12 +503,8 @@ impl Engine {
                 };
                 let answer = calls::verify(&self.outbound, url, &secrets, &key, &body).await;
                 crate::failpoint::hit("verify.after_call");
-                self.classify(
-                    "verify",
-                    installation,
-                    started,
-                    answer,
-                    |status| match status {
+                self.classify("verify", installation, &limits, started, answer, |status| {
+                    match status {
                         VerifyStatus::Active => {
                             Next::Continue("revoking", None, Some("true_positive"))
                         }
@@ -535,8 +515,8 @@ impl Engine {
                             Next::Done("inactive".into(), Some("true_positive"))
                         }
                         VerifyStatus::UnknownToken => Next::Done("unknown_token".into(), None),
-                    },
-                )
+                    }
+                })
             }
             "revoking" => {
                 let url = installation.spec.revoke_url.as_deref().unwrap_or_default();
@@ -554,12 +534,8 @@ impl Engine {
                 let answer = calls::revoke(&self.outbound, url, &secrets, &key, &body).await;
                 crate::failpoint::hit("revoke.after_call");
                 let notify = installation.spec.notify_url.is_some();
-                self.classify(
-                    "revoke",
-                    installation,
-                    started,
-                    answer,
-                    |status| match status {
+                self.classify("revoke", installation, &limits, started, answer, |status| {
+                    match status {
                         RevokeStatus::Revoked | RevokeStatus::AlreadyRevoked if notify => {
                             Next::Continue(
                                 "notifying",
@@ -571,8 +547,8 @@ impl Engine {
                             Next::Done(status.as_str().into(), Some("true_positive"))
                         }
                         RevokeStatus::UnknownToken => Next::Done("unknown_token".into(), None),
-                    },
-                )
+                    }
+                })
             }
             "notifying" => {
                 let url = installation.spec.notify_url.as_deref().unwrap_or_default();
@@ -591,24 +567,24 @@ impl Engine {
                 };
                 let answer = calls::notify(&self.outbound, url, &secrets, &key, &body).await;
                 crate::failpoint::hit("notify.after_call");
-                self.classify("notify", installation, started, answer, |()| {
+                self.classify("notify", installation, &limits, started, answer, |()| {
                     Next::Done(outcome, None)
                 })
             }
             other => anyhow::bail!("finding {} claimed in state {other}", item.id),
         };
-        self.commit(item, installation, &token, transition).await
+        self.commit(item, installation, transition).await
     }
 
     fn classify<T>(
         &self,
         step: &'static str,
         installation: &Installation,
+        limits: &limits::InstallationLimits,
         started: std::time::Instant,
         answer: Answer<T>,
         on_known: impl FnOnce(T) -> Next,
     ) -> Next {
-        let limits = self.limits.of(installation);
         match answer {
             Answer::Known(v) => {
                 limits.record(true);
@@ -636,19 +612,14 @@ impl Engine {
         }
     }
 
-    /// Puts a finding back without counting an attempt (breaker open).
-    async fn reschedule(
-        &self,
-        item: &Claimed,
-        wait: Duration,
-        reason: Option<&str>,
-    ) -> anyhow::Result<()> {
+    /// Puts a finding back for `wait` without counting an attempt (installation paused, breaker
+    /// open, or over its rate).
+    async fn reschedule(&self, item: &Claimed, wait: Duration) -> anyhow::Result<()> {
         sqlx::query(
-            "UPDATE findings SET next_run_at = $1, lease_until = NULL, lease_owner = NULL, \
-             last_error = COALESCE($2, last_error) WHERE id = $3 AND lease_owner = $4",
+            "UPDATE findings SET next_run_at = $1, lease_until = NULL, lease_owner = NULL \
+             WHERE id = $2 AND lease_owner = $3",
         )
         .bind(now_ms() + wait.as_millis() as i64)
-        .bind(reason)
         .bind(item.id)
         .bind(&self.worker_id)
         .execute(self.store.pool())
@@ -662,21 +633,19 @@ impl Engine {
         &self,
         item: &Claimed,
         installation: &Installation,
-        token: &TokenSecret,
         next: Next,
     ) -> anyhow::Result<Option<Claimed>> {
         let now = now_ms();
         let step = step_name(&item.state);
-        let (state, outcome, label, error, run_at, attempts) = match &next {
+        let (state, outcome, label, error, attempts) = match &next {
             Next::Continue(state, outcome, label) => (
                 (*state).to_owned(),
                 outcome.map(str::to_owned).or(item.outcome.clone()),
                 *label,
                 None,
-                now,
                 0,
             ),
-            Next::Done(state, label) => (state.clone(), Some(state.clone()), *label, None, now, 0),
+            Next::Done(state, label) => (state.clone(), Some(state.clone()), *label, None, 0),
             Next::Retry {
                 reason,
                 retry_after,
@@ -710,7 +679,6 @@ impl Engine {
                         Some(outcome),
                         None,
                         Some(format!("notification abandoned: {reason}")),
-                        now,
                         attempts,
                     )
                 } else {
@@ -720,20 +688,18 @@ impl Engine {
                         Some(format!("failed_{step}")),
                         None,
                         Some(reason.clone()),
-                        now,
                         attempts,
                     )
                 }
             }
         };
         let terminal = !WORKER_STATES.contains(&state.as_str());
-        let sealed = (!terminal).then(|| {
-            crate::seal::seal(
-                &self.keys.sealing,
-                &finding_owner(&item.installation_id, &item.fingerprint),
-                token,
-            )
-        });
+        // The sealed copy stays as it is while work remains, and goes at the outcome.
+        let sealed = if terminal {
+            None
+        } else {
+            item.sealed_token.clone()
+        };
         let revoked_now = item.state == "revoking"
             && matches!(outcome.as_deref(), Some("revoked" | "already_revoked"));
         let mut tx = self.store.begin().await?;
@@ -749,7 +715,7 @@ impl Engine {
         .bind(outcome.clone())
         .bind(label)
         .bind(error.clone())
-        .bind(run_at)
+        .bind(now)
         .bind(attempts)
         .bind(sealed.clone())
         .bind(lease_until)

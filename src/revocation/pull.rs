@@ -3,8 +3,6 @@
 //! terminal answers a revoke call would give. Same state machine and audit trail as push mode.
 
 use anyhow::Context as _;
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
 use sqlx::Row as _;
 
 use super::finding_owner;
@@ -35,17 +33,6 @@ impl From<sqlx::Error> for PullError {
     }
 }
 
-/// Constant-time equality of two secrets (compares MACs of both under a random key).
-fn same_secret(a: &str, b: &str) -> bool {
-    let key: [u8; 32] = rand::random();
-    let mac = |s: &str| {
-        let mut m = Hmac::<Sha256>::new_from_slice(&key).expect("any key length");
-        m.update(s.as_bytes());
-        m
-    };
-    mac(a).verify_slice(&mac(b).finalize().into_bytes()).is_ok()
-}
-
 /// The installation whose live shared secret is `presented`.
 pub async fn authenticate(
     store: &Store,
@@ -59,7 +46,10 @@ pub async fn authenticate(
         Err(e) => return Err(PullError::Storage(anyhow::anyhow!("{e}"))),
     };
     let secrets = installations::secrets(store, &keys.sealing, installation_id).await?;
-    if !secrets.iter().any(|s| same_secret(s.expose(), presented)) {
+    if !secrets
+        .iter()
+        .any(|s| crate::webhook_auth::same_secret(s.expose(), presented))
+    {
         return Err(PullError::Unauthorized);
     }
     if !installation.spec.pull_mode {

@@ -6,7 +6,6 @@
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
 
 use super::{AppState, answer_recorded, error};
 use crate::intake::{self, ReportedToken};
@@ -183,15 +182,6 @@ struct RevokeRequest {
     location: Option<String>,
 }
 
-/// Equal in time independent of where the first difference is.
-fn same_secret(a: &str, b: &str) -> bool {
-    let (x, y) = (Sha256::digest(a.as_bytes()), Sha256::digest(b.as_bytes()));
-    x.iter()
-        .zip(y.iter())
-        .fold(0u8, |acc, (p, q)| acc | (p ^ q))
-        == 0
-}
-
 /// `POST .../v1/revoke_tokens`: GitLab sends the raw shared secret in `Authorization` (no `Bearer`)
 /// and `[{type, token, location}]`; 204 means accepted for eventual revocation.
 pub async fn revoke_tokens(
@@ -209,7 +199,7 @@ pub async fn revoke_tokens(
         state.metrics.alert(kind, "malformed");
         return error(StatusCode::UNAUTHORIZED, "missing header authorization");
     };
-    if !same_secret(presented.trim(), secret.expose()) {
+    if !webhook_auth::same_secret(presented.trim(), secret.expose()) {
         state.metrics.alert(kind, "bad_signature");
         return error(
             StatusCode::UNAUTHORIZED,
