@@ -56,6 +56,67 @@ pub struct Settings {
     /// Replicas sharing one database: each paces its calls to an installation at this share of
     /// the installation's declared rate and burst, so together they stay within it.
     pub replicas: u32,
+    /// The public-events poller (`[poller]`).
+    pub poller: PollerSettings,
+}
+
+/// `[poller]`: watching GitHub's public events (or a GitHub Enterprise Server's) for pushed
+/// tokens. The API token, if any, is a secret: `SPILLWAY_GITHUB_TOKEN`, never a setting.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct PollerSettings {
+    pub enabled: bool,
+    /// REST API base: `https://api.github.com`, or `https://HOST/api/v3` for Enterprise Server.
+    pub api_url: String,
+    /// Web base for the public URL of a hit (`{html_url}/{repo}/blob/{sha}/{path}#L{line}`).
+    pub html_url: String,
+    /// Poll the public timeline (`/events`); off to watch only `orgs` and `repos`.
+    pub public_events: bool,
+    /// Organisations watched through `/orgs/{org}/events`.
+    pub orgs: Vec<String>,
+    /// Repositories (`owner/name`) watched through `/repos/{owner}/{name}/events`.
+    pub repos: Vec<String>,
+    /// Wait between polls when GitHub sends no `X-Poll-Interval` (milliseconds).
+    pub interval_ms: u64,
+    /// Never poll more often than this, whatever `X-Poll-Interval` says (milliseconds).
+    pub min_interval_ms: u64,
+    /// GitHub calls spent on scanning pushes (compares, commits, blobs) per poll; the rest of
+    /// the listed pushes wait, durably, for the next poll.
+    pub call_budget: u32,
+    /// Pushes waiting beyond this many: the oldest are skipped (recorded), not fetched.
+    pub max_backlog: u32,
+    /// Pages of 100 events read per feed and poll (GitHub keeps 300 events per feed).
+    pub max_pages: u32,
+    /// Files without a patch are fetched as blobs, at most this many per push...
+    pub max_blobs_per_push: u32,
+    /// ...and each at most this large (bytes).
+    pub max_blob_bytes: u64,
+    /// Deadline of one GitHub request (milliseconds).
+    pub request_timeout_ms: u64,
+    /// How often a replica that is not polling tries to become the poller (milliseconds).
+    pub election_interval_ms: u64,
+}
+
+impl Default for PollerSettings {
+    fn default() -> Self {
+        PollerSettings {
+            enabled: false,
+            api_url: "https://api.github.com".into(),
+            html_url: "https://github.com".into(),
+            public_events: true,
+            orgs: Vec::new(),
+            repos: Vec::new(),
+            interval_ms: 60_000,
+            min_interval_ms: 1_000,
+            call_budget: 60,
+            max_backlog: 2_000,
+            max_pages: 3,
+            max_blobs_per_push: 10,
+            max_blob_bytes: 1 << 20,
+            request_timeout_ms: 10_000,
+            election_interval_ms: 2_000,
+        }
+    }
 }
 
 impl Default for Settings {
@@ -82,6 +143,7 @@ impl Default for Settings {
             fanout_max: 5,
             work_poll_ms: 200,
             replicas: 1,
+            poller: PollerSettings::default(),
         }
     }
 }
@@ -131,9 +193,9 @@ impl Settings {
             "SPILLWAY_OUTBOUND_ALLOW_PRIVATE",
         );
         macro_rules! number {
-            ($field:ident, $name:literal) => {
+            ($($field:ident).+, $name:literal) => {
                 if let Some(v) = var($name).and_then(|v| v.parse().ok()) {
-                    self.$field = v;
+                    self.$($field).+ = v;
                 }
             };
         }
@@ -142,6 +204,16 @@ impl Settings {
         number!(max_attempts, "SPILLWAY_MAX_ATTEMPTS");
         number!(max_in_flight, "SPILLWAY_MAX_IN_FLIGHT");
         number!(replicas, "SPILLWAY_REPLICAS");
+        flag(&mut self.poller.enabled, "SPILLWAY_POLLER_ENABLED");
+        set(&mut self.poller.api_url, "SPILLWAY_POLLER_API_URL");
+        set(&mut self.poller.html_url, "SPILLWAY_POLLER_HTML_URL");
+        number!(poller.interval_ms, "SPILLWAY_POLLER_INTERVAL_MS");
+        number!(poller.min_interval_ms, "SPILLWAY_POLLER_MIN_INTERVAL_MS");
+        number!(poller.call_budget, "SPILLWAY_POLLER_CALL_BUDGET");
+        number!(
+            poller.election_interval_ms,
+            "SPILLWAY_POLLER_ELECTION_INTERVAL_MS"
+        );
         if let Some(v) = var("SPILLWAY_KEY_FILE").filter(|v| !v.is_empty()) {
             self.key_file = v.into();
         }

@@ -23,6 +23,7 @@ pub mod keys;
 pub mod listeners;
 pub mod outbound;
 pub mod partner_keys;
+pub mod poller;
 pub mod revocation;
 pub mod scanner;
 pub mod seal;

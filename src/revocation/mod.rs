@@ -15,7 +15,7 @@
 //! pulls); terminal: `revoked`, `already_revoked`, `unknown_token`, `inactive`, `expired`,
 //! `invalid`, `unattributed`, `failed`.
 
-mod calls;
+pub(crate) mod calls;
 pub mod decide;
 pub mod findings;
 pub mod limits;

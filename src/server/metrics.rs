@@ -9,6 +9,7 @@ use axum::response::IntoResponse;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -38,6 +39,39 @@ pub struct InstallationLabels {
     pub installation: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabels {
+    pub source: &'static str,
+}
+
+/// The public-events poller's metrics.
+#[derive(Default)]
+struct PollerMetrics {
+    leader: Gauge,
+    lag: Gauge<f64, std::sync::atomic::AtomicU64>,
+    last_poll: Gauge<f64, std::sync::atomic::AtomicU64>,
+    gaps: Counter,
+    pushes: Family<OutcomeLabels, Counter>,
+    skipped_files: Family<ReasonLabels, Counter>,
+    rate_limit_remaining: Gauge,
+    rate_limit_waits: Family<KindLabels, Counter>,
+}
+
 pub struct Metrics {
     registry: Registry,
     alerts: Family<AlertLabels, Counter>,
@@ -46,6 +80,8 @@ pub struct Metrics {
     time_to_revoke: Histogram,
     failed: Family<StepLabels, Counter>,
     rate_limit_waits: Family<InstallationLabels, Counter>,
+    scanned_bytes: Family<SourceLabels, Counter>,
+    poller: PollerMetrics,
 }
 
 impl Default for Metrics {
@@ -89,7 +125,56 @@ impl Default for Metrics {
             "Calls that waited for an installation's rate limit",
             rate_limit_waits.clone(),
         );
+        let scanned_bytes = Family::<SourceLabels, Counter>::default();
+        registry.register(
+            "scanned_bytes",
+            "Bytes of text scanned for tokens, by source (poller, listener)",
+            scanned_bytes.clone(),
+        );
+        let poller = PollerMetrics::default();
+        registry.register(
+            "poller_leader",
+            "1 while this replica runs the public-events poller",
+            poller.leader.clone(),
+        );
+        registry.register(
+            "poller_lag_seconds",
+            "Age of the newest event listed at the last poll that listed any",
+            poller.lag.clone(),
+        );
+        registry.register(
+            "poller_last_poll_timestamp_seconds",
+            "When the poller last read its feeds (Unix time)",
+            poller.last_poll.clone(),
+        );
+        registry.register(
+            "poller_gaps",
+            "Polls whose feed did not reach back to the previous poll's newest event",
+            poller.gaps.clone(),
+        );
+        registry.register(
+            "poller_pushes",
+            "Pushes the poller finished, by outcome",
+            poller.pushes.clone(),
+        );
+        registry.register(
+            "poller_skipped_files",
+            "Files of scanned pushes left unscanned, by reason",
+            poller.skipped_files.clone(),
+        );
+        registry.register(
+            "github_rate_limit_remaining",
+            "X-RateLimit-Remaining of GitHub's last answer to the poller",
+            poller.rate_limit_remaining.clone(),
+        );
+        registry.register(
+            "github_rate_limit_waits",
+            "Times GitHub's rate limit paused the poller, by kind (primary, secondary)",
+            poller.rate_limit_waits.clone(),
+        );
         Metrics {
+            scanned_bytes,
+            poller,
             registry,
             alerts,
             calls,
@@ -110,6 +195,13 @@ impl Metrics {
                 outcome,
             })
             .inc();
+    }
+
+    /// Counts bytes scanned for tokens from `source` (poller, listener).
+    pub fn scanned(&self, source: &'static str, bytes: u64) {
+        self.scanned_bytes
+            .get_or_create(&SourceLabels { source })
+            .inc_by(bytes);
     }
 
     pub fn encode(&self) -> String {
@@ -169,6 +261,64 @@ impl crate::revocation::Observer for Metrics {
             .inc();
     }
 }
+
+impl crate::poller::github::RateObserver for Metrics {
+    fn remaining(&self, remaining: u64) {
+        self.poller
+            .rate_limit_remaining
+            .set(i64::try_from(remaining).unwrap_or(i64::MAX));
+    }
+
+    fn limited(&self, kind: &'static str) {
+        self.poller
+            .rate_limit_waits
+            .get_or_create(&KindLabels { kind })
+            .inc();
+    }
+}
+
+impl crate::poller::Observer for Metrics {
+    fn leader(&self, leading: bool) {
+        self.poller.leader.set(i64::from(leading));
+    }
+
+    fn polled(&self, lag: Option<std::time::Duration>) {
+        if let Some(lag) = lag {
+            self.poller.lag.set(lag.as_secs_f64());
+        }
+        self.poller
+            .last_poll
+            .set(crate::store::now_ms() as f64 / 1000.0);
+    }
+
+    fn gap(&self) {
+        self.poller.gaps.inc();
+    }
+
+    fn push(&self, outcome: &'static str) {
+        self.poller
+            .pushes
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
+    }
+
+    fn skipped_file(&self, reason: &'static str) {
+        self.poller
+            .skipped_files
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
+    fn scanned_bytes(&self, bytes: u64) {
+        self.scanned(SOURCE_POLLER, bytes);
+    }
+
+    fn alert(&self, outcome: &'static str) {
+        Metrics::alert(self, crate::poller::LISTENER, outcome);
+    }
+}
+
+const SOURCE_POLLER: &str = "poller";
 
 pub async fn serve(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     (

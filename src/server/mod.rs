@@ -183,6 +183,20 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
         Duration::from_secs(settings.audit_checkpoint_interval_secs.max(1)),
         watch.clone(),
     )));
+    if settings.poller.enabled {
+        let poller = Arc::new(crate::poller::Poller::new(
+            state.store.clone(),
+            state.keys.clone(),
+            engine.clone(),
+            &settings.poller,
+            state.metrics.clone(),
+        )?);
+        let stop = watch.clone();
+        tasks.push(tokio::spawn(async move {
+            poller.run(stop).await;
+            Ok(())
+        }));
+    }
     tasks.push(tokio::spawn({
         let stop = watch.clone();
         async move {

@@ -18,7 +18,9 @@ pub struct Rig {
     pub installation_id: String,
     pub endpoint: String,
     pub client: reqwest::Client,
+    database_url: String,
     _dirs: (tempfile::TempDir, tempfile::TempDir),
+    _restart_dirs: Vec<tempfile::TempDir>,
 }
 
 /// Terminal finding states.
@@ -82,6 +84,8 @@ impl Rig {
         let (server, server_dir) =
             super::start_server_tuned(database_url, &github.keys_url(), |s| {
                 local(s);
+                // The fake GitHub's public side, for tests that enable the poller.
+                s.poller.api_url = github.api_url();
                 tune_server(s);
             })
             .await;
@@ -112,7 +116,55 @@ impl Rig {
             installation,
             installation_id: registered.id,
             client: reqwest::Client::new(),
+            database_url: database_url.to_owned(),
             _dirs: (dir, server_dir),
+            _restart_dirs: Vec::new(),
+        }
+    }
+
+    /// Stops the server, runs `meanwhile` while it is down (GitHub and the installation keep
+    /// running), then starts it again on the same database and keys with `tune_server`.
+    pub async fn restart_server(
+        self,
+        meanwhile: impl AsyncFnOnce(&fake_github::Running, &reference_installation::Running),
+        tune_server: impl FnOnce(&mut spillway::config::Settings),
+    ) -> Rig {
+        let Rig {
+            server,
+            github,
+            installation,
+            installation_id,
+            endpoint,
+            client,
+            database_url,
+            _dirs,
+            mut _restart_dirs,
+        } = self;
+        let path = endpoint
+            .strip_prefix(&format!("http://{}", server.public_addr))
+            .expect("endpoint on the server's public address")
+            .to_owned();
+        server.shutdown().await;
+        meanwhile(&github, &installation).await;
+        let key_file = _dirs.1.path().join("keys");
+        let (server, dir) = super::start_server_tuned(&database_url, &github.keys_url(), |s| {
+            local(s);
+            s.poller.api_url = github.api_url();
+            s.key_file = key_file;
+            tune_server(s);
+        })
+        .await;
+        _restart_dirs.push(dir);
+        Rig {
+            endpoint: format!("http://{}{path}", server.public_addr),
+            server,
+            github,
+            installation,
+            installation_id,
+            client,
+            database_url,
+            _dirs,
+            _restart_dirs,
         }
     }
 

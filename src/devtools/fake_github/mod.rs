@@ -6,6 +6,9 @@
 //! Signature: standard base64 of the DER ECDSA P-256 signature over SHA-256 of the raw body, in
 //! `Github-Public-Key-Signature`, with the key's id in `Github-Public-Key-Identifier`.
 //!
+//! It also serves GitHub's public REST side for the poller (event feeds, compares, commits,
+//! blobs), with pushes and faults driven by a test: see [`public`].
+//!
 //! **A test tool:** `/send-alert` is unauthenticated and posts wherever it is told. Bind it to
 //! loopback. It never logs the alerts it forwards (they carry raw tokens).
 
@@ -27,6 +30,8 @@ use p256::pkcs8::{EncodePublicKey as _, LineEnding};
 use rand::RngCore as _;
 use serde::Deserialize;
 use serde_json::{Value, json};
+
+pub mod public;
 
 use super::Served;
 use crate::server::error;
@@ -143,6 +148,11 @@ impl Running {
         format!("http://{}{KEYS_PATH}", self.addr)
     }
 
+    /// The REST API base the poller's `api_url` should name (event feeds, compares, blobs).
+    pub fn api_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
     /// Signs `body` with the published key, as a delivered alert would be.
     pub fn sign(&self, body: &[u8]) -> String {
         sign_alert(&self.key, body)
@@ -171,8 +181,9 @@ pub async fn start(args: &Args) -> anyhow::Result<Running> {
     let app = Router::new()
         .route(KEYS_PATH, get(keys))
         .route("/send-alert", post(send_alert))
-        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint") })
-        .with_state(state);
+        .with_state(state)
+        .merge(public::routes(Arc::new(public::Public::new())))
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint") });
     let served = Served::bind(&args.listen, app).await?;
     Ok(Running {
         addr: served.addr,
@@ -186,9 +197,10 @@ pub async fn start(args: &Args) -> anyhow::Result<Running> {
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let running = start(&args).await?;
     println!(
-        "fake-github: listening on http://{}, keys at {}",
+        "fake-github: listening on http://{}, keys at {}, REST API (poller api_url) at {}",
         running.addr,
-        running.keys_url()
+        running.keys_url(),
+        running.api_url()
     );
     super::until_signal().await?;
     running.shutdown().await;

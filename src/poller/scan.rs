@@ -1,0 +1,250 @@
+//! Scanning one push: `compare/{before}...{head}` (or the head commit alone for a new branch),
+//! the added lines of each file's patch, and blobs for files GitHub shows no patch for, bounded
+//! in size and count. A compare listing the maximum number of files may be truncated
+//! (`too_many_files`): then each of its commits is read too, page by page, within the budget.
+
+use std::collections::HashSet;
+
+use base64::Engine as _;
+
+use super::diff;
+use super::github::{Blob, Commit, Compare, Error, FILES_PER_DIFF, File, GitHub, RateObserver};
+use super::state::Push;
+use crate::intake::hosts_near;
+use crate::scanner::{Finding, RuleSet, TokenSecret};
+
+/// One token found in a push.
+pub struct Hit {
+    pub token: TokenSecret,
+    pub token_type: String,
+    pub rule: String,
+    pub path: String,
+    pub line: usize,
+    pub url: String,
+    pub hosts: Vec<String>,
+}
+
+/// What scanning a push found and what it had to leave out.
+#[derive(Default)]
+pub struct Scanned {
+    pub hits: Vec<Hit>,
+    pub commits: Vec<String>,
+    pub files: usize,
+    pub bytes: u64,
+    /// (path, reason) for files not scanned.
+    pub skipped: Vec<(String, &'static str)>,
+    pub truncated: bool,
+}
+
+pub struct Limits {
+    pub max_blobs: u32,
+    pub max_blob_bytes: u64,
+    pub html_url: String,
+}
+
+/// GitHub calls left in this poll; each request spends one.
+pub struct Budget(pub u32);
+
+impl Budget {
+    fn spend(&mut self) -> Result<(), Error> {
+        if self.0 == 0 {
+            return Err(Error::Budget);
+        }
+        self.0 -= 1;
+        Ok(())
+    }
+
+    pub fn is_spent(&self) -> bool {
+        self.0 == 0
+    }
+}
+
+pub async fn scan_push(
+    gh: &GitHub,
+    observer: &dyn RateObserver,
+    rules: &RuleSet,
+    limits: &Limits,
+    push: &Push,
+    budget: &mut Budget,
+) -> Result<Scanned, Error> {
+    let repo = &push.repo;
+    let mut out = Scanned::default();
+    let new_branch = push.before.is_empty() || push.before.bytes().all(|b| b == b'0');
+    let files = if new_branch {
+        budget.spend()?;
+        let commit: Commit = page(
+            gh,
+            &format!("/repos/{repo}/commits/{}", push.head),
+            observer,
+        )
+        .await?
+        .json()?;
+        out.commits.push(commit.sha);
+        commit.files
+    } else {
+        budget.spend()?;
+        let compare: Compare = match page(
+            gh,
+            &format!("/repos/{repo}/compare/{}...{}", push.before, push.head),
+            observer,
+        )
+        .await
+        {
+            Ok(p) => p.json()?,
+            // No diff to show (too large to generate, or `before` is gone after a force-push):
+            // the head commit's own files are the nearest thing.
+            Err(Error::Status { status: 422, .. }) => {
+                out.truncated = true;
+                out.commits.push(push.head.clone());
+                Compare {
+                    commits: Vec::new(),
+                    files: commit_files(gh, observer, repo, &push.head, budget).await?,
+                }
+            }
+            Err(e) => return Err(e),
+        };
+        out.commits
+            .extend(compare.commits.iter().map(|c| c.sha.clone()));
+        let mut files = compare.files;
+        if files.len() >= FILES_PER_DIFF && !out.truncated {
+            out.truncated = true;
+            let listed: HashSet<(String, Option<String>)> = files
+                .iter()
+                .map(|f| (f.filename.clone(), f.sha.clone()))
+                .collect();
+            // Newest commit first: its version of a file is the one that was pushed.
+            for sha in out.commits.iter().rev() {
+                for file in commit_files(gh, observer, repo, sha, budget).await? {
+                    if !listed.contains(&(file.filename.clone(), file.sha.clone())) {
+                        files.push(file);
+                    }
+                }
+            }
+        }
+        files
+    };
+
+    let mut scanner = rules.scanner();
+    let mut seen = HashSet::new();
+    let mut blobs = 0;
+    for file in files {
+        if file.status == "removed" || !seen.insert((file.filename.clone(), file.sha.clone())) {
+            continue;
+        }
+        out.files += 1;
+        let link = |line: usize| match &file.blob_url {
+            Some(u) => format!("{u}#L{line}"),
+            None => format!(
+                "{}/{repo}/blob/{}/{}#L{line}",
+                limits.html_url.trim_end_matches('/'),
+                push.head,
+                file.filename
+            ),
+        };
+        let (text, lines) = if let Some(patch) = &file.patch {
+            let added = diff::added_lines(patch);
+            (added.text, Some(added.lines))
+        } else {
+            let Some(sha) = file.sha.clone() else {
+                out.skipped.push((file.filename.clone(), "no_blob"));
+                continue;
+            };
+            if blobs >= limits.max_blobs {
+                out.skipped.push((file.filename.clone(), "blob_count"));
+                continue;
+            }
+            blobs += 1;
+            budget.spend()?;
+            let blob: Blob = page(gh, &format!("/repos/{repo}/git/blobs/{sha}"), observer)
+                .await?
+                .json()?;
+            if blob.size > limits.max_blob_bytes {
+                out.skipped.push((file.filename.clone(), "blob_size"));
+                continue;
+            }
+            let Some(bytes) = decode_blob(&blob) else {
+                out.skipped.push((file.filename.clone(), "blob_encoding"));
+                continue;
+            };
+            if bytes.iter().take(8000).any(|b| *b == 0) {
+                out.skipped.push((file.filename.clone(), "binary"));
+                continue;
+            }
+            (bytes, None)
+        };
+        out.bytes += text.len() as u64;
+        scanner.scan(&file.filename, &text, &mut |f: Finding<'_>| {
+            if f.verdict.is_invalid() {
+                return;
+            }
+            let line = match &lines {
+                Some(lines) => lines.get(f.line.wrapping_sub(1)).copied().unwrap_or(0),
+                None => f.line,
+            };
+            out.hits.push(Hit {
+                token: f.secret().clone(),
+                token_type: f.rule.token_type.clone(),
+                rule: f.rule.id.clone(),
+                path: file.filename.clone(),
+                line,
+                url: link(line),
+                hosts: hosts_near(&text, f.span.clone(), 256),
+            });
+        });
+    }
+    Ok(out)
+}
+
+/// Every file of one commit, page by page (a commit lists up to 300 files per page).
+async fn commit_files(
+    gh: &GitHub,
+    observer: &dyn RateObserver,
+    repo: &str,
+    sha: &str,
+    budget: &mut Budget,
+) -> Result<Vec<File>, Error> {
+    let mut files = Vec::new();
+    for n in 1..=10 {
+        budget.spend()?;
+        let commit: Commit = page(
+            gh,
+            &format!("/repos/{repo}/commits/{sha}?per_page={FILES_PER_DIFF}&page={n}"),
+            observer,
+        )
+        .await?
+        .json()?;
+        let full = commit.files.len() >= FILES_PER_DIFF;
+        files.extend(commit.files);
+        if !full {
+            break;
+        }
+    }
+    Ok(files)
+}
+
+async fn page(
+    gh: &GitHub,
+    path: &str,
+    observer: &dyn RateObserver,
+) -> Result<super::github::Page, Error> {
+    let page = gh.get(path, None, observer).await?;
+    if page.not_modified {
+        return Err(Error::Malformed(format!(
+            "{path}: 304 to an unconditional request"
+        )));
+    }
+    Ok(page)
+}
+
+fn decode_blob(blob: &Blob) -> Option<Vec<u8>> {
+    match blob.encoding.as_str() {
+        "base64" => {
+            let compact: String = blob.content.split_ascii_whitespace().collect();
+            base64::engine::general_purpose::STANDARD
+                .decode(compact)
+                .ok()
+        }
+        "utf-8" | "utf8" => Some(blob.content.clone().into_bytes()),
+        _ => None,
+    }
+}
