@@ -161,7 +161,23 @@ pub async fn authenticate(store: &Store, presented: &str) -> anyhow::Result<Opti
         .fetch_optional(store.pool())
         .await?;
     let Some(row) = row else { return Ok(None) };
-    let key = AdminKey {
+    let key = from_row(&row)?;
+    Ok((key.expires_at > now_ms()).then_some(key))
+}
+
+/// Every admin key, expired ones included, oldest first (never the key itself: only its hash
+/// is stored).
+pub async fn list(store: &Store) -> anyhow::Result<Vec<AdminKey>> {
+    let rows = sqlx::query(
+        "SELECT id, name, scopes, created_at, expires_at, created_by FROM admin_keys ORDER BY created_at, id",
+    )
+    .fetch_all(store.pool())
+    .await?;
+    rows.iter().map(from_row).collect()
+}
+
+fn from_row(row: &sqlx::any::AnyRow) -> anyhow::Result<AdminKey> {
+    Ok(AdminKey {
         id: row.try_get("id")?,
         name: row.try_get("name")?,
         scopes: row
@@ -172,8 +188,7 @@ pub async fn authenticate(store: &Store, presented: &str) -> anyhow::Result<Opti
         created_at: row.try_get("created_at")?,
         expires_at: row.try_get("expires_at")?,
         created_by: row.try_get("created_by")?,
-    };
-    Ok((key.expires_at > now_ms()).then_some(key))
+    })
 }
 
 #[cfg(test)]

@@ -212,16 +212,32 @@ pub struct Patch {
     pub name: Option<String>,
     pub hostnames: Option<Vec<String>>,
     pub token_types: Option<Vec<String>>,
+    /// `null` removes the field; absent leaves it as it is (likewise below).
+    #[serde(default, deserialize_with = "present")]
     pub jwks_url: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
     pub inline_jwks: Option<Option<Jwks>>,
+    #[serde(default, deserialize_with = "present")]
     pub verify_url: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
     pub revoke_url: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
     pub notify_url: Option<Option<String>>,
     pub pull_mode: Option<bool>,
     pub rate_per_sec: Option<f64>,
     pub burst: Option<u32>,
     pub concurrency: Option<u32>,
     pub delivery: Option<Delivery>,
+}
+
+/// A field that is present in a patch: `Some(None)` for `null`, `Some(Some(v))` for a value (an
+/// absent field never gets here: `#[serde(default)]` makes it `None`).
+fn present<'de, T, D>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    T: Deserialize<'de>,
+    D: serde::Deserializer<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
 }
 
 impl Patch {
@@ -692,4 +708,19 @@ pub fn by_hostname<'a>(all: &'a [Installation], hosts: &[String]) -> Vec<&'a Ins
             })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod patch_tests {
+    use super::Patch;
+
+    #[test]
+    fn null_removes_a_field_and_absent_leaves_it() {
+        let p: Patch =
+            serde_json::from_str(r#"{"verify_url": null, "notify_url": "https://x.example/n"}"#)
+                .unwrap();
+        assert_eq!(p.verify_url, Some(None));
+        assert_eq!(p.notify_url, Some(Some("https://x.example/n".to_owned())));
+        assert_eq!(p.revoke_url, None);
+    }
 }

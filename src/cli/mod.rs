@@ -42,6 +42,13 @@ pub enum Command {
     /// Verify or export the audit log.
     #[command(subcommand)]
     Audit(admin::AuditCommand),
+    /// Check Spillway's own credential hygiene: admin keys, installation secrets, expired
+    /// endpoints, development keys or settings in production. Exit 1 when anything is severe.
+    Doctor {
+        /// Output format.
+        #[arg(long, value_enum, default_value = "text")]
+        format: DoctorFormat,
+    },
     /// List the default rules (id, token type, engine pass, name).
     Rules {
         /// Print only the engine's cost drivers: rules, keywords' distinct three-byte fingerprints.
@@ -58,11 +65,18 @@ pub enum Command {
     FakeGithub(crate::devtools::fake_github::Args),
 }
 
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum DoctorFormat {
+    Text,
+    Json,
+}
+
 /// Parses the command line and runs it; returns the process exit code.
 pub fn run() -> u8 {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve => serve(cli.config.as_ref()),
+        Command::Doctor { format } => doctor(cli.config.as_ref(), format),
         Command::Scan(args) => scan::run(args),
         Command::Listener(c) => admin::listener(cli.config.as_ref(), c),
         Command::AdminKey(c) => admin::admin_key(cli.config.as_ref(), c),
@@ -100,16 +114,9 @@ pub fn run() -> u8 {
     }
 }
 
-/// JSON logs on stderr, filtered by `SPILLWAY_LOG` (default `info`).
+/// JSON logs on stderr, redacted by the scanner (see [`crate::logging`]).
 fn init_tracing() {
-    let _ = tracing_subscriber::fmt()
-        .json()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SPILLWAY_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .try_init();
+    crate::logging::init();
 }
 
 fn serve(config: Option<&std::path::PathBuf>) -> u8 {
@@ -127,6 +134,54 @@ fn serve(config: Option<&std::path::PathBuf>) -> u8 {
             2
         }
     }
+}
+
+/// `spillway doctor`: 0 when nothing is severe, 1 when something is, 2 when it cannot check.
+fn doctor(config: Option<&std::path::PathBuf>, format: DoctorFormat) -> u8 {
+    let result = crate::config::Settings::load(config.map(|p| p.as_path())).and_then(|settings| {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(async {
+                let store = crate::store::Store::connect(&settings.database_url).await?;
+                crate::doctor::run(&settings, &store).await
+            })
+    });
+    let report = match result {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("spillway doctor: error: {e:#}");
+            return 2;
+        }
+    };
+    match format {
+        DoctorFormat::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&report).expect("a report serialises")
+        ),
+        DoctorFormat::Text => {
+            for f in &report.findings {
+                println!(
+                    "{:<8} {:<40} {}: {}",
+                    f.severity.as_str().to_uppercase(),
+                    f.check,
+                    f.subject,
+                    f.message
+                );
+            }
+            println!(
+                "{} severe, {} warnings ({} configuration)",
+                report.severe,
+                report.warnings,
+                if report.production {
+                    "production"
+                } else {
+                    "development"
+                }
+            );
+        }
+    }
+    u8::from(report.severe > 0)
 }
 
 /// Runs a development tool's future on a multi-thread runtime; returns the exit code.

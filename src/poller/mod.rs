@@ -51,6 +51,7 @@ pub trait Observer: RateObserver {
     fn push(&self, _outcome: &'static str) {}
     fn skipped_file(&self, _reason: &'static str) {}
     fn scanned_bytes(&self, _bytes: u64) {}
+    fn token_matched(&self, _rule: &str, _verdict: &'static str) {}
     fn alert(&self, _outcome: &'static str) {}
 }
 
@@ -401,6 +402,7 @@ impl Poller {
             });
             self.engine.wake();
             for h in &scanned.hits {
+                self.observer.token_matched(&h.rule, h.verdict);
                 tracing::info!(rule = %h.rule, url = %h.url, "poller: token found in a public push");
             }
         }

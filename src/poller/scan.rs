@@ -16,6 +16,7 @@ use crate::scanner::{Finding, RuleSet, TokenSecret};
 /// One token found in a push.
 pub struct Hit {
     pub token: TokenSecret,
+    pub verdict: &'static str,
     pub token_type: String,
     pub rule: String,
     pub path: String,
@@ -183,6 +184,7 @@ pub async fn scan_push(
             };
             out.hits.push(Hit {
                 token: f.secret().clone(),
+                verdict: f.verdict.as_str(),
                 token_type: f.rule.token_type.clone(),
                 rule: f.rule.id.clone(),
                 path: file.filename.clone(),

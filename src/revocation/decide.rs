@@ -148,6 +148,18 @@ pub async fn decide_batch(engine: &Engine) -> anyhow::Result<usize> {
     }
     crate::failpoint::hit("decide.before_commit");
     tx.commit().await.context("cannot commit decisions")?;
+    for created in decisions
+        .iter()
+        .filter_map(|d| d["findings"].as_array())
+        .flatten()
+    {
+        let state = created["state"].as_str().unwrap_or_default();
+        if created["finding"].is_i64() && matches!(state, "expired" | "invalid" | "unattributed") {
+            engine
+                .observer
+                .outcome(created["installation"].as_str(), state);
+        }
+    }
     Ok(count)
 }
 

@@ -83,6 +83,8 @@ pub trait Observer: Send + Sync {
     fn call(&self, _step: &'static str, _installation: &str, _outcome: &str, _elapsed: Duration) {}
     fn revoked(&self, _installation: &str, _time_to_revoke: Duration) {}
     fn failed(&self, _installation: &str, _step: &'static str) {}
+    /// A finding reached a terminal state (`installation` None: unattributed).
+    fn outcome(&self, _installation: Option<&str>, _outcome: &str) {}
     fn rate_limit_wait(&self, _installation: &str, _waited: Duration) {}
 }
 
@@ -350,6 +352,7 @@ impl Engine {
             .await?;
             tx.commit().await?;
             self.observer.failed(&installation, "pull");
+            self.observer.outcome(Some(&installation), "failed");
         }
         Ok(())
     }
@@ -761,6 +764,7 @@ impl Engine {
             self.observer.revoked(&installation.id, ttr);
         }
         if terminal {
+            self.observer.outcome(Some(&installation.id), &state);
             return Ok(None);
         }
         Ok(Some(Claimed {

@@ -8,11 +8,12 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::Router;
-use axum::extract::{Path, Query, State};
+use axum::extract::{FromRequest, Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
 
 use super::{AppState, error};
 use crate::admin_keys::{self, AdminKey, KeyError};
@@ -21,7 +22,46 @@ use crate::listeners::{self, ListenerKind, OldEndpoint, RotationError};
 use crate::scanner::TokenSecret;
 use crate::store::now_ms;
 
-pub fn routes() -> Router<Arc<AppState>> {
+/// Longest lifetime an admin key or an old endpoint may be given (ten years, in seconds).
+const MAX_SECS: u64 = 10 * 365 * 24 * 3600;
+
+/// A JSON request body whose rejections answer like every other error here (`{"error": ...}`,
+/// naming the field), after the key was checked.
+pub struct ApiJson<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
+    type Rejection = Response;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Response> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(value)) => Ok(ApiJson(value)),
+            Err(rejection) => Err(error(rejection.status(), rejection.body_text())),
+        }
+    }
+}
+
+/// Every admin route needs a valid key before its body is even read: an unauthenticated caller
+/// learns nothing about the body it sent. Scopes are checked by each handler.
+async fn require_key(
+    State(state): State<Arc<AppState>>,
+    request: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    match authenticate(&state, request.headers()).await {
+        Ok(_) => next.run(request).await,
+        Err(r) => r,
+    }
+}
+
+/// `secs` from now, in ms since the epoch, or a message naming `field`.
+fn expiry(field: &str, secs: u64) -> Result<i64, String> {
+    if secs > MAX_SECS {
+        return Err(format!("{field}: at most {MAX_SECS} (ten years)"));
+    }
+    Ok(now_ms() + secs as i64 * 1000)
+}
+
+pub fn routes(state: Arc<AppState>) -> Router<Arc<AppState>> {
     Router::new()
         .route(
             "/api/v1/listeners",
@@ -48,6 +88,7 @@ pub fn routes() -> Router<Arc<AppState>> {
             post(rotate_installation_secret),
         )
         .route("/api/v1/findings", get(list_findings))
+        .route_layer(axum::middleware::from_fn_with_state(state, require_key))
 }
 
 /// Authenticates the request and checks it holds `scope`.
@@ -56,24 +97,37 @@ async fn authorize(
     headers: &HeaderMap,
     scope: &str,
 ) -> Result<AdminKey, Response> {
+    let key = authenticate(state, headers).await?;
+    if key.scopes.contains(scope) {
+        Ok(key)
+    } else {
+        Err(error(
+            StatusCode::FORBIDDEN,
+            format!("admin key {} lacks scope {scope}", key.id),
+        ))
+    }
+}
+
+/// The admin key the request presents, if it is valid.
+async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<AdminKey, Response> {
     let Some(value) = headers.get("authorization") else {
         return Err(error(
             StatusCode::UNAUTHORIZED,
             "missing Authorization header: expected `Bearer <admin key>`",
         ));
     };
-    let Some(presented) = value.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")) else {
+    let presented = value.to_str().ok().and_then(|v| {
+        let (scheme, credentials) = v.trim().split_once(' ')?;
+        scheme.eq_ignore_ascii_case("bearer").then_some(credentials)
+    });
+    let Some(presented) = presented else {
         return Err(error(
             StatusCode::UNAUTHORIZED,
             "Authorization header must be `Bearer <admin key>`",
         ));
     };
     match admin_keys::authenticate(&state.store, presented.trim()).await {
-        Ok(Some(key)) if key.scopes.contains(scope) => Ok(key),
-        Ok(Some(key)) => Err(error(
-            StatusCode::FORBIDDEN,
-            format!("admin key {} lacks scope {scope}", key.id),
-        )),
+        Ok(Some(key)) => Ok(key),
         Ok(None) => Err(error(
             StatusCode::UNAUTHORIZED,
             "unknown, malformed or expired admin key",
@@ -128,12 +182,17 @@ struct CreateListener {
     kind: String,
     #[serde(default)]
     name: String,
+    /// The shared secret of a kind that needs one (Twilio's auth token, a GitHub webhook secret,
+    /// GitLab's revocation token). A `standard-webhooks` listener without one gets a new
+    /// `whsec_` secret, answered once.
+    #[serde(default)]
+    secret: Option<String>,
 }
 
 async fn create_listener(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
-    Json(body): Json<CreateListener>,
+    ApiJson(body): ApiJson<CreateListener>,
 ) -> Response {
     let key = match authorize(&state, &headers, "listeners:write").await {
         Ok(k) => k,
@@ -153,12 +212,42 @@ async fn create_listener(
             ),
         );
     };
-    match listeners::create(&state.store, kind, &body.name, &actor(&key)).await {
-        Ok((listener, endpoint)) => (
-            StatusCode::CREATED,
-            Json(serde_json::json!({ "listener": listener, "endpoint_url": endpoint_url(&state, &endpoint.path) })),
-        )
-            .into_response(),
+    let (secret, generated) = match (kind.needs_secret(), body.secret) {
+        (false, Some(_)) => {
+            return error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("secret: a {} listener takes no secret", kind.as_str()),
+            );
+        }
+        (false, None) => (None, false),
+        (true, Some(s)) if s.trim().is_empty() => {
+            return error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "secret: must not be empty",
+            );
+        }
+        (true, Some(s)) => (Some(TokenSecret::new(s)), false),
+        (true, None) if kind == ListenerKind::StandardWebhooks => (
+            Some(TokenSecret::new(crate::webhook_auth::generate_whsec())),
+            true,
+        ),
+        (true, None) => {
+            return error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("secret: required for a {} listener", kind.as_str()),
+            );
+        }
+    };
+    let sealed = secret.as_ref().map(|s| (&state.keys.sealing, s));
+    match listeners::create_with_secret(&state.store, kind, &body.name, &actor(&key), sealed).await
+    {
+        Ok((listener, endpoint)) => {
+            let mut answer = serde_json::json!({ "listener": listener, "endpoint_url": endpoint_url(&state, &endpoint.path) });
+            if generated && let Some(s) = &secret {
+                answer["secret"] = serde_json::Value::String(s.expose().to_owned());
+            }
+            (StatusCode::CREATED, Json(answer)).into_response()
+        }
         Err(e) => rotation_error(e),
     }
 }
@@ -176,7 +265,7 @@ async fn rotate(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     Path(id): Path<String>,
-    Json(body): Json<Rotate>,
+    ApiJson(body): ApiJson<Rotate>,
 ) -> Response {
     let key = match authorize(&state, &headers, "listeners:write").await {
         Ok(k) => k,
@@ -184,7 +273,10 @@ async fn rotate(
     };
     let old = match (body.expire_in_secs, body.delete_old) {
         (None, true) => OldEndpoint::Delete,
-        (Some(secs), false) => OldEndpoint::ExpireAt(now_ms() + secs as i64 * 1000),
+        (Some(secs), false) => match expiry("expire_in_secs", secs) {
+            Ok(at) => OldEndpoint::ExpireAt(at),
+            Err(m) => return error(StatusCode::UNPROCESSABLE_ENTITY, m),
+        },
         _ => {
             return error(
                 StatusCode::UNPROCESSABLE_ENTITY,
@@ -212,20 +304,17 @@ async fn extend(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     Path(id): Path<String>,
-    Json(body): Json<Extend>,
+    ApiJson(body): ApiJson<Extend>,
 ) -> Response {
     let key = match authorize(&state, &headers, "listeners:write").await {
         Ok(k) => k,
         Err(r) => return r,
     };
-    match listeners::extend(
-        &state.store,
-        &id,
-        now_ms() + body.expire_in_secs as i64 * 1000,
-        &actor(&key),
-    )
-    .await
-    {
+    let at = match expiry("expire_in_secs", body.expire_in_secs) {
+        Ok(at) => at,
+        Err(m) => return error(StatusCode::UNPROCESSABLE_ENTITY, m),
+    };
+    match listeners::extend(&state.store, &id, at, &actor(&key)).await {
         Ok(endpoint) => Json(endpoint).into_response(),
         Err(e) => rotation_error(e),
     }
@@ -258,7 +347,7 @@ struct CreateKey {
 async fn create_key(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
-    Json(body): Json<CreateKey>,
+    ApiJson(body): ApiJson<CreateKey>,
 ) -> Response {
     let key = match authorize(&state, &headers, "keys:write").await {
         Ok(k) => k,
@@ -268,7 +357,19 @@ async fn create_key(
         Ok(s) => s,
         Err(e) => return error(StatusCode::UNPROCESSABLE_ENTITY, format!("scopes: {e}")),
     };
-    let ttl_ms = (body.ttl_secs as i64).saturating_mul(1000);
+    if body.ttl_secs == 0 {
+        return error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "ttl_secs: must be positive",
+        );
+    }
+    if body.ttl_secs > MAX_SECS {
+        return error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("ttl_secs: at most {MAX_SECS} (ten years)"),
+        );
+    }
+    let ttl_ms = body.ttl_secs as i64 * 1000;
     match admin_keys::create(
         &state.store,
         &body.name,
@@ -316,6 +417,11 @@ async fn listener_events(
     if let Err(r) = authorize(&state, &headers, "listeners:read").await {
         return r;
     }
+    match listeners::list(&state.store).await {
+        Ok(all) if all.iter().any(|l| l.id == id) => {}
+        Ok(_) => return error(StatusCode::NOT_FOUND, format!("no listener {id}")),
+        Err(e) => return rotation_error(RotationError::Database(e)),
+    }
     let rows = sqlx::query(
         "SELECT id, received_at, body_sha256, redacted_body, tokens_found FROM listener_events WHERE listener_id = $1 ORDER BY id",
     )
@@ -329,14 +435,19 @@ async fn listener_events(
     use sqlx::Row as _;
     let mut out = String::new();
     for r in rows {
-        let event = serde_json::json!({
-            "id": r.try_get::<i64, _>("id").unwrap_or_default(),
-            "received_at": r.try_get::<i64, _>("received_at").unwrap_or_default(),
-            "body_sha256": r.try_get::<String, _>("body_sha256").unwrap_or_default(),
-            "tokens_found": r.try_get::<i64, _>("tokens_found").unwrap_or_default(),
-            "body": r.try_get::<String, _>("redacted_body").unwrap_or_default(),
-        });
-        out.push_str(&event.to_string());
+        let event = (|| {
+            Ok::<_, sqlx::Error>(serde_json::json!({
+                "id": r.try_get::<i64, _>("id")?,
+                "received_at": r.try_get::<i64, _>("received_at")?,
+                "body_sha256": r.try_get::<String, _>("body_sha256")?,
+                "tokens_found": r.try_get::<i64, _>("tokens_found")?,
+                "body": r.try_get::<String, _>("redacted_body")?,
+            }))
+        })();
+        match event {
+            Ok(event) => out.push_str(&event.to_string()),
+            Err(e) => return rotation_error(RotationError::Database(e.into())),
+        }
         out.push('\n');
     }
     ([("content-type", "application/x-ndjson")], out).into_response()
@@ -375,7 +486,7 @@ async fn list_installations(State(state): State<Arc<AppState>>, headers: HeaderM
 async fn register_installation(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
-    Json(mut body): Json<serde_json::Map<String, serde_json::Value>>,
+    ApiJson(mut body): ApiJson<serde_json::Map<String, serde_json::Value>>,
 ) -> Response {
     let key = match authorize(&state, &headers, "installations:write").await {
         Ok(k) => k,
@@ -433,7 +544,7 @@ async fn update_installation(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     Path(id): Path<String>,
-    Json(patch): Json<installations::Patch>,
+    ApiJson(patch): ApiJson<installations::Patch>,
 ) -> Response {
     let key = match authorize(&state, &headers, "installations:write").await {
         Ok(k) => k,
@@ -475,7 +586,7 @@ async fn rotate_installation_secret(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     Path(id): Path<String>,
-    Json(body): Json<RotateSecret>,
+    ApiJson(body): ApiJson<RotateSecret>,
 ) -> Response {
     let key = match authorize(&state, &headers, "installations:write").await {
         Ok(k) => k,

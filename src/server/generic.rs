@@ -102,8 +102,16 @@ pub async fn webhook(
             AuthError::Missing(_) | AuthError::Malformed(_) => {
                 (StatusCode::BAD_REQUEST, "malformed")
             }
+            AuthError::Stale => (StatusCode::UNAUTHORIZED, "replay"),
             _ => (StatusCode::UNAUTHORIZED, "bad_signature"),
         };
+        let reason = match e {
+            AuthError::Missing(_) => "missing_header",
+            AuthError::Malformed(_) => "malformed_header",
+            AuthError::Stale => "stale_timestamp",
+            _ => "bad_signature",
+        };
+        state.metrics.signature_failure(kind_name, reason);
         state.metrics.alert(kind_name, outcome);
         return error(status, e.to_string());
     }
@@ -115,6 +123,7 @@ pub async fn webhook(
         .rules
         .scanner()
         .scan(kind_name, body, &mut |f: Finding<'_>| {
+            state.metrics.token_matched(&f.rule.id, f.verdict.as_str());
             if f.span.start < copied {
                 return;
             }
@@ -137,6 +146,7 @@ pub async fn webhook(
             }
         });
     redacted.push_str(&String::from_utf8_lossy(&body[copied..]));
+    state.metrics.scanned("listener", body.len() as u64);
     let found_count = tokens.len();
     answer_recorded(
         state,
@@ -196,10 +206,12 @@ pub async fn revoke_tokens(
         Err(r) => return r,
     };
     let Some(presented) = headers.get("authorization").and_then(|v| v.to_str().ok()) else {
+        state.metrics.signature_failure(kind, "missing_header");
         state.metrics.alert(kind, "malformed");
         return error(StatusCode::UNAUTHORIZED, "missing header authorization");
     };
     if !webhook_auth::same_secret(presented.trim(), secret.expose()) {
+        state.metrics.signature_failure(kind, "bad_signature");
         state.metrics.alert(kind, "bad_signature");
         return error(
             StatusCode::UNAUTHORIZED,

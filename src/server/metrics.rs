@@ -59,6 +59,45 @@ pub struct SourceLabels {
     pub source: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SignatureLabels {
+    pub listener_kind: &'static str,
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TokenLabels {
+    pub rule: String,
+    pub verdict: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FindingOutcomeLabels {
+    pub installation: String,
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct QueueLabels {
+    pub queue: &'static str,
+    pub state: &'static str,
+}
+
+/// Time-to-revoke buckets (seconds): exact boundaries at the objectives alert rules use (60 s).
+const TIME_TO_REVOKE_BUCKETS: [f64; 17] = [
+    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+    1800.0, 3600.0,
+];
+
+/// Work-queue states sampled into `spillway_work_queue_depth` (zero when empty).
+const QUEUE_STATES: [(&str, &str); 5] = [
+    ("decide", "pending"),
+    ("findings", "verifying"),
+    ("findings", "revoking"),
+    ("findings", "notifying"),
+    ("findings", "awaiting_pull"),
+];
+
 /// The public-events poller's metrics.
 #[derive(Default)]
 struct PollerMetrics {
@@ -77,8 +116,16 @@ pub struct Metrics {
     alerts: Family<AlertLabels, Counter>,
     calls: Family<CallLabels, Counter>,
     call_seconds: Family<StepLabels, Histogram>,
-    time_to_revoke: Histogram,
+    time_to_revoke: Family<InstallationLabels, Histogram>,
     failed: Family<StepLabels, Counter>,
+    outcomes: Family<FindingOutcomeLabels, Counter>,
+    signature_failures: Family<SignatureLabels, Counter>,
+    tokens_matched: Family<TokenLabels, Counter>,
+    queue_depth: Family<QueueLabels, Gauge>,
+    breaker_state: Family<InstallationLabels, Gauge>,
+    checkpoint_age: Gauge<f64, std::sync::atomic::AtomicU64>,
+    /// When the audit log was last checkpointed (or the process started), ms since the epoch.
+    checkpointed_at_ms: std::sync::atomic::AtomicI64,
     rate_limit_waits: Family<InstallationLabels, Counter>,
     scanned_bytes: Family<SourceLabels, Counter>,
     poller: PollerMetrics,
@@ -107,11 +154,49 @@ impl Default for Metrics {
             "Latency of calls to installations, rate-limit waits included",
             call_seconds.clone(),
         );
-        let time_to_revoke = Histogram::new(exponential_buckets(0.01, 2.0, 16));
+        let time_to_revoke = Family::<InstallationLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(TIME_TO_REVOKE_BUCKETS)
+        });
         registry.register(
             "time_to_revoke_seconds",
             "From alert received to revocation acknowledged by the installation",
             time_to_revoke.clone(),
+        );
+        let outcomes = Family::<FindingOutcomeLabels, Counter>::default();
+        registry.register(
+            "findings_outcomes",
+            "Findings that reached a terminal state, by installation (none: unattributed) and outcome",
+            outcomes.clone(),
+        );
+        let signature_failures = Family::<SignatureLabels, Counter>::default();
+        registry.register(
+            "signature_failures",
+            "Requests to listener endpoints refused for their signature, by listener kind and reason",
+            signature_failures.clone(),
+        );
+        let tokens_matched = Family::<TokenLabels, Counter>::default();
+        registry.register(
+            "tokens_matched",
+            "Tokens the scanner matched in listener bodies and public pushes, by rule and verdict",
+            tokens_matched.clone(),
+        );
+        let queue_depth = Family::<QueueLabels, Gauge>::default();
+        registry.register(
+            "work_queue_depth",
+            "Work waiting in the shared database, by queue (decide, findings) and state",
+            queue_depth.clone(),
+        );
+        let breaker_state = Family::<InstallationLabels, Gauge>::default();
+        registry.register(
+            "circuit_breaker_state",
+            "This replica's circuit breaker per installation: 0 closed, 1 half-open, 2 open",
+            breaker_state.clone(),
+        );
+        let checkpoint_age = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register(
+            "audit_checkpoint_age_seconds",
+            "Time since this replica last checkpointed the audit log (or started)",
+            checkpoint_age.clone(),
         );
         let failed = Family::<StepLabels, Counter>::default();
         registry.register(
@@ -173,6 +258,13 @@ impl Default for Metrics {
             poller.rate_limit_waits.clone(),
         );
         Metrics {
+            outcomes,
+            signature_failures,
+            tokens_matched,
+            queue_depth,
+            breaker_state,
+            checkpoint_age,
+            checkpointed_at_ms: std::sync::atomic::AtomicI64::new(crate::store::now_ms()),
             scanned_bytes,
             poller,
             registry,
@@ -197,6 +289,74 @@ impl Metrics {
             .inc();
     }
 
+    /// Counts a request refused for its signature: reason is missing_header, malformed_header,
+    /// unknown_key, bad_signature or stale_timestamp.
+    pub fn signature_failure(&self, listener_kind: &'static str, reason: &'static str) {
+        self.signature_failures
+            .get_or_create(&SignatureLabels {
+                listener_kind,
+                reason,
+            })
+            .inc();
+    }
+
+    /// Counts a token the scanner matched.
+    pub fn token_matched(&self, rule: &str, verdict: &'static str) {
+        self.tokens_matched
+            .get_or_create(&TokenLabels {
+                rule: rule.to_owned(),
+                verdict,
+            })
+            .inc();
+    }
+
+    /// The audit log was checkpointed (or found already checkpointed) now.
+    pub fn checkpointed(&self) {
+        self.checkpointed_at_ms
+            .store(crate::store::now_ms(), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Samples what lives in the database and the engine: queue depths and breaker states.
+    pub async fn sample(&self, engine: &crate::revocation::Engine) -> anyhow::Result<()> {
+        use sqlx::Row as _;
+        let pool = engine.store.pool();
+        let decide: i64 = sqlx::query(
+            "SELECT COUNT(*) AS n FROM work_queue WHERE kind = 'decide' AND state = 'pending'",
+        )
+        .fetch_one(pool)
+        .await?
+        .try_get("n")?;
+        let rows = sqlx::query(
+            "SELECT state, COUNT(*) AS n FROM findings \
+             WHERE state IN ('verifying', 'revoking', 'notifying', 'awaiting_pull') GROUP BY state",
+        )
+        .fetch_all(pool)
+        .await?;
+        for (queue, state) in QUEUE_STATES {
+            let n = if queue == "decide" {
+                decide
+            } else {
+                rows.iter()
+                    .find(|r| r.try_get::<String, _>("state").is_ok_and(|s| s == state))
+                    .map_or(Ok(0), |r| r.try_get::<i64, _>("n"))?
+            };
+            self.queue_depth
+                .get_or_create(&QueueLabels { queue, state })
+                .set(n);
+        }
+        for (installation, state) in engine.limits.breaker_states() {
+            let value = match state {
+                crate::revocation::limits::BreakerState::Closed => 0,
+                crate::revocation::limits::BreakerState::HalfOpen => 1,
+                crate::revocation::limits::BreakerState::Open => 2,
+            };
+            self.breaker_state
+                .get_or_create(&InstallationLabels { installation })
+                .set(value);
+        }
+        Ok(())
+    }
+
     /// Counts bytes scanned for tokens from `source` (poller, listener).
     pub fn scanned(&self, source: &'static str, bytes: u64) {
         self.scanned_bytes
@@ -204,7 +364,13 @@ impl Metrics {
             .inc_by(bytes);
     }
 
+    /// The OpenMetrics text exposition.
     pub fn encode(&self) -> String {
+        let since = crate::store::now_ms()
+            - self
+                .checkpointed_at_ms
+                .load(std::sync::atomic::Ordering::Relaxed);
+        self.checkpoint_age.set(since.max(0) as f64 / 1000.0);
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String");
@@ -240,8 +406,21 @@ impl crate::revocation::Observer for Metrics {
             .observe(elapsed.as_secs_f64());
     }
 
-    fn revoked(&self, _installation: &str, time_to_revoke: std::time::Duration) {
-        self.time_to_revoke.observe(time_to_revoke.as_secs_f64());
+    fn revoked(&self, installation: &str, time_to_revoke: std::time::Duration) {
+        self.time_to_revoke
+            .get_or_create(&InstallationLabels {
+                installation: installation.to_owned(),
+            })
+            .observe(time_to_revoke.as_secs_f64());
+    }
+
+    fn outcome(&self, installation: Option<&str>, outcome: &str) {
+        self.outcomes
+            .get_or_create(&FindingOutcomeLabels {
+                installation: installation.unwrap_or("none").to_owned(),
+                outcome: outcome.to_owned(),
+            })
+            .inc();
     }
 
     fn failed(&self, installation: &str, step: &'static str) {
@@ -313,6 +492,10 @@ impl crate::poller::Observer for Metrics {
         self.scanned(SOURCE_POLLER, bytes);
     }
 
+    fn token_matched(&self, rule: &str, verdict: &'static str) {
+        Metrics::token_matched(self, rule, verdict);
+    }
+
     fn alert(&self, outcome: &'static str) {
         Metrics::alert(self, crate::poller::LISTENER, outcome);
     }
@@ -320,12 +503,73 @@ impl crate::poller::Observer for Metrics {
 
 const SOURCE_POLLER: &str = "poller";
 
-pub async fn serve(State(state): State<Arc<AppState>>) -> impl IntoResponse {
-    (
-        [(
-            CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        state.metrics.encode(),
-    )
+/// `/metrics`: OpenMetrics when the scraper asks for it (Prometheus does), else the Prometheus
+/// text format 0.0.4 (what `promtool check metrics` and plain `curl` read).
+pub async fn serve(
+    State(state): State<Arc<AppState>>,
+    headers: axum::http::HeaderMap,
+) -> impl IntoResponse {
+    let openmetrics = headers
+        .get(axum::http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("application/openmetrics-text"));
+    let text = state.metrics.encode();
+    if openmetrics {
+        (
+            [(
+                CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            text,
+        )
+    } else {
+        (
+            [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+            to_prometheus_text(&text),
+        )
+    }
+}
+
+/// OpenMetrics text as Prometheus text 0.0.4: a counter family's HELP and TYPE name its `_total`
+/// series, and there is no `# EOF` or `# UNIT`. Nothing else differs for the types used here.
+pub fn to_prometheus_text(openmetrics: &str) -> String {
+    let mut counters = std::collections::HashSet::new();
+    for line in openmetrics.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ")
+            && let Some(name) = rest.strip_suffix(" counter")
+        {
+            counters.insert(name.to_owned());
+        }
+    }
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
+            let rest = line.strip_prefix(prefix)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters
+                .contains(name)
+                .then(|| format!("{prefix}{name}_total {tail}"))
+        });
+        match renamed {
+            Some(l) => out.push_str(&l),
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn counters_are_named_by_their_total_series_in_prometheus_text() {
+        let om = "# HELP spillway_x Things.\n# TYPE spillway_x counter\nspillway_x_total 3\n# HELP spillway_g G.\n# TYPE spillway_g gauge\nspillway_g 1\n# EOF\n";
+        assert_eq!(
+            super::to_prometheus_text(om),
+            "# HELP spillway_x_total Things.\n# TYPE spillway_x_total counter\nspillway_x_total 3\n# HELP spillway_g G.\n# TYPE spillway_g gauge\nspillway_g 1\n"
+        );
+    }
 }

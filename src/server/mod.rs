@@ -21,6 +21,9 @@ use axum::routing::{get, post};
 use tokio::net::TcpListener;
 use tower::limit::ConcurrencyLimitLayer;
 use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::request_id::{
+    MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
+};
 use tower_http::timeout::TimeoutLayer;
 
 use crate::config::Settings;
@@ -76,6 +79,43 @@ impl Running {
     }
 }
 
+/// A request id for requests that arrive without `x-request-id`: 16 random hex digits.
+#[derive(Clone, Copy)]
+struct RandomRequestId;
+
+impl MakeRequestId for RandomRequestId {
+    fn make_request_id<B>(&mut self, _: &axum::http::Request<B>) -> Option<RequestId> {
+        let id = format!("{:016x}", rand::random::<u64>());
+        axum::http::HeaderValue::from_str(&id)
+            .ok()
+            .map(RequestId::new)
+    }
+}
+
+/// Each request's span: method, route and request id. Spans name the route, never the URI: an
+/// endpoint path is itself a secret.
+fn request_span() -> tower_http::trace::TraceLayer<
+    tower_http::classify::SharedClassifier<tower_http::classify::ServerErrorsAsFailures>,
+    impl Fn(&axum::http::Request<axum::body::Body>) -> tracing::Span + Clone,
+> {
+    tower_http::trace::TraceLayer::new_for_http().make_span_with(
+        |req: &axum::http::Request<axum::body::Body>| {
+            let route = req
+                .extensions()
+                .get::<axum::extract::MatchedPath>()
+                .map_or("unmatched", |p| p.as_str())
+                .to_owned();
+            let request_id = req
+                .headers()
+                .get("x-request-id")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_owned();
+            tracing::info_span!("request", method = %req.method(), route, request_id)
+        },
+    )
+}
+
 /// Opens the database, loads keys and rules, binds both addresses and starts serving.
 pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
     let store = Store::connect(&settings.database_url).await?;
@@ -127,19 +167,9 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
         .route("/l/{secret}/v1/revoke_tokens", post(revoke_tokens))
         .merge(pull_api::routes())
         .fallback(|| async { (StatusCode::NOT_FOUND, "no such endpoint\n") })
-        // Spans name the route, never the URI: an endpoint path is itself a secret.
-        .layer(
-            tower_http::trace::TraceLayer::new_for_http().make_span_with(
-                |req: &axum::http::Request<_>| {
-                    let route = req
-                        .extensions()
-                        .get::<axum::extract::MatchedPath>()
-                        .map_or("unmatched", |p| p.as_str())
-                        .to_owned();
-                    tracing::info_span!("request", method = %req.method(), route)
-                },
-            ),
-        )
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(request_span())
+        .layer(SetRequestIdLayer::x_request_id(RandomRequestId))
         .layer(DefaultBodyLimit::disable())
         .layer(RequestBodyLimitLayer::new(MAX_BODY))
         .layer(TimeoutLayer::with_status_code(
@@ -152,7 +182,12 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics::serve))
-        .merge(admin_api::routes())
+        .route("/openapi.json", get(openapi_admin))
+        .route("/openapi/installation.json", get(openapi_installation))
+        .merge(admin_api::routes(state.clone()))
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(request_span())
+        .layer(SetRequestIdLayer::x_request_id(RandomRequestId))
         .layer(RequestBodyLimitLayer::new(1 << 20))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
@@ -183,6 +218,7 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
         Duration::from_secs(settings.audit_checkpoint_interval_secs.max(1)),
         watch.clone(),
     )));
+    tasks.push(tokio::spawn(sample_metrics(state.clone(), watch.clone())));
     if settings.poller.enabled {
         let poller = Arc::new(crate::poller::Poller::new(
             state.store.clone(),
@@ -282,11 +318,48 @@ async fn checkpoints(
             _ = tokio::time::sleep(interval) => false,
             _ = stopped(&mut stop) => true,
         };
-        if let Err(e) = crate::audit::write_checkpoint(&state.store, &path, &key).await {
-            tracing::error!(error = %format!("{e:#}"), "cannot write audit checkpoint");
+        match crate::audit::write_checkpoint(&state.store, &path, &key).await {
+            Ok(_) => state.metrics.checkpointed(),
+            Err(e) => tracing::error!(error = %format!("{e:#}"), "cannot write audit checkpoint"),
         }
         if stopping {
             return Ok(());
+        }
+    }
+}
+
+/// The admin API's OpenAPI 3.1 document (docs/openapi/admin.json).
+async fn openapi_admin() -> Response {
+    json_document(include_str!("../../docs/openapi/admin.json"))
+}
+
+/// The installation contract's OpenAPI 3.1 document (docs/openapi/installation.json).
+async fn openapi_installation() -> Response {
+    json_document(include_str!("../../docs/openapi/installation.json"))
+}
+
+fn json_document(text: &'static str) -> Response {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        text,
+    )
+        .into_response()
+}
+
+/// How often queue depths and breaker states are sampled into gauges.
+const SAMPLE_INTERVAL: Duration = Duration::from_secs(5);
+
+async fn sample_metrics(
+    state: Arc<AppState>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    loop {
+        if let Err(e) = state.metrics.sample(&state.engine).await {
+            tracing::warn!(error = %format!("{e:#}"), "cannot sample queue metrics");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(SAMPLE_INTERVAL) => {}
+            _ = stopped(&mut stop) => return Ok(()),
         }
     }
 }

@@ -143,6 +143,17 @@ pub async fn alert(
     ) {
         (Ok(k), Ok(s)) => (k, s),
         (Err(message), _) | (_, Err(message)) => {
+            let absent = [key_id_header, signature_header]
+                .iter()
+                .any(|h| !headers.contains_key(*h));
+            state.metrics.signature_failure(
+                kind,
+                if absent {
+                    "missing_header"
+                } else {
+                    "malformed_header"
+                },
+            );
             state.metrics.alert(kind, "malformed");
             return error(StatusCode::BAD_REQUEST, message);
         }
@@ -150,6 +161,7 @@ pub async fn alert(
     let key_current = match keys.verify(key_id, signature, body).await {
         Ok(current) => current,
         Err(SignatureError::MalformedSignature) => {
+            state.metrics.signature_failure(kind, "malformed_header");
             state.metrics.alert(kind, "malformed");
             return error(
                 StatusCode::BAD_REQUEST,
@@ -160,6 +172,14 @@ pub async fn alert(
             );
         }
         Err(e) => {
+            state.metrics.signature_failure(
+                kind,
+                if matches!(e, SignatureError::UnknownKey) {
+                    "unknown_key"
+                } else {
+                    "bad_signature"
+                },
+            );
             state.metrics.alert(kind, "bad_signature");
             return error(
                 StatusCode::UNAUTHORIZED,

@@ -1,0 +1,378 @@
+//! `spillway doctor`: Spillway's own credential hygiene (seed 002). Reads the configuration and
+//! the database and reports what a security team should fix: admin keys that are old, live too
+//! long, hold too much or serve several uses at once; installation secrets not rotated; listener
+//! endpoints past expiry but not deleted; development keys or settings in a production
+//! configuration. Nothing is changed.
+
+use std::collections::BTreeSet;
+
+use serde::Serialize;
+use sqlx::Row as _;
+
+use crate::admin_keys::SCOPES;
+use crate::config::Settings;
+use crate::store::{Store, now_ms};
+
+const DAY_MS: i64 = 24 * 3600 * 1000;
+/// Credentials older than this are due for rotation.
+pub const ROTATE_AFTER_DAYS: i64 = 90;
+/// An admin key living longer than this has, in effect, no TTL.
+pub const NO_TTL_DAYS: i64 = 365;
+/// A rotation (two live installation secrets) left unfinished longer than this.
+pub const ROTATION_OPEN_DAYS: i64 = 7;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    Info,
+    Warning,
+    Severe,
+}
+
+impl Severity {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Severity::Info => "info",
+            Severity::Warning => "warning",
+            Severity::Severe => "severe",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Finding {
+    pub severity: Severity,
+    /// Stable name of the check, e.g. `admin_key.over_broad`.
+    pub check: &'static str,
+    /// What it is about: a key id, an installation id, an endpoint id, a setting.
+    pub subject: String,
+    pub message: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub production: bool,
+    pub findings: Vec<Finding>,
+    pub severe: usize,
+    pub warnings: usize,
+}
+
+fn finding(
+    severity: Severity,
+    check: &'static str,
+    subject: impl Into<String>,
+    message: impl Into<String>,
+) -> Finding {
+    Finding {
+        severity,
+        check,
+        subject: subject.into(),
+        message: message.into(),
+    }
+}
+
+/// The uses an admin key's scopes serve: listeners, installations, audit, keys.
+fn uses(scopes: &BTreeSet<String>) -> BTreeSet<&str> {
+    scopes.iter().filter_map(|s| s.split(':').next()).collect()
+}
+
+/// Checks one admin key (not yet expired).
+pub fn check_admin_key(
+    id: &str,
+    scopes: &BTreeSet<String>,
+    created_at: i64,
+    expires_at: i64,
+    now: i64,
+) -> Vec<Finding> {
+    let mut out = Vec::new();
+    let age_days = (now - created_at) / DAY_MS;
+    if age_days > ROTATE_AFTER_DAYS {
+        out.push(finding(
+            Severity::Warning,
+            "admin_key.age",
+            id,
+            format!("created {age_days} days ago (rotate after {ROTATE_AFTER_DAYS}): create a new key, then let this one expire"),
+        ));
+    }
+    let ttl_days = (expires_at - created_at) / DAY_MS;
+    if ttl_days > NO_TTL_DAYS {
+        out.push(finding(
+            Severity::Severe,
+            "admin_key.no_ttl",
+            id,
+            format!(
+                "lives {ttl_days} days: in effect no TTL (keep keys under {ROTATE_AFTER_DAYS} days)"
+            ),
+        ));
+    } else if ttl_days > ROTATE_AFTER_DAYS {
+        out.push(finding(
+            Severity::Warning,
+            "admin_key.long_ttl",
+            id,
+            format!("lives {ttl_days} days (keep keys under {ROTATE_AFTER_DAYS} days)"),
+        ));
+    }
+    let all = SCOPES.iter().all(|s| scopes.contains(*s));
+    let grants_and_writes = scopes.contains("keys:write")
+        && scopes
+            .iter()
+            .any(|s| s.ends_with(":write") && s != "keys:write");
+    if all || grants_and_writes {
+        out.push(finding(
+            Severity::Severe,
+            "admin_key.over_broad",
+            id,
+            format!(
+                "holds {}: a key that mints keys should do nothing else",
+                scopes.iter().cloned().collect::<Vec<_>>().join(", ")
+            ),
+        ));
+    }
+    let served = uses(scopes);
+    if served.len() >= 3 {
+        out.push(finding(
+            Severity::Warning,
+            "admin_key.shared",
+            id,
+            format!(
+                "serves {} uses ({}): issue one key per use, so one leak exposes one use",
+                served.len(),
+                served.into_iter().collect::<Vec<_>>().join(", ")
+            ),
+        ));
+    }
+    out
+}
+
+/// Checks the configuration alone.
+pub fn check_settings(settings: &Settings, development_keys: Option<bool>) -> Vec<Finding> {
+    let mut out = Vec::new();
+    if !settings.is_production() {
+        return out;
+    }
+    match development_keys {
+        Some(true) => out.push(finding(
+            Severity::Severe,
+            "keys.development",
+            settings.key_file.display().to_string(),
+            "a production database with keys Spillway generated for development: provide \
+             SPILLWAY_FINGERPRINT_KEY, SPILLWAY_SEALING_KEY and SPILLWAY_AUDIT_SIGNING_KEY from a secret store",
+        )),
+        None => out.push(finding(
+            Severity::Severe,
+            "keys.missing",
+            settings.key_file.display().to_string(),
+            "no keys configured: serve will refuse to start",
+        )),
+        Some(false) => {}
+    }
+    for (on, name) in [
+        (settings.outbound_allow_http, "outbound_allow_http"),
+        (settings.outbound_allow_private, "outbound_allow_private"),
+    ] {
+        if on {
+            out.push(finding(
+                Severity::Severe,
+                "config.development_setting",
+                name,
+                format!("{name} is on with a production database: installations' URLs may be plain http or private addresses (tests and demos only)"),
+            ));
+        }
+    }
+    if !settings.public_url.starts_with("https://") {
+        out.push(finding(
+            Severity::Warning,
+            "config.public_url",
+            "public_url",
+            format!(
+                "{} is not https: platforms would send alerts in clear text",
+                settings.public_url
+            ),
+        ));
+    }
+    out
+}
+
+/// Runs every check.
+pub async fn run(settings: &Settings, store: &Store) -> anyhow::Result<Report> {
+    let now = now_ms();
+    let development_keys = crate::keys::Keys::load(&settings.key_file, false)
+        .ok()
+        .map(|k| k.development);
+    let mut findings = check_settings(settings, development_keys);
+    if settings.poller.enabled && std::env::var_os("SPILLWAY_GITHUB_TOKEN").is_none() {
+        findings.push(finding(
+            Severity::Warning,
+            "config.poller_unauthenticated",
+            "SPILLWAY_GITHUB_TOKEN",
+            "the poller runs without a GitHub token: 60 requests an hour instead of 5,000",
+        ));
+    }
+
+    for key in crate::admin_keys::list(store).await? {
+        if key.expires_at <= now {
+            findings.push(finding(
+                Severity::Info,
+                "admin_key.expired",
+                &key.id,
+                "expired (unusable); kept for the record",
+            ));
+            continue;
+        }
+        findings.extend(check_admin_key(
+            &key.id,
+            &key.scopes,
+            key.created_at,
+            key.expires_at,
+            now,
+        ));
+    }
+
+    let rows = sqlx::query(
+        "SELECT installation_id, COUNT(*) AS live, MAX(created_at) AS newest, MIN(created_at) AS oldest \
+         FROM installation_secrets GROUP BY installation_id ORDER BY installation_id",
+    )
+    .fetch_all(store.pool())
+    .await?;
+    for r in rows {
+        let id: String = r.try_get("installation_id")?;
+        let (live, newest, oldest): (i64, i64, i64) = (
+            r.try_get("live")?,
+            r.try_get("newest")?,
+            r.try_get("oldest")?,
+        );
+        let age = (now - newest) / DAY_MS;
+        if age > ROTATE_AFTER_DAYS {
+            findings.push(finding(
+                Severity::Warning,
+                "installation_secret.not_rotated",
+                &id,
+                format!("newest shared secret is {age} days old (rotate after {ROTATE_AFTER_DAYS}): `spillway installation rotate-secret`"),
+            ));
+        }
+        let open = (now - newest) / DAY_MS;
+        if live > 1 && open > ROTATION_OPEN_DAYS {
+            findings.push(finding(
+                Severity::Warning,
+                "installation_secret.rotation_unfinished",
+                &id,
+                format!(
+                    "two secrets live for {open} days (the older from {} days ago): retire the old one with `rotate-secret --retire-old`",
+                    (now - oldest) / DAY_MS
+                ),
+            ));
+        }
+    }
+
+    let rows = sqlx::query(
+        "SELECT id, listener_id, expires_at FROM listener_endpoints \
+         WHERE expires_at IS NOT NULL AND expires_at <= $1 ORDER BY expires_at",
+    )
+    .bind(now)
+    .fetch_all(store.pool())
+    .await?;
+    for r in rows {
+        let id: String = r.try_get("id")?;
+        let listener: String = r.try_get("listener_id")?;
+        let expired: i64 = r.try_get("expires_at")?;
+        findings.push(finding(
+            Severity::Warning,
+            "endpoint.expired_not_deleted",
+            &id,
+            format!(
+                "endpoint of listener {listener} expired {} days ago and still exists: delete it (`spillway listener delete {id}`)",
+                (now - expired) / DAY_MS
+            ),
+        ));
+    }
+
+    findings.sort_by(|a, b| b.severity.cmp(&a.severity).then(a.check.cmp(b.check)));
+    let severe = findings
+        .iter()
+        .filter(|f| f.severity == Severity::Severe)
+        .count();
+    let warnings = findings
+        .iter()
+        .filter(|f| f.severity == Severity::Warning)
+        .count();
+    Ok(Report {
+        production: settings.is_production(),
+        findings,
+        severe,
+        warnings,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scopes(list: &[&str]) -> BTreeSet<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn a_narrow_young_key_is_fine_and_a_broad_old_one_is_not() {
+        let now = 1_000 * DAY_MS;
+        let fine = check_admin_key(
+            "adm_a",
+            &scopes(&["audit:read"]),
+            now - DAY_MS,
+            now + 29 * DAY_MS,
+            now,
+        );
+        assert!(fine.is_empty(), "{fine:?}");
+        let bad = check_admin_key(
+            "adm_b",
+            &scopes(SCOPES),
+            now - 200 * DAY_MS,
+            now + 400 * DAY_MS,
+            now,
+        );
+        let checks: Vec<&str> = bad.iter().map(|f| f.check).collect();
+        assert_eq!(
+            checks,
+            vec![
+                "admin_key.age",
+                "admin_key.no_ttl",
+                "admin_key.over_broad",
+                "admin_key.shared"
+            ]
+        );
+        // Minting keys together with another write is over-broad even without every scope.
+        let minting = check_admin_key(
+            "adm_c",
+            &scopes(&["keys:write", "listeners:write"]),
+            now,
+            now + DAY_MS,
+            now,
+        );
+        assert_eq!(minting.len(), 1);
+        assert_eq!(minting[0].severity, Severity::Severe);
+    }
+
+    #[test]
+    fn development_settings_matter_only_in_production() {
+        let mut s = Settings {
+            outbound_allow_http: true,
+            ..Settings::default()
+        };
+        assert!(
+            check_settings(&s, Some(true)).is_empty(),
+            "SQLite: development"
+        );
+        s.database_url = "postgres://db/spillway".into();
+        let checks: Vec<&str> = check_settings(&s, Some(true))
+            .iter()
+            .map(|f| f.check)
+            .collect();
+        assert_eq!(
+            checks,
+            vec![
+                "keys.development",
+                "config.development_setting",
+                "config.public_url"
+            ]
+        );
+    }
+}

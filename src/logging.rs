@@ -1,0 +1,173 @@
+//! JSON logs on stderr, filtered by `SPILLWAY_LOG` (default `info`), each line passed through the
+//! scanner before it is written: whatever a log line carries, a token of any format the rules
+//! know (checksum-failing candidates included) is replaced by `[REDACTED <token type>]`, so a new
+//! token format is redacted by adding its rule, without anyone remembering to.
+//!
+//! Every line is one event: the formatter hands each event to one writer, which redacts and
+//! writes it whole when dropped.
+
+use std::io::Write;
+use std::sync::Arc;
+
+use tracing_subscriber::fmt::MakeWriter;
+
+use crate::scanner::{Finding, RuleSet, ScanOptions};
+
+/// Where redacted lines go.
+pub type Sink = Arc<dyn Fn(&[u8]) + Send + Sync>;
+
+/// A `MakeWriter` whose writers redact what they are given.
+#[derive(Clone)]
+pub struct Redacting {
+    rules: Arc<RuleSet>,
+    sink: Sink,
+}
+
+impl Redacting {
+    pub fn new(rules: Arc<RuleSet>, sink: Sink) -> Redacting {
+        Redacting { rules, sink }
+    }
+
+    /// To stderr, with the default rules (invalid candidates included).
+    pub fn stderr() -> anyhow::Result<Redacting> {
+        let rules = RuleSet::default_rules(ScanOptions {
+            include_invalid: true,
+        })?;
+        Ok(Redacting::new(
+            Arc::new(rules),
+            Arc::new(|line: &[u8]| {
+                let _ = std::io::stderr().lock().write_all(line);
+            }),
+        ))
+    }
+}
+
+pub struct LineWriter {
+    buf: Vec<u8>,
+    owner: Redacting,
+}
+
+impl Write for LineWriter {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for LineWriter {
+    fn drop(&mut self) {
+        if !self.buf.is_empty() {
+            (self.owner.sink)(&redact(&self.owner.rules, &self.buf));
+        }
+    }
+}
+
+impl<'a> MakeWriter<'a> for Redacting {
+    type Writer = LineWriter;
+
+    fn make_writer(&'a self) -> LineWriter {
+        LineWriter {
+            buf: Vec::with_capacity(256),
+            owner: self.clone(),
+        }
+    }
+}
+
+/// `text` with every token the rules match replaced by `[REDACTED <token type>]`.
+pub fn redact(rules: &RuleSet, text: &[u8]) -> Vec<u8> {
+    let mut spans: Vec<(std::ops::Range<usize>, String)> = Vec::new();
+    rules.scanner().scan("log", text, &mut |f: Finding<'_>| {
+        spans.push((f.span.clone(), f.rule.token_type.clone()));
+    });
+    if spans.is_empty() {
+        return text.to_vec();
+    }
+    spans.sort_by_key(|(span, _)| (span.start, std::cmp::Reverse(span.end)));
+    let mut out = Vec::with_capacity(text.len());
+    let mut copied = 0;
+    for (span, token_type) in spans {
+        if span.start < copied {
+            continue;
+        }
+        out.extend_from_slice(&text[copied..span.start]);
+        out.extend_from_slice(format!("[REDACTED {token_type}]").as_bytes());
+        copied = span.end;
+    }
+    out.extend_from_slice(&text[copied..]);
+    out
+}
+
+/// Installs the JSON subscriber on stderr with redaction (falls back to no redaction, loudly,
+/// only if the rules cannot be compiled, which the rule tests rule out).
+pub fn init() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SPILLWAY_LOG")
+        .unwrap_or_else(|_| "info".into());
+    match Redacting::stderr() {
+        Ok(writer) => {
+            let _ = tracing_subscriber::fmt()
+                .json()
+                .with_env_filter(filter)
+                .with_writer(writer)
+                .try_init();
+        }
+        Err(e) => {
+            eprintln!("spillway: cannot compile rules for log redaction: {e:#}");
+            let _ = tracing_subscriber::fmt()
+                .json()
+                .with_env_filter(filter)
+                .with_writer(std::io::stderr)
+                .try_init();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+
+    /// A GitHub classic token with a valid checksum, built at run time.
+    fn token() -> String {
+        let body = "R7mKq2VxT9pL4sN8wYc3Hd6Fj1Zb5A";
+        format!(
+            "ghp_{body}{}",
+            crate::scanner::validate::crc32_base62(body.as_bytes())
+        )
+    }
+
+    #[test]
+    fn a_token_in_any_field_of_a_log_line_is_redacted() {
+        let lines = Arc::new(Mutex::new(Vec::<u8>::new()));
+        let collected = lines.clone();
+        let rules = RuleSet::default_rules(ScanOptions {
+            include_invalid: true,
+        })
+        .unwrap();
+        let writer = Redacting::new(
+            Arc::new(rules),
+            Arc::new(move |l: &[u8]| collected.lock().unwrap().extend_from_slice(l)),
+        );
+        let subscriber = tracing_subscriber::fmt()
+            .json()
+            .with_writer(writer)
+            .finish();
+        let t = token();
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::info!(header = %format!("Bearer {t}"), "someone logged a token by mistake: {t}");
+        });
+        let out = String::from_utf8(lines.lock().unwrap().clone()).unwrap();
+        assert!(!out.contains(&t), "{out}");
+        assert_eq!(
+            out.matches("[REDACTED github_personal_access_token]")
+                .count(),
+            2,
+            "{out}"
+        );
+        assert!(out.contains("someone logged a token by mistake"));
+    }
+}
