@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
-use sqlx::{Any, AnyPool, Executor as _, Transaction};
+use sqlx::{Any, AnyPool, Connection as _, Executor as _, Transaction};
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
@@ -54,7 +54,9 @@ impl Store {
         } else {
             anyhow::bail!("SPILLWAY_DATABASE_URL must start with sqlite:// or postgres://");
         };
-        let options = AnyPoolOptions::new().acquire_timeout(Duration::from_secs(10));
+        // Well inside the 10 s request deadline: with the database gone, intake answers 503 (retry
+        // later), not a timeout.
+        let options = AnyPoolOptions::new().acquire_timeout(Duration::from_secs(4));
         let options = match backend {
             // One connection: SQLite allows one writer, and serialising here avoids SQLITE_BUSY.
             Backend::Sqlite => options.max_connections(1).after_connect(|conn, _| {
@@ -122,11 +124,48 @@ impl Store {
 
     /// Starts a transaction. On PostgreSQL, appends to the audit log inside it serialise on a
     /// transaction-scoped advisory lock (see `audit::append`).
+    ///
+    /// On SQLite every transaction is `BEGIN IMMEDIATE` (the write lock up front), which also
+    /// refuses a connection left inside a transaction: when a COMMIT fails (disk full), SQLite may
+    /// keep the transaction open, or sqlx may still count it as open; a plain `BEGIN` would then
+    /// become a savepoint inside a transaction that never commits, and every later "commit" would
+    /// only release it, acknowledging writes that are never stored. Such a connection is closed
+    /// instead, and the caller gets an error (intake answers 503).
     pub async fn begin(&self) -> anyhow::Result<Tx> {
-        self.pool
-            .begin()
-            .await
-            .context("cannot start a database transaction")
+        match self.backend {
+            Backend::Postgres => self
+                .pool
+                .begin()
+                .await
+                .context("cannot start a database transaction"),
+            Backend::Sqlite => {
+                let mut conn = self
+                    .pool
+                    .acquire()
+                    .await
+                    .context("cannot start a database transaction")?;
+                if conn.is_in_transaction() {
+                    tracing::warn!("closing a database connection left inside a transaction");
+                    let _ = conn.close().await;
+                    conn = self
+                        .pool
+                        .acquire()
+                        .await
+                        .context("cannot start a database transaction")?;
+                }
+                match sqlx::Transaction::begin(conn, Some("BEGIN IMMEDIATE".into())).await {
+                    Ok(tx) => Ok(tx),
+                    Err(e) => {
+                        // SQLite itself may still be inside the failed transaction: the
+                        // connection (the only one) is closed, and the next caller gets a new one.
+                        if let Ok(conn) = self.pool.acquire().await {
+                            let _ = conn.close().await;
+                        }
+                        Err(anyhow::Error::from(e).context("cannot start a database transaction"))
+                    }
+                }
+            }
+        }
     }
 }
 

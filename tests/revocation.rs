@@ -10,6 +10,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use common::revocation::Rig;
 use serde_json::json;
 use sha2::{Digest, Sha256};
+use spillway::devtools::reference_installation;
+use spillway::scanner::TokenSecret;
 
 fn sha256(s: &str) -> String {
     hex::encode(Sha256::digest(s.as_bytes()))
@@ -605,6 +607,132 @@ async fn replicas_on_one_database_share_the_work_and_revoke_each_token_once() {
         );
         assert_eq!(stats.notifications, 30, "{stats:?}");
         second.shutdown().await;
+        rig.stop().await;
+    }
+}
+
+/// Accepts connections and resets them at once (SO_LINGER 0), forever.
+async fn resetting_listener() -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let _ = stream.set_zero_linger();
+            drop(stream);
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn installations_that_hang_reset_or_answer_html_do_not_hold_up_the_others() {
+    for (backend, url, _dir) in common::fresh_databases().await {
+        let rig = Rig::start(&url, |_| {}, |s| s.call_timeout_ms = 1_000, |_| {}).await;
+        let policy = spillway::outbound::Policy {
+            allow_http: true,
+            allow_private: true,
+        };
+        let store = &rig.server.state.store;
+        // Three broken installations, each issuing its own tokens (attributed by key id):
+        // one hangs on every call, one answers every call with an HTML page, one whose revoke URL
+        // resets every connection.
+        let dir = tempfile::tempdir().unwrap();
+        let mut broken = Vec::new();
+        let reset = resetting_listener().await;
+        for (name, timeout_rate, fail_rate) in [
+            ("hangs", 1.0, 0.0),
+            ("html", 0.0, 1.0),
+            ("resets", 0.0, 0.0),
+        ] {
+            let installation = reference_installation::start(&reference_installation::Args {
+                secret_file: dir.path().join(format!("{name}.whsec")),
+                timeout_rate,
+                fail_rate,
+                hang_secs: 60,
+                rate_limit: 200.0,
+                burst: 50,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+            let mut spec = common::revocation::spec(&installation.url(), name);
+            spec.verify_url = None;
+            if name == "resets" {
+                spec.revoke_url = Some(format!("http://{reset}/revoke"));
+            }
+            spillway::installations::register(
+                store,
+                &rig.server.state.keys.sealing,
+                &policy,
+                spec,
+                Some(TokenSecret::new(installation.secrets[0].clone())),
+                "test",
+            )
+            .await
+            .unwrap();
+            broken.push(installation);
+        }
+        // Forty tokens of the broken ones first, then ten of the healthy one.
+        let mut alerts = Vec::new();
+        for installation in &broken {
+            for _ in 0..14 {
+                let r: serde_json::Value = rig
+                    .client
+                    .post(format!("{}/tokens", installation.url()))
+                    .json(&json!({"kind": "session"}))
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                alerts.push(json!({"token": r["token"], "type": "palantir_jwt", "url": ""}));
+            }
+        }
+        let (status, _) = rig.alert(&json!(alerts)).await;
+        assert_eq!(status, 200);
+        let mut healthy = Vec::new();
+        for _ in 0..10 {
+            healthy.push(json!({"token": rig.mint("session", None).await, "type": "palantir_jwt", "url": ""}));
+        }
+        let sent = tokio::time::Instant::now();
+        let (status, _) = rig.alert(&json!(healthy)).await;
+        assert_eq!(status, 200);
+        // The healthy installation's tokens are revoked (and recorded so) while every broken call
+        // is still out or backing off (a liveness bound well under the 60 s hang, not a speed
+        // goal).
+        let deadline = sent + Duration::from_secs(20);
+        let healthy_id = rig.installation_id.clone();
+        loop {
+            let findings = rig.findings().await;
+            let done = findings
+                .iter()
+                .filter(|f| f.installation_id.as_deref() == Some(healthy_id.as_str()))
+                .filter(|f| matches!(f.state.as_str(), "notifying" | "revoked"))
+                .count();
+            if done == 10 {
+                let stuck = findings
+                    .iter()
+                    .filter(|f| f.installation_id.as_deref() != Some(healthy_id.as_str()))
+                    .filter(|f| f.state == "revoking")
+                    .count();
+                assert_eq!(
+                    stuck, 42,
+                    "{backend}: the broken installations' findings wait, none is lost"
+                );
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{backend}: healthy installation starved: {:?}",
+                rig.installation.stats()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(rig.installation.stats().revocations, 10, "{backend}");
+        for installation in broken {
+            installation.shutdown().await;
+        }
         rig.stop().await;
     }
 }

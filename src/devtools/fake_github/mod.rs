@@ -77,7 +77,8 @@ struct FakeGithub {
     client: reqwest::Client,
 }
 
-/// Body of `POST /send-alert`.
+/// Body of `POST /send-alert`; the answer is `{status, body, body_sha256}`: the endpoint's status
+/// and body, and the SHA-256 of the alert body delivered (what Spillway records it under).
 #[derive(Debug, Deserialize)]
 struct SendAlert {
     /// A Spillway listener endpoint URL.
@@ -97,6 +98,7 @@ impl FakeGithub {
             Ok(body) => body,
             Err(e) => return error(StatusCode::BAD_REQUEST, format!("alerts: {e}")),
         };
+        let body_sha256 = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&body));
         let sent = self
             .client
             .post(url)
@@ -118,7 +120,8 @@ impl FakeGithub {
         let status = response.status().as_u16();
         let text = response.text().await.unwrap_or_default();
         let body = serde_json::from_str::<Value>(&text).unwrap_or(Value::String(text));
-        axum::Json(json!({ "status": status, "body": body })).into_response()
+        axum::Json(json!({ "status": status, "body": body, "body_sha256": body_sha256 }))
+            .into_response()
     }
 }
 
