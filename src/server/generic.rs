@@ -38,7 +38,9 @@ async fn listener_secret(state: &AppState, listener_id: &str) -> Result<TokenSec
     }
 }
 
-fn authenticate(
+/// Authenticates a generic listener's request (Standard Webhooks, Twilio, GitHub HMAC). Public
+/// for the fuzz targets (bench/fuzz).
+pub fn authenticate(
     kind: ListenerKind,
     secret: &str,
     public_url: &str,

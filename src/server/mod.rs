@@ -35,7 +35,9 @@ use crate::revocation::Engine;
 use crate::scanner::RuleSet;
 use crate::store::Store;
 
+pub use generic::authenticate as authenticate_webhook;
 pub use metrics::Metrics;
+pub use partner::{PartnerAlert, parse_alerts};
 
 /// Largest accepted request body (a 5,000-token alert is well under 1 MiB).
 pub const MAX_BODY: usize = 8 << 20;

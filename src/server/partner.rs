@@ -50,15 +50,32 @@ impl Platform {
 
 /// One element of an alert body: GitHub `{token, type, url, source}` (`url` may be empty, `source`
 /// missing), GitLab `{type, token, url}`, deps.dev `{token, url}` (no type: inferred from the token).
-#[derive(Deserialize)]
-struct PartnerAlert {
-    token: String,
+#[derive(Debug, Deserialize)]
+pub struct PartnerAlert {
+    pub token: String,
     #[serde(rename = "type", default)]
-    token_type: Option<String>,
+    pub token_type: Option<String>,
     #[serde(default)]
-    url: Option<String>,
+    pub url: Option<String>,
     #[serde(default)]
-    source: Option<String>,
+    pub source: Option<String>,
+}
+
+/// A partner alert body, or a message naming what is wrong with it (element and field). Public
+/// for the fuzz targets (bench/fuzz).
+pub fn parse_alerts(body: &[u8], type_required: bool) -> Result<Vec<PartnerAlert>, String> {
+    let alerts: Vec<PartnerAlert> =
+        serde_json::from_slice(body).map_err(|e| describe_json_error(&e))?;
+    if let Some(i) = alerts.iter().position(|a| a.token.is_empty()) {
+        return Err(format!("element {i}: field `token` must be non-empty"));
+    }
+    if let Some(i) = alerts
+        .iter()
+        .position(|a| type_required && a.token_type.as_deref().is_none_or(str::is_empty))
+    {
+        return Err(format!("element {i}: missing field `type`"));
+    }
+    Ok(alerts)
 }
 
 /// The token type of the default rule that matches the whole token, for platforms that send none.
@@ -187,32 +204,14 @@ pub async fn alert(
             );
         }
     };
-    let alerts: Vec<PartnerAlert> = match serde_json::from_slice(body) {
+    // deps.dev sends no type; GitHub and GitLab must.
+    let alerts = match parse_alerts(body, platform != Platform::Depsdev) {
         Ok(a) => a,
-        Err(e) => {
+        Err(message) => {
             state.metrics.alert(kind, "malformed");
-            return error(StatusCode::BAD_REQUEST, describe_json_error(&e));
+            return error(StatusCode::BAD_REQUEST, message);
         }
     };
-    if let Some(i) = alerts.iter().position(|a| a.token.is_empty()) {
-        state.metrics.alert(kind, "malformed");
-        return error(
-            StatusCode::BAD_REQUEST,
-            format!("element {i}: field `token` must be non-empty"),
-        );
-    }
-    // deps.dev sends no type; GitHub and GitLab must.
-    let type_required = platform != Platform::Depsdev;
-    if let Some(i) = alerts
-        .iter()
-        .position(|a| type_required && a.token_type.as_deref().is_none_or(str::is_empty))
-    {
-        state.metrics.alert(kind, "malformed");
-        return error(
-            StatusCode::BAD_REQUEST,
-            format!("element {i}: missing field `type`"),
-        );
-    }
     let mut scanner = state.rules.scanner();
     let tokens: Vec<ReportedToken> = alerts
         .into_iter()

@@ -129,6 +129,16 @@ async fn keys(State(g): State<Arc<FakeGithub>>) -> Response {
     axum::Json(g.key_list.clone()).into_response()
 }
 
+/// `POST /sign`: the signature headers GitHub would send with this exact body, for load
+/// generators that replay pre-signed alerts (`{key_identifier, signature}`).
+async fn sign(State(g): State<Arc<FakeGithub>>, body: Bytes) -> Response {
+    axum::Json(json!({
+        "key_identifier": g.key_identifier,
+        "signature": sign_alert(&g.key, &body),
+    }))
+    .into_response()
+}
+
 async fn send_alert(State(g): State<Arc<FakeGithub>>, body: Bytes) -> Response {
     match serde_json::from_slice::<SendAlert>(&body) {
         Ok(request) => g.deliver(request).await,
@@ -184,6 +194,7 @@ pub async fn start(args: &Args) -> anyhow::Result<Running> {
     let app = Router::new()
         .route(KEYS_PATH, get(keys))
         .route("/send-alert", post(send_alert))
+        .route("/sign", post(sign))
         .with_state(state)
         .merge(public::routes(Arc::new(public::Public::new())))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint") });
