@@ -9,7 +9,11 @@ fuzz_target!(|data: &[u8]| {
         if let Ok(alerts) = spillway::server::parse_alerts(data, type_required) {
             assert!(alerts.iter().all(|a| !a.token.is_empty()));
             if type_required {
-                assert!(alerts.iter().all(|a| a.token_type.as_deref().is_some_and(|t| !t.is_empty())));
+                assert!(
+                    alerts
+                        .iter()
+                        .all(|a| a.token_type.as_deref().is_some_and(|t| !t.is_empty()))
+                );
             }
         }
     }

@@ -9,7 +9,12 @@ use spillway::scanner::{Finding, RuleSet, ScanOptions};
 
 fn rules() -> &'static RuleSet {
     static RULES: OnceLock<RuleSet> = OnceLock::new();
-    RULES.get_or_init(|| RuleSet::default_rules(ScanOptions { include_invalid: true }).expect("default rules"))
+    RULES.get_or_init(|| {
+        RuleSet::default_rules(ScanOptions {
+            include_invalid: true,
+        })
+        .expect("default rules")
+    })
 }
 
 fuzz_target!(|data: &[u8]| {
