@@ -396,7 +396,9 @@ async fn a_restart_neither_loses_nor_repeats_pushes() {
             .restart_server(
                 async |github, installation| {
                     let client = reqwest::Client::new();
-                    let t2 = rig_mint(&client, &installation.url()).await;
+                    let t2 =
+                        common::revocation::mint_at(&client, &installation.url(), "user", None)
+                            .await;
                     push_raw(&client, &github.api_url(), "acme/two", &env_file(&t2)).await;
                 },
                 polling,
@@ -418,19 +420,6 @@ async fn a_restart_neither_loses_nor_repeats_pushes() {
         assert_eq!(alerts, 2, "{backend}: one alert per push with tokens");
         rig.stop().await;
     }
-}
-
-async fn rig_mint(client: &reqwest::Client, base: &str) -> String {
-    let r: Value = client
-        .post(format!("{base}/tokens"))
-        .json(&json!({ "kind": "user" }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    r["token"].as_str().unwrap().to_owned()
 }
 
 async fn push_raw(client: &reqwest::Client, api: &str, repo: &str, content: &str) {

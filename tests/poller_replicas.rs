@@ -30,19 +30,6 @@ async fn leader_metric(client: &reqwest::Client, admin: u16) -> Option<bool> {
     Some(line.ends_with(" 1"))
 }
 
-async fn mint(client: &reqwest::Client, base: &str) -> String {
-    let r: serde_json::Value = client
-        .post(format!("{base}/tokens"))
-        .json(&json!({ "kind": "user" }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    r["token"].as_str().unwrap().to_owned()
-}
-
 async fn push(client: &reqwest::Client, api: &str, repo: &str, token: &str) {
     let content = format!("FOUNDRY_URL=https://acme.palantirfoundry.com\nFOUNDRY_TOKEN={token}\n");
     let r = client
@@ -163,7 +150,7 @@ async fn one_replica_polls_and_another_takes_over_when_it_dies() {
             assert!(Instant::now() < deadline, "no replica became the poller");
             tokio::time::sleep(Duration::from_millis(100)).await;
         };
-        let t1 = mint(&client, &base).await;
+        let t1 = common::revocation::mint_at(&client, &base, "user", None).await;
         push(&client, &api, "acme/one", &t1).await;
         wait_revoked(&installation, 1).await;
         // It stays that way.
@@ -187,7 +174,7 @@ async fn one_replica_polls_and_another_takes_over_when_it_dies() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         eprintln!("takeover after {:?}", killed.elapsed());
-        let t2 = mint(&client, &base).await;
+        let t2 = common::revocation::mint_at(&client, &base, "user", None).await;
         push(&client, &api, "acme/two", &t2).await;
         wait_revoked(&installation, 2).await;
         tokio::time::sleep(Duration::from_millis(500)).await;

@@ -676,17 +676,10 @@ async fn installations_that_hang_reset_or_answer_html_do_not_hold_up_the_others(
         let mut alerts = Vec::new();
         for installation in &broken {
             for _ in 0..14 {
-                let r: serde_json::Value = rig
-                    .client
-                    .post(format!("{}/tokens", installation.url()))
-                    .json(&json!({"kind": "session"}))
-                    .send()
-                    .await
-                    .unwrap()
-                    .json()
-                    .await
-                    .unwrap();
-                alerts.push(json!({"token": r["token"], "type": "palantir_jwt", "url": ""}));
+                let token =
+                    common::revocation::mint_at(&rig.client, &installation.url(), "session", None)
+                        .await;
+                alerts.push(json!({"token": token, "type": "palantir_jwt", "url": ""}));
             }
         }
         let (status, _) = rig.alert(&json!(alerts)).await;

@@ -35,6 +35,29 @@ pub const TERMINAL: [&str; 8] = [
     "failed",
 ];
 
+/// Mints a token at the reference installation at `base` (`kind`: user or session).
+pub async fn mint_at(
+    client: &reqwest::Client,
+    base: &str,
+    kind: &str,
+    ttl_secs: Option<u64>,
+) -> String {
+    let mut body = json!({ "kind": kind });
+    if let Some(ttl) = ttl_secs {
+        body["ttl_secs"] = json!(ttl);
+    }
+    let r: Value = client
+        .post(format!("{base}/tokens"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    r["token"].as_str().unwrap().to_owned()
+}
+
 /// Permissive outbound policy (loopback, http) and quick polling, as tests need.
 pub fn local(settings: &mut spillway::config::Settings) {
     settings.outbound_allow_http = true;
@@ -170,21 +193,7 @@ impl Rig {
 
     /// Mints a token at the reference installation (`kind`: user or session).
     pub async fn mint(&self, kind: &str, ttl_secs: Option<u64>) -> String {
-        let mut body = json!({ "kind": kind });
-        if let Some(ttl) = ttl_secs {
-            body["ttl_secs"] = json!(ttl);
-        }
-        let r: Value = self
-            .client
-            .post(format!("{}/tokens", self.installation.url()))
-            .json(&body)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        r["token"].as_str().unwrap().to_owned()
+        mint_at(&self.client, &self.installation.url(), kind, ttl_secs).await
     }
 
     /// Sends a signed GitHub partner alert; returns status and body.
