@@ -77,12 +77,38 @@ impl<'a> MakeWriter<'a> for Redacting {
     }
 }
 
-/// `text` with every token the rules match replaced by `[REDACTED <token type>]`.
+/// `text` with JSON string escapes (`\n`, `\"`, `\u00e9`, ...) blanked out byte for byte, so a
+/// token right after one is still at a word boundary and keeps its offsets.
+fn unescaped_view(text: &[u8]) -> Vec<u8> {
+    let mut view = text.to_vec();
+    let mut i = 0;
+    while i + 1 < view.len() {
+        if view[i] == b'\\' {
+            let len = if view[i + 1] == b'u' { 6 } else { 2 };
+            let end = (i + len).min(view.len());
+            view[i..end].fill(b' ');
+            i = end;
+        } else {
+            i += 1;
+        }
+    }
+    view
+}
+
+/// `text` with every token the rules match replaced by `[REDACTED <token type>]`, whether it
+/// stands in the text as written or right after a JSON escape.
 pub fn redact(rules: &RuleSet, text: &[u8]) -> Vec<u8> {
     let mut spans: Vec<(std::ops::Range<usize>, String)> = Vec::new();
-    rules.scanner().scan("log", text, &mut |f: Finding<'_>| {
+    let mut scanner = rules.scanner();
+    scanner.scan("log", text, &mut |f: Finding<'_>| {
         spans.push((f.span.clone(), f.rule.token_type.clone()));
     });
+    if text.contains(&b'\\') {
+        let view = unescaped_view(text);
+        scanner.scan("log", &view, &mut |f: Finding<'_>| {
+            spans.push((f.span.clone(), f.rule.token_type.clone()));
+        });
+    }
     if spans.is_empty() {
         return text.to_vec();
     }
@@ -101,8 +127,8 @@ pub fn redact(rules: &RuleSet, text: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Installs the JSON subscriber on stderr with redaction (falls back to no redaction, loudly,
-/// only if the rules cannot be compiled, which the rule tests rule out).
+/// Installs the JSON subscriber on stderr with redaction. Fails closed: without the rules there
+/// are no logs and the process exits (the rule tests make this unreachable in practice).
 pub fn init() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SPILLWAY_LOG")
         .unwrap_or_else(|_| "info".into());
@@ -115,12 +141,10 @@ pub fn init() {
                 .try_init();
         }
         Err(e) => {
-            eprintln!("spillway: cannot compile rules for log redaction: {e:#}");
-            let _ = tracing_subscriber::fmt()
-                .json()
-                .with_env_filter(filter)
-                .with_writer(std::io::stderr)
-                .try_init();
+            eprintln!(
+                "spillway: cannot compile rules for log redaction, so cannot log safely: {e:#}"
+            );
+            std::process::exit(2);
         }
     }
 }
@@ -159,13 +183,15 @@ mod tests {
         let t = token();
         tracing::subscriber::with_default(subscriber, || {
             tracing::info!(header = %format!("Bearer {t}"), "someone logged a token by mistake: {t}");
+            // After an escape the JSON line holds `\n{t}`: no word boundary before the token.
+            tracing::info!(body = %format!("line one\n{t}\n\"{t}\""), "a response body");
         });
         let out = String::from_utf8(lines.lock().unwrap().clone()).unwrap();
         assert!(!out.contains(&t), "{out}");
         assert_eq!(
             out.matches("[REDACTED github_personal_access_token]")
                 .count(),
-            2,
+            4,
             "{out}"
         );
         assert!(out.contains("someone logged a token by mistake"));

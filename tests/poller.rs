@@ -431,3 +431,45 @@ async fn push_raw(client: &reqwest::Client, api: &str, repo: &str, content: &str
         .unwrap();
     assert!(r.status().is_success());
 }
+
+#[tokio::test]
+async fn a_push_bigger_than_the_call_budget_is_scanned_as_far_as_it_goes_and_blocks_nothing() {
+    for (backend, url, _dir) in common::fresh_databases().await {
+        // Two calls a poll: the compare, and one page of the truncated compare's commit.
+        let rig = Rig::start(
+            &url,
+            |_| {},
+            |s| {
+                polling(s);
+                s.poller.call_budget = 2;
+            },
+            |_| {},
+        )
+        .await;
+        faults(&rig, json!({})).await;
+        push(&rig, "acme/big", &[("README.md", "start\n".into())], false).await;
+        let hidden = rig.mint("user", None).await;
+        let mut files: Vec<(String, String)> = (0..305)
+            .map(|i| (format!("gen/f{i:03}.txt"), format!("line {i}\n")))
+            .collect();
+        files[304].1 = env_file(&hidden);
+        let refs: Vec<(&str, String)> =
+            files.iter().map(|(p, c)| (p.as_str(), c.clone())).collect();
+        let big = push(&rig, "acme/big", &refs, false).await;
+        let t = rig.mint("user", None).await;
+        push(&rig, "acme/small", &[("x.env", env_file(&t))], false).await;
+        // The push behind it is found: the big one did not hold the queue.
+        revoked(&rig, 1, Duration::from_secs(20)).await;
+        let audit = audit_actions(&rig).await;
+        let entry = audit
+            .iter()
+            .find(|e| e["action"] == "poller.scanned" && e["details"]["head"] == big["head"])
+            .expect("the big push is finished, not retried forever");
+        assert_eq!(entry["details"]["truncated"], true, "{backend}: {entry}");
+        assert_eq!(
+            entry["details"]["skipped"][0]["reason"], "budget",
+            "{backend}: {entry}"
+        );
+        rig.stop().await;
+    }
+}

@@ -218,12 +218,16 @@ impl GitHub {
     }
 }
 
-/// `X-RateLimit-Reset` (Unix seconds) as a local instant, one second late for clock skew.
+/// `X-RateLimit-Reset` (Unix seconds) as a local instant, one second late for clock skew, and at
+/// most an hour away (GitHub's window; a wild value must not stop the poller for longer).
 fn instant_of_epoch(epoch_secs: u64) -> Instant {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
-    Instant::now() + Duration::from_secs(epoch_secs).saturating_sub(now) + Duration::from_secs(1)
+    let wait = Duration::from_secs(epoch_secs)
+        .saturating_sub(now)
+        .min(Duration::from_secs(3600));
+    Instant::now() + wait + Duration::from_secs(1)
 }
 
 /// One event of an events feed.

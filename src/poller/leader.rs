@@ -9,6 +9,8 @@ use crate::store::{Backend, Store};
 
 /// The lock's key (the audit log's transaction lock is 7305001).
 const POLLER_LOCK: i64 = 7_305_002;
+/// Longest a liveness check of the lock's session may take.
+const CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 pub enum Leadership {
     Sole,
@@ -34,14 +36,21 @@ impl Leadership {
     pub async fn still_held(&mut self) -> bool {
         match self {
             Leadership::Sole => true,
-            Leadership::Locked(conn) => conn.ping().await.is_ok(),
+            // A silently dropped connection could block a ping for as long as TCP takes to
+            // notice: a slow answer counts as a lost lock.
+            Leadership::Locked(conn) => {
+                matches!(
+                    tokio::time::timeout(CHECK_TIMEOUT, conn.ping()).await,
+                    Ok(Ok(()))
+                )
+            }
         }
     }
 
     /// Gives the lock up (closing its session releases it).
     pub async fn release(self) {
         if let Leadership::Locked(conn) = self {
-            let _ = conn.close().await;
+            let _ = tokio::time::timeout(CHECK_TIMEOUT, conn.close()).await;
         }
     }
 }

@@ -318,7 +318,8 @@ impl Poller {
             max_blob_bytes: self.settings.max_blob_bytes,
             html_url: self.settings.html_url.clone(),
         };
-        let mut budget = scan::Budget(self.settings.call_budget);
+        let full = self.settings.call_budget.max(1);
+        let mut budget = scan::Budget(full);
         loop {
             let due = state::due(&self.store, 50).await?;
             if due.is_empty() {
@@ -334,7 +335,18 @@ impl Poller {
                     continue;
                 }
                 let obs = self.observer.as_ref();
-                match scan::scan_push(&self.gh, obs, &self.rules, &limits, &push, &mut budget).await
+                // A push that starts with the whole budget never waits for a bigger one.
+                let degrade = budget.0 == full;
+                match scan::scan_push(
+                    &self.gh,
+                    obs,
+                    &self.rules,
+                    &limits,
+                    &push,
+                    &mut budget,
+                    degrade,
+                )
+                .await
                 {
                     Ok(scanned) => self.record(&push, scanned).await?,
                     Err(Error::Budget) => return Ok(()),

@@ -60,6 +60,9 @@ impl Budget {
     }
 }
 
+/// With `degrade` (the push was given a whole poll's budget), a push that needs more calls than
+/// that is scanned as far as the budget goes, the rest recorded as skipped, rather than retried
+/// forever; without it, a spent budget is `Error::Budget` and the push waits for the next poll.
 pub async fn scan_push(
     gh: &GitHub,
     observer: &dyn RateObserver,
@@ -67,6 +70,7 @@ pub async fn scan_push(
     limits: &Limits,
     push: &Push,
     budget: &mut Budget,
+    degrade: bool,
 ) -> Result<Scanned, Error> {
     let repo = &push.repo;
     let mut out = Scanned::default();
@@ -115,10 +119,20 @@ pub async fn scan_push(
                 .collect();
             // Newest commit first: its version of a file is the one that was pushed.
             for sha in out.commits.iter().rev() {
-                for file in commit_files(gh, observer, repo, sha, budget).await? {
-                    if !listed.contains(&(file.filename.clone(), file.sha.clone())) {
-                        files.push(file);
+                match commit_files(gh, observer, repo, sha, budget).await {
+                    Ok(more) => {
+                        for file in more {
+                            if !listed.contains(&(file.filename.clone(), file.sha.clone())) {
+                                files.push(file);
+                            }
+                        }
                     }
+                    Err(Error::Budget) if degrade => {
+                        out.skipped
+                            .push((format!("commit {sha} and older"), "budget"));
+                        break;
+                    }
+                    Err(e) => return Err(e),
                 }
             }
         }
@@ -155,7 +169,14 @@ pub async fn scan_push(
                 continue;
             }
             blobs += 1;
-            budget.spend()?;
+            match budget.spend() {
+                Ok(()) => {}
+                Err(_) if degrade => {
+                    out.skipped.push((file.filename.clone(), "budget"));
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
             let blob: Blob = page(gh, &format!("/repos/{repo}/git/blobs/{sha}"), observer)
                 .await?
                 .json()?;

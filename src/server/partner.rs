@@ -50,7 +50,7 @@ impl Platform {
 
 /// One element of an alert body: GitHub `{token, type, url, source}` (`url` may be empty, `source`
 /// missing), GitLab `{type, token, url}`, deps.dev `{token, url}` (no type: inferred from the token).
-#[derive(Debug, Deserialize)]
+#[derive(Deserialize)]
 pub struct PartnerAlert {
     pub token: String,
     #[serde(rename = "type", default)]
@@ -59,6 +59,17 @@ pub struct PartnerAlert {
     pub url: Option<String>,
     #[serde(default)]
     pub source: Option<String>,
+}
+
+impl std::fmt::Debug for PartnerAlert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PartnerAlert")
+            .field("token", &"[REDACTED]")
+            .field("token_type", &self.token_type)
+            .field("url", &self.url)
+            .field("source", &self.source)
+            .finish()
+    }
 }
 
 /// A partner alert body, or a message naming what is wrong with it (element and field). Public
