@@ -51,16 +51,17 @@ async fn stats(rig: &Rig) -> Value {
 }
 
 async fn push(rig: &Rig, repo: &str, files: &[(&str, String)], no_patch: bool) -> Value {
-    let files: Vec<Value> = files
-        .iter()
-        .map(|(p, c)| json!({ "path": p, "content": c }))
+    common::revocation::fake_push(&rig.client, &rig.github.api_url(), repo, files, no_patch).await
+}
+
+/// A push of 305 files, more than a compare lists (300), with `token` in the last one.
+async fn push_too_many_files(rig: &Rig, repo: &str, token: &str) -> Value {
+    let mut files: Vec<(String, String)> = (0..305)
+        .map(|i| (format!("gen/f{i:03}.txt"), format!("line {i}\n")))
         .collect();
-    fake(
-        rig,
-        "/_fake/push",
-        json!({ "repo": repo, "files": files, "no_patch": no_patch }),
-    )
-    .await
+    files[304].1 = env_file(token);
+    let refs: Vec<(&str, String)> = files.iter().map(|(p, c)| (p.as_str(), c.clone())).collect();
+    push(rig, repo, &refs, false).await
 }
 
 async fn metrics(rig: &Rig) -> String {
@@ -302,13 +303,7 @@ async fn truncated_compares_gaps_malformed_feeds_and_slow_answers_lose_nothing()
         // too_many_files: 305 files in one push, the token in one the compare does not list.
         faults(&rig, json!({ "slow_ms": 2000 })).await; // hold the poller off while pushing
         let t1 = rig.mint("user", None).await;
-        let mut files: Vec<(String, String)> = (0..305)
-            .map(|i| (format!("gen/f{i:03}.txt"), format!("line {i}\n")))
-            .collect();
-        files[304].1 = env_file(&t1);
-        let refs: Vec<(&str, String)> =
-            files.iter().map(|(p, c)| (p.as_str(), c.clone())).collect();
-        push(&rig, "acme/big", &refs, false).await;
+        push_too_many_files(&rig, "acme/big", &t1).await;
         // A gap: 400 other events arrive after it, so the feed no longer reaches the cursor.
         fake(&rig, "/_fake/noise", json!({ "count": 400 })).await;
         let t2 = rig.mint("user", None).await;
@@ -366,10 +361,7 @@ async fn truncated_compares_gaps_malformed_feeds_and_slow_answers_lose_nothing()
         faults(&rig, json!({})).await;
         push(&rig, "acme/big", &[("README.md", "start\n".into())], false).await;
         let t1 = rig.mint("user", None).await;
-        files[304].1 = env_file(&t1);
-        let refs: Vec<(&str, String)> =
-            files.iter().map(|(p, c)| (p.as_str(), c.clone())).collect();
-        let big = push(&rig, "acme/big", &refs, false).await;
+        let big = push_too_many_files(&rig, "acme/big", &t1).await;
         revoked(&rig, 1, Duration::from_secs(20)).await;
         let audit = audit_actions(&rig).await;
         let entry = audit
@@ -399,7 +391,15 @@ async fn a_restart_neither_loses_nor_repeats_pushes() {
                     let t2 =
                         common::revocation::mint_at(&client, &installation.url(), "user", None)
                             .await;
-                    push_raw(&client, &github.api_url(), "acme/two", &env_file(&t2)).await;
+                    let files = [("a.env", env_file(&t2))];
+                    common::revocation::fake_push(
+                        &client,
+                        &github.api_url(),
+                        "acme/two",
+                        &files,
+                        false,
+                    )
+                    .await;
                 },
                 polling,
             )
@@ -422,16 +422,6 @@ async fn a_restart_neither_loses_nor_repeats_pushes() {
     }
 }
 
-async fn push_raw(client: &reqwest::Client, api: &str, repo: &str, content: &str) {
-    let r = client
-        .post(format!("{api}/_fake/push"))
-        .json(&json!({ "repo": repo, "files": [{ "path": "a.env", "content": content }] }))
-        .send()
-        .await
-        .unwrap();
-    assert!(r.status().is_success());
-}
-
 #[tokio::test]
 async fn a_push_bigger_than_the_call_budget_is_scanned_as_far_as_it_goes_and_blocks_nothing() {
     for (backend, url, _dir) in common::fresh_databases().await {
@@ -449,13 +439,7 @@ async fn a_push_bigger_than_the_call_budget_is_scanned_as_far_as_it_goes_and_blo
         faults(&rig, json!({})).await;
         push(&rig, "acme/big", &[("README.md", "start\n".into())], false).await;
         let hidden = rig.mint("user", None).await;
-        let mut files: Vec<(String, String)> = (0..305)
-            .map(|i| (format!("gen/f{i:03}.txt"), format!("line {i}\n")))
-            .collect();
-        files[304].1 = env_file(&hidden);
-        let refs: Vec<(&str, String)> =
-            files.iter().map(|(p, c)| (p.as_str(), c.clone())).collect();
-        let big = push(&rig, "acme/big", &refs, false).await;
+        let big = push_too_many_files(&rig, "acme/big", &hidden).await;
         let t = rig.mint("user", None).await;
         push(&rig, "acme/small", &[("x.env", env_file(&t))], false).await;
         // The push behind it is found: the big one did not hold the queue.

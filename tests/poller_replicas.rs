@@ -32,13 +32,7 @@ async fn leader_metric(client: &reqwest::Client, admin: u16) -> Option<bool> {
 
 async fn push(client: &reqwest::Client, api: &str, repo: &str, token: &str) {
     let content = format!("FOUNDRY_URL=https://acme.palantirfoundry.com\nFOUNDRY_TOKEN={token}\n");
-    let r = client
-        .post(format!("{api}/_fake/push"))
-        .json(&json!({ "repo": repo, "files": [{ "path": ".env", "content": content }] }))
-        .send()
-        .await
-        .unwrap();
-    assert!(r.status().is_success());
+    common::revocation::fake_push(client, api, repo, &[(".env", content)], false).await;
 }
 
 async fn wait_revoked(installation: &reference_installation::Running, n: u64) {

@@ -58,6 +58,29 @@ pub async fn mint_at(
     r["token"].as_str().unwrap().to_owned()
 }
 
+/// Pushes `files` (path, content) as one commit to `repo` on the fake GitHub at `api`; answers
+/// the push's record (`event_id`, `before`, `head`, `pushed_at_ms`).
+pub async fn fake_push(
+    client: &reqwest::Client,
+    api: &str,
+    repo: &str,
+    files: &[(&str, String)],
+    no_patch: bool,
+) -> Value {
+    let files: Vec<Value> = files
+        .iter()
+        .map(|(p, c)| json!({ "path": p, "content": c }))
+        .collect();
+    let r = client
+        .post(format!("{api}/_fake/push"))
+        .json(&json!({ "repo": repo, "files": files, "no_patch": no_patch }))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "push to {repo}: {}", r.status());
+    r.json().await.unwrap()
+}
+
 /// Permissive outbound policy (loopback, http) and quick polling, as tests need.
 pub fn local(settings: &mut spillway::config::Settings) {
     settings.outbound_allow_http = true;
