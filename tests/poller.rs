@@ -200,6 +200,19 @@ async fn pushed_tokens_are_found_revoked_and_located() {
         );
         let text = serde_json::to_string(&audit).unwrap();
         assert!(!text.contains(&t1) && !text.contains(&t2));
+        // Canary: no raw token in any database file (SQLite: the file, its WAL and shared memory).
+        if let Some(path) = url.strip_prefix("sqlite://") {
+            let dir = std::path::Path::new(path).parent().unwrap();
+            for entry in std::fs::read_dir(dir).unwrap() {
+                let bytes = std::fs::read(entry.unwrap().path()).unwrap_or_default();
+                for t in [&t1, &t2] {
+                    assert!(
+                        !bytes.windows(t.len()).any(|w| w == t.as_bytes()),
+                        "a raw token in a database file"
+                    );
+                }
+            }
+        }
         // With nothing new, polls are answered 304; nothing was sent over a limit.
         tokio::time::sleep(Duration::from_millis(500)).await;
         let s = stats(&rig).await;
