@@ -276,3 +276,44 @@ fn foundry_user_and_session_tokens_are_told_apart() {
         ["session", "user-generated"]
     );
 }
+
+/// `follows` gates a rule per keyword hit: only hits followed by a match of it are searched, and
+/// the gate never hides a match the rule's own regex would report there.
+#[test]
+fn follows_gates_each_keyword_hit_and_names_itself_when_broken() {
+    let file = |follows: &str| {
+        format!(
+            r#"
+[[rules]]
+id = "test.url-password"
+name = "URL password"
+token_type = "url_password"
+regex = '''[a-z]+://[a-z]+:([A-Za-z0-9]{{8,}})@[a-z.]+'''
+keywords = ["://"]
+follows = '''{follows}'''
+"#
+        )
+    };
+    let set = |follows: &str| {
+        let rules = rule::parse_rule_file("test.toml", &file(follows)).expect("the rule parses");
+        RuleSet::new(rules, ScanOptions::default()).expect("compiles")
+    };
+    let text = "see https://example.com/a and\npostgres://app:Zq8wTn3vLp2x@db.example.com\n";
+    // A gate matching what the regex needs after "://": the credential is still found.
+    let gated = set("[a-z]+:[A-Za-z0-9]{8,}@");
+    assert_eq!(
+        secrets_of(&gated, "test.url-password", text),
+        ["Zq8wTn3vLp2x"]
+    );
+    // A gate that no hit passes: the rule never searches, so nothing is found (the gate is live).
+    let closed = set("NEVER");
+    assert!(secrets_of(&closed, "test.url-password", text).is_empty());
+    // A gate that does not compile is an error naming the rule and the field.
+    let err = rule::parse_rule_file("test.toml", &file("(unclosed"))
+        .expect_err("a broken follows regex is refused")
+        .to_string();
+    assert!(
+        err.contains("test.url-password") && err.contains("follows"),
+        "{err}"
+    );
+}

@@ -262,6 +262,11 @@ impl RuleSet {
         Scanner {
             set: self,
             unanchored_cache: self.unanchored.as_ref().map(|c| c.regex.create_cache()),
+            follows_caches: self
+                .rules
+                .iter()
+                .map(|r| r.follows.as_ref().map(|f| f.create_cache()))
+                .collect(),
             open_windows: vec![None; self.rules.len()],
             touched: Vec::new(),
             // Grows to the chunk size on first use: scanning a short token allocates little.
@@ -284,6 +289,8 @@ struct Candidate {
 pub struct Scanner<'r> {
     set: &'r RuleSet,
     unanchored_cache: Option<meta::Cache>,
+    /// Per rule with `follows`: its regex's cache.
+    follows_caches: Vec<Option<meta::Cache>>,
     /// Per rule: the window still being extended by nearby keyword hits.
     open_windows: Vec<Option<Range<usize>>>,
     touched: Vec<usize>,
@@ -334,10 +341,10 @@ impl<'r> Scanner<'r> {
             let copy_end = (owned_end + set.max_keyword).min(haystack.len());
             // One fused copy-and-fold pass (copying, then folding in place, read the chunk twice).
             let source = &haystack[copy_start..copy_end];
-            self.lower.resize(source.len(), 0);
-            for (folded, &byte) in self.lower.iter_mut().zip(source) {
-                *folded = byte.to_ascii_lowercase();
-            }
+            // (`clear` + `extend` writes each byte once; `resize` would zero-fill first.)
+            self.lower.clear();
+            self.lower
+                .extend(source.iter().map(|byte| byte.to_ascii_lowercase()));
             self.hits.clear();
             let owned = (chunk_start - copy_start)..(owned_end - copy_start);
             for group in &set.groups {
@@ -367,8 +374,20 @@ impl<'r> Scanner<'r> {
             for i in 0..self.hits.len() {
                 let (at, k) = self.hits[i];
                 let keyword = &set.keywords[k];
+                let after = at + keyword.text.len();
                 for &r in &keyword.rules {
                     let rule = &set.rules[r];
+                    if let (Some(follows), Some(cache)) =
+                        (&rule.follows, &mut self.follows_caches[r])
+                    {
+                        let input = Input::new(haystack)
+                            .span(after..(after + rule.window).min(haystack.len()))
+                            .anchored(Anchored::Yes)
+                            .earliest(true);
+                        if follows.search_half_with(cache, &input).is_none() {
+                            continue;
+                        }
+                    }
                     let window = at.saturating_sub(rule.window_before)
                         ..(at + keyword.text.len() + rule.window).min(haystack.len());
                     match &mut self.open_windows[r] {

@@ -171,6 +171,7 @@ pub fn parse_gitleaks_file(file: &str, text: &str) -> Result<Vec<Rule>, RuleErro
                 min_entropy: g.entropy,
                 window: None,
                 window_before: None,
+                follows: None,
                 context: None,
                 jwt: None,
                 examples: vec![],

@@ -71,6 +71,9 @@ pub struct RawRule {
     pub window: Option<usize>,
     /// How far before a keyword hit a match may start (default: `window`).
     pub window_before: Option<usize>,
+    /// A regex that must match right after a keyword hit (anchored there) for the rule to search
+    /// around that hit: a cheap first check for rules whose keyword is common, e.g. `://`.
+    pub follows: Option<String>,
     pub context: Option<RawContext>,
     pub jwt: Option<JwtSpec>,
     #[serde(default)]
@@ -149,6 +152,8 @@ pub struct Rule {
     pub min_entropy: Option<f64>,
     pub window: usize,
     pub window_before: usize,
+    /// Must match, anchored, right after a keyword hit for the rule to search around it.
+    pub(crate) follows: Option<meta::Regex>,
     pub context: Option<Context>,
     pub jwt: JwtSpec,
     pub allowlist: Allowlist,
@@ -224,6 +229,16 @@ impl RawRule {
         };
         let regex = meta::Regex::new(&self.regex)
             .map_err(|e| invalid(format!("regex does not compile: {e}")))?;
+        let follows = self
+            .follows
+            .as_deref()
+            .map(|f| {
+                meta::Regex::new(f).map_err(|e| invalid(format!("follows does not compile: {e}")))
+            })
+            .transpose()?;
+        if follows.is_some() && self.keywords.is_empty() {
+            return Err(invalid("follows needs keywords to follow".into()));
+        }
         if self.validators.contains(&Validator::Jwt) != self.jwt.is_some() {
             return Err(invalid(
                 "the `jwt` validator and the `jwt` table go together".into(),
@@ -258,6 +273,7 @@ impl RawRule {
             min_entropy: self.min_entropy,
             window,
             window_before: self.window_before.unwrap_or(window),
+            follows,
             context,
             jwt: self.jwt.unwrap_or_default(),
             allowlist: self.allowlist,
@@ -368,6 +384,7 @@ mod tests {
             min_entropy: None,
             window: None,
             window_before: None,
+            follows: None,
             context: None,
             jwt: None,
             examples: vec![],
