@@ -339,9 +339,9 @@ impl<'r> Scanner<'r> {
             // so a keyword starting in the owned range is seen whole whatever its fingerprint offset.
             let copy_start = chunk_start.saturating_sub(set.max_keyword);
             let copy_end = (owned_end + set.max_keyword).min(haystack.len());
-            // One fused copy-and-fold pass (copying, then folding in place, read the chunk twice).
+            // One fused copy-and-fold pass that writes each byte once (copying then folding in place
+            // read the chunk twice; `resize` would zero-fill it first).
             let source = &haystack[copy_start..copy_end];
-            // (`clear` + `extend` writes each byte once; `resize` would zero-fill first.)
             self.lower.clear();
             self.lower
                 .extend(source.iter().map(|byte| byte.to_ascii_lowercase()));
@@ -389,7 +389,7 @@ impl<'r> Scanner<'r> {
                         }
                     }
                     let window = at.saturating_sub(rule.window_before)
-                        ..(at + keyword.text.len() + rule.window).min(haystack.len());
+                        ..(after + rule.window).min(haystack.len());
                     match &mut self.open_windows[r] {
                         Some(open) if window.start <= open.end => {
                             open.end = open.end.max(window.end)
