@@ -92,11 +92,19 @@ pub fn run() -> u8 {
         Command::Rules { stats } => {
             match crate::scanner::RuleSet::default_rules(Default::default()) {
                 Ok(set) if stats => {
+                    let p = set.prefilter_stats();
                     println!(
-                        "rules={} fingerprints={}",
+                        "rules={} fingerprints={} searchers={} estimated_candidates_per_mb={}",
                         set.rules().len(),
-                        set.fingerprint_count()
+                        p.fingerprints,
+                        p.searchers,
+                        p.estimated_candidates_per_mb
                     );
+                    for (i, group) in set.prefilter_fingerprints().iter().enumerate() {
+                        let shown: Vec<String> =
+                            group.iter().map(|f| f.escape_ascii().to_string()).collect();
+                        println!("searcher {i}: {}", shown.join(" "));
+                    }
                     0
                 }
                 Ok(set) => {

@@ -5,12 +5,11 @@
 //! - One pass finds every rule's **keywords** (for a token with a prefix, the prefix itself). The
 //!   buffer is ASCII-lower-cased in cache-sized chunks and searched with Teddy (`aho-corasick`'s packed
 //!   SIMD searcher) for a *fingerprint* of each keyword: three bytes chosen to be rare in real code
-//!   and shared by as many keywords as possible ([`choose_fingerprints`]). Teddy runs at ~10 GB/s
-//!   with 16 patterns, 6.5 GB/s with 32, 2.3 GB/s with 64 and 0.2-0.5 GB/s as a plain automaton
-//!   beyond that, so the fingerprints are split into balanced groups of at most [`TEDDY_GROUP`]. The
-//!   cost of a rule set is therefore about its number of distinct fingerprints
-//!   (`spillway rules --stats`). A combined regex of all rules (tried first) ran at 0.1 GB/s: its
-//!   lazy DFA thrashes on 100+ token shapes.
+//!   and shared by as many keywords as possible. Teddy's speed depends on how many searchers (passes)
+//!   there are and how often its buckets fire on real code, so the fingerprints are packed into a few
+//!   searchers of at most 32, lookalikes sharing buckets (`fingerprint.rs`; `spillway rules --stats`
+//!   prints the estimate). A combined regex of all rules (tried first) ran at 0.1 GB/s: its lazy DFA
+//!   thrashes on 100+ token shapes.
 //! - A fingerprint hit is confirmed against the whole keyword, then each rule of that keyword runs
 //!   its own regex in a **window** around the hit; overlapping windows of a rule are merged, so no byte
 //!   is searched twice by one rule. Rule regexes thus only see a tiny fraction of the input.
@@ -27,13 +26,10 @@ use regex_automata::util::iter::Searcher;
 use regex_automata::{Anchored, Input, meta};
 
 use super::finding::{Finding, TokenSecret, Verdict};
-use super::rule::{AllowTarget, MIN_KEYWORD_LEN, Pass, Rule, RuleError, check_unique_ids};
+use super::fingerprint;
+use super::rule::{AllowTarget, Pass, Rule, RuleError, check_unique_ids};
 use super::validate::{self, Validator};
 
-/// Most fingerprints per Teddy searcher. Measured on real code (docs/BENCHMARKS.md): Teddy's false
-/// candidates climb steeply past ~16 patterns (two groups of 21 ran slower than three of 14), while
-/// each extra group costs a whole pass; groups are balanced, so 41 fingerprints make 14 + 14 + 13.
-const TEDDY_GROUP: usize = 16;
 /// Bytes lower-cased and searched at a time: small enough to stay in L2.
 const CHUNK: usize = 128 << 10;
 
@@ -53,6 +49,18 @@ impl<'r, F: FnMut(Finding<'r>)> Sink<'r> for F {
 pub struct ScanOptions {
     /// Also report candidates that failed a validator (marked [`Verdict::Invalid`]).
     pub include_invalid: bool,
+}
+
+/// The keyword prefilter's size and estimated cost: each searcher is one SIMD pass over the input,
+/// each candidate a verification (see `fingerprint.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PrefilterStats {
+    /// Distinct 3-byte fingerprints searched for.
+    pub fingerprints: usize,
+    /// Teddy searchers, i.e. passes over each chunk.
+    pub searchers: usize,
+    /// Estimated Teddy verifications per MB of real code.
+    pub estimated_candidates_per_mb: u64,
 }
 
 /// Rules that run together as one `meta::Regex` over the whole buffer; pattern `i` is rule
@@ -93,69 +101,14 @@ struct Keyword {
     rules: Vec<usize>,
 }
 
-/// One Teddy searcher over up to [`TEDDY_GROUP`] fingerprints; pattern `i` stands for the keywords
+/// One Teddy searcher over some of the fingerprints; pattern `i` stands for the keywords
 /// `keywords_of[i]`: (keyword index, offset of the fingerprint inside the keyword).
 #[derive(Debug)]
 struct FingerprintGroup {
     searcher: packed::Searcher,
     keywords_of: Vec<Vec<(usize, usize)>>,
-}
-
-/// A fingerprint and the keywords it stands for: (keyword index, offset of the fingerprint in it).
-type Fingerprint = ([u8; 3], Vec<(usize, usize)>);
-
-/// Estimated occurrences per MB of real code of a lower-cased 3-byte sequence.
-fn trigram_frequency(t: &[u8]) -> u32 {
-    use super::trigram_freq::TRIGRAM_PER_MB;
-    match TRIGRAM_PER_MB.binary_search_by(|(k, _)| k.as_slice().cmp(t)) {
-        Ok(i) => TRIGRAM_PER_MB[i].1,
-        // Rarer than the rarest listed sequence.
-        Err(_) => TRIGRAM_PER_MB.iter().map(|(_, f)| *f).min().unwrap_or(1) / 2,
-    }
-}
-
-/// Every fingerprint costs the SIMD pass about as much as this many extra hits per MB; it keeps the
-/// choice from spending a fingerprint per keyword when a shared one is nearly as rare.
-const FINGERPRINT_COST_PER_MB: u64 = 40;
-
-/// Picks the 3-byte sequences the prefilter searches for: every keyword contains at least one, and
-/// the choice (greedy weighted set cover) keeps both their number and their frequency in real code
-/// low, e.g. `_v1` for `dop_v1_`, `doo_v1_` and `dor_v1_`, not the common `dop`, `doo`, `dor`.
-/// Returns (fingerprint, [(keyword, offset)]) sorted by fingerprint.
-fn choose_fingerprints(keywords: &[Keyword]) -> Vec<Fingerprint> {
-    let mut uncovered: Vec<usize> = (0..keywords.len()).collect();
-    let mut chosen: Vec<Fingerprint> = Vec::new();
-    while !uncovered.is_empty() {
-        let mut best: Option<([u8; 3], u64, usize)> = None;
-        for &k in &uncovered {
-            for w in keywords[k].text.windows(MIN_KEYWORD_LEN) {
-                let t: [u8; 3] = w.try_into().expect("windows of three");
-                let covers = uncovered
-                    .iter()
-                    .filter(|&&u| memmem::find(&keywords[u].text, &t).is_some())
-                    .count();
-                let cost = u64::from(trigram_frequency(&t)) + FINGERPRINT_COST_PER_MB;
-                // Compare cost/covers without division: a/b < c/d <=> a*d < c*b.
-                let better =
-                    best.is_none_or(|(_, bc, bn)| cost * (bn as u64) < bc * (covers as u64));
-                if better {
-                    best = Some((t, cost, covers));
-                }
-            }
-        }
-        let (t, _, _) = best.expect("every keyword has at least three bytes");
-        let mut members = Vec::new();
-        uncovered.retain(|&u| match memmem::find(&keywords[u].text, &t) {
-            Some(offset) => {
-                members.push((u, offset));
-                false
-            }
-            None => true,
-        });
-        chosen.push((t, members));
-    }
-    chosen.sort();
-    chosen
+    /// The fingerprints, in the order they were added (which sets Teddy's buckets).
+    fingerprints: Vec<[u8; 3]>,
 }
 
 /// The compiled rule set: built once, shared (`&RuleSet` is `Sync`) by every scanning thread.
@@ -164,6 +117,8 @@ pub struct RuleSet {
     rules: Vec<Rule>,
     keywords: Vec<Keyword>,
     groups: Vec<FingerprintGroup>,
+    /// What [`fingerprint::layout`] estimated the groups cost (Teddy verifications per MB of code).
+    estimated_candidates_per_mb: u64,
     /// Longest keyword: how far chunks overlap so a keyword across a chunk edge is still seen whole.
     max_keyword: usize,
     unanchored: Option<CombinedPass>,
@@ -192,15 +147,17 @@ impl RuleSet {
                 }
             }
         }
-        let fingerprints = choose_fingerprints(&keywords);
-        let group_count = fingerprints.len().div_ceil(TEDDY_GROUP).max(1);
-        let groups = fingerprints
-            .chunks(fingerprints.len().div_ceil(group_count).max(1))
-            .map(|chunk| {
+        let texts: Vec<&[u8]> = keywords.iter().map(|k| k.text.as_slice()).collect();
+        let fingerprints = fingerprint::choose(&texts);
+        let layout = fingerprint::layout(&fingerprints.iter().map(|(f, _)| *f).collect::<Vec<_>>());
+        let groups = layout
+            .groups
+            .iter()
+            .map(|members| {
                 let searcher = packed::Config::new()
                     .match_kind(packed::MatchKind::LeftmostFirst)
                     .builder()
-                    .extend(chunk.iter().map(|(f, _)| f))
+                    .extend(members.iter().map(|&i| fingerprints[i].0))
                     .build()
                     .ok_or_else(|| RuleError::Parse {
                         file: "<keywords>".into(),
@@ -208,7 +165,8 @@ impl RuleSet {
                     })?;
                 Ok(FingerprintGroup {
                     searcher,
-                    keywords_of: chunk.iter().map(|(_, ks)| ks.clone()).collect(),
+                    keywords_of: members.iter().map(|&i| fingerprints[i].1.clone()).collect(),
+                    fingerprints: members.iter().map(|&i| fingerprints[i].0).collect(),
                 })
             })
             .collect::<Result<Vec<_>, RuleError>>()?;
@@ -222,6 +180,7 @@ impl RuleSet {
             keywords = keywords.len(),
             fingerprints = fingerprints.len(),
             groups = groups.len(),
+            estimated_candidates_per_mb = layout.candidates_per_mb,
             unanchored = unanchored.as_ref().map_or(0, |c| c.rule_of_pattern.len()),
             "compiled rule set"
         );
@@ -229,6 +188,7 @@ impl RuleSet {
             rules,
             keywords,
             groups,
+            estimated_candidates_per_mb: layout.candidates_per_mb,
             max_keyword,
             unanchored,
             options,
@@ -252,9 +212,18 @@ impl RuleSet {
         self.options
     }
 
-    /// How many distinct keyword fingerprints the prefilter searches for (the main cost driver).
-    pub fn fingerprint_count(&self) -> usize {
-        self.groups.iter().map(|g| g.keywords_of.len()).sum()
+    /// What the keyword prefilter costs, for `spillway rules --stats`.
+    pub fn prefilter_stats(&self) -> PrefilterStats {
+        PrefilterStats {
+            fingerprints: self.groups.iter().map(|g| g.fingerprints.len()).sum(),
+            searchers: self.groups.len(),
+            estimated_candidates_per_mb: self.estimated_candidates_per_mb,
+        }
+    }
+
+    /// Per Teddy searcher, its fingerprints in the order they were added (lower-cased bytes).
+    pub fn prefilter_fingerprints(&self) -> Vec<Vec<[u8; 3]>> {
+        self.groups.iter().map(|g| g.fingerprints.clone()).collect()
     }
 
     /// A scanner for one thread.

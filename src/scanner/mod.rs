@@ -6,11 +6,12 @@
 
 pub mod engine;
 pub mod finding;
+mod fingerprint;
 pub mod gitleaks;
 pub mod rule;
 mod trigram_freq;
 pub mod validate;
 
-pub use engine::{RuleSet, ScanOptions, Scanner, Sink};
+pub use engine::{PrefilterStats, RuleSet, ScanOptions, Scanner, Sink};
 pub use finding::{Finding, TokenSecret, Verdict, redacted_preview};
 pub use rule::{Pass, Rule, RuleError};
