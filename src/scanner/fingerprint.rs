@@ -203,12 +203,23 @@ pub(super) fn layout(fingerprints: &[Trigram]) -> Layout {
             candidates_per_mb: 0,
         };
     }
+    let total = |l: &Layout| l.candidates_per_mb + PASS_COST_PER_MB * l.groups.len() as u64;
+    // No layout fires less than the fingerprints themselves occur.
+    let floor: u64 = fingerprints.iter().map(|&t| u64::from(frequency(t))).sum();
     let fewest = n.div_ceil(MAX_GROUP);
     let most = n.div_ceil(BUCKETS).clamp(fewest, fewest + 2);
-    (fewest..=most)
-        .map(|groups| pack(fingerprints, groups))
-        .min_by_key(|l| l.candidates_per_mb + PASS_COST_PER_MB * l.groups.len() as u64)
-        .expect("at least one group count")
+    let mut best = pack(fingerprints, fewest);
+    for groups in fewest + 1..=most {
+        // Another searcher can only pay off if it saves more candidates than a pass costs.
+        if best.candidates_per_mb.saturating_sub(floor) <= PASS_COST_PER_MB {
+            break;
+        }
+        let next = pack(fingerprints, groups);
+        if total(&next) < total(&best) {
+            best = next;
+        }
+    }
+    best
 }
 
 /// Packs `fingerprints` into `groups` searchers of balanced size.
@@ -232,6 +243,10 @@ fn pack(fingerprints: &[Trigram], groups: usize) -> Layout {
             .entry(masks)
             .or_insert_with(|| masks.cost())
     };
+    let own: Vec<u64> = fingerprints
+        .iter()
+        .map(|&t| u64::from(frequency(t)))
+        .collect();
     // Two starts, each improved by local search; the cheaper wins. Sorted order (neighbours in byte
     // order tend to share nibbles) and a greedy fill of the shared buckets with the members that
     // add least to them.
@@ -244,7 +259,7 @@ fn pack(fingerprints: &[Trigram], groups: usize) -> Layout {
         .collect();
     let buckets = [by_order, greedy_fill(n, &capacities, &cost_of)]
         .into_iter()
-        .map(|start| improve(start, &cost_of))
+        .map(|start| improve(start, &own, &cost_of))
         .min_by_key(|(_, cost)| *cost)
         .map(|(buckets, _)| buckets)
         .expect("two starts");
@@ -336,10 +351,12 @@ fn greedy_fill(
 }
 
 /// First-improvement local search: swaps members between buckets while any swap lowers the
-/// estimate. Each sweep is O(n^2) bucket estimates; few sweeps happen. Returns the packing and its
-/// estimated cost.
+/// estimate. Each sweep is O(n^2) bucket estimates; few sweeps happen. `own[i]` is fingerprint `i`'s
+/// own frequency, a lower bound of any bucket holding it, used to skip hopeless swaps. Returns the
+/// packing and its estimated cost.
 fn improve(
     mut buckets: Vec<Vec<usize>>,
+    own: &[u64],
     cost_of: &impl Fn(&[usize]) -> u64,
 ) -> (Vec<Vec<usize>>, u64) {
     let mut costs: Vec<u64> = buckets.iter().map(|b| cost_of(b)).collect();
@@ -353,8 +370,11 @@ fn improve(
                         let (x, y) = (buckets[a][i], buckets[b][j]);
                         buckets[a][i] = y;
                         buckets[b][j] = x;
-                        let (ca, cb) = (cost_of(&buckets[a]), cost_of(&buckets[b]));
-                        if ca + cb < costs[a] + costs[b] {
+                        let before = costs[a] + costs[b];
+                        let ca = cost_of(&buckets[a]);
+                        let at_least_b: u64 = buckets[b].iter().map(|&m| own[m]).sum();
+                        let cb = (ca + at_least_b < before).then(|| cost_of(&buckets[b]));
+                        if let Some(cb) = cb.filter(|cb| ca + cb < before) {
                             (costs[a], costs[b]) = (ca, cb);
                             improved = true;
                         } else {
