@@ -192,9 +192,10 @@ pub(super) struct Layout {
 
 /// Splits `fingerprints` into Teddy searchers and orders each so that fingerprints sharing a bucket
 /// share nibbles: `ghp`, `ghr`, `ghs` and `ghu` together fire on nothing else, while `ghp` with
-/// `_v1` would also fire on `_h1`, `gvp`, ... Tries the fewest searchers that fit and a couple more,
-/// packs each by local search (swaps between buckets while any lowers the estimate) from sorted
-/// order, and keeps the cheapest counting [`PASS_COST_PER_MB`] per searcher.
+/// `_v1` would also fire on `_h1`, `gvp`, ... Starts from the fewest searchers that fit and adds one
+/// (at most two) while the saving could exceed [`PASS_COST_PER_MB`]; packs each by local search
+/// (swaps between buckets while any lowers the estimate) and keeps the cheapest, counting
+/// [`PASS_COST_PER_MB`] per searcher.
 pub(super) fn layout(fingerprints: &[Trigram]) -> Layout {
     let n = fingerprints.len();
     if n == 0 {
