@@ -395,3 +395,57 @@ stopwords = ["testtesttest"]
         .collect();
     assert_eq!(ids, [("gitleaks.myco-key", 1)]);
 }
+
+/// Parses `spillway rules --stats`: the summary's `name=value` pairs and each searcher's fingerprints.
+fn rules_stats(out: &Output) -> (std::collections::HashMap<String, u64>, Vec<Vec<String>>) {
+    let text = stdout(out);
+    let mut lines = text.lines();
+    let summary = lines
+        .next()
+        .expect("a summary line")
+        .split(' ')
+        .map(|kv| {
+            let (k, v) = kv.split_once('=').expect("name=value");
+            (k.to_owned(), v.parse().expect("a number"))
+        })
+        .collect();
+    let searchers = lines
+        .map(|l| {
+            let (_, fps) = l.split_once(": ").expect("searcher N: ...");
+            fps.split(' ').map(str::to_owned).collect()
+        })
+        .collect();
+    (summary, searchers)
+}
+
+#[test]
+fn rules_stats_cover_extra_rules_and_list_every_fingerprint() {
+    let dir = tempfile::tempdir().unwrap();
+    let extended = concat!(env!("CARGO_MANIFEST_DIR"), "/patterns/extended");
+    let default = spillway(&["rules", "--stats"], dir.path());
+    let more = spillway(&["rules", "--stats", "--rules", extended], dir.path());
+    assert_eq!(default.status.code(), Some(0), "{}", stderr(&default));
+    assert_eq!(more.status.code(), Some(0), "{}", stderr(&more));
+    let (d, d_searchers) = rules_stats(&default);
+    let (m, m_searchers) = rules_stats(&more);
+    assert!(m["rules"] > d["rules"] && m["fingerprints"] > d["fingerprints"]);
+    for (summary, searchers) in [(&d, &d_searchers), (&m, &m_searchers)] {
+        assert_eq!(summary["searchers"], searchers.len() as u64);
+        let listed: Vec<&String> = searchers.iter().flatten().collect();
+        assert_eq!(summary["fingerprints"], listed.len() as u64);
+        // Every fingerprint once, none above the slim Teddy limit of 32 per searcher.
+        let distinct: std::collections::BTreeSet<&&String> = listed.iter().collect();
+        assert_eq!(distinct.len(), listed.len());
+        assert!(searchers.iter().all(|s| s.len() <= 32));
+    }
+    // The listing without --stats names the extra rules too; a missing path is named.
+    let list = stdout(&spillway(&["rules", "--rules", extended], dir.path()));
+    assert_eq!(list.lines().count() as u64, m["rules"]);
+    let missing = spillway(&["rules", "--rules", "no/such/dir"], dir.path());
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(
+        stderr(&missing).contains("no/such/dir"),
+        "{}",
+        stderr(&missing)
+    );
+}

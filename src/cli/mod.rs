@@ -49,11 +49,18 @@ pub enum Command {
         #[arg(long, value_enum, default_value = "text")]
         format: DoctorFormat,
     },
-    /// List the default rules (id, token type, engine pass, name).
+    /// List the rules (id, token type, engine pass, name): the default ones plus any --rules.
     Rules {
-        /// Print only the engine's cost drivers: rules, keywords' distinct three-byte fingerprints.
+        /// Print the keyword prefilter's cost instead: fingerprints, SIMD passes (searchers) and
+        /// their fingerprints, estimated stops per MB of code.
         #[arg(long)]
         stats: bool,
+        /// Extra rule files or directories (Spillway or Gitleaks TOML). Repeatable.
+        #[arg(long = "rules", value_name = "DIR")]
+        rules: Vec<std::path::PathBuf>,
+        /// Use only the rules given with --rules.
+        #[arg(long)]
+        no_default_rules: bool,
     },
     /// Run the reference installation: issues Foundry-style tokens and answers Spillway's signed
     /// verify, revoke and notify calls (a test and demo tool; bind it to loopback).
@@ -89,36 +96,38 @@ pub fn run() -> u8 {
         Command::FakeGithub(args) => {
             devtool("fake-github", crate::devtools::fake_github::run(args))
         }
-        Command::Rules { stats } => {
-            match crate::scanner::RuleSet::default_rules(Default::default()) {
-                Ok(set) if stats => {
-                    let p = set.prefilter_stats();
-                    println!(
-                        "rules={} fingerprints={} searchers={} estimated_candidates_per_mb={}",
-                        set.rules().len(),
-                        p.fingerprints,
-                        p.searchers,
-                        p.estimated_candidates_per_mb
-                    );
-                    for (i, group) in set.prefilter_fingerprints().iter().enumerate() {
-                        let shown: Vec<String> =
-                            group.iter().map(|f| f.escape_ascii().to_string()).collect();
-                        println!("searcher {i}: {}", shown.join(" "));
-                    }
-                    0
+        Command::Rules {
+            stats,
+            rules,
+            no_default_rules,
+        } => match scan::rule_set(&rules, no_default_rules, Default::default()) {
+            Ok(set) if stats => {
+                let p = set.prefilter_stats();
+                println!(
+                    "rules={} fingerprints={} searchers={} estimated_candidates_per_mb={}",
+                    set.rules().len(),
+                    p.fingerprints,
+                    p.searchers,
+                    p.estimated_candidates_per_mb
+                );
+                for (i, group) in set.prefilter_fingerprints().iter().enumerate() {
+                    let shown: Vec<String> =
+                        group.iter().map(|f| f.escape_ascii().to_string()).collect();
+                    println!("searcher {i}: {}", shown.join(" "));
                 }
-                Ok(set) => {
-                    for r in set.rules() {
-                        println!("{}\t{}\t{:?}\t{}", r.id, r.token_type, r.pass, r.name);
-                    }
-                    0
-                }
-                Err(e) => {
-                    eprintln!("spillway rules: error: {e}");
-                    2
-                }
+                0
             }
-        }
+            Ok(set) => {
+                for r in set.rules() {
+                    println!("{}\t{}\t{:?}\t{}", r.id, r.token_type, r.pass, r.name);
+                }
+                0
+            }
+            Err(e) => {
+                eprintln!("spillway rules: error: {e:#}");
+                2
+            }
+        },
     }
 }
 

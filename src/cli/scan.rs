@@ -94,29 +94,39 @@ pub fn is_binary(data: &[u8]) -> bool {
 }
 
 fn build_rules(args: &ScanArgs) -> anyhow::Result<RuleSet> {
-    let mut rules = if args.no_default_rules {
+    rule_set(
+        &args.rules,
+        args.no_default_rules,
+        ScanOptions {
+            include_invalid: args.include_invalid,
+        },
+    )
+}
+
+/// The default rules (unless `no_default_rules`) plus every rule file or directory in `extra`.
+pub fn rule_set(
+    extra: &[PathBuf],
+    no_default_rules: bool,
+    options: ScanOptions,
+) -> anyhow::Result<RuleSet> {
+    let mut rules = if no_default_rules {
         Vec::new()
     } else {
         rule::default_rules()?
     };
-    for path in &args.rules {
-        let extra = if path.is_dir() {
+    for path in extra {
+        let more = if path.is_dir() {
             rule::load_rules_dir(path)?
         } else {
             rule::load_rule_file(path)?
         };
-        rules.extend(extra);
+        rules.extend(more);
     }
     anyhow::ensure!(
         !rules.is_empty(),
         "no rules: --no-default-rules needs --rules DIR"
     );
-    Ok(RuleSet::new(
-        rules,
-        ScanOptions {
-            include_invalid: args.include_invalid,
-        },
-    )?)
+    Ok(RuleSet::new(rules, options)?)
 }
 
 /// Runs `spillway scan`; returns the process exit code.
