@@ -205,17 +205,22 @@ pub(super) fn layout(fingerprints: &[Trigram]) -> Layout {
         };
     }
     let total = |l: &Layout| l.candidates_per_mb + PASS_COST_PER_MB * l.groups.len() as u64;
+    // Each fingerprint's own frequency: a lower bound of any bucket holding it.
+    let own: Vec<u64> = fingerprints
+        .iter()
+        .map(|&t| u64::from(frequency(t)))
+        .collect();
     // No layout fires less than the fingerprints themselves occur.
-    let floor: u64 = fingerprints.iter().map(|&t| u64::from(frequency(t))).sum();
+    let floor: u64 = own.iter().sum();
     let fewest = n.div_ceil(MAX_GROUP);
     let most = n.div_ceil(BUCKETS).clamp(fewest, fewest + 2);
-    let mut best = pack(fingerprints, fewest);
+    let mut best = pack(fingerprints, &own, fewest);
     for groups in fewest + 1..=most {
         // Another searcher can only pay off if it saves more candidates than a pass costs.
         if best.candidates_per_mb.saturating_sub(floor) <= PASS_COST_PER_MB {
             break;
         }
-        let next = pack(fingerprints, groups);
+        let next = pack(fingerprints, &own, groups);
         if total(&next) < total(&best) {
             best = next;
         }
@@ -223,8 +228,8 @@ pub(super) fn layout(fingerprints: &[Trigram]) -> Layout {
     best
 }
 
-/// Packs `fingerprints` into `groups` searchers of balanced size.
-fn pack(fingerprints: &[Trigram], groups: usize) -> Layout {
+/// Packs `fingerprints` (own frequencies `own`) into `groups` searchers of balanced size.
+fn pack(fingerprints: &[Trigram], own: &[u64], groups: usize) -> Layout {
     let n = fingerprints.len();
     // The buckets every searcher will have: searcher `g` of `size` patterns gives its `i`-th pattern
     // bucket slot `i % 8`, so slot `k` holds ceil((size - k) / 8) of them.
@@ -244,10 +249,6 @@ fn pack(fingerprints: &[Trigram], groups: usize) -> Layout {
             .entry(masks)
             .or_insert_with(|| masks.cost())
     };
-    let own: Vec<u64> = fingerprints
-        .iter()
-        .map(|&t| u64::from(frequency(t)))
-        .collect();
     // Two starts, each improved by local search; the cheaper wins. Sorted order (neighbours in byte
     // order tend to share nibbles) and a greedy fill of the shared buckets with the members that
     // add least to them.
@@ -258,9 +259,9 @@ fn pack(fingerprints: &[Trigram], groups: usize) -> Layout {
         .iter()
         .map(|&(_, cap)| rest.by_ref().take(cap).collect())
         .collect();
-    let buckets = [by_order, greedy_fill(n, &capacities, &cost_of)]
+    let buckets = [by_order, greedy_fill(own, &capacities, &cost_of)]
         .into_iter()
-        .map(|start| improve(start, &own, &cost_of))
+        .map(|start| improve(start, own, &cost_of))
         .min_by_key(|(_, cost)| *cost)
         .map(|(buckets, _)| buckets)
         .expect("two starts");
@@ -294,25 +295,11 @@ fn pack(fingerprints: &[Trigram], groups: usize) -> Layout {
 /// fingerprint that raises the bucket's estimate least beyond its own frequency; the rest take the
 /// single buckets.
 fn greedy_fill(
-    n: usize,
+    own: &[u64],
     capacities: &[(usize, usize)],
     cost_of: &impl Fn(&[usize]) -> u64,
 ) -> Vec<Vec<usize>> {
-    let single: Vec<u64> = (0..n).map(|i| cost_of(&[i])).collect();
-    // What sharing a bucket adds to the two fingerprints' own frequencies.
-    let pair_extra: Vec<Vec<u64>> = (0..n)
-        .map(|i| {
-            (0..n)
-                .map(|j| {
-                    if i < j {
-                        cost_of(&[i, j]).saturating_sub(single[i] + single[j])
-                    } else {
-                        0
-                    }
-                })
-                .collect()
-        })
-        .collect();
+    let n = own.len();
     let mut free: Vec<usize> = (0..n).collect();
     let mut buckets = vec![Vec::new(); capacities.len()];
     let mut shared: Vec<usize> = (0..capacities.len())
@@ -323,7 +310,11 @@ fn greedy_fill(
         let bucket: &mut Vec<usize> = &mut buckets[b];
         if let Some((i, j)) = (0..free.len())
             .flat_map(|i| (i + 1..free.len()).map(move |j| (i, j)))
-            .min_by_key(|&(i, j)| pair_extra[free[i].min(free[j])][free[i].max(free[j])])
+            .min_by_key(|&(i, j)| {
+                let (x, y) = (free[i], free[j]);
+                // What sharing a bucket adds to the two fingerprints' own frequencies.
+                cost_of(&[x, y]).saturating_sub(own[x] + own[y])
+            })
         {
             bucket.extend([free[i], free[j]]);
             free.remove(j);
@@ -334,7 +325,7 @@ fn greedy_fill(
             let at = (0..free.len())
                 .min_by_key(|&i| {
                     bucket.push(free[i]);
-                    let extra = cost_of(bucket).saturating_sub(base + single[free[i]]);
+                    let extra = cost_of(bucket).saturating_sub(base + own[free[i]]);
                     bucket.pop();
                     extra
                 })
