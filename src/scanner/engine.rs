@@ -527,14 +527,14 @@ fn is_allowlisted(
 
 /// Turns increasing byte offsets into 1-based (line, column) without rescanning from the start.
 #[derive(Default)]
-struct LineCounter {
+pub(super) struct LineCounter {
     offset: usize,
     line: usize,
     line_start: usize,
 }
 
 impl LineCounter {
-    fn position(&mut self, haystack: &[u8], at: usize) -> (usize, usize) {
+    pub(super) fn position(&mut self, haystack: &[u8], at: usize) -> (usize, usize) {
         if at < self.offset {
             *self = LineCounter::default();
         }

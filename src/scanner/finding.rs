@@ -7,6 +7,7 @@ use std::ops::Range;
 use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 
+use super::decode::DecodeStep;
 use super::rule::Rule;
 use super::validate::{Invalid, JwtFacts};
 
@@ -95,6 +96,9 @@ pub struct Finding<'r> {
     pub verdict: Verdict,
     /// Facts from a JWT validator (key id, expiry, subtype), when the rule has one.
     pub jwt: Option<JwtFacts>,
+    /// How the secret was reached, outermost first; empty when it stands in the buffer as written.
+    /// `span` and `match_span` are then the raw bytes that encode it.
+    pub decoded: Vec<DecodeStep>,
     secret: TokenSecret,
 }
 
@@ -115,6 +119,7 @@ impl<'r> Finding<'r> {
             column: 0,
             verdict,
             jwt,
+            decoded: Vec::new(),
             secret,
         }
     }

@@ -4,6 +4,7 @@
 //! Everything else in Spillway feeds text through here. This module has no async, database, HTTP or
 //! CLI imports; callers pass byte buffers and receive [`Finding`]s through a [`Sink`].
 
+pub mod decode;
 pub mod engine;
 pub mod finding;
 mod fingerprint;
@@ -12,6 +13,7 @@ pub mod rule;
 mod trigram_freq;
 pub mod validate;
 
+pub use decode::{DecodeOptions, DecodeStep};
 pub use engine::{PrefilterStats, RuleSet, ScanOptions, Scanner, Sink};
 pub use finding::{Finding, TokenSecret, Verdict, redacted_preview};
 pub use rule::{Pass, Rule, RuleError};

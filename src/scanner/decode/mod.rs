@@ -1,0 +1,284 @@
+//! Decoded views: the scanner reads text as its writers encoded it. A token after a JSON escape, in
+//! a percent-encoded URL or form value, is a token; [`Scanner::scan_decoded`] scans the raw buffer,
+//! then each decoded view of it (nested up to [`DecodeOptions::max_depth`]), and reports every
+//! finding at the raw bytes that encode it ([`SpanMap`]), with the steps that reached it.
+//!
+//! Why views of regions and not a decoded copy of the whole buffer: the raw pass already sees every
+//! token that stands as written, so only the regions a decoder changes (the string literals with an
+//! escape, the URL runs with a `%XX`) are decoded and scanned again; on plain source text that is a
+//! small fraction of the bytes.
+//!
+//! Pure: no I/O, async, database or HTTP; decoders take bytes and return views.
+
+mod escape;
+mod percent;
+mod span_map;
+
+use std::collections::HashMap;
+use std::hash::{Hash as _, Hasher as _};
+
+pub use span_map::{SpanMap, ViewBuilder};
+
+use super::engine::{LineCounter, Scanner, Sink};
+use super::finding::Finding;
+
+/// How a finding was reached, outermost first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DecodeStep {
+    /// JSON or JavaScript string escapes.
+    Escape,
+    /// Percent-encoding in a URL-like run.
+    Percent,
+    /// A whole `application/x-www-form-urlencoded` body.
+    Form,
+}
+
+impl DecodeStep {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DecodeStep::Escape => "escape",
+            DecodeStep::Percent => "percent",
+            DecodeStep::Form => "form",
+        }
+    }
+}
+
+impl std::fmt::Display for DecodeStep {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How the outermost buffer is encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Outer {
+    /// Any text: decoders find the regions they apply to.
+    #[default]
+    Text,
+    /// An `application/x-www-form-urlencoded` body: every key and value is decoded.
+    Form,
+}
+
+/// Limits of decoding. Decoding is never needed for safety, so every limit skips, never fails.
+#[derive(Debug, Clone, Copy)]
+pub struct DecodeOptions {
+    /// Views of views: 0 scans the raw bytes only.
+    pub max_depth: usize,
+    /// Decoded bytes produced for one buffer, all views together.
+    pub max_decoded_bytes: usize,
+    pub outer: Outer,
+}
+
+impl Default for DecodeOptions {
+    fn default() -> Self {
+        DecodeOptions {
+            max_depth: 3,
+            max_decoded_bytes: 64 << 20,
+            outer: Outer::Text,
+        }
+    }
+}
+
+impl DecodeOptions {
+    /// Raw bytes only.
+    pub fn none() -> Self {
+        DecodeOptions {
+            max_depth: 0,
+            ..Self::default()
+        }
+    }
+}
+
+type Decoder = fn(&[u8]) -> Option<ViewBuilder>;
+
+fn decoders(outer: Outer) -> &'static [(DecodeStep, Decoder)] {
+    match outer {
+        Outer::Text => &[
+            (DecodeStep::Escape, escape::decode),
+            (DecodeStep::Percent, percent::decode),
+        ],
+        Outer::Form => &[(DecodeStep::Form, percent::decode_form)],
+    }
+}
+
+impl<'r> Scanner<'r> {
+    /// Scans `haystack` and its decoded views; hands every finding to `sink` in order of position,
+    /// spans in `haystack`. A decoded finding of a secret already found at the same raw bytes is
+    /// left out (the raw one stands).
+    pub fn scan_decoded(
+        &mut self,
+        source: &str,
+        haystack: &[u8],
+        options: &DecodeOptions,
+        sink: &mut impl Sink<'r>,
+    ) {
+        if options.max_depth == 0 {
+            return self.scan(source, haystack, sink);
+        }
+        let mut found = Vec::new();
+        self.scan(source, haystack, &mut |f: Finding<'r>| found.push(f));
+        let raw = found.len();
+        let mut budget = options.max_decoded_bytes;
+        self.scan_views(
+            source,
+            haystack,
+            options,
+            options.outer,
+            1,
+            &mut budget,
+            &mut found,
+        );
+        if found.len() == raw {
+            for f in found {
+                sink.finding(f);
+            }
+            return;
+        }
+        // Fewer steps first, so the raw (or least decoded) finding of a secret is the one kept.
+        found.sort_by_key(|f| f.decoded.len());
+        let mut kept: Vec<Finding<'r>> = Vec::with_capacity(found.len());
+        let mut by_secret: HashMap<u64, Vec<usize>> = HashMap::new();
+        for f in found {
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            f.secret().expose().hash(&mut h);
+            let slot = by_secret.entry(h.finish()).or_default();
+            let duplicate = slot.iter().any(|&k| {
+                let g = &kept[k];
+                g.span.start < f.span.end
+                    && f.span.start < g.span.end
+                    && g.secret().expose() == f.secret().expose()
+            });
+            if !duplicate {
+                slot.push(kept.len());
+                kept.push(f);
+            }
+        }
+        kept.sort_by_key(|f| (f.span.start, f.span.end));
+        let mut lines = LineCounter::default();
+        for mut f in kept {
+            (f.line, f.column) = lines.position(haystack, f.span.start);
+            sink.finding(f);
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn scan_views(
+        &mut self,
+        source: &str,
+        buf: &[u8],
+        options: &DecodeOptions,
+        outer: Outer,
+        depth: usize,
+        budget: &mut usize,
+        out: &mut Vec<Finding<'r>>,
+    ) {
+        for &(step, decode) in decoders(outer) {
+            let Some(view) = decode(buf) else {
+                continue;
+            };
+            if view.len() > *budget {
+                continue;
+            }
+            *budget -= view.len();
+            let (bytes, map) = view.finish();
+            let mut inner = Vec::new();
+            self.scan(source, &bytes, &mut |f: Finding<'r>| inner.push(f));
+            if depth < options.max_depth {
+                self.scan_views(
+                    source,
+                    &bytes,
+                    options,
+                    Outer::Text,
+                    depth + 1,
+                    budget,
+                    &mut inner,
+                );
+            }
+            for mut f in inner {
+                f.span = map.to_raw(f.span.clone());
+                f.match_span = map.to_raw(f.match_span.clone());
+                f.decoded.insert(0, step);
+                out.push(f);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scanner::{RuleSet, ScanOptions};
+
+    fn token() -> String {
+        let body = "R7mKq2VxT9pL4sN8wYc3Hd6Fj1Zb5A";
+        format!(
+            "ghp_{body}{}",
+            crate::scanner::validate::crc32_base62(body.as_bytes())
+        )
+    }
+
+    fn findings(text: &[u8], options: DecodeOptions) -> Vec<(String, Vec<DecodeStep>, usize)> {
+        let rules = RuleSet::default_rules(ScanOptions::default()).unwrap();
+        let mut scanner = rules.scanner();
+        let mut out = Vec::new();
+        scanner.scan_decoded("t", text, &options, &mut |f: Finding<'_>| {
+            out.push((
+                String::from_utf8_lossy(&text[f.span.clone()]).into_owned(),
+                f.decoded.clone(),
+                f.line,
+            ))
+        });
+        out
+    }
+
+    #[test]
+    fn a_token_after_an_escape_is_found_at_its_raw_bytes() {
+        let t = token();
+        let body = format!(r#"{{"a":"x\n{t}","b":"\u0020{t}"}}"#);
+        let found = findings(body.as_bytes(), DecodeOptions::default());
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert_eq!(found[0], (t.clone(), vec![DecodeStep::Escape], 1));
+        assert_eq!(found[1].0, t);
+        assert!(findings(body.as_bytes(), DecodeOptions::none()).is_empty());
+    }
+
+    #[test]
+    fn a_token_spelled_with_escapes_maps_to_the_whole_spelling() {
+        let t = token();
+        let spelled = format!("\\u0067{}", &t[1..]);
+        let body = format!(r#"{{"k":"{spelled}"}}"#);
+        let found = findings(body.as_bytes(), DecodeOptions::default());
+        assert_eq!(found, vec![(spelled, vec![DecodeStep::Escape], 1)]);
+    }
+
+    #[test]
+    fn raw_findings_stand_and_are_not_repeated_by_views() {
+        let t = token();
+        let body = format!("line one\n\"a\\tb {t}\"");
+        let found = findings(body.as_bytes(), DecodeOptions::default());
+        assert_eq!(found, vec![(t, vec![], 2)]);
+    }
+
+    #[test]
+    fn nested_encodings_decode_to_the_depth_allowed() {
+        let t = token();
+        // A form body whose `payload` is JSON with an escape before the token.
+        let json = format!(r#"{{"m":"x\n{t}"}}"#);
+        let form: String = url::form_urlencoded::Serializer::new(String::new())
+            .append_pair("payload", &json)
+            .finish();
+        let form_options = DecodeOptions {
+            outer: Outer::Form,
+            ..DecodeOptions::default()
+        };
+        let found = findings(form.as_bytes(), form_options);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].1, vec![DecodeStep::Form, DecodeStep::Escape]);
+        assert_eq!(found[0].0, t);
+        let shallow = DecodeOptions {
+            max_depth: 1,
+            ..form_options
+        };
+        assert!(findings(form.as_bytes(), shallow).is_empty());
+    }
+}
