@@ -100,30 +100,76 @@ pub fn offline_label<'r>(
 pub struct Recorded {
     pub alert_id: i64,
     pub replay: bool,
+    /// Tokens the (first) recording of this alert carried: a replay answers with the same count.
+    pub token_count: usize,
     pub feedback: Vec<Feedback>,
+}
+
+/// A generic listener's redacted copy of a request, stored as its output stream.
+#[derive(Debug, Clone, Default)]
+pub struct ListenerEvent {
+    /// The body (decompressed) with every token found replaced by its type and fingerprint;
+    /// `None` when the body did not decode as declared, so no copy is kept.
+    pub redacted_body: Option<String>,
+    pub content_type: Option<String>,
+    pub content_encoding: Option<String>,
+    /// Why no copy was kept, or anything else worth knowing about how the body was read.
+    pub note: Option<String>,
+}
+
+/// An alert as a source received it.
+#[derive(Debug)]
+pub struct IncomingAlert<'a> {
+    pub listener_id: &'a str,
+    pub listener_kind: &'a str,
+    /// The body exactly as received: only its SHA-256 is recorded.
+    pub body: &'a [u8],
+    /// The sender's delivery id, where its protocol has one: the idempotency key (else the body's
+    /// SHA-256 is).
+    pub delivery_id: Option<&'a str>,
+    /// The partner signing key that verified the alert, and whether it is the current one.
+    pub key_id: Option<&'a str>,
+    pub key_current: Option<bool>,
+    pub tokens: &'a [ReportedToken],
+    /// A generic listener's redacted copy, recorded in the same transaction.
+    pub event: Option<&'a ListenerEvent>,
+}
+
+impl IncomingAlert<'_> {
+    fn dedupe_key(&self, body_sha256: &str) -> String {
+        match self.delivery_id {
+            Some(id) => format!(
+                "delivery:{}",
+                hex::encode(sha2::Sha256::digest(id.as_bytes()))
+            ),
+            None => body_sha256.to_owned(),
+        }
+    }
 }
 
 /// Rows per multi-row INSERT: keeps a 5,000-token alert to a few round trips on PostgreSQL.
 const BATCH: usize = 200;
 
-/// Records an alert durably (see the module doc) and returns the feedback to answer with. A generic
-/// listener's redacted copy of the request (`redacted_event`) joins the same transaction as the
-/// listener's output stream.
-#[allow(clippy::too_many_arguments)]
+/// Records an alert durably (see the module doc) and returns the feedback to answer with.
 pub async fn record_alert(
     store: &Store,
     keys: &Keys,
     rules: &RuleSet,
     jwt_keys: Option<&KeyCache>,
-    listener_id: &str,
-    listener_kind: &str,
-    body: &[u8],
-    key_id: Option<&str>,
-    key_current: Option<bool>,
-    tokens: &[ReportedToken],
-    redacted_event: Option<&str>,
+    alert: &IncomingAlert<'_>,
 ) -> anyhow::Result<Recorded> {
+    let IncomingAlert {
+        listener_id,
+        listener_kind,
+        body,
+        key_id,
+        key_current,
+        tokens,
+        event,
+        ..
+    } = *alert;
     let body_sha256 = &hex::encode(sha2::Sha256::digest(body));
+    let dedupe_key = alert.dedupe_key(body_sha256);
     let mut scanner = rules.scanner();
     let labels: Vec<Option<Label>> = tokens
         .iter()
@@ -142,25 +188,29 @@ pub async fn record_alert(
         .collect();
 
     let mut tx = store.begin().await?;
-    let existing = sqlx::query("SELECT id FROM alerts WHERE listener_id = $1 AND body_sha256 = $2")
-        .bind(listener_id)
-        .bind(body_sha256)
-        .fetch_optional(&mut *tx)
-        .await?;
+    let existing = sqlx::query(
+        "SELECT id, token_count FROM alerts WHERE listener_id = $1 AND dedupe_key = $2",
+    )
+    .bind(listener_id)
+    .bind(&dedupe_key)
+    .fetch_optional(&mut *tx)
+    .await?;
     if let Some(row) = existing {
         tx.rollback().await?;
         return Ok(Recorded {
             alert_id: row.try_get("id")?,
             replay: true,
+            token_count: row.try_get::<i64, _>("token_count")? as usize,
             feedback,
         });
     }
     let now = now_ms();
     let alert_id: i64 = sqlx::query(
-        "INSERT INTO alerts (listener_id, body_sha256, received_at, key_id, key_current, token_count) \
-         VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+        "INSERT INTO alerts (listener_id, dedupe_key, body_sha256, received_at, key_id, key_current, token_count) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
     )
     .bind(listener_id)
+    .bind(&dedupe_key)
     .bind(body_sha256)
     .bind(now)
     .bind(key_id)
@@ -217,16 +267,21 @@ pub async fn record_alert(
             .await
             .context("cannot record candidates")?;
     }
-    if let Some(redacted) = redacted_event {
+    if let Some(event) = event {
         sqlx::query(
-            "INSERT INTO listener_events (listener_id, received_at, body_sha256, redacted_body, tokens_found) \
-             VALUES ($1, $2, $3, $4, $5)",
+            "INSERT INTO listener_events (listener_id, received_at, body_sha256, redacted_body, \
+             tokens_found, content_type, content_encoding, body_kept, note) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         )
         .bind(listener_id)
         .bind(now)
         .bind(body_sha256)
-        .bind(redacted)
+        .bind(event.redacted_body.as_deref().unwrap_or(""))
         .bind(tokens.len() as i64)
+        .bind(event.content_type.as_deref())
+        .bind(event.content_encoding.as_deref())
+        .bind(i64::from(event.redacted_body.is_some()))
+        .bind(event.note.as_deref())
         .execute(&mut *tx)
         .await
         .context("cannot record listener event")?;
@@ -264,6 +319,7 @@ pub async fn record_alert(
     Ok(Recorded {
         alert_id,
         replay: false,
+        token_count: tokens.len(),
         feedback,
     })
 }

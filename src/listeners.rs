@@ -77,12 +77,71 @@ impl ListenerKind {
         }
     }
 
+    /// Checks a secret given for a listener of this kind, so that a secret the sender's requests
+    /// could never verify against is refused now, with the reason, not later as a 401 to them.
+    pub fn check_secret(&self, secret: &str) -> Result<(), SecretError> {
+        if secret.trim().is_empty() {
+            return Err(SecretError::Empty);
+        }
+        match self {
+            ListenerKind::StandardWebhooks => {
+                crate::webhook_auth::StandardWebhooksKey::parse(secret)
+                    .map(|_| ())
+                    .map_err(|e| SecretError::Unusable(e.to_string()))
+            }
+            // Sent raw in a header by GitLab, so it must be a header value.
+            ListenerKind::GitlabRevocation if !secret.bytes().all(|b| b.is_ascii_graphic()) => {
+                Err(SecretError::Unusable(
+                    "GitLab sends it in the Authorization header: visible ASCII only".into(),
+                ))
+            }
+            ListenerKind::Twilio if secret.bytes().any(|b| b.is_ascii_whitespace()) => Err(
+                SecretError::Unusable("a Twilio auth token has no whitespace".into()),
+            ),
+            _ => Ok(()),
+        }
+    }
+
+    /// The secret a new listener of this kind holds, decided once for the CLI and the admin API:
+    /// the one `given` (checked), else a generated one where Spillway may choose it. Returns the
+    /// secret and whether it was generated (and so must be shown once).
+    pub fn new_listener_secret(
+        &self,
+        given: Option<TokenSecret>,
+    ) -> Result<Option<(TokenSecret, bool)>, SecretError> {
+        match (self.needs_secret(), given) {
+            (false, Some(_)) => Err(SecretError::NotTaken(self.as_str())),
+            (false, None) => Ok(None),
+            (true, Some(secret)) => {
+                self.check_secret(secret.expose())?;
+                Ok(Some((secret, false)))
+            }
+            (true, None) => self
+                .generate_secret()
+                .map(|s| Some((s, true)))
+                .ok_or(SecretError::Required(self.as_str())),
+        }
+    }
+
     pub fn parse(s: &str) -> Option<Self> {
         <Self as clap::ValueEnum>::value_variants()
             .iter()
             .copied()
             .find(|k| k.as_str() == s)
     }
+}
+
+/// Why a listener secret was refused. Messages never include the secret.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    #[error("a {0} listener takes no secret")]
+    NotTaken(&'static str),
+    #[error("must not be empty")]
+    Empty,
+    #[error("required for a {0} listener: the sender's secret cannot be generated here")]
+    Required(&'static str),
+    #[error("{0}")]
+    Unusable(String),
 }
 
 /// Why a listener change was refused. Messages name the endpoint or listener.

@@ -28,8 +28,65 @@ pub enum AuthError {
 /// Standard Webhooks tolerance for `webhook-timestamp`, in seconds either way.
 pub const TOLERANCE_SECS: i64 = 5 * 60;
 
-/// Verifies a Standard Webhooks request. `secret` is `whsec_<base64>` (HMAC, `v1`) or
-/// `whpk_<base64>` (Ed25519 public key, `v1a`).
+/// A Standard Webhooks verifying key, parsed from a listener secret in any form the official
+/// libraries (PyPI/npm `standardwebhooks`) accept: `whsec_` + base64 or the bare base64, padded or
+/// not (an HMAC key, `v1`), and `whpk_` + base64 of an Ed25519 public key (`v1a`).
+pub enum StandardWebhooksKey {
+    Hmac(Vec<u8>),
+    Ed25519(ed25519_dalek::VerifyingKey),
+}
+
+impl StandardWebhooksKey {
+    /// The key, or why `secret` cannot be one (named so `listener create` can say it).
+    pub fn parse(secret: &str) -> Result<Self, AuthError> {
+        if let Some(k) = secret.strip_prefix("whpk_") {
+            let bytes =
+                decode_base64_lenient(k).ok_or(AuthError::Secret("whpk_ key is not base64"))?;
+            let bytes = <[u8; 32]>::try_from(bytes.as_slice()).map_err(|_| {
+                AuthError::Secret("whpk_ key must be 32 bytes (Ed25519 public key)")
+            })?;
+            let key = ed25519_dalek::VerifyingKey::from_bytes(&bytes)
+                .map_err(|_| AuthError::Secret("whpk_ key is not an Ed25519 public key"))?;
+            return Ok(StandardWebhooksKey::Ed25519(key));
+        }
+        let k = secret.strip_prefix("whsec_").unwrap_or(secret);
+        let key = decode_base64_lenient(k).ok_or(AuthError::Secret(
+            "expected whsec_ followed by base64 (or the bare base64 of the key)",
+        ))?;
+        if key.is_empty() {
+            return Err(AuthError::Secret("the webhook secret is empty"));
+        }
+        Ok(StandardWebhooksKey::Hmac(key))
+    }
+
+    fn scheme(&self) -> &'static str {
+        match self {
+            StandardWebhooksKey::Hmac(_) => "v1",
+            StandardWebhooksKey::Ed25519(_) => "v1a",
+        }
+    }
+
+    fn verifies(&self, signed: &[u8], signature: &[u8]) -> bool {
+        match self {
+            StandardWebhooksKey::Hmac(key) => {
+                let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("any key length");
+                mac.update(signed);
+                mac.verify_slice(signature).is_ok()
+            }
+            StandardWebhooksKey::Ed25519(key) => ed25519_dalek::Signature::from_slice(signature)
+                .is_ok_and(|sig| key.verify_strict(signed, &sig).is_ok()),
+        }
+    }
+}
+
+/// Standard base64 with or without its padding (the Python library pads before decoding).
+fn decode_base64_lenient(text: &str) -> Option<Vec<u8>> {
+    use base64::engine::general_purpose::STANDARD_NO_PAD;
+    let trimmed = text.trim_end_matches('=');
+    STANDARD_NO_PAD.decode(trimmed).ok()
+}
+
+/// Verifies a Standard Webhooks request. `secret` is any form [`StandardWebhooksKey::parse`] takes.
 pub fn standard_webhooks(
     secret: &str,
     id: &str,
@@ -45,58 +102,24 @@ pub fn standard_webhooks(
     if (now - ts).abs() > TOLERANCE_SECS {
         return Err(AuthError::Stale);
     }
+    let key = StandardWebhooksKey::parse(secret)?;
     let mut signed = Vec::with_capacity(id.len() + timestamp.len() + body.len() + 2);
     signed.extend_from_slice(id.as_bytes());
     signed.push(b'.');
-    signed.extend_from_slice(timestamp.trim().as_bytes());
+    signed.extend_from_slice(ts.to_string().as_bytes());
     signed.push(b'.');
     signed.extend_from_slice(body);
-    let (scheme, key) = if let Some(k) = secret.strip_prefix("whsec_") {
-        (
-            "v1",
-            STANDARD
-                .decode(k)
-                .map_err(|_| AuthError::Secret("whsec_ secret is not base64"))?,
-        )
-    } else if let Some(k) = secret.strip_prefix("whpk_") {
-        (
-            "v1a",
-            STANDARD
-                .decode(k)
-                .map_err(|_| AuthError::Secret("whpk_ key is not base64"))?,
-        )
-    } else {
-        return Err(AuthError::Secret("expected whsec_ or whpk_"));
-    };
     for candidate in signatures.split(' ').filter(|s| !s.is_empty()) {
         let Some((version, sig)) = candidate.split_once(',') else {
             continue;
         };
-        if version != scheme || sig.is_empty() {
+        if version != key.scheme() || sig.is_empty() {
             continue;
         }
         let Ok(sig) = STANDARD.decode(sig) else {
             continue;
         };
-        let ok = match scheme {
-            "v1" => {
-                let mut mac = Hmac::<Sha256>::new_from_slice(&key).expect("any key length");
-                mac.update(&signed);
-                mac.verify_slice(&sig).is_ok()
-            }
-            _ => {
-                let (Ok(pk), Ok(sig)) = (
-                    <[u8; 32]>::try_from(key.as_slice())
-                        .map_err(|_| ())
-                        .and_then(|b| ed25519_dalek::VerifyingKey::from_bytes(&b).map_err(|_| ())),
-                    ed25519_dalek::Signature::from_slice(&sig),
-                ) else {
-                    continue;
-                };
-                pk.verify_strict(&signed, &sig).is_ok()
-            }
-        };
-        if ok {
+        if key.verifies(&signed, &sig) {
             return Ok(());
         }
     }
@@ -150,26 +173,110 @@ pub fn sign_standard_webhooks(
     Ok(out.join(" "))
 }
 
-fn twilio_mac(auth_token: &str, url: &str, params: &[(String, String)]) -> Hmac<Sha1> {
+/// The hash a Twilio signature uses: HMAC-SHA1 with the account's auth token (the default), or what
+/// `X-Twilio-Webhooks-Signature-Settings: key=...,algorithm=HMAC_SHA256` names for webhooks signed
+/// with a SharedKey secret.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TwilioAlgorithm {
+    HmacSha1,
+    HmacSha256,
+}
+
+impl TwilioAlgorithm {
+    /// The algorithm a `X-Twilio-Webhooks-Signature-Settings` value names (absent: HMAC-SHA1), as
+    /// the official validators read it.
+    pub fn from_settings(header: Option<&str>) -> Result<Self, AuthError> {
+        let named = header.unwrap_or("").split(',').find_map(|part| {
+            let (name, value) = part.split_once('=')?;
+            (name.trim() == "algorithm" && !value.trim().is_empty()).then(|| value.trim())
+        });
+        match named.map(str::to_ascii_uppercase).as_deref() {
+            None | Some("HMAC_SHA1") => Ok(TwilioAlgorithm::HmacSha1),
+            Some("HMAC_SHA256") => Ok(TwilioAlgorithm::HmacSha256),
+            Some(_) => Err(AuthError::Malformed("x-twilio-webhooks-signature-settings")),
+        }
+    }
+}
+
+/// The string Twilio signs: the URL, then for each parameter name in sorted order each of its
+/// distinct values in sorted order, name and value concatenated.
+fn twilio_signed_text(url: &str, params: &[(String, String)]) -> Vec<u8> {
     let mut sorted: Vec<&(String, String)> = params.iter().collect();
     sorted.sort();
-    let mut mac = Hmac::<Sha1>::new_from_slice(auth_token.as_bytes()).expect("any key length");
-    mac.update(url.as_bytes());
+    sorted.dedup();
+    let mut text = url.as_bytes().to_vec();
     for (k, v) in sorted {
-        mac.update(k.as_bytes());
-        mac.update(v.as_bytes());
+        text.extend_from_slice(k.as_bytes());
+        text.extend_from_slice(v.as_bytes());
     }
-    mac
+    text
 }
 
-/// Twilio's expected `X-Twilio-Signature` for a request to `url` with form `params`.
+fn twilio_digest(algorithm: TwilioAlgorithm, key: &str, text: &[u8]) -> Vec<u8> {
+    match algorithm {
+        TwilioAlgorithm::HmacSha1 => {
+            let mut mac = Hmac::<Sha1>::new_from_slice(key.as_bytes()).expect("any key length");
+            mac.update(text);
+            mac.finalize().into_bytes().to_vec()
+        }
+        TwilioAlgorithm::HmacSha256 => {
+            let mut mac = Hmac::<Sha256>::new_from_slice(key.as_bytes()).expect("any key length");
+            mac.update(text);
+            mac.finalize().into_bytes().to_vec()
+        }
+    }
+}
+
+/// Twilio's expected `X-Twilio-Signature` (HMAC-SHA1) for a request to `url` with form `params`.
 pub fn twilio_signature(auth_token: &str, url: &str, params: &[(String, String)]) -> String {
-    STANDARD.encode(twilio_mac(auth_token, url, params).finalize().into_bytes())
+    STANDARD.encode(twilio_digest(
+        TwilioAlgorithm::HmacSha1,
+        auth_token,
+        &twilio_signed_text(url, params),
+    ))
 }
 
-/// Verifies `X-Twilio-Signature` in constant time.
+/// The URL as Twilio may have signed it: as given, without its port, and with the scheme's
+/// default port (the official validators try each, since Twilio's back ends differ).
+fn twilio_url_forms(url: &str) -> Vec<String> {
+    let mut forms = vec![url.to_owned()];
+    let Some(scheme_end) = url.find("://") else {
+        return forms;
+    };
+    let authority_start = scheme_end + 3;
+    let authority_end = url[authority_start..]
+        .find(['/', '?', '#'])
+        .map_or(url.len(), |i| authority_start + i);
+    let authority = &url[authority_start..authority_end];
+    let host_start = authority.rfind('@').map_or(0, |i| i + 1);
+    let host_port = &authority[host_start..];
+    // A colon starts the port only after an IPv6 literal's closing bracket.
+    let after_bracket = host_port.rfind(']').map_or(0, |i| i + 1);
+    let head = &url[..authority_start + host_start];
+    let rest = &url[authority_end..];
+    match host_port[after_bracket..].find(':') {
+        Some(colon) => forms.push(format!(
+            "{head}{}{rest}",
+            &host_port[..after_bracket + colon]
+        )),
+        None => {
+            let port = if url[..scheme_end].eq_ignore_ascii_case("https") {
+                443
+            } else {
+                80
+            };
+            forms.push(format!("{head}{host_port}:{port}{rest}"));
+        }
+    }
+    forms
+}
+
+/// Verifies `X-Twilio-Signature` in constant time, as the official validators do: over the URL with
+/// and without its port; form `params` with repeated identical values counted once; for a JSON
+/// body, `params` empty and the URL's `bodySHA256` parameter matching the body.
 pub fn twilio(
-    auth_token: &str,
+    secret: &str,
+    algorithm: TwilioAlgorithm,
     url: &str,
     params: &[(String, String)],
     header: &str,
@@ -177,9 +284,41 @@ pub fn twilio(
     let presented = STANDARD
         .decode(header.trim())
         .map_err(|_| AuthError::Malformed("x-twilio-signature"))?;
-    twilio_mac(auth_token, url, params)
-        .verify_slice(&presented)
-        .map_err(|_| AuthError::BadSignature("x-twilio-signature"))
+    let mut ok = false;
+    for form in twilio_url_forms(url) {
+        let expected = twilio_digest(algorithm, secret, &twilio_signed_text(&form, params));
+        ok |= constant_time_eq(&expected, &presented);
+    }
+    if ok {
+        Ok(())
+    } else {
+        Err(AuthError::BadSignature("x-twilio-signature"))
+    }
+}
+
+/// The `bodySHA256` query parameter of a Twilio URL, if any (JSON-body webhooks).
+pub fn twilio_body_sha256(url: &str) -> Option<String> {
+    let query = url.split_once('?')?.1;
+    url::form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == "bodySHA256")
+        .map(|(_, v)| v.into_owned())
+}
+
+/// Verifies that `body` hashes to the hex `expected` (Twilio's `bodySHA256`), in constant time.
+pub fn twilio_body(expected: &str, body: &[u8]) -> Result<(), AuthError> {
+    let actual = hex::encode(Sha256::digest(body));
+    if constant_time_eq(
+        actual.as_bytes(),
+        expected.trim().to_ascii_lowercase().as_bytes(),
+    ) {
+        Ok(())
+    } else {
+        Err(AuthError::BadSignature("bodySHA256"))
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Verifies GitHub's `X-Hub-Signature-256: sha256=<hex>` in constant time.

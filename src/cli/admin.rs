@@ -150,31 +150,48 @@ pub fn listener(config: Option<&PathBuf>, command: ListenerCommand) -> u8 {
         rt.block_on(async {
             let ctx = open(config).await?;
             match command {
-                ListenerCommand::Create { kind, name, secret_file } => {
+                ListenerCommand::Create {
+                    kind,
+                    name,
+                    secret_file,
+                } => {
                     let given = match &secret_file {
                         Some(path) => Some(crate::scanner::TokenSecret::new(
                             std::fs::read_to_string(path)
-                                .with_context(|| format!("{}: cannot read --secret-file", path.display()))?
+                                .with_context(|| {
+                                    format!("{}: cannot read --secret-file", path.display())
+                                })?
                                 .trim()
                                 .to_owned(),
                         )),
                         None => None,
                     };
-                    let generated = given.is_none() && kind.needs_secret();
-                    let secret = match given {
-                        Some(s) => Some(s),
-                        None if kind.needs_secret() => Some(kind.generate_secret().with_context(|| {
-                            format!("--kind {} needs --secret-file (the sender's secret cannot be generated here)", kind.as_str())
-                        })?),
-                        None => None,
+                    let (secret, generated) = match kind
+                        .new_listener_secret(given)
+                        .map_err(|e| anyhow::anyhow!("--secret-file: {e}"))?
+                    {
+                        Some((secret, generated)) => (Some(secret), generated),
+                        None => (None, false),
                     };
                     let sealing = secret.as_ref().map(|s| (&ctx.keys.sealing, s));
-                    let (listener, endpoint) =
-                        listeners::create_with_secret(&ctx.store, kind, &name, LOCAL_ACTOR, sealing).await?;
+                    let (listener, endpoint) = listeners::create_with_secret(
+                        &ctx.store,
+                        kind,
+                        &name,
+                        LOCAL_ACTOR,
+                        sealing,
+                    )
+                    .await?;
                     ctx.checkpoint().await?;
-                    println!("listener {} ({}) endpoint {}", listener.id, listener.kind, endpoint.endpoint.id);
+                    println!(
+                        "listener {} ({}) endpoint {}",
+                        listener.id, listener.kind, endpoint.endpoint.id
+                    );
                     if let (true, Some(secret)) = (generated, &secret) {
-                        println!("secret (shown once; configure the sender with it): {}", secret.expose());
+                        println!(
+                            "secret (shown once; configure the sender with it): {}",
+                            secret.expose()
+                        );
                     }
                     println!(
                         "{}{}",

@@ -398,13 +398,16 @@ impl Poller {
                 &self.keys,
                 &self.rules,
                 Some(&self.engine.key_cache),
-                LISTENER,
-                LISTENER,
-                body.as_bytes(),
-                None,
-                None,
-                &tokens,
-                None,
+                &intake::IncomingAlert {
+                    listener_id: LISTENER,
+                    listener_kind: LISTENER,
+                    body: body.as_bytes(),
+                    delivery_id: None,
+                    key_id: None,
+                    key_current: None,
+                    tokens: &tokens,
+                    event: None,
+                },
             )
             .await?;
             self.observer.alert(if recorded.replay {

@@ -212,31 +212,10 @@ async fn create_listener(
             ),
         );
     };
-    let (secret, generated) = match (kind.needs_secret(), body.secret) {
-        (false, Some(_)) => {
-            return error(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                format!("secret: a {} listener takes no secret", kind.as_str()),
-            );
-        }
-        (false, None) => (None, false),
-        (true, Some(s)) if s.trim().is_empty() => {
-            return error(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "secret: must not be empty",
-            );
-        }
-        (true, Some(s)) => (Some(TokenSecret::new(s)), false),
-        (true, None) if kind == ListenerKind::StandardWebhooks => (
-            Some(TokenSecret::new(crate::webhook_auth::generate_whsec())),
-            true,
-        ),
-        (true, None) => {
-            return error(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                format!("secret: required for a {} listener", kind.as_str()),
-            );
-        }
+    let (secret, generated) = match kind.new_listener_secret(body.secret.map(TokenSecret::new)) {
+        Ok(Some((secret, generated))) => (Some(secret), generated),
+        Ok(None) => (None, false),
+        Err(e) => return error(StatusCode::UNPROCESSABLE_ENTITY, format!("secret: {e}")),
     };
     let sealed = secret.as_ref().map(|s| (&state.keys.sealing, s));
     match listeners::create_with_secret(&state.store, kind, &body.name, &actor(&key), sealed).await
@@ -423,7 +402,8 @@ async fn listener_events(
         Err(e) => return rotation_error(RotationError::Database(e)),
     }
     let rows = sqlx::query(
-        "SELECT id, received_at, body_sha256, redacted_body, tokens_found FROM listener_events WHERE listener_id = $1 ORDER BY id",
+        "SELECT id, received_at, body_sha256, redacted_body, tokens_found, content_type, \
+         content_encoding, body_kept, note FROM listener_events WHERE listener_id = $1 ORDER BY id",
     )
     .bind(&id)
     .fetch_all(state.store.pool())
@@ -441,7 +421,13 @@ async fn listener_events(
                 "received_at": r.try_get::<i64, _>("received_at")?,
                 "body_sha256": r.try_get::<String, _>("body_sha256")?,
                 "tokens_found": r.try_get::<i64, _>("tokens_found")?,
-                "body": r.try_get::<String, _>("redacted_body")?,
+                "content_type": r.try_get::<Option<String>, _>("content_type")?,
+                "content_encoding": r.try_get::<Option<String>, _>("content_encoding")?,
+                // `null` when the body did not decode as declared and no copy was kept.
+                "body": (r.try_get::<i64, _>("body_kept")? != 0)
+                    .then(|| r.try_get::<String, _>("redacted_body"))
+                    .transpose()?,
+                "note": r.try_get::<Option<String>, _>("note")?,
             }))
         })();
         match event {

@@ -1,27 +1,41 @@
-//! Generic signed webhooks (Standard Webhooks, Twilio, GitHub HMAC) and the GitLab Token Revocation
-//! API. A generic listener authenticates the request with its sealed secret, scans the body, keeps a
-//! redacted copy as its output stream (each token replaced by its type and fingerprint) and feeds
-//! the tokens it found into the same intake as partner alerts.
+//! Generic signed webhooks (Standard Webhooks, Twilio, GitHub HMAC). A generic listener
+//! authenticates the request with its sealed secret over the bytes exactly as sent, reads the body
+//! as its sender encoded it (`Content-Encoding: gzip`/`deflate`, JSON string escapes, form values),
+//! scans every decoded view, keeps a redacted copy as its output stream (each token replaced by its
+//! type and fingerprint, at the raw bytes that encode it) and feeds the tokens it found into the
+//! same intake as partner alerts. A body that does not decode as declared is kept as metadata only.
+
+use std::borrow::Cow;
+use std::io::Read as _;
+use std::ops::Range;
+use std::sync::Arc;
 
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
 
 use super::{AppState, answer_recorded, error};
-use crate::intake::{self, ReportedToken};
+use crate::intake::{self, ListenerEvent, ReportedToken};
 use crate::listeners::{self, ListenerKind};
-use crate::scanner::{Finding, TokenSecret};
-use crate::webhook_auth::{self, AuthError};
+use crate::scanner::decode::Outer;
+use crate::scanner::{DecodeOptions, Finding, TokenSecret};
+use crate::webhook_auth::{self, AuthError, TwilioAlgorithm};
+
+/// Largest body a `Content-Encoding` may expand to (GitHub's webhook payloads are capped at 25 MB).
+pub const MAX_DECODED_BODY: usize = 25 << 20;
 
 fn header<'a>(headers: &'a HeaderMap, name: &'static str) -> Result<&'a str, AuthError> {
-    headers
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty())
-        .ok_or(AuthError::Missing(name))
+    match headers.get(name).map(|v| v.to_str()) {
+        None => Err(AuthError::Missing(name)),
+        Some(Err(_)) => Err(AuthError::Malformed(name)),
+        Some(Ok("")) => Err(AuthError::Missing(name)),
+        Some(Ok(v)) => Ok(v),
+    }
 }
 
-async fn listener_secret(state: &AppState, listener_id: &str) -> Result<TokenSecret, Response> {
+pub(super) async fn listener_secret(
+    state: &AppState,
+    listener_id: &str,
+) -> Result<TokenSecret, Response> {
     match listeners::secret(&state.store, &state.keys.sealing, listener_id).await {
         Ok(Some(secret)) => Ok(secret),
         Ok(None) => Err(error(
@@ -38,8 +52,8 @@ async fn listener_secret(state: &AppState, listener_id: &str) -> Result<TokenSec
     }
 }
 
-/// Authenticates a generic listener's request (Standard Webhooks, Twilio, GitHub HMAC). Public
-/// for the fuzz targets (bench/fuzz).
+/// Authenticates a generic listener's request (Standard Webhooks, Twilio, GitHub HMAC) over the
+/// body exactly as sent. Public for the fuzz targets (bench/fuzz).
 pub fn authenticate(
     kind: ListenerKind,
     secret: &str,
@@ -68,15 +82,28 @@ pub fn authenticate(
                 public_url.trim_end_matches('/'),
                 uri.path_and_query().map_or("", |p| p.as_str())
             );
-            let params: Vec<(String, String)> = url::form_urlencoded::parse(body)
-                .map(|(k, v)| (k.into_owned(), v.into_owned()))
-                .collect();
-            webhook_auth::twilio(
-                secret,
-                &url,
-                &params,
-                header(headers, "x-twilio-signature")?,
-            )
+            let settings =
+                match headers.get("x-twilio-webhooks-signature-settings") {
+                    None => None,
+                    Some(v) => Some(v.to_str().map_err(|_| {
+                        AuthError::Malformed("x-twilio-webhooks-signature-settings")
+                    })?),
+                };
+            let algorithm = TwilioAlgorithm::from_settings(settings)?;
+            let signature = header(headers, "x-twilio-signature")?;
+            match webhook_auth::twilio_body_sha256(&url) {
+                // A JSON body: the URL alone is signed and carries the body's hash.
+                Some(expected) => {
+                    webhook_auth::twilio(secret, algorithm, &url, &[], signature)?;
+                    webhook_auth::twilio_body(&expected, body)
+                }
+                None => {
+                    let params: Vec<(String, String)> = url::form_urlencoded::parse(body)
+                        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                        .collect();
+                    webhook_auth::twilio(secret, algorithm, &url, &params, signature)
+                }
+            }
         }
         ListenerKind::GithubHmac => {
             webhook_auth::github_hmac(secret, header(headers, "x-hub-signature-256")?, body)
@@ -85,21 +112,229 @@ pub fn authenticate(
     }
 }
 
+/// The idempotency key a request carries, where it is signed: Standard Webhooks' `webhook-id` (a
+/// retry keeps it; a new message gets a new one). Twilio's idempotency token and GitHub's delivery
+/// GUID are not signed, so anyone replaying a captured request could mint new ones: those kinds are
+/// deduplicated by body (Twilio bodies carry a unique `MessageSid`, GitHub's a unique event).
+fn delivery_id(kind: ListenerKind, headers: &HeaderMap) -> Option<String> {
+    match kind {
+        ListenerKind::StandardWebhooks => header(headers, "webhook-id").ok().map(str::to_owned),
+        _ => None,
+    }
+}
+
+/// How a body is encoded, from its headers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    Json,
+    Form,
+    Text,
+}
+
+/// Why a body could not be read as its headers declare.
+#[derive(Debug)]
+enum BodyError {
+    /// Decompresses beyond [`MAX_DECODED_BODY`]: 413.
+    TooLarge(String),
+    /// An encoding we do not read: 415.
+    Unsupported(String),
+    /// Not what `Content-Encoding` says: 400.
+    Undecodable(String),
+}
+
+/// A body as its sender encoded it: decompressed, with its declared shape.
+struct ReadBody<'b> {
+    bytes: Cow<'b, [u8]>,
+    shape: Shape,
+    content_type: Option<String>,
+    content_encoding: Option<String>,
+    /// Set when the body does not decode as declared: no copy of it is kept.
+    undecodable: Option<String>,
+}
+
+fn bounded_inflate(reader: impl std::io::Read, limit: usize) -> std::io::Result<Option<Vec<u8>>> {
+    let mut out = Vec::new();
+    reader.take(limit as u64 + 1).read_to_end(&mut out)?;
+    Ok((out.len() <= limit).then_some(out))
+}
+
+fn read_body<'b>(headers: &HeaderMap, body: &'b [u8]) -> Result<ReadBody<'b>, BodyError> {
+    let text = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.trim().to_ascii_lowercase())
+            .filter(|v| !v.is_empty())
+    };
+    let content_type = text("content-type");
+    let content_encoding = text("content-encoding");
+    let too_large = || {
+        BodyError::TooLarge(format!(
+            "content-encoding: body decompresses beyond {MAX_DECODED_BODY} bytes"
+        ))
+    };
+    let bytes: Cow<'b, [u8]> = match content_encoding.as_deref() {
+        None | Some("identity") => Cow::Borrowed(body),
+        Some("gzip" | "x-gzip") => {
+            match bounded_inflate(flate2::read::MultiGzDecoder::new(body), MAX_DECODED_BODY) {
+                Ok(Some(out)) => Cow::Owned(out),
+                Ok(None) => return Err(too_large()),
+                Err(_) => {
+                    return Err(BodyError::Undecodable(
+                        "content-encoding: body is not valid gzip".into(),
+                    ));
+                }
+            }
+        }
+        // HTTP's `deflate` is zlib-wrapped; some senders send raw deflate, so that is tried too.
+        Some("deflate") => {
+            match bounded_inflate(flate2::read::ZlibDecoder::new(body), MAX_DECODED_BODY) {
+                Ok(Some(out)) => Cow::Owned(out),
+                Ok(None) => return Err(too_large()),
+                Err(_) => {
+                    match bounded_inflate(flate2::read::DeflateDecoder::new(body), MAX_DECODED_BODY)
+                    {
+                        Ok(Some(out)) => Cow::Owned(out),
+                        Ok(None) => return Err(too_large()),
+                        Err(_) => {
+                            return Err(BodyError::Undecodable(
+                                "content-encoding: body is not valid deflate".into(),
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        Some(other) => {
+            return Err(BodyError::Unsupported(format!(
+                "content-encoding {other:?} is not supported: send gzip, deflate or identity"
+            )));
+        }
+    };
+    let media = content_type
+        .as_deref()
+        .map(|t| t.split(';').next().unwrap_or("").trim());
+    let shape = match media {
+        Some("application/x-www-form-urlencoded") => Shape::Form,
+        Some(m) if m == "application/json" || m.ends_with("+json") => Shape::Json,
+        _ => Shape::Text,
+    };
+    let undecodable = match shape {
+        Shape::Json if serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).is_err() => {
+            Some("body is not valid JSON, as content-type declares: no copy kept".to_owned())
+        }
+        Shape::Form if !bytes.is_ascii() => Some(
+            "body is not a URL-encoded form, as content-type declares: no copy kept".to_owned(),
+        ),
+        _ => None,
+    };
+    Ok(ReadBody {
+        bytes,
+        shape,
+        content_type,
+        content_encoding,
+        undecodable,
+    })
+}
+
+/// `text` with each span replaced by its mark; overlapping spans are merged, so no part of a token
+/// is left between two marks.
+fn redact(text: &[u8], mut marks: Vec<(Range<usize>, String)>) -> String {
+    marks.sort_by_key(|(span, _)| (span.start, std::cmp::Reverse(span.end)));
+    let mut out = String::with_capacity(text.len());
+    let mut copied = 0;
+    for (span, mark) in marks {
+        if span.start < copied {
+            copied = copied.max(span.end);
+            continue;
+        }
+        out.push_str(&String::from_utf8_lossy(&text[copied..span.start]));
+        out.push_str(&mark);
+        copied = span.end;
+    }
+    out.push_str(&String::from_utf8_lossy(&text[copied.min(text.len())..]));
+    out
+}
+
+/// What scanning a body found: tokens for the intake, the event to keep, and per-rule counts for
+/// metrics.
+struct Scanned {
+    tokens: Vec<ReportedToken>,
+    event: ListenerEvent,
+    matched: Vec<(String, &'static str)>,
+    scanned_bytes: usize,
+}
+
+fn scan_body(state: &AppState, kind: ListenerKind, read: &ReadBody<'_>) -> Scanned {
+    let kind_name = kind.as_str();
+    let text: &[u8] = &read.bytes;
+    let options = DecodeOptions {
+        outer: if read.shape == Shape::Form {
+            Outer::Form
+        } else {
+            Outer::Text
+        },
+        ..DecodeOptions::default()
+    };
+    let mut tokens = Vec::new();
+    let mut marks = Vec::new();
+    let mut matched = Vec::new();
+    state
+        .rules
+        .scanner()
+        .scan_decoded(kind_name, text, &options, &mut |f: Finding<'_>| {
+            matched.push((f.rule.id.clone(), f.verdict.as_str()));
+            let fingerprint = state.keys.fingerprint(f.secret().expose());
+            marks.push((
+                f.span.clone(),
+                format!("[REDACTED {} {}]", f.rule.token_type, &fingerprint[..16]),
+            ));
+            if !f.verdict.is_invalid() {
+                tokens.push(ReportedToken {
+                    token: f.secret().clone(),
+                    token_type: f.rule.token_type.clone(),
+                    url: None,
+                    source: Some(kind_name.to_owned()),
+                    context_hosts: intake::hosts_near(text, f.span.clone(), 256),
+                });
+            }
+        });
+    let redacted_body = read.undecodable.is_none().then(|| redact(text, marks));
+    Scanned {
+        tokens,
+        event: ListenerEvent {
+            redacted_body,
+            content_type: read.content_type.clone(),
+            content_encoding: read.content_encoding.clone(),
+            note: read.undecodable.clone(),
+        },
+        matched,
+        scanned_bytes: text.len(),
+    }
+}
+
 /// Handles one request to a generic listener.
 pub async fn webhook(
-    state: &AppState,
+    state: &Arc<AppState>,
     listener_id: &str,
     kind: ListenerKind,
     uri: &Uri,
     headers: &HeaderMap,
-    body: &[u8],
+    body: axum::body::Bytes,
 ) -> Response {
     let kind_name = kind.as_str();
     let secret = match listener_secret(state, listener_id).await {
         Ok(s) => s,
         Err(r) => return r,
     };
-    if let Err(e) = authenticate(kind, secret.expose(), &state.public_url, uri, headers, body) {
+    if let Err(e) = authenticate(
+        kind,
+        secret.expose(),
+        &state.public_url,
+        uri,
+        headers,
+        &body,
+    ) {
         let (status, outcome) = match e {
             AuthError::Missing(_) | AuthError::Malformed(_) => {
                 (StatusCode::BAD_REQUEST, "malformed")
@@ -117,39 +352,41 @@ pub async fn webhook(
         state.metrics.alert(kind_name, outcome);
         return error(status, e.to_string());
     }
-    // Every token in the body: reported ones feed the intake, and all are redacted in the stored copy.
-    let mut tokens = Vec::new();
-    let mut redacted = String::with_capacity(body.len());
-    let mut copied = 0;
+    let delivery = delivery_id(kind, headers);
+    // Decompressing and scanning are CPU work: off the reactor.
+    let scanned = {
+        let (state, headers, body) = (state.clone(), headers.clone(), body.clone());
+        tokio::task::spawn_blocking(move || {
+            read_body(&headers, &body).map(|read| scan_body(&state, kind, &read))
+        })
+        .await
+    };
+    let scanned = match scanned {
+        Ok(Ok(scanned)) => scanned,
+        Ok(Err(e)) => {
+            state.metrics.alert(kind_name, "malformed");
+            let (status, message) = match e {
+                BodyError::TooLarge(m) => (StatusCode::PAYLOAD_TOO_LARGE, m),
+                BodyError::Unsupported(m) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, m),
+                BodyError::Undecodable(m) => (StatusCode::BAD_REQUEST, m),
+            };
+            return error(status, message);
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "scanning a webhook body failed");
+            state.metrics.alert(kind_name, "unavailable");
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the body could not be scanned: not stored, retry later",
+            );
+        }
+    };
+    for (rule, verdict) in &scanned.matched {
+        state.metrics.token_matched(rule, verdict);
+    }
     state
-        .rules
-        .scanner()
-        .scan(kind_name, body, &mut |f: Finding<'_>| {
-            state.metrics.token_matched(&f.rule.id, f.verdict.as_str());
-            if f.span.start < copied {
-                return;
-            }
-            let fingerprint = state.keys.fingerprint(f.secret().expose());
-            redacted.push_str(&String::from_utf8_lossy(&body[copied..f.span.start]));
-            redacted.push_str(&format!(
-                "[REDACTED {} {}]",
-                f.rule.token_type,
-                &fingerprint[..16]
-            ));
-            copied = f.span.end;
-            if !f.verdict.is_invalid() {
-                tokens.push(ReportedToken {
-                    token: f.secret().clone(),
-                    token_type: f.rule.token_type.clone(),
-                    url: None,
-                    source: Some(kind_name.to_owned()),
-                    context_hosts: intake::hosts_near(body, f.span.clone(), 256),
-                });
-            }
-        });
-    redacted.push_str(&String::from_utf8_lossy(&body[copied..]));
-    state.metrics.scanned("listener", body.len() as u64);
-    let found_count = tokens.len();
+        .metrics
+        .scanned("listener", scanned.scanned_bytes as u64);
     answer_recorded(
         state,
         kind_name,
@@ -158,109 +395,73 @@ pub async fn webhook(
             &state.keys,
             &state.rules,
             Some(&state.engine.key_cache),
-            listener_id,
-            kind_name,
-            body,
-            None,
-            None,
-            &tokens,
-            Some(&redacted),
+            &intake::IncomingAlert {
+                listener_id,
+                listener_kind: kind_name,
+                body: &body,
+                delivery_id: delivery.as_deref(),
+                key_id: None,
+                key_current: None,
+                tokens: &scanned.tokens,
+                event: Some(&scanned.event),
+            },
         )
         .await,
-        |_| axum::Json(serde_json::json!({ "tokens_found": found_count })).into_response(),
+        |recorded| {
+            axum::Json(serde_json::json!({ "tokens_found": recorded.token_count })).into_response()
+        },
     )
 }
 
-/// `GET .../v1/revocable_token_types` of the GitLab Token Revocation API: the token types Spillway
-/// accepts (one per type among the default rules).
-pub fn revocable_token_types(state: &AppState) -> Response {
-    let mut seen = std::collections::BTreeSet::new();
-    let types: Vec<_> = state
-        .rules
-        .rules()
-        .iter()
-        .filter(|r| seen.insert(r.token_type.clone()))
-        .map(|r| serde_json::json!({ "type": r.token_type, "name": r.name, "description": r.description }))
-        .collect();
-    axum::Json(serde_json::json!({ "types": types })).into_response()
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-#[derive(Deserialize)]
-struct RevokeRequest {
-    #[serde(rename = "type")]
-    token_type: String,
-    token: String,
-    #[serde(default)]
-    location: Option<String>,
-}
-
-/// `POST .../v1/revoke_tokens`: GitLab sends the raw shared secret in `Authorization` (no `Bearer`)
-/// and `[{type, token, location}]`; 204 means accepted for eventual revocation.
-pub async fn revoke_tokens(
-    state: &AppState,
-    listener_id: &str,
-    headers: &HeaderMap,
-    body: &[u8],
-) -> Response {
-    let kind = ListenerKind::GitlabRevocation.as_str();
-    let secret = match listener_secret(state, listener_id).await {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
-    let Some(presented) = headers.get("authorization").and_then(|v| v.to_str().ok()) else {
-        state.metrics.signature_failure(kind, "missing_header");
-        state.metrics.alert(kind, "malformed");
-        return error(StatusCode::UNAUTHORIZED, "missing header authorization");
-    };
-    if !webhook_auth::same_secret(presented.trim(), secret.expose()) {
-        state.metrics.signature_failure(kind, "bad_signature");
-        state.metrics.alert(kind, "bad_signature");
-        return error(
-            StatusCode::UNAUTHORIZED,
-            "authorization does not match this listener's shared secret",
-        );
+    #[test]
+    fn overlapping_marks_merge_and_leave_nothing_between() {
+        let text = b"a=SECRETTOKEN&b=1";
+        let marks = vec![(2..8, "[A]".to_owned()), (5..13, "[B]".to_owned())];
+        assert_eq!(redact(text, marks), "a=[A]&b=1");
     }
-    let requests: Vec<RevokeRequest> = match serde_json::from_slice(body) {
-        Ok(r) => r,
-        Err(e) => {
-            state.metrics.alert(kind, "malformed");
-            return error(
-                StatusCode::BAD_REQUEST,
-                format!(
-                    "expected [{{type, token, location}}]: line {} column {}",
-                    e.line(),
-                    e.column()
-                ),
-            );
+
+    #[test]
+    fn bodies_read_as_declared() {
+        let mut headers = HeaderMap::new();
+        headers.insert("content-type", "application/json".parse().unwrap());
+        let read = read_body(&headers, b"{\"a\":1").unwrap();
+        assert!(read.undecodable.is_some());
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        std::io::Write::write_all(&mut gz, b"{\"a\":\"x\"}").unwrap();
+        headers.insert("content-encoding", "gzip".parse().unwrap());
+        let compressed = gz.finish().unwrap();
+        let read = read_body(&headers, &compressed).unwrap();
+        assert_eq!(&*read.bytes, b"{\"a\":\"x\"}");
+        assert!(read.undecodable.is_none());
+        assert!(matches!(
+            read_body(&headers, b"not gzip"),
+            Err(BodyError::Undecodable(_))
+        ));
+        headers.insert("content-encoding", "br".parse().unwrap());
+        assert!(matches!(
+            read_body(&headers, b"x"),
+            Err(BodyError::Unsupported(_))
+        ));
+    }
+
+    #[test]
+    fn a_decompression_bomb_is_refused_without_inflating_it_all() {
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        let zeros = vec![0u8; 1 << 20];
+        for _ in 0..(MAX_DECODED_BODY >> 20) + 2 {
+            std::io::Write::write_all(&mut gz, &zeros).unwrap();
         }
-    };
-    let tokens: Vec<ReportedToken> = requests
-        .into_iter()
-        .map(|r| ReportedToken {
-            token: TokenSecret::new(r.token),
-            token_type: r.token_type,
-            url: r.location,
-            source: Some("gitlab".into()),
-            context_hosts: Vec::new(),
-        })
-        .collect();
-    answer_recorded(
-        state,
-        kind,
-        intake::record_alert(
-            &state.store,
-            &state.keys,
-            &state.rules,
-            Some(&state.engine.key_cache),
-            listener_id,
-            kind,
-            body,
-            None,
-            None,
-            &tokens,
-            None,
-        )
-        .await,
-        |_| StatusCode::NO_CONTENT.into_response(),
-    )
+        let bomb = gz.finish().unwrap();
+        assert!(bomb.len() < 100 << 10);
+        let mut headers = HeaderMap::new();
+        headers.insert("content-encoding", "gzip".parse().unwrap());
+        assert!(matches!(
+            read_body(&headers, &bomb),
+            Err(BodyError::TooLarge(_))
+        ));
+    }
 }

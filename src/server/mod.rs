@@ -4,6 +4,7 @@
 
 mod admin_api;
 mod generic;
+mod gitlab_revocation;
 mod metrics;
 mod partner;
 mod pull_api;
@@ -36,6 +37,7 @@ use crate::scanner::RuleSet;
 use crate::store::Store;
 
 pub use generic::authenticate as authenticate_webhook;
+pub use gitlab_revocation::GitlabTypes;
 pub use metrics::Metrics;
 pub use partner::{PartnerAlert, parse_alerts};
 
@@ -60,6 +62,8 @@ pub struct AppState {
     pub policy: Policy,
     /// Deciding, verifying, revoking and notifying.
     pub engine: Arc<Engine>,
+    /// GitLab's names for the token types the rules issue (the GitLab Token Revocation API).
+    pub gitlab_types: GitlabTypes,
 }
 
 /// A running server.
@@ -126,6 +130,7 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
     let rules = RuleSet::default_rules(crate::scanner::ScanOptions {
         include_invalid: true,
     })?;
+    let gitlab_types = GitlabTypes::load(&rules)?;
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .user_agent(concat!("spillway/", env!("CARGO_PKG_VERSION")))
@@ -155,6 +160,7 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
         public_url: settings.public_url.clone(),
         policy,
         engine: engine.clone(),
+        gitlab_types,
     });
 
     // Whole-request deadline (GitHub allows partners 30 s; answer well inside it).
@@ -475,7 +481,7 @@ async fn listener_endpoint(
             .await
         }
         ListenerKind::StandardWebhooks | ListenerKind::Twilio | ListenerKind::GithubHmac => {
-            generic::webhook(&state, &listener_id, kind, &uri, &headers, &body).await
+            generic::webhook(&state, &listener_id, kind, &uri, &headers, body).await
         }
         ListenerKind::GitlabRevocation => error(
             StatusCode::NOT_FOUND,
@@ -487,9 +493,12 @@ async fn listener_endpoint(
 async fn revocable_token_types(
     State(state): State<Arc<AppState>>,
     Path(secret): Path<String>,
+    headers: HeaderMap,
 ) -> Response {
     match route(&state, &secret).await {
-        Ok((_, ListenerKind::GitlabRevocation)) => generic::revocable_token_types(&state),
+        Ok((listener_id, ListenerKind::GitlabRevocation)) => {
+            gitlab_revocation::revocable_token_types(&state, &listener_id, &headers).await
+        }
         Ok(_) => (StatusCode::NOT_FOUND, "no such endpoint\n").into_response(),
         Err(response) => response,
     }
@@ -503,7 +512,7 @@ async fn revoke_tokens(
 ) -> Response {
     match route(&state, &secret).await {
         Ok((listener_id, ListenerKind::GitlabRevocation)) => {
-            generic::revoke_tokens(&state, &listener_id, &headers, &body).await
+            gitlab_revocation::revoke_tokens(&state, &listener_id, &headers, &body).await
         }
         Ok(_) => (StatusCode::NOT_FOUND, "no such endpoint\n").into_response(),
         Err(response) => response,

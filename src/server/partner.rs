@@ -75,8 +75,8 @@ impl std::fmt::Debug for PartnerAlert {
 /// A partner alert body, or a message naming what is wrong with it (element and field). Public
 /// for the fuzz targets (bench/fuzz).
 pub fn parse_alerts(body: &[u8], type_required: bool) -> Result<Vec<PartnerAlert>, String> {
-    let alerts: Vec<PartnerAlert> =
-        serde_json::from_slice(body).map_err(|e| describe_json_error(&e))?;
+    let alerts: Vec<PartnerAlert> = serde_json::from_slice(body)
+        .map_err(|e| describe_json_error(&e, "an array of objects {token, type, url, source}"))?;
     if let Some(i) = alerts.iter().position(|a| a.token.is_empty()) {
         return Err(format!("element {i}: field `token` must be non-empty"));
     }
@@ -89,55 +89,37 @@ pub fn parse_alerts(body: &[u8], type_required: bool) -> Result<Vec<PartnerAlert
     Ok(alerts)
 }
 
-/// The token type of the default rule that matches the whole token, for platforms that send none.
-fn infer_type(scanner: &mut crate::scanner::Scanner<'_>, token: &str) -> String {
-    let mut found = None;
-    scanner.scan(
-        "alert",
-        token.as_bytes(),
-        &mut |f: crate::scanner::Finding<'_>| {
-            if f.span == (0..token.len()) && found.is_none() {
-                found = Some(f.rule.token_type.clone());
-            }
-        },
-    );
-    found.unwrap_or_else(|| "unknown".to_owned())
-}
-
 /// A required header's value, or the message that names what is wrong with it.
 fn header<'a>(headers: &'a HeaderMap, name: &str) -> Result<&'a str, String> {
     match headers.get(name).map(|v| v.to_str()) {
         None => Err(format!("missing header {name}")),
-        Some(Err(_)) => Err(format!("header {name} is not visible ASCII")),
+        Some(Err(_)) => Err(format!("header {name} is malformed (not visible ASCII)")),
         Some(Ok(v)) if v.trim().is_empty() => Err(format!("header {name} is empty")),
         Some(Ok(v)) => Ok(v),
     }
 }
 
 /// Serde's message names the field and position but, for a wrong type, may quote the value; keep
-/// only what cannot contain a token.
-fn describe_json_error(e: &serde_json::Error) -> String {
+/// only what cannot contain a token: the field's name, the position and what was `expected`.
+pub(super) fn describe_json_error(e: &serde_json::Error, expected: &str) -> String {
     let message = e.to_string();
-    let field = message
-        .split('`')
-        .nth(1)
-        .filter(|_| message.contains("field"));
+    let field = message.split('`').nth(1);
+    let at = format!("line {} column {}", e.line(), e.column());
     match (e.classify(), field) {
-        (_, Some(field)) if message.starts_with("missing field") => format!(
-            "missing field `{field}` at line {} column {}",
-            e.line(),
-            e.column()
-        ),
-        (serde_json::error::Category::Data, _) => format!(
-            "expected an array of objects with string fields token, type, url, source (error at line {} column {})",
-            e.line(),
-            e.column()
-        ),
-        _ => format!(
-            "body is not valid JSON (line {} column {})",
-            e.line(),
-            e.column()
-        ),
+        (serde_json::error::Category::Data, Some(field))
+            if message.starts_with("missing field") =>
+        {
+            format!("missing field `{field}` at {at}")
+        }
+        (serde_json::error::Category::Data, Some(field))
+            if message.starts_with("duplicate field") =>
+        {
+            format!("duplicate field `{field}` at {at}")
+        }
+        (serde_json::error::Category::Data, _) => {
+            format!("expected {expected} with string fields (error at {at})")
+        }
+        _ => format!("body is not valid JSON ({at})"),
     }
 }
 
@@ -227,10 +209,10 @@ pub async fn alert(
     let tokens: Vec<ReportedToken> = alerts
         .into_iter()
         .map(|a| ReportedToken {
-            token_type: a
-                .token_type
-                .filter(|t| !t.is_empty())
-                .unwrap_or_else(|| infer_type(&mut scanner, &a.token)),
+            token_type: a.token_type.filter(|t| !t.is_empty()).unwrap_or_else(|| {
+                super::gitlab_revocation::classify(&mut scanner, &a.token)
+                    .unwrap_or_else(|| "unknown".to_owned())
+            }),
             token: TokenSecret::new(a.token),
             url: a.url.filter(|u| !u.is_empty()),
             source: a.source.map(|s| s.to_ascii_lowercase()),
@@ -245,13 +227,16 @@ pub async fn alert(
             &state.keys,
             &state.rules,
             Some(&state.engine.key_cache),
-            listener_id,
-            kind,
-            body,
-            Some(key_id),
-            Some(key_current),
-            &tokens,
-            None,
+            &intake::IncomingAlert {
+                listener_id,
+                listener_kind: kind,
+                body,
+                delivery_id: None,
+                key_id: Some(key_id),
+                key_current: Some(key_current),
+                tokens: &tokens,
+                event: None,
+            },
         )
         .await,
         |recorded| (StatusCode::OK, axum::Json(recorded.feedback)).into_response(),

@@ -1,8 +1,6 @@
 //! The admin API over real HTTP: authentication (401), authorisation by scope (403), listener
 //! rotation rules, and keys that cannot mint wider keys. On every backend.
 
-mod common;
-
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use spillway::admin_keys;
@@ -35,8 +33,8 @@ impl Api {
 #[tokio::test]
 async fn every_admin_request_is_authenticated_authorised_and_audited() {
     use reqwest::Method;
-    for (backend, url, _dir) in common::fresh_databases().await {
-        let (running, _keep) = common::start_server(&url, "http://127.0.0.1:9/unused").await;
+    for (backend, url, _dir) in crate::common::fresh_databases().await {
+        let (running, _keep) = crate::common::start_server(&url, "http://127.0.0.1:9/unused").await;
         let api = Api {
             base: format!("http://{}", running.admin_addr),
             client: reqwest::Client::new(),

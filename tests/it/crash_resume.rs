@@ -3,18 +3,16 @@
 //! job with no duplicate effect at the reference installation, an intact audit log, and no raw
 //! token in any file or log it wrote.
 
-mod common;
-
 use std::os::unix::process::ExitStatusExt as _;
 use std::time::{Duration, Instant};
 
-use common::process::Setup;
+use crate::common::process::Setup;
 use serde_json::json;
 use spillway::devtools::{fake_github, reference_installation};
 use spillway::revocation::findings;
 
 async fn crash_and_resume(point: &str, online: bool) {
-    for (backend, url, _db_dir) in common::fresh_databases().await {
+    for (backend, url, _db_dir) in crate::common::fresh_databases().await {
         let github = fake_github::start(&fake_github::Args {
             listen: "127.0.0.1:0".into(),
         })

@@ -3,11 +3,9 @@
 //! installation secret, an expired endpoint left in place and (on PostgreSQL, a production
 //! database) development keys are reported, and the exit code is 1.
 
-mod common;
-
 use std::collections::BTreeSet;
 
-use common::process::Setup;
+use crate::common::process::Setup;
 use serde_json::Value;
 use spillway::installations;
 use spillway::listeners::{self, ListenerKind, OldEndpoint};
@@ -43,7 +41,7 @@ fn checks(report: &Value) -> BTreeSet<String> {
 
 #[tokio::test]
 async fn doctor_reports_credential_hygiene() {
-    for (backend, url, _dir) in common::fresh_databases().await {
+    for (backend, url, _dir) in crate::common::fresh_databases().await {
         let setup = Setup::new("http://127.0.0.1:9/keys".into(), Some(&url));
         let keys =
             spillway::keys::Keys::load(&setup.dir.path().join("spillway.keys"), true).unwrap();

@@ -2,8 +2,6 @@
 //! verifies with that key (by hand and through Spillway's own partner-key verifier), and
 //! `/send-alert` delivers a signed alert that the real server accepts.
 
-mod common;
-
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use p256::ecdsa::signature::Verifier as _;
@@ -61,7 +59,7 @@ async fn send_alert_delivers_a_signed_alert_the_server_accepts() {
     let github = fake_github::start(&Args::default()).await.unwrap();
     let db = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", db.path().join("t.db").display());
-    let (server, _keys_dir) = common::start_server(&url, &github.keys_url()).await;
+    let (server, _keys_dir) = crate::common::start_server(&url, &github.keys_url()).await;
     let (_, endpoint) = listeners::create(&server.state.store, ListenerKind::Github, "gh", "test")
         .await
         .unwrap();

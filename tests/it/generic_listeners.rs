@@ -1,8 +1,6 @@
 //! Generic listeners (Standard Webhooks, Twilio, GitHub HMAC) against the published vectors, and
 //! end to end over HTTP with their redacted output stream; the GitLab Token Revocation API.
 
-mod common;
-
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use hmac::{Hmac, Mac};
@@ -12,6 +10,8 @@ use spillway::listeners::{self, ListenerKind};
 use spillway::scanner::TokenSecret;
 use spillway::scanner::validate::crc32_base62;
 use spillway::webhook_auth::{self, AuthError};
+
+use crate::common::senders::{standard_webhooks_headers, twilio_signature};
 
 fn vectors() -> Value {
     serde_json::from_str(include_str!("fixtures/public_vectors.json")).unwrap()
@@ -95,8 +95,9 @@ fn twilio_published_vector() {
         t["signature"].as_str().unwrap(),
     );
     assert_eq!(webhook_auth::twilio_signature(token, url, &params), sig);
-    assert_eq!(webhook_auth::twilio(token, url, &params, sig), Ok(()));
-    assert!(webhook_auth::twilio(token, &format!("{url}&x=1"), &params, sig).is_err());
+    let sha1 = webhook_auth::TwilioAlgorithm::HmacSha1;
+    assert_eq!(webhook_auth::twilio(token, sha1, url, &params, sig), Ok(()));
+    assert!(webhook_auth::twilio(token, sha1, &format!("{url}&x=1"), &params, sig).is_err());
 }
 
 fn github_token(seed: u8) -> String {
@@ -131,8 +132,8 @@ async fn generic_webhooks_feed_the_intake_and_keep_a_redacted_stream() {
     let whsec = v["standard_webhooks"]["v1_hmac_sha256"]["secret"]
         .as_str()
         .unwrap();
-    for (backend, url, _dir) in common::fresh_databases().await {
-        let (running, _keep) = common::start_server(&url, "http://127.0.0.1:9/unused").await;
+    for (backend, url, _dir) in crate::common::fresh_databases().await {
+        let (running, _keep) = crate::common::start_server(&url, "http://127.0.0.1:9/unused").await;
         let client = reqwest::Client::new();
         let base = format!("http://{}", running.public_addr);
         let token = github_token(1);
@@ -282,52 +283,138 @@ async fn generic_webhooks_feed_the_intake_and_keep_a_redacted_stream() {
 }
 
 #[tokio::test]
-async fn gitlab_token_revocation_api() {
-    for (backend, url, _dir) in common::fresh_databases().await {
-        let (running, _keep) = common::start_server(&url, "http://127.0.0.1:9/unused").await;
+async fn gitlab_token_revocation_api_speaks_gitlabs_names_and_wants_the_secret_on_both_calls() {
+    for (backend, url, _dir) in crate::common::fresh_databases().await {
+        let (running, _keep) = crate::common::start_server(&url, "http://127.0.0.1:9/unused").await;
         let (_, path) = listener(&running, ListenerKind::GitlabRevocation, "shared-secret").await;
         let client = reqwest::Client::new();
         let base = format!("http://{}{path}", running.public_addr);
-        let types: Value = client
-            .get(format!("{base}/v1/revocable_token_types"))
-            .send()
+        let get_types = |auth: Option<&'static str>| {
+            let mut req = client
+                .get(format!("{base}/v1/revocable_token_types"))
+                .header("content-type", "application/json");
+            if let Some(a) = auth {
+                req = req.header("authorization", a);
+            }
+            req.send()
+        };
+        for auth in [None, Some("wrong"), Some("Bearer shared-secret")] {
+            let resp = get_types(auth).await.unwrap();
+            assert_eq!(resp.status(), 401, "{backend}: {auth:?}");
+            assert!(resp.json::<Value>().await.unwrap()["error"].is_string());
+        }
+        let types: Value = get_types(Some("shared-secret"))
             .await
             .unwrap()
             .json()
             .await
             .unwrap();
-        assert!(
-            types["types"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|t| t["type"] == "github_personal_access_token"),
+        let types: Vec<&str> = types["types"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t.as_str().expect("types are strings"))
+            .collect();
+        for expected in [
+            "gitleaks_rule_id_gitlab_personal_access_token",
+            "gitleaks_rule_id_github_personal_access_token",
+            "gitleaks_rule_id_aws",
+            "gitleaks_rule_id_slack_token",
+        ] {
+            assert!(types.contains(&expected), "{backend}: {expected} missing");
+        }
+        assert!(types.iter().all(|t| t.starts_with("gitleaks_rule_id_")));
+
+        let post = |auth: &'static str, body: String| {
+            client
+                .post(format!("{base}/v1/revoke_tokens"))
+                .header("content-type", "application/json")
+                .header("authorization", auth)
+                .body(body)
+                .send()
+        };
+        // GitLab's documented example body, under its own type names.
+        let example = r#"[{
+    "type": "gitleaks_rule_id_gitlab_personal_access_token",
+    "token": "glpat--8GMtG8Mf4EnMJzmAWDU",
+    "location": "https://example.com/some-repo/blob/abcdefghijklmnop/compromisedfile1.java"
+},
+{
+    "type": "gitleaks_rule_id_gitlab_personal_access_token",
+    "token": "glpat--tG84EGK33nMLLDE70zU",
+    "location": "https://example.com/some-repo/blob/abcdefghijklmnop/compromisedfile2.java"
+}]"#;
+        let resp = post("wrong", example.to_owned()).await.unwrap();
+        assert_eq!(resp.status(), 401, "{backend}");
+        let resp = post("shared-secret", example.to_owned()).await.unwrap();
+        assert_eq!(resp.status(), 204, "{backend}");
+        // A GitLab name, a name unknown to the mapping (classified by scanning the token), and
+        // GitLab's extra fields, which are ignored.
+        let body = serde_json::json!([
+            { "type": "gitleaks_rule_id_github_personal_access_token", "token": github_token(4), "location": "https://gitlab.com/x" },
+            { "type": "my_custom_rule", "token": github_token(5), "location": "https://gitlab.com/y", "vulnerability": { "id": 7 } },
+        ]);
+        let resp = post("shared-secret", body.to_string()).await.unwrap();
+        assert_eq!(resp.status(), 204, "{backend}");
+        let types: Vec<String> =
+            sqlx::query_scalar("SELECT token_type FROM candidates ORDER BY id")
+                .fetch_all(running.state.store.pool())
+                .await
+                .unwrap();
+        assert_eq!(
+            types,
+            [
+                "gitlab_access_token",
+                "gitlab_access_token",
+                "github_personal_access_token",
+                "github_personal_access_token"
+            ],
             "{backend}"
         );
-        let body = serde_json::json!([{ "type": "github_personal_access_token", "token": github_token(4), "location": "https://gitlab.com/x" }]);
-        let resp = client
-            .post(format!("{base}/v1/revoke_tokens"))
-            .header("authorization", "wrong")
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 401, "{backend}");
-        let resp = client
-            .post(format!("{base}/v1/revoke_tokens"))
-            .header("authorization", "shared-secret")
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 204, "{backend}");
+
+        // 400s name the field, never echo the token, and store nothing.
+        let refusals = [
+            (
+                serde_json::json!([{ "type": "gitleaks_rule_id_adafruitiokey", "token": "not-a-known-token-format-x" }]).to_string(),
+                "element 0: field `type`: unsupported token type \"gitleaks_rule_id_adafruitiokey\"",
+            ),
+            (
+                format!(r#"[{{"type":"gitleaks_rule_id_aws","token":"{}","token":"{}"}}]"#, github_token(6), github_token(7)),
+                "duplicate field `token`",
+            ),
+            (
+                format!(r#"[{{"token":"{}","location":"x"}}]"#, github_token(8)),
+                "missing field `type`",
+            ),
+            ("{}".to_owned(), "expected an array of {type, token, location}"),
+            (
+                serde_json::json!([{ "type": "gitleaks_rule_id_aws", "token": "" }]).to_string(),
+                "element 0: field `token` must be non-empty",
+            ),
+        ];
+        for (body, message) in refusals {
+            let resp = post("shared-secret", body.clone()).await.unwrap();
+            assert_eq!(resp.status(), 400, "{backend}: {body}");
+            let text = resp.text().await.unwrap();
+            let error: Value = serde_json::from_str(&text).unwrap();
+            assert!(
+                error["error"].as_str().unwrap().contains(message),
+                "{backend}: {text}"
+            );
+            for n in 6..=8 {
+                assert!(!text.contains(&github_token(n)), "{backend}: token echoed");
+            }
+        }
         let candidates: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM candidates")
             .fetch_one(running.state.store.pool())
             .await
             .unwrap();
-        assert_eq!(candidates, 1, "{backend}");
+        assert_eq!(candidates, 4, "{backend}");
         running.shutdown().await;
-        assert_no_token_in_database_files(&url, &[github_token(4), "shared-secret".to_owned()]);
+        assert_no_token_in_database_files(
+            &url,
+            &[github_token(4), github_token(5), "shared-secret".to_owned()],
+        );
     }
 }
 
@@ -352,4 +439,248 @@ fn assert_no_token_in_database_files(url: &str, tokens: &[String]) {
             );
         }
     }
+}
+
+#[tokio::test]
+async fn twilio_requests_verify_as_the_official_validators_accept_them() {
+    for (backend, url, _dir) in crate::common::fresh_databases().await {
+        let (running, _keep) = crate::common::start_server(&url, "http://127.0.0.1:9/unused").await;
+        let (_, path) = listener(&running, ListenerKind::Twilio, "twilio-auth-token").await;
+        let client = reqwest::Client::new();
+        let local = format!("http://{}{path}", running.public_addr);
+        let public = format!("https://hooks.example.test{path}");
+        let public_with_port = format!("https://hooks.example.test:443{path}");
+        let post =
+            |target: String, sig: String, body: String, json: bool, settings: Option<&str>| {
+                let mut req = client
+                    .post(target)
+                    .header("x-twilio-signature", sig)
+                    .header(
+                        "content-type",
+                        if json {
+                            "application/json"
+                        } else {
+                            "application/x-www-form-urlencoded"
+                        },
+                    )
+                    .body(body);
+                if let Some(s) = settings {
+                    req = req.header("x-twilio-webhooks-signature-settings", s.to_owned());
+                }
+                req.send()
+            };
+        let form = |params: &[(&str, &str)]| {
+            url::form_urlencoded::Serializer::new(String::new())
+                .extend_pairs(params)
+                .finish()
+        };
+
+        // Signed over the URL with the default port, and with a repeated identical value.
+        let t = github_token(11);
+        let body_value = format!("deploy key\n{t}");
+        let params = [
+            ("Body", body_value.as_str()),
+            ("MessageSid", "SM1"),
+            ("MediaUrl", "https://x.test/a"),
+            ("MediaUrl", "https://x.test/a"),
+            ("MediaUrl", "https://x.test/0"),
+        ];
+        let sig = twilio_signature("twilio-auth-token", &public_with_port, &params, false);
+        let resp = post(local.clone(), sig, form(&params), false, None)
+            .await
+            .unwrap();
+        assert_eq!(
+            resp.status(),
+            200,
+            "{backend}: {}",
+            resp.text().await.unwrap()
+        );
+        assert_eq!(
+            resp.json::<Value>().await.unwrap()["tokens_found"],
+            1,
+            "{backend}"
+        );
+        // A wrong signature is still refused.
+        let resp = post(local.clone(), "AAAA".into(), form(&params), false, None)
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 401, "{backend}");
+
+        // A JSON body: the URL alone is signed, and carries the body's SHA-256.
+        let t2 = github_token(12);
+        let json_body = format!(r#"{{"MessageSid":"SM2","Body":"x\n{t2}"}}"#);
+        let hash = hex::encode(<Sha256 as sha2::Digest>::digest(json_body.as_bytes()));
+        let query = format!("?bodySHA256={hash}");
+        let sig = twilio_signature("twilio-auth-token", &format!("{public}{query}"), &[], false);
+        let resp = post(
+            format!("{local}{query}"),
+            sig.clone(),
+            json_body.clone(),
+            true,
+            None,
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            resp.status(),
+            200,
+            "{backend}: {}",
+            resp.text().await.unwrap()
+        );
+        assert_eq!(
+            resp.json::<Value>().await.unwrap()["tokens_found"],
+            1,
+            "{backend}"
+        );
+        let tampered = json_body.replace("SM2", "SM3");
+        let resp = post(format!("{local}{query}"), sig, tampered, true, None)
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 401, "{backend}");
+        assert!(
+            resp.text().await.unwrap().contains("bodySHA256"),
+            "{backend}"
+        );
+
+        // A SharedKey webhook signed with HMAC-SHA256, as its settings header names.
+        let params = [("Body", "hello"), ("MessageSid", "SM4")];
+        let sig = twilio_signature("twilio-auth-token", &public, &params, true);
+        let settings = "key=webhooks_sharedkey_x,algorithm=HMAC_SHA256";
+        let resp = post(
+            local.clone(),
+            sig.clone(),
+            form(&params),
+            false,
+            Some(settings),
+        )
+        .await
+        .unwrap();
+        assert_eq!(resp.status(), 200, "{backend}");
+        let resp = post(local.clone(), sig, form(&params), false, None)
+            .await
+            .unwrap();
+        assert_eq!(
+            resp.status(),
+            401,
+            "{backend}: SHA-256 signature read as SHA-1"
+        );
+        let resp = post(
+            local.clone(),
+            "AAAA".into(),
+            form(&params),
+            false,
+            Some("algorithm=MD5"),
+        )
+        .await
+        .unwrap();
+        assert_eq!(resp.status(), 400, "{backend}");
+        running.shutdown().await;
+        assert_no_token_in_database_files(&url, &[t, t2]);
+    }
+}
+
+#[tokio::test]
+async fn standard_webhooks_take_every_secret_form_and_deduplicate_by_webhook_id() {
+    use base64::engine::general_purpose::STANDARD_NO_PAD;
+    let key = b"a key of 23 bytes, oddly";
+    let forms = [
+        format!("whsec_{}", STANDARD.encode(key)),
+        STANDARD.encode(key),
+        format!("whsec_{}", STANDARD_NO_PAD.encode(key)),
+        STANDARD_NO_PAD.encode(key),
+    ];
+    for (backend, url, _dir) in crate::common::fresh_databases().await {
+        let (running, _keep) = crate::common::start_server(&url, "http://127.0.0.1:9/unused").await;
+        let client = reqwest::Client::new();
+        let send = |path: &str, headers: Vec<(&'static str, String)>, body: String| {
+            let mut req = client
+                .post(format!("http://{}{path}", running.public_addr))
+                .header("content-type", "application/json")
+                .body(body);
+            for (k, v) in headers {
+                req = req.header(k, v);
+            }
+            req.send()
+        };
+        for (i, secret) in forms.iter().enumerate() {
+            let (_, path) = listener(&running, ListenerKind::StandardWebhooks, secret).await;
+            let body = format!(r#"{{"n":{i}}}"#);
+            let resp = send(
+                &path,
+                standard_webhooks_headers(key, &format!("msg_form{i}"), body.as_bytes()),
+                body,
+            )
+            .await
+            .unwrap();
+            assert_eq!(resp.status(), 200, "{backend}: secret form {i}");
+        }
+
+        let (id, path) = listener(&running, ListenerKind::StandardWebhooks, &forms[0]).await;
+        let t = github_token(21);
+        let body = format!(r#"{{"type":"config.changed","data":{{"value":"\t{t}"}}}}"#);
+        let alerts = || async {
+            sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM alerts WHERE listener_id = $1")
+                .bind(&id)
+                .fetch_one(running.state.store.pool())
+                .await
+                .unwrap()
+        };
+        // The same webhook-id twice (a retry, re-signed at a later timestamp): one record, one answer.
+        let mut answers = Vec::new();
+        for _ in 0..2 {
+            let resp = send(
+                &path,
+                standard_webhooks_headers(key, "msg_retry", body.as_bytes()),
+                body.clone(),
+            )
+            .await
+            .unwrap();
+            assert_eq!(resp.status(), 200, "{backend}");
+            answers.push(resp.json::<Value>().await.unwrap());
+        }
+        assert_eq!(answers[0], answers[1], "{backend}");
+        assert_eq!(answers[0]["tokens_found"], 1, "{backend}");
+        assert_eq!(alerts().await, 1, "{backend}");
+        // A new id with an identical body is a new message.
+        let resp = send(
+            &path,
+            standard_webhooks_headers(key, "msg_new", body.as_bytes()),
+            body.clone(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(resp.status(), 200, "{backend}");
+        assert_eq!(alerts().await, 2, "{backend}");
+        running.shutdown().await;
+        assert_no_token_in_database_files(&url, &[t]);
+    }
+}
+
+#[test]
+fn listener_secrets_the_sender_could_never_use_are_refused_at_creation() {
+    let sw = ListenerKind::StandardWebhooks;
+    for bad in ["whsec_", "not base64!", "whsec_***", "whpk_AAAA", "  "] {
+        let e = sw.new_listener_secret(Some(TokenSecret::new(bad)));
+        assert!(e.is_err(), "{bad:?} accepted");
+    }
+    assert!(
+        sw.new_listener_secret(Some(TokenSecret::new(webhook_auth::generate_whsec())))
+            .is_ok()
+    );
+    let gl = ListenerKind::GitlabRevocation;
+    assert!(
+        gl.new_listener_secret(Some(TokenSecret::new("two words")))
+            .is_err()
+    );
+    // Every kind that takes a secret gets one generated, except Twilio, whose auth token is given.
+    for kind in [ListenerKind::StandardWebhooks, ListenerKind::GithubHmac, gl] {
+        let (_, generated) = kind.new_listener_secret(None).unwrap().unwrap();
+        assert!(generated, "{kind:?}");
+    }
+    assert!(ListenerKind::Twilio.new_listener_secret(None).is_err());
+    assert!(
+        ListenerKind::Github
+            .new_listener_secret(Some(TokenSecret::new("x")))
+            .is_err()
+    );
 }

@@ -2,8 +2,6 @@
 //! names the field, secrets are shown once and stored sealed, two live during a rotation, changes
 //! are audited, and outbound URLs obey the operator's policy.
 
-mod common;
-
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use spillway::admin_keys;
@@ -47,8 +45,8 @@ fn registration(name: &str) -> Value {
 #[tokio::test]
 async fn installations_are_registered_rotated_and_removed_with_audit() {
     use reqwest::Method;
-    for (backend, url, _dir) in common::fresh_databases().await {
-        let (running, _keep) = common::start_server(&url, "http://127.0.0.1:9/unused").await;
+    for (backend, url, _dir) in crate::common::fresh_databases().await {
+        let (running, _keep) = crate::common::start_server(&url, "http://127.0.0.1:9/unused").await;
         let base = format!("http://{}", running.admin_addr);
         let store = &running.state.store;
         let scopes = admin_keys::parse_scopes("installations:read,installations:write").unwrap();

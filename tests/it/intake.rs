@@ -1,8 +1,6 @@
 //! GitHub partner-alert intake, end to end over real HTTP: a fake GitHub key endpoint (speaking the
 //! real wire format), the real server on free loopback ports, and every backend.
 
-mod common;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -84,7 +82,7 @@ async fn service(database_url: &str, keys_url: &str) -> Service {
 /// The server with all three partner platforms' key URLs pointed at `keys_url`, and one listener
 /// of `kind`.
 async fn service_for(database_url: &str, keys_url: &str, kind: ListenerKind) -> Service {
-    let (running, dir) = common::start_server(database_url, keys_url).await;
+    let (running, dir) = crate::common::start_server(database_url, keys_url).await;
     let (_, endpoint) = listeners::create(&running.state.store, kind, "partner", "test")
         .await
         .unwrap();
@@ -153,7 +151,7 @@ async fn published_github_vectors_verify_including_high_s_and_raw_bytes() {
     let vectors: serde_json::Value =
         serde_json::from_str(include_str!("fixtures/public_vectors.json")).unwrap();
     let gh = &vectors["github_partner"];
-    for (backend, url, _dir) in common::fresh_databases().await {
+    for (backend, url, _dir) in crate::common::fresh_databases().await {
         let fake = fake_github(gh["keys"].to_string()).await;
         let svc = service(&url, &fake.url).await;
         for v in gh["vectors"].as_array().unwrap() {
@@ -182,7 +180,7 @@ async fn published_github_vectors_verify_including_high_s_and_raw_bytes() {
 
 #[tokio::test]
 async fn an_alert_is_recorded_once_and_answered_with_offline_feedback() {
-    for (backend, url, _dir) in common::fresh_databases().await {
+    for (backend, url, _dir) in crate::common::fresh_databases().await {
         let signer = Signer::new("k1");
         let fake = fake_github(signer.key_list()).await;
         let svc = service(&url, &fake.url).await;
@@ -268,7 +266,7 @@ async fn an_alert_is_recorded_once_and_answered_with_offline_feedback() {
 
 #[tokio::test]
 async fn bad_requests_get_clear_errors_and_store_nothing() {
-    for (backend, url, _dir) in common::fresh_databases().await {
+    for (backend, url, _dir) in crate::common::fresh_databases().await {
         let signer = Signer::new("k1");
         let fake = fake_github(signer.key_list()).await;
         let svc = service(&url, &fake.url).await;
@@ -337,7 +335,7 @@ async fn bad_requests_get_clear_errors_and_store_nothing() {
 
 #[tokio::test]
 async fn gitlab_and_depsdev_alerts_use_their_own_headers_and_shapes() {
-    for (backend, url, _dir) in common::fresh_databases().await {
+    for (backend, url, _dir) in crate::common::fresh_databases().await {
         let signer = Signer::new("k1");
         let fake = fake_github(signer.key_list()).await;
 
@@ -362,7 +360,7 @@ async fn gitlab_and_depsdev_alerts_use_their_own_headers_and_shapes() {
         assert_eq!(gitlab.count("candidates").await, 1, "{backend}");
         gitlab.running.shutdown().await;
     }
-    for (backend, url, _dir) in common::fresh_databases().await {
+    for (backend, url, _dir) in crate::common::fresh_databases().await {
         let signer = Signer::new("k1");
         let fake = fake_github(signer.key_list()).await;
         let depsdev = service_for(&url, &fake.url, ListenerKind::Depsdev).await;
@@ -395,12 +393,13 @@ async fn gitlab_and_depsdev_alerts_use_their_own_headers_and_shapes() {
 #[tokio::test]
 async fn slow_clients_are_cut_off_and_never_hold_the_server() {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let (backend, url, _dir) = common::fresh_databases().await.remove(0);
-    let (running, _keep) = common::start_server_tuned(&url, "http://127.0.0.1:9/unused", |s| {
-        s.header_read_timeout_secs = 1;
-        s.request_timeout_secs = 1;
-    })
-    .await;
+    let (backend, url, _dir) = crate::common::fresh_databases().await.remove(0);
+    let (running, _keep) =
+        crate::common::start_server_tuned(&url, "http://127.0.0.1:9/unused", |s| {
+            s.header_read_timeout_secs = 1;
+            s.request_timeout_secs = 1;
+        })
+        .await;
     let addr = running.public_addr;
 
     // Headers that never finish: the connection is closed.

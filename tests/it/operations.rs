@@ -2,8 +2,6 @@
 //! alert rules naming only metrics the service exports, and the OpenAPI documents listing every
 //! route the service serves (and nothing it does not).
 
-mod common;
-
 use std::collections::BTreeSet;
 
 use serde_json::Value;
@@ -62,7 +60,7 @@ async fn scrape(admin: std::net::SocketAddr, accept: Option<&str>) -> (String, S
 async fn dashboards_alerts_and_runbooks_name_only_exported_metrics() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("t.db").display());
-    let (server, _d) = common::start_server_tuned(&url, "http://127.0.0.1:9/keys", |s| {
+    let (server, _d) = crate::common::start_server_tuned(&url, "http://127.0.0.1:9/keys", |s| {
         s.poller.enabled = false
     })
     .await;
@@ -225,7 +223,7 @@ async fn openapi_documents_list_every_route_and_are_served() {
     // Both are served as they are in the repository.
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("t.db").display());
-    let (server, _d) = common::start_server(&url, "http://127.0.0.1:9/keys").await;
+    let (server, _d) = crate::common::start_server(&url, "http://127.0.0.1:9/keys").await;
     for (path, file) in [
         ("/openapi.json", &admin_doc),
         ("/openapi/installation.json", &contract),

@@ -4,11 +4,9 @@
 //! malformed feeds and slow answers are survived without a rate-limit violation; a restart
 //! neither loses nor repeats a push; exactly one replica polls, and another takes over.
 
-mod common;
-
 use std::time::Duration;
 
-use common::revocation::Rig;
+use crate::common::revocation::Rig;
 use serde_json::{Value, json};
 use spillway::config::Settings;
 
@@ -51,7 +49,8 @@ async fn stats(rig: &Rig) -> Value {
 }
 
 async fn push(rig: &Rig, repo: &str, files: &[(&str, String)], no_patch: bool) -> Value {
-    common::revocation::fake_push(&rig.client, &rig.github.api_url(), repo, files, no_patch).await
+    crate::common::revocation::fake_push(&rig.client, &rig.github.api_url(), repo, files, no_patch)
+        .await
 }
 
 /// A push of 305 files, more than a compare lists (300), with `token` in the last one.
@@ -145,7 +144,7 @@ fn env_file(token: &str) -> String {
 
 #[tokio::test]
 async fn pushed_tokens_are_found_revoked_and_located() {
-    for (backend, url, _dir) in common::fresh_databases().await {
+    for (backend, url, _dir) in crate::common::fresh_databases().await {
         let rig = Rig::start(&url, |_| {}, polling, |_| {}).await;
         faults(&rig, json!({})).await;
         // A new branch (before = zeros), then a patch, then a file GitHub shows no patch for.
@@ -240,7 +239,7 @@ async fn rate_limits_are_obeyed_not_hammered() {
         .with_env_filter("spillway=debug")
         .with_test_writer()
         .try_init();
-    for (backend, url, _dir) in common::fresh_databases().await {
+    for (backend, url, _dir) in crate::common::fresh_databases().await {
         let rig = Rig::start(&url, |_| {}, polling, |_| {}).await;
         // 8 requests per 2 s window, and every 5th request refused with Retry-After: 1.
         faults(
@@ -285,7 +284,7 @@ async fn rate_limits_are_obeyed_not_hammered() {
 
 #[tokio::test]
 async fn truncated_compares_gaps_malformed_feeds_and_slow_answers_lose_nothing() {
-    for (backend, url, _dir) in common::fresh_databases().await {
+    for (backend, url, _dir) in crate::common::fresh_databases().await {
         let rig = Rig::start(
             &url,
             |_| {},
@@ -359,7 +358,7 @@ async fn truncated_compares_gaps_malformed_feeds_and_slow_answers_lose_nothing()
         let url2 = if backend == "sqlite" {
             format!("sqlite://{}", dir.path().join("t2.db").display())
         } else {
-            common::fresh_databases().await.pop().unwrap().1
+            crate::common::fresh_databases().await.pop().unwrap().1
         };
         let rig = Rig::start(
             &url2,
@@ -389,7 +388,7 @@ async fn truncated_compares_gaps_malformed_feeds_and_slow_answers_lose_nothing()
 
 #[tokio::test]
 async fn a_restart_neither_loses_nor_repeats_pushes() {
-    for (backend, url, _dir) in common::fresh_databases().await {
+    for (backend, url, _dir) in crate::common::fresh_databases().await {
         let rig = Rig::start(&url, |_| {}, polling, |_| {}).await;
         faults(&rig, json!({})).await;
         let t1 = rig.mint("user", None).await;
@@ -401,11 +400,15 @@ async fn a_restart_neither_loses_nor_repeats_pushes() {
             .restart_server(
                 async |github, installation| {
                     let client = reqwest::Client::new();
-                    let t2 =
-                        common::revocation::mint_at(&client, &installation.url(), "user", None)
-                            .await;
+                    let t2 = crate::common::revocation::mint_at(
+                        &client,
+                        &installation.url(),
+                        "user",
+                        None,
+                    )
+                    .await;
                     let files = [("a.env", env_file(&t2))];
-                    common::revocation::fake_push(
+                    crate::common::revocation::fake_push(
                         &client,
                         &github.api_url(),
                         "acme/two",
@@ -437,7 +440,7 @@ async fn a_restart_neither_loses_nor_repeats_pushes() {
 
 #[tokio::test]
 async fn a_push_bigger_than_the_call_budget_is_scanned_as_far_as_it_goes_and_blocks_nothing() {
-    for (backend, url, _dir) in common::fresh_databases().await {
+    for (backend, url, _dir) in crate::common::fresh_databases().await {
         // Two calls a poll: the compare, and one page of the truncated compare's commit.
         let rig = Rig::start(
             &url,

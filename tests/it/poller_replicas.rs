@@ -3,14 +3,12 @@
 //! seconds and keeps finding pushed tokens, each revoked once.
 //!
 //! SQLite is single-process by construction (no election to test), so this runs on PostgreSQL,
-//! which CI always provides (`common::fresh_databases` fails the run without it there).
-
-mod common;
+//! which CI always provides (`crate::common::fresh_databases` fails the run without it there).
 
 use std::process::Child;
 use std::time::{Duration, Instant};
 
-use common::process::Setup;
+use crate::common::process::Setup;
 use serde_json::json;
 use spillway::devtools::{fake_github, reference_installation};
 
@@ -32,7 +30,7 @@ async fn leader_metric(client: &reqwest::Client, admin: u16) -> Option<bool> {
 
 async fn push(client: &reqwest::Client, api: &str, repo: &str, token: &str) {
     let content = format!("FOUNDRY_URL=https://acme.palantirfoundry.com\nFOUNDRY_TOKEN={token}\n");
-    common::revocation::fake_push(client, api, repo, &[(".env", content)], false).await;
+    crate::common::revocation::fake_push(client, api, repo, &[(".env", content)], false).await;
 }
 
 async fn wait_revoked(installation: &reference_installation::Running, n: u64) {
@@ -45,7 +43,7 @@ async fn wait_revoked(installation: &reference_installation::Running, n: u64) {
 
 #[tokio::test]
 async fn one_replica_polls_and_another_takes_over_when_it_dies() {
-    for (backend, url, _db_dir) in common::fresh_databases().await {
+    for (backend, url, _db_dir) in crate::common::fresh_databases().await {
         if backend != "postgres" {
             continue;
         }
@@ -144,7 +142,7 @@ async fn one_replica_polls_and_another_takes_over_when_it_dies() {
             assert!(Instant::now() < deadline, "no replica became the poller");
             tokio::time::sleep(Duration::from_millis(100)).await;
         };
-        let t1 = common::revocation::mint_at(&client, &base, "user", None).await;
+        let t1 = crate::common::revocation::mint_at(&client, &base, "user", None).await;
         push(&client, &api, "acme/one", &t1).await;
         wait_revoked(&installation, 1).await;
         // It stays that way.
@@ -168,7 +166,7 @@ async fn one_replica_polls_and_another_takes_over_when_it_dies() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         eprintln!("takeover after {:?}", killed.elapsed());
-        let t2 = common::revocation::mint_at(&client, &base, "user", None).await;
+        let t2 = crate::common::revocation::mint_at(&client, &base, "user", None).await;
         push(&client, &api, "acme/two", &t2).await;
         wait_revoked(&installation, 2).await;
         tokio::time::sleep(Duration::from_millis(500)).await;

@@ -515,7 +515,7 @@ fn the_command_prints_its_address_serves_and_stops_on_sigterm() {
 fn the_openapi_schemas_name_exactly_the_contract_fields() {
     use spillway::contract::*;
     let doc: Value =
-        serde_json::from_str(include_str!("../docs/openapi/installation.json")).unwrap();
+        serde_json::from_str(include_str!("../../docs/openapi/installation.json")).unwrap();
     let schemas = &doc["components"]["schemas"];
     let fields = |v: Value| -> Vec<String> {
         let mut keys: Vec<String> = v.as_object().unwrap().keys().cloned().collect();

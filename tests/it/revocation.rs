@@ -1,13 +1,11 @@
 //! From alert to revoked, over real HTTP, on every backend: the real server, the reference
 //! installation (the installation side of the contract) and a fake GitHub signing alerts.
 
-mod common;
-
 use std::time::Duration;
 
+use crate::common::revocation::Rig;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use common::revocation::Rig;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use spillway::devtools::reference_installation;
@@ -27,7 +25,7 @@ fn forge(token: &str) -> String {
 
 #[tokio::test]
 async fn tokens_are_attributed_verified_revoked_and_notified_exactly_once() {
-    for (backend, url, _dir) in common::fresh_databases().await {
+    for (backend, url, _dir) in crate::common::fresh_databases().await {
         let rig = Rig::start(&url, |_| {}, |_| {}, |_| {}).await;
         let session = rig.mint("session", None).await;
         let user = rig.mint("user", None).await;
@@ -228,7 +226,7 @@ async fn tokens_are_attributed_verified_revoked_and_notified_exactly_once() {
 
 #[tokio::test]
 async fn flaky_slow_and_rate_limited_installations_still_get_every_token_revoked_once() {
-    for (backend, url, _dir) in common::fresh_databases().await {
+    for (backend, url, _dir) in crate::common::fresh_databases().await {
         let rig = Rig::start(
             &url,
             |a| {
@@ -272,7 +270,7 @@ async fn flaky_slow_and_rate_limited_installations_still_get_every_token_revoked
 
 #[tokio::test]
 async fn an_installation_that_always_fails_makes_the_finding_fail_loudly() {
-    for (backend, url, _dir) in common::fresh_databases().await {
+    for (backend, url, _dir) in crate::common::fresh_databases().await {
         let rig = Rig::start(&url, |a| a.fail_rate = 1.0, |s| s.max_attempts = 3, |_| {}).await;
         let token = rig.mint("session", None).await;
         rig.alert(&json!([{"token": token, "type": "palantir_jwt", "url": ""}]))
@@ -306,7 +304,7 @@ async fn an_installation_that_always_fails_makes_the_finding_fail_loudly() {
 
 #[tokio::test]
 async fn online_verification_decides_tokens_without_a_signature() {
-    for (backend, url, _dir) in common::fresh_databases().await {
+    for (backend, url, _dir) in crate::common::fresh_databases().await {
         // An installation without JWKS: tokens are attributed by type and verified online.
         let rig = Rig::start(&url, |_| {}, |_| {}, |spec| spec.jwks_url = None).await;
         let live = rig.mint("session", None).await;
@@ -338,7 +336,7 @@ async fn online_verification_decides_tokens_without_a_signature() {
 
 #[tokio::test]
 async fn pull_mode_installations_fetch_and_acknowledge_their_revocations() {
-    for (backend, url, _dir) in common::fresh_databases().await {
+    for (backend, url, _dir) in crate::common::fresh_databases().await {
         let rig = Rig::start(
             &url,
             |_| {},
@@ -465,7 +463,7 @@ async fn a_hostname_next_to_the_token_attributes_it_and_fanout_is_bounded() {
     use spillway::installations;
     use spillway::listeners::{self, ListenerKind};
     use spillway::scanner::TokenSecret;
-    for (backend, url, _dir) in common::fresh_databases().await {
+    for (backend, url, _dir) in crate::common::fresh_databases().await {
         // Two installations issue the type and neither publishes keys: only context can tell.
         let rig = Rig::start(
             &url,
@@ -475,7 +473,7 @@ async fn a_hostname_next_to_the_token_attributes_it_and_fanout_is_bounded() {
         )
         .await;
         let store = &rig.server.state.store;
-        let mut other = common::revocation::spec(&rig.installation.url(), "other");
+        let mut other = crate::common::revocation::spec(&rig.installation.url(), "other");
         other.hostnames = vec!["other.example.com".into()];
         other.jwks_url = None;
         let policy = spillway::outbound::Policy {
@@ -579,16 +577,17 @@ async fn a_hostname_next_to_the_token_attributes_it_and_fanout_is_bounded() {
 
 #[tokio::test]
 async fn replicas_on_one_database_share_the_work_and_revoke_each_token_once() {
-    for (backend, url, _dir) in common::fresh_databases().await {
+    for (backend, url, _dir) in crate::common::fresh_databases().await {
         if backend != "postgres" {
             continue; // several replicas is the PostgreSQL deployment
         }
         let rig = Rig::start(&url, |_| {}, |_| {}, |_| {}).await;
-        let (second, _keep) = common::start_server_tuned(&url, &rig.github.keys_url(), |s| {
-            common::revocation::local(s);
-            s.key_file = rig.key_file();
-        })
-        .await;
+        let (second, _keep) =
+            crate::common::start_server_tuned(&url, &rig.github.keys_url(), |s| {
+                crate::common::revocation::local(s);
+                s.key_file = rig.key_file();
+            })
+            .await;
         let mut alerts = Vec::new();
         for _ in 0..30 {
             alerts.push(json!({"token": rig.mint("session", None).await, "type": "palantir_jwt", "url": ""}));
@@ -626,7 +625,7 @@ async fn resetting_listener() -> std::net::SocketAddr {
 
 #[tokio::test]
 async fn installations_that_hang_reset_or_answer_html_do_not_hold_up_the_others() {
-    for (backend, url, _dir) in common::fresh_databases().await {
+    for (backend, url, _dir) in crate::common::fresh_databases().await {
         let rig = Rig::start(&url, |_| {}, |s| s.call_timeout_ms = 1_000, |_| {}).await;
         let policy = spillway::outbound::Policy {
             allow_http: true,
@@ -655,7 +654,7 @@ async fn installations_that_hang_reset_or_answer_html_do_not_hold_up_the_others(
             })
             .await
             .unwrap();
-            let mut spec = common::revocation::spec(&installation.url(), name);
+            let mut spec = crate::common::revocation::spec(&installation.url(), name);
             spec.verify_url = None;
             if name == "resets" {
                 spec.revoke_url = Some(format!("http://{reset}/revoke"));
@@ -676,9 +675,13 @@ async fn installations_that_hang_reset_or_answer_html_do_not_hold_up_the_others(
         let mut alerts = Vec::new();
         for installation in &broken {
             for _ in 0..14 {
-                let token =
-                    common::revocation::mint_at(&rig.client, &installation.url(), "session", None)
-                        .await;
+                let token = crate::common::revocation::mint_at(
+                    &rig.client,
+                    &installation.url(),
+                    "session",
+                    None,
+                )
+                .await;
                 alerts.push(json!({"token": token, "type": "palantir_jwt", "url": ""}));
             }
         }

@@ -317,3 +317,50 @@ follows = '''{follows}'''
         "{err}"
     );
 }
+
+/// GitLab's names (patterns/integrations/gitlab-revocation.toml): each is a name GitLab's client
+/// produces from one of its rule IDs, each maps to token types the default rules issue, and none is
+/// listed twice.
+#[test]
+fn gitlab_revocation_names_are_gitlabs_and_map_to_shipped_types() {
+    let ids = include_str!("fixtures/gitlab_detected_secrets_ids.txt");
+    // GitLab: (identifier.type + "_" + identifier.value.tr(" ", "_")).downcase
+    let producible: std::collections::BTreeSet<String> = ids
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .map(|id| format!("gitleaks_rule_id_{}", id.replace(' ', "_")).to_lowercase())
+        .collect();
+    assert!(producible.contains("gitleaks_rule_id_gitlab_personal_access_token"));
+    let mapping: toml::Value = toml::from_str(include_str!(
+        "../../patterns/integrations/gitlab-revocation.toml"
+    ))
+    .unwrap();
+    let rules = RuleSet::default_rules(ScanOptions::default()).unwrap();
+    let shipped: std::collections::BTreeSet<&str> = rules
+        .rules()
+        .iter()
+        .map(|r| r.token_type.as_str())
+        .collect();
+    let mut seen = std::collections::BTreeSet::new();
+    let entries = mapping["types"].as_array().unwrap();
+    assert!(entries.len() >= 50, "{}", entries.len());
+    for entry in entries {
+        let name = entry["gitlab"].as_str().unwrap();
+        assert!(
+            producible.contains(name),
+            "{name}: not a name GitLab produces"
+        );
+        assert!(seen.insert(name), "{name} listed twice");
+        let types = entry["token_types"].as_array().unwrap();
+        assert!(!types.is_empty(), "{name}");
+        for t in types {
+            let t = t.as_str().unwrap();
+            assert!(
+                shipped.contains(t),
+                "{name}: {t} is not a default token type"
+            );
+        }
+    }
+    let served = spillway::server::GitlabTypes::load(&rules).unwrap();
+    assert_eq!(served.names().count(), entries.len());
+}

@@ -17,8 +17,7 @@ use p256::pkcs8::{EncodePublicKey as _, LineEnding};
 use sha2::{Digest, Sha256};
 use spillway::scanner::validate::crc32_base62;
 
-mod common;
-use common::process::Setup;
+use crate::common::process::Setup;
 
 fn token(n: u32) -> String {
     let body = format!("{:0>30}", format!("canary{n}x")).replace('0', "q");

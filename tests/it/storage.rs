@@ -1,5 +1,5 @@
 //! Storage, audit log, listener rotation and admin keys, on SQLite and on PostgreSQL (see
-//! `common::fresh_databases`).
+//! `crate::common::fresh_databases`).
 
 use std::time::Duration;
 
@@ -9,8 +9,7 @@ use spillway::listeners::{self, ListenerKind, OldEndpoint, RotationError};
 use spillway::store::{Store, now_ms};
 use spillway::{admin_keys, keys::Keys};
 
-mod common;
-use common::backends;
+use crate::common::backends;
 
 fn active_count(l: &listeners::Listener) -> usize {
     l.endpoints

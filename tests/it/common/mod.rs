@@ -7,6 +7,7 @@
 
 pub mod process;
 pub mod revocation;
+pub mod senders;
 
 use spillway::store::Store;
 
