@@ -77,38 +77,17 @@ impl<'a> MakeWriter<'a> for Redacting {
     }
 }
 
-/// `text` with JSON string escapes (`\n`, `\"`, `\u00e9`, ...) blanked out byte for byte, so a
-/// token right after one is still at a word boundary and keeps its offsets.
-fn unescaped_view(text: &[u8]) -> Vec<u8> {
-    let mut view = text.to_vec();
-    let mut i = 0;
-    while i + 1 < view.len() {
-        if view[i] == b'\\' {
-            let len = if view[i + 1] == b'u' { 6 } else { 2 };
-            let end = (i + len).min(view.len());
-            view[i..end].fill(b' ');
-            i = end;
-        } else {
-            i += 1;
-        }
-    }
-    view
-}
-
 /// `text` with every token the rules match replaced by `[REDACTED <token type>]`, whether it
-/// stands in the text as written or right after a JSON escape.
+/// stands in the text as written or is reached through its decoded views (a JSON log line holds a
+/// field's token after `\n`, or spelled with `\u` escapes).
 pub fn redact(rules: &RuleSet, text: &[u8]) -> Vec<u8> {
     let mut spans: Vec<(std::ops::Range<usize>, String)> = Vec::new();
-    let mut scanner = rules.scanner();
-    scanner.scan("log", text, &mut |f: Finding<'_>| {
-        spans.push((f.span.clone(), f.rule.token_type.clone()));
-    });
-    if text.contains(&b'\\') {
-        let view = unescaped_view(text);
-        scanner.scan("log", &view, &mut |f: Finding<'_>| {
-            spans.push((f.span.clone(), f.rule.token_type.clone()));
-        });
-    }
+    rules.scanner().scan_decoded(
+        "log",
+        text,
+        &crate::scanner::DecodeOptions::default(),
+        &mut |f: Finding<'_>| spans.push((f.span.clone(), f.rule.token_type.clone())),
+    );
     if spans.is_empty() {
         return text.to_vec();
     }
@@ -117,6 +96,7 @@ pub fn redact(rules: &RuleSet, text: &[u8]) -> Vec<u8> {
     let mut copied = 0;
     for (span, token_type) in spans {
         if span.start < copied {
+            copied = copied.max(span.end);
             continue;
         }
         out.extend_from_slice(&text[copied..span.start]);
@@ -185,13 +165,15 @@ mod tests {
             tracing::info!(header = %format!("Bearer {t}"), "someone logged a token by mistake: {t}");
             // After an escape the JSON line holds `\n{t}`: no word boundary before the token.
             tracing::info!(body = %format!("line one\n{t}\n\"{t}\""), "a response body");
+            // Spelled with an escape inside the token: only a decoded view sees it.
+            tracing::info!(body = %format!("{{\"k\":\"\\u0067{}\"}}", &t[1..]), "escaped");
         });
         let out = String::from_utf8(lines.lock().unwrap().clone()).unwrap();
         assert!(!out.contains(&t), "{out}");
         assert_eq!(
             out.matches("[REDACTED github_personal_access_token]")
                 .count(),
-            4,
+            5,
             "{out}"
         );
         assert!(out.contains("someone logged a token by mistake"));

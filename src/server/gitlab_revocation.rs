@@ -43,7 +43,7 @@ pub struct GitlabTypes {
 
 impl GitlabTypes {
     /// The shipped mapping, limited to types `rules` issues. Fails on a malformed mapping file
-    /// (tests/rules.rs keeps it well formed).
+    /// (tests/it/rules.rs keeps it well formed).
     pub fn load(rules: &RuleSet) -> anyhow::Result<Self> {
         let file: MappingFile = toml::from_str(MAPPING)
             .map_err(|e| anyhow::anyhow!("patterns/integrations/gitlab-revocation.toml: {e}"))?;

@@ -7,6 +7,7 @@ mod admin_api;
 mod admin_cli;
 mod canary;
 mod common;
+mod conformance;
 mod crash_resume;
 mod doctor;
 mod fake_github;
