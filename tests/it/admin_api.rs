@@ -94,6 +94,32 @@ async fn every_admin_request_is_authenticated_authorised_and_audited() {
             s.is_client_error() && b.contains("missing field `kind`"),
             "{backend}: {s} {b}"
         );
+        // A secret the sender could never sign with is refused now, not later as a 401 to them.
+        let (s, b) = api
+            .call(
+                Method::POST,
+                "/api/v1/listeners",
+                Some(&root),
+                Some(json!({ "kind": "standard-webhooks", "name": "sw", "secret": "whsec_not base64!" })),
+            )
+            .await;
+        assert!(
+            s == StatusCode::UNPROCESSABLE_ENTITY && b.contains("secret: "),
+            "{backend}: {s} {b}"
+        );
+        assert!(!b.contains("not base64!"), "{backend}: secret echoed: {b}");
+        let (s, b) = api
+            .call(
+                Method::POST,
+                "/api/v1/listeners",
+                Some(&root),
+                Some(json!({ "kind": "github-hmac", "name": "gh" })),
+            )
+            .await;
+        assert!(
+            s == StatusCode::CREATED && b.contains("\"secret\""),
+            "{backend}: a generated secret is shown once: {s} {b}"
+        );
         let (s, b) = api
             .call(
                 Method::POST,

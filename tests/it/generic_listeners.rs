@@ -651,6 +651,30 @@ async fn standard_webhooks_take_every_secret_form_and_deduplicate_by_webhook_id(
         .unwrap();
         assert_eq!(resp.status(), 200, "{backend}");
         assert_eq!(alerts().await, 2, "{backend}");
+        // A gzip bomb: refused with 413 before it is inflated past the cap; not recorded.
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        let zeros = vec![0u8; 1 << 20];
+        for _ in 0..30 {
+            std::io::Write::write_all(&mut gz, &zeros).unwrap();
+        }
+        let bomb = gz.finish().unwrap();
+        let mut request = client
+            .post(format!("http://{}{path}", running.public_addr))
+            .header("content-type", "application/json")
+            .header("content-encoding", "gzip")
+            .body(bomb.clone());
+        for (k, v) in standard_webhooks_headers(key, "msg_bomb", &bomb) {
+            request = request.header(k, v);
+        }
+        let resp = request.send().await.unwrap();
+        assert_eq!(resp.status(), 413, "{backend}");
+        assert!(
+            resp.json::<Value>().await.unwrap()["error"]
+                .as_str()
+                .unwrap()
+                .contains("content-encoding")
+        );
+        assert_eq!(alerts().await, 2, "{backend}");
         running.shutdown().await;
         assert_no_token_in_database_files(&url, &[t]);
     }
