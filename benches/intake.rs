@@ -119,6 +119,7 @@ async fn run(backend: &str, database_url: &str) {
         listeners::create(&running.state.store, ListenerKind::Github, "bench", "bench")
             .await
             .unwrap();
+    running.state.directory.reload_now().await.unwrap();
     let target = Arc::new(Target {
         url: format!("http://{}{}", running.public_addr, endpoint.path),
         key,

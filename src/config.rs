@@ -32,9 +32,11 @@ pub struct Settings {
     pub public_url: String,
     /// How often `serve` signs a checkpoint of the audit log (seconds).
     pub audit_checkpoint_interval_secs: u64,
-    /// A client must send its request headers within this many seconds (slowloris guard).
+    /// A client must send a complete request head within this many seconds of connecting or of
+    /// its previous response (slowloris guard; also closes idle connections).
     pub header_read_timeout_secs: u64,
-    /// A whole request, body included, must be handled within this many seconds (else 408).
+    /// Once a request's body is read, it is answered within this many seconds (else 503 and nothing
+    /// acknowledged; GitHub gives a partner 30 s).
     pub request_timeout_secs: u64,
     /// Installations' URLs may be plain http (tests and the local demo; never in production).
     pub outbound_allow_http: bool,
@@ -58,6 +60,43 @@ pub struct Settings {
     pub replicas: u32,
     /// The public-events poller (`[poller]`).
     pub poller: PollerSettings,
+    /// Bounds on what internet clients may make the public address hold (`[ingress]`).
+    pub ingress: IngressSettings,
+}
+
+/// `[ingress]`: everything a client controls on the public address is bounded before it is
+/// authenticated.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct IngressSettings {
+    /// Largest body a listener endpoint takes (GitHub's webhook payloads are capped at 25 MB).
+    pub max_body_bytes: usize,
+    /// Request body bytes buffered at once, all requests together; over it `503` + `Retry-After`.
+    pub body_memory_bytes: usize,
+    /// After `body_grace_secs`, a body must keep arriving at this many bytes per second.
+    pub body_min_rate: u64,
+    pub body_grace_secs: u64,
+    /// A whole body within this many seconds, however fast it arrives.
+    pub body_timeout_secs: u64,
+    /// Connections open at once on the public address.
+    pub max_connections: usize,
+    /// Connections open at once from one address; 0 turns the limit off (behind a load balancer,
+    /// which hides client addresses).
+    pub max_connections_per_ip: usize,
+}
+
+impl Default for IngressSettings {
+    fn default() -> Self {
+        IngressSettings {
+            max_body_bytes: 25 << 20,
+            body_memory_bytes: 256 << 20,
+            body_min_rate: 16 << 10,
+            body_grace_secs: 5,
+            body_timeout_secs: 60,
+            max_connections: 10_000,
+            max_connections_per_ip: 256,
+        }
+    }
 }
 
 /// `[poller]`: watching GitHub's public events (or a GitHub Enterprise Server's) for pushed
@@ -133,7 +172,7 @@ impl Default for Settings {
             public_url: "http://127.0.0.1:8080".into(),
             audit_checkpoint_interval_secs: 60,
             header_read_timeout_secs: 10,
-            request_timeout_secs: 10,
+            request_timeout_secs: 25,
             outbound_allow_http: false,
             outbound_allow_private: false,
             call_timeout_ms: 5_000,
@@ -144,6 +183,7 @@ impl Default for Settings {
             work_poll_ms: 200,
             replicas: 1,
             poller: PollerSettings::default(),
+            ingress: IngressSettings::default(),
         }
     }
 }
@@ -204,6 +244,12 @@ impl Settings {
         number!(max_attempts, "SPILLWAY_MAX_ATTEMPTS");
         number!(max_in_flight, "SPILLWAY_MAX_IN_FLIGHT");
         number!(replicas, "SPILLWAY_REPLICAS");
+        number!(ingress.max_connections, "SPILLWAY_MAX_CONNECTIONS");
+        number!(
+            ingress.max_connections_per_ip,
+            "SPILLWAY_MAX_CONNECTIONS_PER_IP"
+        );
+        number!(ingress.body_memory_bytes, "SPILLWAY_BODY_MEMORY_BYTES");
         flag(&mut self.poller.enabled, "SPILLWAY_POLLER_ENABLED");
         set(&mut self.poller.api_url, "SPILLWAY_POLLER_API_URL");
         set(&mut self.poller.html_url, "SPILLWAY_POLLER_HTML_URL");

@@ -15,6 +15,8 @@ use crate::outbound::Outbound;
 
 /// An installation's JWKS is fetched at most this often.
 pub const MIN_REFRESH: Duration = Duration::from_secs(10);
+/// Largest JWKS read: a longer one is abandoned while it streams.
+pub const MAX_JWKS: usize = 1 << 20;
 
 #[derive(Default)]
 struct Entries {
@@ -150,7 +152,7 @@ impl KeyCache {
                 .expect("key cache lock")
                 .fetched
                 .insert(i.id.clone(), (Instant::now(), i.updated_at));
-            match self.fetch(url).await {
+            match self.fetch_jwks(url).await {
                 Ok(jwks) => self.replace(i, &jwks),
                 Err(e) => tracing::warn!(
                     installation = %i.id,
@@ -161,7 +163,8 @@ impl KeyCache {
         }
     }
 
-    async fn fetch(&self, url: &str) -> anyhow::Result<Jwks> {
+    /// Fetches one JWKS under the outbound policy, at most [`MAX_JWKS`] bytes.
+    pub async fn fetch_jwks(&self, url: &str) -> anyhow::Result<Jwks> {
         self.outbound.policy.check("jwks_url", url)?;
         let response = self.outbound.client.get(url).send().await?;
         anyhow::ensure!(
@@ -169,12 +172,9 @@ impl KeyCache {
             "jwks_url answered {}",
             response.status()
         );
-        anyhow::ensure!(
-            response.content_length().is_none_or(|n| n <= 1 << 20),
-            "JWKS larger than 1 MiB"
-        );
-        let bytes = response.bytes().await?;
-        anyhow::ensure!(bytes.len() <= 1 << 20, "JWKS larger than 1 MiB");
+        let bytes = crate::outbound::read_capped(response, MAX_JWKS)
+            .await
+            .map_err(|e| anyhow::anyhow!("jwks_url: {e}"))?;
         Ok(serde_json::from_slice(&bytes)?)
     }
 }

@@ -205,7 +205,8 @@ fn random_id(prefix: &str, bytes: usize) -> String {
     format!("{prefix}{}", hex::encode(b))
 }
 
-fn path_hash(secret: &str) -> String {
+/// What is stored of an endpoint's secret path part: its SHA-256, hex.
+pub fn path_hash(secret: &str) -> String {
     hex::encode(Sha256::digest(secret.as_bytes()))
 }
 
@@ -497,6 +498,47 @@ pub async fn resolve(
     let kind: String = row.try_get("kind")?;
     let id: String = row.try_get("id")?;
     Ok(ListenerKind::parse(&kind).map(|k| (id, k)))
+}
+
+/// Every endpoint with its listener: (path hash, expiry, listener id, kind, sealed secret). The
+/// public listener keeps these in memory (`server::directory`), so an endpoint resolves before any
+/// body byte is read and without a query per request.
+pub struct RouteRow {
+    pub path_hash: String,
+    pub expires_at: Option<i64>,
+    pub listener_id: String,
+    pub kind: ListenerKind,
+    pub secret_sealed: Option<String>,
+}
+
+/// All endpoint routes (see [`RouteRow`]); endpoints of an unknown kind are left out.
+pub async fn routes(store: &Store) -> anyhow::Result<Vec<RouteRow>> {
+    let rows = sqlx::query(
+        "SELECT e.path_hash, e.expires_at, l.id, l.kind, l.secret_sealed \
+         FROM listener_endpoints e JOIN listeners l ON l.id = e.listener_id",
+    )
+    .fetch_all(store.pool())
+    .await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for r in rows {
+        let kind: String = r.try_get("kind")?;
+        let Some(kind) = ListenerKind::parse(&kind) else {
+            continue;
+        };
+        out.push(RouteRow {
+            path_hash: r.try_get("path_hash")?,
+            expires_at: r.try_get("expires_at")?,
+            listener_id: r.try_get("id")?,
+            kind,
+            secret_sealed: r.try_get("secret_sealed")?,
+        });
+    }
+    Ok(out)
+}
+
+/// Opens a listener's sealed secret (bound to its id).
+pub fn open_secret(key: &KeyBytes, listener_id: &str, sealed: &str) -> anyhow::Result<TokenSecret> {
+    crate::seal::open(key, listener_id, sealed)
 }
 
 /// The listener's authentication secret, unsealed, if it has one.

@@ -3,7 +3,8 @@
 //! resolves to a loopback, private, link-local (cloud metadata included), CGNAT, multicast or
 //! unspecified address is refused at connect time, after DNS, so a name that later re-resolves to
 //! an internal address is caught too (unless the operator allows private targets). No redirects,
-//! no proxies from the environment.
+//! no proxies from the environment. Every answer is read with a byte cap *while it streams*
+//! ([`read_capped`]): a 1 GiB answer is abandoned at the cap, never buffered.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
@@ -22,6 +23,64 @@ pub enum UrlError {
         "{field}: {ip} is a loopback, private, link-local or otherwise internal address (allowed only with outbound_allow_private)"
     )]
     Internal { field: String, ip: IpAddr },
+}
+
+/// Why an answer's body was not read whole.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReadError {
+    #[error("answer larger than {0} bytes")]
+    TooLarge(usize),
+    #[error("answer timed out")]
+    Timeout,
+    #[error("answer unreadable")]
+    Broken,
+}
+
+/// The body of `response`, at most `cap` bytes, read chunk by chunk: a declared length over the cap
+/// is refused before reading, and an undeclared one is abandoned as soon as it passes the cap.
+pub async fn read_capped(
+    mut response: reqwest::Response,
+    cap: usize,
+) -> Result<axum::body::Bytes, ReadError> {
+    if response.content_length().is_some_and(|n| n > cap as u64) {
+        return Err(ReadError::TooLarge(cap));
+    }
+    let mut buf = Vec::new();
+    loop {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                if buf.len() + chunk.len() > cap {
+                    return Err(ReadError::TooLarge(cap));
+                }
+                buf.extend_from_slice(&chunk);
+            }
+            Ok(None) => return Ok(buf.into()),
+            Err(e) if e.is_timeout() => return Err(ReadError::Timeout),
+            Err(_) => return Err(ReadError::Broken),
+        }
+    }
+}
+
+/// [`read_capped`] for any HTTP body (octocrab's answers).
+pub async fn read_body_capped<B>(body: B, cap: usize) -> Result<axum::body::Bytes, ReadError>
+where
+    B: http_body::Body<Data = axum::body::Bytes> + Unpin,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    use http_body_util::BodyExt as _;
+    if body.size_hint().lower() > cap as u64 {
+        return Err(ReadError::TooLarge(cap));
+    }
+    match http_body_util::Limited::new(body, cap).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            Err(ReadError::TooLarge(cap))
+        }
+        Err(_) => Err(ReadError::Broken),
+    }
 }
 
 /// Which outbound targets the operator allows.

@@ -18,6 +18,8 @@ use tokio::sync::{Mutex, RwLock};
 
 /// At most one refresh per this interval, however many unknown key ids arrive.
 pub const MIN_REFRESH_INTERVAL: Duration = Duration::from_secs(10);
+/// Largest key list read (GitHub's is a few KB): a longer one is abandoned while it streams.
+pub const MAX_KEY_LIST: usize = 1 << 20;
 
 #[derive(Debug, Deserialize)]
 struct KeyList {
@@ -80,7 +82,10 @@ impl PartnerKeys {
             .await?;
         let status = response.status();
         anyhow::ensure!(status.is_success(), "key endpoint answered {status}");
-        let list: KeyList = response.json().await?;
+        let bytes = crate::outbound::read_capped(response, MAX_KEY_LIST)
+            .await
+            .map_err(|e| anyhow::anyhow!("key endpoint: {e}"))?;
+        let list: KeyList = serde_json::from_slice(&bytes)?;
         let mut keys = HashMap::new();
         for k in list.public_keys {
             match VerifyingKey::from_public_key_pem(&k.key) {

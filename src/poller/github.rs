@@ -34,6 +34,10 @@ pub enum Error {
     Budget,
 }
 
+/// Largest answer read from GitHub (a compare of 300 files with patches is a few MB): a longer one
+/// is abandoned while it streams.
+pub const MAX_ANSWER: usize = 32 << 20;
+
 /// One successful answer, or a 304 (`not_modified`, empty body).
 #[derive(Debug)]
 pub struct Page {
@@ -137,10 +141,10 @@ impl GitHub {
                 .map_err(|e| Error::Transport(format!("GET {path}: {e}")))?;
             let status = response.status().as_u16();
             let headers = response.headers().clone();
-            let body =
-                self.octo.body_to_string(response).await.map_err(|e| {
-                    Error::Transport(format!("GET {path}: reading the answer: {e}"))
-                })?;
+            let bytes = crate::outbound::read_body_capped(response.into_body(), MAX_ANSWER)
+                .await
+                .map_err(|e| Error::Transport(format!("GET {path}: {e}")))?;
+            let body = String::from_utf8_lossy(&bytes).into_owned();
             Ok::<_, Error>((status, headers, body))
         };
         let (status, headers, body) = tokio::time::timeout(self.timeout, exchange)

@@ -127,10 +127,9 @@ async fn post_signed(
         .get(reqwest::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/json"));
-    let bytes = match response.bytes().await {
+    let bytes = match crate::outbound::read_capped(response, MAX_ANSWER).await {
         Ok(b) => b,
-        Err(e) if e.is_timeout() => return Err(Answer::unknown(format!("{field}: timed out"))),
-        Err(_) => return Err(Answer::unknown(format!("{field}: body unreadable"))),
+        Err(e) => return Err(Answer::unknown(format!("{field}: {e}"))),
     };
     Ok(Reply {
         status,
@@ -142,6 +141,10 @@ async fn post_signed(
 fn rethrow<T>(a: Answer<std::convert::Infallible>) -> Answer<T> {
     a.map(|never| match never {})
 }
+
+/// Largest answer read from an installation (its answers are a few dozen bytes of JSON); a longer
+/// one is abandoned while it streams and counts as "unknown".
+pub const MAX_ANSWER: usize = 64 << 10;
 
 /// A 200 with a JSON body of type `T`, else "unknown".
 fn parse<T: DeserializeOwned>(field: &str, reply: Reply) -> Answer<T> {

@@ -142,6 +142,14 @@ async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<AdminKey,
     }
 }
 
+/// Endpoint changes take effect on this replica's public address at once (others within
+/// `directory::REFRESH`).
+async fn reload_directory(state: &AppState) {
+    if let Err(e) = state.directory.reload_now().await {
+        tracing::warn!(error = %format!("{e:#}"), "cannot reload the endpoint directory");
+    }
+}
+
 fn actor(key: &AdminKey) -> String {
     format!("admin-key:{}", key.id)
 }
@@ -218,8 +226,10 @@ async fn create_listener(
         Err(e) => return error(StatusCode::UNPROCESSABLE_ENTITY, format!("secret: {e}")),
     };
     let sealed = secret.as_ref().map(|s| (&state.keys.sealing, s));
-    match listeners::create_with_secret(&state.store, kind, &body.name, &actor(&key), sealed).await
-    {
+    let created =
+        listeners::create_with_secret(&state.store, kind, &body.name, &actor(&key), sealed).await;
+    reload_directory(&state).await;
+    match created {
         Ok((listener, endpoint)) => {
             let mut answer = serde_json::json!({ "listener": listener, "endpoint_url": endpoint_url(&state, &endpoint.path) });
             if generated && let Some(s) = &secret {
@@ -263,7 +273,9 @@ async fn rotate(
             );
         }
     };
-    match listeners::rotate(&state.store, &id, old, &actor(&key)).await {
+    let rotated = listeners::rotate(&state.store, &id, old, &actor(&key)).await;
+    reload_directory(&state).await;
+    match rotated {
         Ok(new) => (
             StatusCode::CREATED,
             Json(serde_json::json!({ "endpoint": new.endpoint, "endpoint_url": endpoint_url(&state, &new.path) })),
@@ -293,7 +305,9 @@ async fn extend(
         Ok(at) => at,
         Err(m) => return error(StatusCode::UNPROCESSABLE_ENTITY, m),
     };
-    match listeners::extend(&state.store, &id, at, &actor(&key)).await {
+    let extended = listeners::extend(&state.store, &id, at, &actor(&key)).await;
+    reload_directory(&state).await;
+    match extended {
         Ok(endpoint) => Json(endpoint).into_response(),
         Err(e) => rotation_error(e),
     }
@@ -308,7 +322,9 @@ async fn delete_endpoint(
         Ok(k) => k,
         Err(r) => return r,
     };
-    match listeners::delete_endpoint(&state.store, &id, &actor(&key)).await {
+    let deleted = listeners::delete_endpoint(&state.store, &id, &actor(&key)).await;
+    reload_directory(&state).await;
+    match deleted {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
         Err(e) => rotation_error(e),
     }

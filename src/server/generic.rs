@@ -13,11 +13,12 @@ use std::sync::Arc;
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 
-use super::{AppState, answer_recorded, error};
+use super::directory::Route;
+use super::{ApiError, AppState, answer_recorded, error};
 use crate::intake::{self, ListenerEvent, ReportedToken};
-use crate::listeners::{self, ListenerKind};
+use crate::listeners::ListenerKind;
 use crate::scanner::decode::Outer;
-use crate::scanner::{DecodeOptions, Finding, TokenSecret};
+use crate::scanner::{DecodeOptions, Finding};
 use crate::webhook_auth::{self, AuthError, TwilioAlgorithm};
 
 /// Largest body a `Content-Encoding` may expand to (GitHub's webhook payloads are capped at 25 MB).
@@ -32,24 +33,34 @@ fn header<'a>(headers: &'a HeaderMap, name: &'static str) -> Result<&'a str, Aut
     }
 }
 
-pub(super) async fn listener_secret(
+/// The headers a kind's signature needs, checked before the body is read.
+fn required_headers(kind: ListenerKind) -> &'static [&'static str] {
+    match kind {
+        ListenerKind::StandardWebhooks => &["webhook-id", "webhook-timestamp", "webhook-signature"],
+        ListenerKind::Twilio => &["x-twilio-signature"],
+        ListenerKind::GithubHmac => &["x-hub-signature-256"],
+        _ => &[],
+    }
+}
+
+/// Refuses, before its body is read, a request that lacks a header its signature needs.
+pub(super) fn signed_headers(
     state: &AppState,
-    listener_id: &str,
-) -> Result<TokenSecret, Response> {
-    match listeners::secret(&state.store, &state.keys.sealing, listener_id).await {
-        Ok(Some(secret)) => Ok(secret),
-        Ok(None) => Err(error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "this listener has no secret configured",
-        )),
-        Err(e) => {
-            tracing::error!(error = %format!("{e:#}"), "cannot open listener secret");
-            Err(error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "listener secret unavailable, retry later",
-            ))
+    kind: ListenerKind,
+    headers: &HeaderMap,
+) -> Result<(), ApiError> {
+    for name in required_headers(kind) {
+        if let Err(e) = header(headers, name) {
+            let reason = match e {
+                AuthError::Missing(_) => "missing_header",
+                _ => "malformed_header",
+            };
+            state.metrics.signature_failure(kind.as_str(), reason);
+            state.metrics.alert(kind.as_str(), "malformed");
+            return Err(ApiError::new(StatusCode::BAD_REQUEST, e.to_string()));
         }
     }
+    Ok(())
 }
 
 /// Authenticates a generic listener's request (Standard Webhooks, Twilio, GitHub HMAC) over the
@@ -316,16 +327,18 @@ fn scan_body(state: &AppState, kind: ListenerKind, read: &ReadBody<'_>) -> Scann
 /// Handles one request to a generic listener.
 pub async fn webhook(
     state: &Arc<AppState>,
-    listener_id: &str,
-    kind: ListenerKind,
+    route: &Route,
     uri: &Uri,
     headers: &HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
+    let (listener_id, kind) = (route.listener_id.as_str(), route.kind);
     let kind_name = kind.as_str();
-    let secret = match listener_secret(state, listener_id).await {
-        Ok(s) => s,
-        Err(r) => return r,
+    let Some(secret) = &route.secret else {
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "this listener has no secret configured",
+        );
     };
     if let Err(e) = authenticate(
         kind,

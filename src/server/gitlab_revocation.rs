@@ -14,7 +14,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
-use super::{AppState, answer_recorded, error};
+use super::directory::Route;
+use super::{ApiError, AppState, answer_recorded, error};
 use crate::intake::{self, ReportedToken};
 use crate::listeners::ListenerKind;
 use crate::scanner::{Finding, RuleSet, Scanner, TokenSecret};
@@ -108,53 +109,46 @@ pub fn classify(scanner: &mut Scanner<'_>, token: &str) -> Option<String> {
     valid.or(invalid)
 }
 
-/// Checks GitLab's `Authorization` header (the raw shared secret) against the listener's.
-async fn authorized(
+/// Checks GitLab's `Authorization` header (the raw shared secret) against the listener's, before
+/// any body byte is read.
+pub(super) fn authorized(
     state: &AppState,
-    listener_id: &str,
+    route: &Route,
     headers: &HeaderMap,
-) -> Result<(), Response> {
+) -> Result<(), ApiError> {
     let kind = ListenerKind::GitlabRevocation.as_str();
-    let secret = super::generic::listener_secret(state, listener_id).await?;
-    let presented = match headers.get("authorization").map(|v| v.to_str()) {
-        None => {
-            state.metrics.signature_failure(kind, "missing_header");
-            state.metrics.alert(kind, "malformed");
-            return Err(error(
-                StatusCode::UNAUTHORIZED,
-                "missing header authorization",
-            ));
-        }
-        Some(Err(_)) => {
-            state.metrics.signature_failure(kind, "malformed_header");
-            state.metrics.alert(kind, "malformed");
-            return Err(error(
-                StatusCode::UNAUTHORIZED,
-                "header authorization is malformed (not visible ASCII)",
-            ));
-        }
-        Some(Ok(v)) => v,
-    };
-    if !webhook_auth::same_secret(presented.trim(), secret.expose()) {
-        state.metrics.signature_failure(kind, "bad_signature");
-        state.metrics.alert(kind, "bad_signature");
-        return Err(error(
-            StatusCode::UNAUTHORIZED,
-            "authorization does not match this listener's shared secret",
+    let Some(secret) = &route.secret else {
+        return Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "this listener has no secret configured",
         ));
-    }
-    Ok(())
+    };
+    let (reason, message) = match headers.get("authorization").map(|v| v.to_str()) {
+        Some(Ok(v)) if webhook_auth::same_secret(v.trim(), secret.expose()) => return Ok(()),
+        Some(Ok(_)) => (
+            "bad_signature",
+            "authorization does not match this listener's shared secret",
+        ),
+        None => ("missing_header", "missing header authorization"),
+        Some(Err(_)) => (
+            "malformed_header",
+            "header authorization is malformed (not visible ASCII)",
+        ),
+    };
+    state.metrics.signature_failure(kind, reason);
+    state.metrics.alert(
+        kind,
+        if reason == "bad_signature" {
+            "bad_signature"
+        } else {
+            "malformed"
+        },
+    );
+    Err(ApiError::new(StatusCode::UNAUTHORIZED, message))
 }
 
-/// `GET .../v1/revocable_token_types`.
-pub async fn revocable_token_types(
-    state: &AppState,
-    listener_id: &str,
-    headers: &HeaderMap,
-) -> Response {
-    if let Err(r) = authorized(state, listener_id, headers).await {
-        return r;
-    }
+/// `GET .../v1/revocable_token_types`, once [`authorized`].
+pub fn revocable_token_types(state: &AppState) -> Response {
     let types: Vec<&str> = state.gitlab_types.names().collect();
     axum::Json(serde_json::json!({ "types": types })).into_response()
 }
@@ -179,17 +173,9 @@ fn printable_name(name: &str) -> Option<&str> {
     .then_some(name)
 }
 
-/// `POST .../v1/revoke_tokens`.
-pub async fn revoke_tokens(
-    state: &AppState,
-    listener_id: &str,
-    headers: &HeaderMap,
-    body: &[u8],
-) -> Response {
+/// `POST .../v1/revoke_tokens`, once [`authorized`].
+pub async fn revoke_tokens(state: &AppState, listener_id: &str, body: &[u8]) -> Response {
     let kind = ListenerKind::GitlabRevocation.as_str();
-    if let Err(r) = authorized(state, listener_id, headers).await {
-        return r;
-    }
     let requests: Vec<RevokeRequest> = match serde_json::from_slice(body) {
         Ok(r) => r,
         Err(e) => {

@@ -129,6 +129,15 @@ pub struct Metrics {
     rate_limit_waits: Family<InstallationLabels, Counter>,
     scanned_bytes: Family<SourceLabels, Counter>,
     poller: PollerMetrics,
+    ingress: IngressMetrics,
+}
+
+/// What the public address refused before authentication, and what it holds.
+#[derive(Default)]
+struct IngressMetrics {
+    refusals: Family<ReasonLabels, Counter>,
+    connections_open: Gauge,
+    body_memory: Gauge,
 }
 
 impl Default for Metrics {
@@ -257,7 +266,26 @@ impl Default for Metrics {
             "Times GitHub's rate limit paused the poller, by kind (primary, secondary)",
             poller.rate_limit_waits.clone(),
         );
+        let ingress = IngressMetrics::default();
+        registry.register(
+            "ingress_refusals",
+            "Requests and connections the public address refused before authentication, by reason \
+             (unknown_endpoint, too_large, over_budget, too_slow, broken, max_connections, \
+             max_connections_per_ip, accept_error)",
+            ingress.refusals.clone(),
+        );
+        registry.register(
+            "ingress_connections_open",
+            "Connections open on the public address",
+            ingress.connections_open.clone(),
+        );
+        registry.register(
+            "ingress_body_memory_bytes",
+            "Request body bytes buffered now (reserved from the body memory budget)",
+            ingress.body_memory.clone(),
+        );
         Metrics {
+            ingress,
             outcomes,
             signature_failures,
             tokens_matched,
@@ -298,6 +326,19 @@ impl Metrics {
                 reason,
             })
             .inc();
+    }
+
+    /// Counts a refusal on the public address before authentication.
+    pub fn ingress_refused(&self, reason: &'static str) {
+        self.ingress
+            .refusals
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
+    /// Body bytes reserved now.
+    pub fn body_memory(&self, bytes: usize) {
+        self.ingress.body_memory.set(bytes as i64);
     }
 
     /// Counts a token the scanner matched.
@@ -560,6 +601,16 @@ pub fn to_prometheus_text(openmetrics: &str) -> String {
         out.push('\n');
     }
     out
+}
+
+impl super::ingress::ConnectionObserver for Metrics {
+    fn refused(&self, reason: &'static str) {
+        self.ingress_refused(reason);
+    }
+
+    fn open(&self, open: usize) {
+        self.ingress.connections_open.set(open as i64);
+    }
 }
 
 #[cfg(test)]

@@ -3,8 +3,11 @@
 //! and returns their addresses and a handle; `main` only composes.
 
 mod admin_api;
+mod api_error;
+pub mod directory;
 mod generic;
 mod gitlab_revocation;
+pub mod ingress;
 mod metrics;
 mod partner;
 mod pull_api;
@@ -15,12 +18,12 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::body::Body;
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use tokio::net::TcpListener;
-use tower::limit::ConcurrencyLimitLayer;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::request_id::{
     MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
@@ -29,22 +32,21 @@ use tower_http::timeout::TimeoutLayer;
 
 use crate::config::Settings;
 use crate::keys::Keys;
-use crate::listeners::{self, ListenerKind};
+use crate::listeners::ListenerKind;
 use crate::outbound::Policy;
 use crate::partner_keys::PartnerKeys;
 use crate::revocation::Engine;
 use crate::scanner::RuleSet;
 use crate::store::Store;
 
+pub use api_error::ApiError;
 pub use generic::authenticate as authenticate_webhook;
 pub use gitlab_revocation::GitlabTypes;
 pub use metrics::Metrics;
 pub use partner::{PartnerAlert, parse_alerts};
 
-/// Largest accepted request body (a 5,000-token alert is well under 1 MiB).
-pub const MAX_BODY: usize = 8 << 20;
-/// Requests handled at once per address; more wait.
-pub const MAX_CONCURRENT: usize = 256;
+/// Largest body of a pull-mode acknowledgement.
+const MAX_ACK_BODY: usize = 64 << 10;
 
 /// Everything a request handler needs.
 pub struct AppState {
@@ -64,6 +66,15 @@ pub struct AppState {
     pub engine: Arc<Engine>,
     /// GitLab's names for the token types the rules issue (the GitLab Token Revocation API).
     pub gitlab_types: GitlabTypes,
+    /// Endpoint routes, in memory: resolved before any body byte is read.
+    pub directory: directory::Directory,
+    /// Request body bytes buffered at once, all requests together.
+    pub budget: ingress::MemoryBudget,
+    pub body_rules: ingress::BodyRules,
+    /// Largest body a listener endpoint takes.
+    pub max_body: usize,
+    /// From a body read to the answer.
+    pub request_timeout: Duration,
 }
 
 /// A running server.
@@ -131,6 +142,9 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
         include_invalid: true,
     })?;
     let gitlab_types = GitlabTypes::load(&rules)?;
+    let request_timeout = Duration::from_secs(settings.request_timeout_secs.max(1));
+    let header_timeout = Duration::from_secs(settings.header_read_timeout_secs.max(1));
+    let ingress_settings = &settings.ingress;
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .user_agent(concat!("spillway/", env!("CARGO_PKG_VERSION")))
@@ -149,6 +163,7 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
         settings,
         metrics.clone(),
     )?);
+    let (store_for_directory, keys_for_directory) = (store.clone(), keys.clone());
     let state = Arc::new(AppState {
         store,
         keys,
@@ -161,11 +176,17 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
         policy,
         engine: engine.clone(),
         gitlab_types,
+        directory: directory::Directory::new(store_for_directory, keys_for_directory),
+        budget: ingress::MemoryBudget::new(ingress_settings.body_memory_bytes),
+        body_rules: ingress::BodyRules {
+            grace: Duration::from_secs(ingress_settings.body_grace_secs),
+            min_rate: ingress_settings.body_min_rate.max(1),
+            deadline: Duration::from_secs(ingress_settings.body_timeout_secs.max(1)),
+        },
+        max_body: ingress_settings.max_body_bytes,
+        request_timeout,
     });
 
-    // Whole-request deadline (GitHub allows partners 30 s; answer well inside it).
-    let request_timeout = Duration::from_secs(settings.request_timeout_secs.max(1));
-    let header_timeout = Duration::from_secs(settings.header_read_timeout_secs.max(1));
     let public = Router::new()
         .route("/l/{secret}", post(listener_endpoint))
         .route(
@@ -174,17 +195,11 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
         )
         .route("/l/{secret}/v1/revoke_tokens", post(revoke_tokens))
         .merge(pull_api::routes())
-        .fallback(|| async { (StatusCode::NOT_FOUND, "no such endpoint\n") })
+        .fallback(no_such_endpoint)
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(request_span())
         .layer(SetRequestIdLayer::x_request_id(RandomRequestId))
-        .layer(DefaultBodyLimit::disable())
-        .layer(RequestBodyLimitLayer::new(MAX_BODY))
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::REQUEST_TIMEOUT,
-            request_timeout,
-        ))
-        .layer(ConcurrencyLimitLayer::new(MAX_CONCURRENT))
+        .layer(axum::middleware::from_fn(ingress::json_errors))
         .with_state(state.clone());
     let admin = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
@@ -193,6 +208,7 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
         .route("/openapi.json", get(openapi_admin))
         .route("/openapi/installation.json", get(openapi_installation))
         .merge(admin_api::routes(state.clone()))
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route") })
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(request_span())
         .layer(SetRequestIdLayer::x_request_id(RandomRequestId))
@@ -201,6 +217,8 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
             StatusCode::REQUEST_TIMEOUT,
             request_timeout,
         ))
+        // Outermost, so the errors the layers above give by themselves are JSON too.
+        .layer(axum::middleware::from_fn(ingress::json_errors))
         .with_state(state.clone());
 
     let public_listener = TcpListener::bind(&settings.listen_addr)
@@ -211,15 +229,33 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
         .with_context(|| format!("cannot listen on {}", settings.admin_addr))?;
     let (public_addr, admin_addr) = (public_listener.local_addr()?, admin_listener.local_addr()?);
     let (shutdown, watch) = tokio::sync::watch::channel(false);
-    let serve = |listener: TcpListener, app: Router| {
-        tokio::spawn(serve_connections(
-            listener,
-            app,
-            header_timeout,
-            watch.clone(),
-        ))
+    let public_rules = ingress::ConnectionRules {
+        header_timeout,
+        max_connections: ingress_settings.max_connections.max(1),
+        max_connections_per_ip: ingress_settings.max_connections_per_ip,
     };
-    let mut tasks = vec![serve(public_listener, public), serve(admin_listener, admin)];
+    // The admin address is not on the internet: no per-address limit.
+    let admin_rules = ingress::ConnectionRules {
+        max_connections_per_ip: 0,
+        ..public_rules
+    };
+    let observer: Arc<dyn ingress::ConnectionObserver> = state.metrics.clone();
+    let mut tasks = vec![
+        tokio::spawn(ingress::serve(
+            public_listener,
+            public,
+            public_rules,
+            observer.clone(),
+            watch.clone(),
+        )),
+        tokio::spawn(ingress::serve(
+            admin_listener,
+            admin,
+            admin_rules,
+            Arc::new(Quiet),
+            watch.clone(),
+        )),
+    ];
     tasks.push(tokio::spawn(checkpoints(
         state.clone(),
         settings.audit_checkpoint_file.clone(),
@@ -258,59 +294,14 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
     })
 }
 
-/// Resolves once the shutdown flag is set (or its sender is gone).
-async fn stopped(stop: &mut tokio::sync::watch::Receiver<bool>) {
-    loop {
-        let stopping = *stop.borrow_and_update();
-        if stopping || stop.changed().await.is_err() {
-            return;
-        }
-    }
-}
+use ingress::stopped;
 
-/// Accepts connections until told to stop, then waits for in-flight requests to finish. Unlike
-/// `axum::serve`, it gives hyper a timer, so slow or stalled request headers are cut off after
-/// `header_timeout` (axum's default server has no header-read timeout).
-async fn serve_connections(
-    listener: TcpListener,
-    app: Router,
-    header_timeout: Duration,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-) -> std::io::Result<()> {
-    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(header_timeout);
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let stream = match accepted {
-                    Ok((stream, _)) => stream,
-                    Err(e) => {
-                        // Out of file descriptors and the like: back off instead of spinning.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let service = hyper_util::service::TowerToHyperService::new(app.clone());
-                let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
-                let connection = graceful.watch(connection);
-                tokio::spawn(async move {
-                    if let Err(e) = connection.await {
-                        tracing::debug!(error = %e, "connection ended with an error");
-                    }
-                });
-            }
-            _ = stopped(&mut stop) => break,
-        }
-    }
-    drop(listener);
-    graceful.shutdown().await;
-    Ok(())
+/// Connection counts of the admin address are not reported.
+struct Quiet;
+
+impl ingress::ConnectionObserver for Quiet {
+    fn refused(&self, _reason: &'static str) {}
+    fn open(&self, _open: usize) {}
 }
 
 /// Signs an audit checkpoint every `interval`, and once more at shutdown.
@@ -414,28 +405,69 @@ fn answer_recorded(
     }
 }
 
-/// A JSON error body naming what was wrong.
+/// A JSON error body naming what was wrong (see [`ApiError`]).
 pub fn error(status: StatusCode, message: impl Into<String>) -> Response {
-    (
-        status,
-        axum::Json(serde_json::json!({ "error": message.into() })),
-    )
-        .into_response()
+    ApiError::new(status, message.into()).into_response()
 }
 
-/// The listener an endpoint secret routes to, or the response to give when there is none.
-async fn route(state: &AppState, secret: &str) -> Result<(String, ListenerKind), Response> {
-    match listeners::resolve(&state.store, secret).await {
+/// 404 for anything that is not an endpoint; the connection is closed (its body is not read).
+async fn no_such_endpoint() -> ApiError {
+    not_found()
+}
+
+fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "no such endpoint").closing()
+}
+
+/// The route an endpoint secret resolves to: answered before any body byte is read.
+async fn route(state: &AppState, secret: &str) -> Result<Arc<directory::Route>, ApiError> {
+    match state.directory.resolve(secret).await {
         Ok(Some(found)) => Ok(found),
-        Ok(None) => Err((StatusCode::NOT_FOUND, "no such endpoint\n").into_response()),
+        Ok(None) => {
+            state.metrics.ingress_refused("unknown_endpoint");
+            Err(not_found())
+        }
         Err(e) => {
             tracing::error!(error = %format!("{e:#}"), "cannot resolve endpoint");
-            Err(error(
+            Err(ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "storage unavailable, retry later",
-            ))
+            )
+            .retry_after(1))
         }
     }
+}
+
+/// Reads a request body under the ingress rules (see `ingress`), counting refusals.
+async fn read_body(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+    max: usize,
+) -> Result<(axum::body::Bytes, ingress::Reservation), ApiError> {
+    let read = ingress::read_body(body, headers, max, &state.budget, &state.body_rules).await;
+    state.metrics.body_memory(state.budget.in_use());
+    read.map_err(|e| {
+        state.metrics.ingress_refused(e.reason());
+        e.into_api_error()
+    })
+}
+
+/// Runs a request's work after its body was read, within the request deadline.
+async fn within_deadline(
+    state: &AppState,
+    kind: &'static str,
+    work: impl std::future::Future<Output = Response>,
+) -> Result<Response, ApiError> {
+    tokio::time::timeout(state.request_timeout, work)
+        .await
+        .map_err(|_| {
+            state.metrics.alert(kind, "unavailable");
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not acknowledged in time: retry (a retry of a recorded alert is answered as a replay)",
+            )
+        })
 }
 
 async fn listener_endpoint(
@@ -443,80 +475,80 @@ async fn listener_endpoint(
     Path(secret): Path<String>,
     uri: axum::http::Uri,
     headers: HeaderMap,
-    body: axum::body::Bytes,
-) -> Response {
-    let (listener_id, kind) = match route(&state, &secret).await {
-        Ok(found) => found,
-        Err(response) => return response,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let route = route(&state, &secret).await?;
+    let kind = route.kind;
+    let platform = match kind {
+        ListenerKind::Github => Some(partner::Platform::Github),
+        ListenerKind::Gitlab => Some(partner::Platform::Gitlab),
+        ListenerKind::Depsdev => Some(partner::Platform::Depsdev),
+        ListenerKind::GitlabRevocation => {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "a gitlab-revocation endpoint serves /v1/revocable_token_types and /v1/revoke_tokens",
+            )
+            .closing());
+        }
+        _ => None,
     };
-    match kind {
-        ListenerKind::Github => {
-            partner::alert(
-                &state,
-                partner::Platform::Github,
-                &listener_id,
-                &headers,
-                &body,
-            )
-            .await
+    // Headers first: a request that cannot be authenticated is refused before its body is read.
+    let signed = match platform {
+        Some(p) => Some(partner::signed_headers(&state, p, &headers)?),
+        None => {
+            generic::signed_headers(&state, kind, &headers)?;
+            None
         }
-        ListenerKind::Gitlab => {
-            partner::alert(
-                &state,
-                partner::Platform::Gitlab,
-                &listener_id,
-                &headers,
-                &body,
-            )
-            .await
+    };
+    let (body, reservation) = read_body(&state, &headers, body, state.max_body).await?;
+    let response = within_deadline(&state, kind.as_str(), async {
+        match (platform, signed) {
+            (Some(platform), Some(signed)) => {
+                partner::alert(&state, platform, &route.listener_id, signed, &body).await
+            }
+            _ => generic::webhook(&state, &route, &uri, &headers, body.clone()).await,
         }
-        ListenerKind::Depsdev => {
-            partner::alert(
-                &state,
-                partner::Platform::Depsdev,
-                &listener_id,
-                &headers,
-                &body,
-            )
-            .await
-        }
-        ListenerKind::StandardWebhooks | ListenerKind::Twilio | ListenerKind::GithubHmac => {
-            generic::webhook(&state, &listener_id, kind, &uri, &headers, body).await
-        }
-        ListenerKind::GitlabRevocation => error(
-            StatusCode::NOT_FOUND,
-            "a gitlab-revocation endpoint serves /v1/revocable_token_types and /v1/revoke_tokens",
-        ),
-    }
+    })
+    .await;
+    drop(reservation);
+    state.metrics.body_memory(state.budget.in_use());
+    response
 }
 
 async fn revocable_token_types(
     State(state): State<Arc<AppState>>,
     Path(secret): Path<String>,
     headers: HeaderMap,
-) -> Response {
-    match route(&state, &secret).await {
-        Ok((listener_id, ListenerKind::GitlabRevocation)) => {
-            gitlab_revocation::revocable_token_types(&state, &listener_id, &headers).await
-        }
-        Ok(_) => (StatusCode::NOT_FOUND, "no such endpoint\n").into_response(),
-        Err(response) => response,
+) -> Result<Response, ApiError> {
+    let route = route(&state, &secret).await?;
+    if route.kind != ListenerKind::GitlabRevocation {
+        return Err(not_found());
     }
+    gitlab_revocation::authorized(&state, &route, &headers)?;
+    Ok(gitlab_revocation::revocable_token_types(&state))
 }
 
 async fn revoke_tokens(
     State(state): State<Arc<AppState>>,
     Path(secret): Path<String>,
     headers: HeaderMap,
-    body: axum::body::Bytes,
-) -> Response {
-    match route(&state, &secret).await {
-        Ok((listener_id, ListenerKind::GitlabRevocation)) => {
-            gitlab_revocation::revoke_tokens(&state, &listener_id, &headers, &body).await
-        }
-        Ok(_) => (StatusCode::NOT_FOUND, "no such endpoint\n").into_response(),
-        Err(response) => response,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let route = route(&state, &secret).await?;
+    if route.kind != ListenerKind::GitlabRevocation {
+        return Err(not_found());
     }
+    gitlab_revocation::authorized(&state, &route, &headers)?;
+    let (body, reservation) = read_body(&state, &headers, body, state.max_body).await?;
+    let kind = ListenerKind::GitlabRevocation.as_str();
+    let response = within_deadline(
+        &state,
+        kind,
+        gitlab_revocation::revoke_tokens(&state, &route.listener_id, &body),
+    )
+    .await;
+    drop(reservation);
+    response
 }
 
 /// Runs until SIGINT/SIGTERM, then shuts down gracefully.

@@ -7,7 +7,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
-use super::{AppState, answer_recorded, error};
+use super::{ApiError, AppState, answer_recorded, error};
 use crate::intake::{self, ReportedToken};
 use crate::partner_keys::SignatureError;
 use crate::scanner::TokenSecret;
@@ -123,13 +123,20 @@ pub(super) fn describe_json_error(e: &serde_json::Error, expected: &str) -> Stri
     }
 }
 
-pub async fn alert(
-    state: &AppState,
+/// A partner alert's signature headers, checked before its body is read.
+pub struct Signed<'a> {
+    keys: &'a crate::partner_keys::PartnerKeys,
+    key_id: String,
+    signature: String,
+}
+
+/// Checks that the platform is configured and its two headers are present and well formed, so a
+/// request that cannot be authenticated is refused before its body is read.
+pub(super) fn signed_headers<'s>(
+    state: &'s AppState,
     platform: Platform,
-    listener_id: &str,
     headers: &HeaderMap,
-    body: &[u8],
-) -> Response {
+) -> Result<Signed<'s>, ApiError> {
     let kind = platform.kind();
     let (key_id_header, signature_header) = platform.headers();
     let keys = match platform {
@@ -139,19 +146,23 @@ pub async fn alert(
     };
     let Some(keys) = keys else {
         state.metrics.alert(kind, "unavailable");
-        return error(
+        return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             format!(
                 "{kind} alerts are not configured: set SPILLWAY_{}_KEYS_URL",
                 kind.to_ascii_uppercase()
             ),
-        );
+        ));
     };
-    let (key_id, signature) = match (
+    match (
         header(headers, key_id_header),
         header(headers, signature_header),
     ) {
-        (Ok(k), Ok(s)) => (k, s),
+        (Ok(k), Ok(s)) => Ok(Signed {
+            keys,
+            key_id: k.to_owned(),
+            signature: s.to_owned(),
+        }),
         (Err(message), _) | (_, Err(message)) => {
             let absent = [key_id_header, signature_header]
                 .iter()
@@ -165,10 +176,27 @@ pub async fn alert(
                 },
             );
             state.metrics.alert(kind, "malformed");
-            return error(StatusCode::BAD_REQUEST, message);
+            Err(ApiError::new(StatusCode::BAD_REQUEST, message))
         }
-    };
-    let key_current = match keys.verify(key_id, signature, body).await {
+    }
+}
+
+pub async fn alert(
+    state: &AppState,
+    platform: Platform,
+    listener_id: &str,
+    signed: Signed<'_>,
+    body: &[u8],
+) -> Response {
+    let kind = platform.kind();
+    let (key_id_header, signature_header) = platform.headers();
+    let Signed {
+        keys,
+        key_id,
+        signature,
+    } = signed;
+    let key_id = key_id.as_str();
+    let key_current = match keys.verify(key_id, &signature, body).await {
         Ok(current) => current,
         Err(SignatureError::MalformedSignature) => {
             state.metrics.signature_failure(kind, "malformed_header");

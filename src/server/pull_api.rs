@@ -116,12 +116,17 @@ async fn ack(
     State(state): State<Arc<AppState>>,
     Path((id, finding)): Path<(String, String)>,
     headers: HeaderMap,
-    body: axum::body::Bytes,
+    body: axum::body::Body,
 ) -> Response {
     let installation = match authenticate(&state, &headers, &id).await {
         Ok(i) => i,
         Err(r) => return r,
     };
+    let (body, _reservation) =
+        match super::read_body(&state, &headers, body, super::MAX_ACK_BODY).await {
+            Ok(read) => read,
+            Err(e) => return e.into_response(),
+        };
     let ack: PullAck = match serde_json::from_slice(&body) {
         Ok(a) => a,
         Err(_) => {

@@ -63,6 +63,7 @@ async fn send_alert_delivers_a_signed_alert_the_server_accepts() {
     let (_, endpoint) = listeners::create(&server.state.store, ListenerKind::Github, "gh", "test")
         .await
         .unwrap();
+    server.state.directory.reload_now().await.unwrap();
     let endpoint = format!("http://{}{}", server.public_addr, endpoint.path);
     let body = "q".repeat(30);
     let mut broken = format!("ghp_{body}{}", crc32_base62(body.as_bytes()));

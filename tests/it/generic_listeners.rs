@@ -123,6 +123,7 @@ async fn listener(
     )
     .await
     .unwrap();
+    s.directory.reload_now().await.unwrap();
     (l.id, e.path)
 }
 

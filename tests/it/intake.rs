@@ -86,6 +86,7 @@ async fn service_for(database_url: &str, keys_url: &str, kind: ListenerKind) -> 
     let (_, endpoint) = listeners::create(&running.state.store, kind, "partner", "test")
         .await
         .unwrap();
+    running.state.directory.reload_now().await.unwrap();
     let endpoint = format!("http://{}{}", running.public_addr, endpoint.path);
     Service {
         running,
@@ -314,9 +315,10 @@ async fn bad_requests_get_clear_errors_and_store_nothing() {
             "{backend}: key refreshes were not rate limited"
         );
 
-        let big = vec![b' '; spillway::server::MAX_BODY + 1];
-        let (s, _) = svc.post(Some("k1"), Some(&sig), &big).await;
+        let big = vec![b' '; spillway::config::IngressSettings::default().max_body_bytes + 1];
+        let (s, b) = svc.post(Some("k1"), Some(&sig), &big).await;
         assert_eq!(s, 413, "{backend}");
+        assert!(b.contains("body: larger than"), "{backend}: {b}");
         let resp = svc
             .client
             .post(format!(
@@ -328,6 +330,10 @@ async fn bad_requests_get_clear_errors_and_store_nothing() {
             .await
             .unwrap();
         assert_eq!(resp.status().as_u16(), 404, "{backend}");
+        assert_eq!(
+            resp.json::<serde_json::Value>().await.unwrap()["error"],
+            "no such endpoint"
+        );
         assert_eq!(svc.count("alerts").await, 0, "{backend}");
         svc.running.shutdown().await;
     }
@@ -398,50 +404,80 @@ async fn slow_clients_are_cut_off_and_never_hold_the_server() {
         crate::common::start_server_tuned(&url, "http://127.0.0.1:9/unused", |s| {
             s.header_read_timeout_secs = 1;
             s.request_timeout_secs = 1;
+            s.ingress.body_grace_secs = 1;
         })
         .await;
     let addr = running.public_addr;
+    let (_, endpoint) = listeners::create(&running.state.store, ListenerKind::Github, "gh", "test")
+        .await
+        .unwrap();
+    running.state.directory.reload_now().await.unwrap();
+    let closed_within = |mut stream: tokio::net::TcpStream| {
+        let backend = backend.clone();
+        async move {
+            let started = std::time::Instant::now();
+            let mut buf = Vec::new();
+            let read = tokio::time::timeout(
+                std::time::Duration::from_secs(10),
+                stream.read_to_end(&mut buf),
+            )
+            .await;
+            assert!(read.is_ok(), "{backend}: the connection was kept open");
+            (
+                started.elapsed(),
+                String::from_utf8_lossy(&buf).into_owned(),
+            )
+        }
+    };
 
-    // Headers that never finish: the connection is closed.
-    let started = std::time::Instant::now();
+    // Nothing sent at all, and headers that never finish: the connection is closed.
+    let idle = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (took, _) = closed_within(idle).await;
+    assert!(
+        took < std::time::Duration::from_secs(5),
+        "{backend}: {took:?}"
+    );
     let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
     slow.write_all(b"POST /l/x HTTP/1.1\r\nHost: spillway\r\n")
         .await
         .unwrap();
-    let mut buf = Vec::new();
-    let read = tokio::time::timeout(
-        std::time::Duration::from_secs(10),
-        slow.read_to_end(&mut buf),
-    )
-    .await;
+    let (took, _) = closed_within(slow).await;
     assert!(
-        read.is_ok(),
-        "{backend}: stalled headers kept the connection open"
-    );
-    assert!(
-        started.elapsed() < std::time::Duration::from_secs(5),
-        "{backend}"
+        took < std::time::Duration::from_secs(5),
+        "{backend}: {took:?}"
     );
 
-    // A body that never finishes: 408.
-    let started = std::time::Instant::now();
-    let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
-    slow.write_all(b"POST /l/x HTTP/1.1\r\nHost: spillway\r\nContent-Length: 1000\r\n\r\n[{\"tok")
+    // A made-up endpoint: 404 before a body byte is read, and the connection closed.
+    let mut unknown = tokio::net::TcpStream::connect(addr).await.unwrap();
+    unknown
+        .write_all(b"POST /l/x HTTP/1.1\r\nHost: spillway\r\nContent-Length: 8000000\r\n\r\n[")
         .await
         .unwrap();
-    let mut buf = [0u8; 64];
-    let n = tokio::time::timeout(std::time::Duration::from_secs(10), slow.read(&mut buf))
-        .await
-        .unwrap()
-        .unwrap();
+    let (took, answer) = closed_within(unknown).await;
+    assert!(answer.starts_with("HTTP/1.1 404"), "{backend}: {answer}");
+    assert!(answer.contains("no such endpoint"), "{backend}: {answer}");
     assert!(
-        String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 408"),
-        "{backend}: {}",
-        String::from_utf8_lossy(&buf[..n])
+        took < std::time::Duration::from_millis(500),
+        "{backend}: {took:?}"
     );
+
+    // A real endpoint whose body trickles: 408 once the grace is over.
+    let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
+    slow.write_all(
+        format!(
+            "POST {} HTTP/1.1\r\nHost: spillway\r\nGithub-Public-Key-Identifier: k\r\n\
+             Github-Public-Key-Signature: c2ln\r\nContent-Length: 1000\r\n\r\n[{{\"tok",
+            endpoint.path
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let (took, answer) = closed_within(slow).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{backend}: {answer}");
     assert!(
-        started.elapsed() < std::time::Duration::from_secs(5),
-        "{backend}"
+        took < std::time::Duration::from_secs(5),
+        "{backend}: {took:?}"
     );
 
     // Meanwhile the server still answers others.

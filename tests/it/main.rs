@@ -12,6 +12,7 @@ mod crash_resume;
 mod doctor;
 mod fake_github;
 mod generic_listeners;
+mod hostile;
 mod installations;
 mod intake;
 mod operations;

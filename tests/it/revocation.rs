@@ -502,6 +502,7 @@ async fn a_hostname_next_to_the_token_attributes_it_and_fanout_is_bounded() {
         )
         .await
         .unwrap();
+        rig.server.state.directory.reload_now().await.unwrap();
         let near = rig.mint("session", None).await;
         let alone = rig.mint("session", None).await;
         let body = format!(

@@ -139,6 +139,7 @@ impl Rig {
         let (_, endpoint) = listeners::create(store, ListenerKind::Github, "github", "test")
             .await
             .unwrap();
+        server.state.directory.reload_now().await.unwrap();
         let mut spec = spec(&installation.url(), "reference");
         tune_spec(&mut spec);
         let policy = Policy {
