@@ -24,7 +24,6 @@ use secrecy::SecretString;
 
 use crate::config::PollerSettings;
 use crate::intake::{self, ReportedToken};
-use crate::keys::Keys;
 use crate::revocation::Engine;
 use crate::scanner::{RuleSet, ScanOptions};
 use crate::store::{Store, now_ms};
@@ -57,8 +56,8 @@ pub trait Observer: RateObserver {
 
 pub struct Poller {
     store: Store,
-    keys: Arc<Keys>,
     rules: RuleSet,
+    intake: Arc<intake::Intake>,
     engine: Arc<Engine>,
     gh: GitHub,
     settings: PollerSettings,
@@ -72,8 +71,8 @@ impl Poller {
     /// A poller for `settings`; the API token, if any, comes from `SPILLWAY_GITHUB_TOKEN`.
     pub fn new(
         store: Store,
-        keys: Arc<Keys>,
         engine: Arc<Engine>,
+        intake: Arc<intake::Intake>,
         settings: &PollerSettings,
         observer: Arc<dyn Observer>,
     ) -> anyhow::Result<Poller> {
@@ -110,11 +109,11 @@ impl Poller {
         );
         Ok(Poller {
             store,
-            keys,
             rules: RuleSet::default_rules(ScanOptions {
                 include_invalid: false,
             })?,
             engine,
+            intake,
             gh,
             settings: settings.clone(),
             feeds,
@@ -393,23 +392,22 @@ impl Poller {
             // The same push (repository, before, head) is one alert: scanning it again after a
             // crash is a replay, not a second alert.
             let body = format!("poller push {} {}...{}", push.repo, push.before, push.head);
-            let recorded = intake::record_alert(
-                &self.store,
-                &self.keys,
-                &self.rules,
-                Some(&self.engine.key_cache),
-                &intake::IncomingAlert {
-                    listener_id: LISTENER,
-                    listener_kind: LISTENER,
-                    body: body.as_bytes(),
-                    delivery_id: None,
-                    key_id: None,
-                    key_current: None,
-                    tokens: &tokens,
-                    event: None,
-                },
-            )
-            .await?;
+            let recorded = self
+                .intake
+                .record(
+                    Some(&self.engine.key_cache),
+                    &intake::IncomingAlert {
+                        listener_id: LISTENER,
+                        listener_kind: LISTENER,
+                        body: body.as_bytes(),
+                        delivery_id: None,
+                        key_id: None,
+                        key_current: None,
+                        tokens: &tokens,
+                        event: None,
+                    },
+                )
+                .await?;
             self.observer.alert(if recorded.replay {
                 "replay"
             } else {

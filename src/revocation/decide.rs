@@ -25,6 +25,8 @@ pub const BATCH: usize = 64;
 /// A queued candidate.
 struct Candidate {
     work_id: i64,
+    /// The part of its alert it came in: its findings are served in this order (see intake).
+    priority: i64,
     id: i64,
     fingerprint: String,
     token_type: String,
@@ -90,8 +92,8 @@ pub async fn decide_batch(engine: &Engine) -> anyhow::Result<usize> {
     let claimed = sqlx::query(&format!(
         "UPDATE work_queue SET lease_until = $1, lease_owner = $2 WHERE id IN (\
            SELECT id FROM work_queue WHERE kind = 'decide' AND state = 'pending' AND run_at <= $3 \
-           AND (lease_until IS NULL OR lease_until < $3) ORDER BY id LIMIT $4 {lock}) \
-         RETURNING id, candidate_id"
+           AND (lease_until IS NULL OR lease_until < $3) ORDER BY priority, id LIMIT $4 {lock}) \
+         RETURNING id, candidate_id, priority"
     ))
     .bind(now + engine.tuning.lease.as_millis() as i64)
     .bind(&engine.worker_id)
@@ -103,9 +105,15 @@ pub async fn decide_batch(engine: &Engine) -> anyhow::Result<usize> {
     let count = claimed.len();
     // RETURNING does not keep the subquery's order: decide in arrival order, so the first report
     // of a token is the one its finding records.
-    let mut claimed: Vec<(i64, i64)> = claimed
+    let mut claimed: Vec<(i64, i64, i64)> = claimed
         .iter()
-        .map(|row| Ok((row.try_get("id")?, row.try_get("candidate_id")?)))
+        .map(|row| {
+            Ok((
+                row.try_get("id")?,
+                row.try_get("candidate_id")?,
+                row.try_get("priority")?,
+            ))
+        })
         .collect::<anyhow::Result<_>>()?;
     claimed.sort_unstable();
     if count > 0 {
@@ -113,8 +121,8 @@ pub async fn decide_batch(engine: &Engine) -> anyhow::Result<usize> {
         engine.read_installations(true).await?;
     }
     let mut prepared = Vec::with_capacity(count);
-    for (work_id, candidate_id) in claimed {
-        let candidate = load(engine, work_id, candidate_id).await?;
+    for (work_id, candidate_id, priority) in claimed {
+        let candidate = load(engine, work_id, candidate_id, priority).await?;
         match prepare(engine, candidate).await {
             Ok(p) => prepared.push(p),
             Err(e) => {
@@ -212,7 +220,12 @@ async fn retry_or_fail(
     Ok(())
 }
 
-async fn load(engine: &Engine, work_id: i64, candidate_id: i64) -> anyhow::Result<Candidate> {
+async fn load(
+    engine: &Engine,
+    work_id: i64,
+    candidate_id: i64,
+    priority: i64,
+) -> anyhow::Result<Candidate> {
     let row = sqlx::query(
         "SELECT c.id, c.fingerprint, c.token_type, c.url, c.sealed_token, c.context_hosts, \
          a.received_at, COALESCE(l.kind, a.listener_id) AS source \
@@ -225,6 +238,7 @@ async fn load(engine: &Engine, work_id: i64, candidate_id: i64) -> anyhow::Resul
     .context("cannot read candidate")?;
     Ok(Candidate {
         work_id,
+        priority,
         id: row.try_get("id")?,
         fingerprint: row.try_get("fingerprint")?,
         token_type: row.try_get("token_type")?,
@@ -401,8 +415,8 @@ async fn record(
         let inserted = sqlx::query(
             "INSERT INTO findings (candidate_id, installation_id, fingerprint, token_type, attribution, \
              state, outcome, label, sealed_token, found_at, source, received_at, created_at, updated_at, \
-             next_run_at, decided_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13, $13, $14) \
+             next_run_at, decided_at, priority) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13, $13, $14, $15) \
              ON CONFLICT (installation_id, fingerprint) WHERE installation_id IS NOT NULL DO NOTHING \
              RETURNING id",
         )
@@ -420,6 +434,7 @@ async fn record(
         .bind(c.received_at)
         .bind(now)
         .bind((!active).then_some(now))
+        .bind(c.priority)
         .fetch_optional(&mut **tx)
         .await
         .context("cannot record finding")?;

@@ -53,6 +53,8 @@ fn round_gap(decided: usize) -> Duration {
     let share = decided.min(decide::BATCH) as u32;
     (MAX_ROUND_GAP * share / decide::BATCH as u32).max(MIN_ROUND_GAP)
 }
+/// Decide batches per dispatcher round, at most.
+const DECIDE_BATCHES_PER_ROUND: usize = 4;
 /// How often stale pull-mode findings are looked for.
 const HOUSEKEEPING: Duration = Duration::from_secs(10);
 /// How stale the in-memory registry may be.
@@ -298,10 +300,13 @@ impl Engine {
                 }
             }
             tokio::time::sleep(round_gap(decided)).await;
-            tokio::select! {
-                _ = self.wake.notified() => {}
-                _ = tokio::time::sleep(self.tuning.poll) => {}
-                _ = stop.changed() => {}
+            // A round that filled every batch left more to decide: go on without waiting.
+            if decided < DECIDE_BATCHES_PER_ROUND * decide::BATCH {
+                tokio::select! {
+                    _ = self.wake.notified() => {}
+                    _ = tokio::time::sleep(self.tuning.poll) => {}
+                    _ = stop.changed() => {}
+                }
             }
             if *stop.borrow() {
                 return;
@@ -313,8 +318,11 @@ impl Engine {
     /// candidates it decided.
     pub async fn round(self: &Arc<Self>) -> anyhow::Result<usize> {
         let all = self.read_installations(false).await?;
+        // A bounded number of batches per round, so a backlog (a 100,000-token alert) cannot keep
+        // the round from dispatching what was already decided; claims take the lowest priorities
+        // first, so a token arriving behind that backlog is decided in the next round.
         let mut decided = 0;
-        loop {
+        for _ in 0..DECIDE_BATCHES_PER_ROUND {
             let batch = decide::decide_batch(self).await?;
             decided += batch;
             if batch < decide::BATCH {
@@ -428,7 +436,7 @@ impl Engine {
             "UPDATE findings SET lease_until = $1, lease_owner = $2 WHERE id IN (\
                SELECT id FROM findings WHERE installation_id = $3 \
                AND state IN ('verifying', 'revoking', 'notifying') AND next_run_at <= $4 \
-               AND (lease_until IS NULL OR lease_until < $4) ORDER BY next_run_at LIMIT $5 {lock}) \
+               AND (lease_until IS NULL OR lease_until < $4) ORDER BY priority, next_run_at LIMIT $5 {lock}) \
              RETURNING id, installation_id, state, outcome, fingerprint, token_type, sealed_token, \
                found_at, source, received_at, created_at, attempts, decided_at"
         );

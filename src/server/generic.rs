@@ -403,23 +403,22 @@ pub async fn webhook(
     answer_recorded(
         state,
         kind_name,
-        intake::record_alert(
-            &state.store,
-            &state.keys,
-            &state.rules,
-            Some(&state.engine.key_cache),
-            &intake::IncomingAlert {
-                listener_id,
-                listener_kind: kind_name,
-                body: &body,
-                delivery_id: delivery.as_deref(),
-                key_id: None,
-                key_current: None,
-                tokens: &scanned.tokens,
-                event: Some(&scanned.event),
-            },
-        )
-        .await,
+        state
+            .intake
+            .record(
+                Some(&state.engine.key_cache),
+                &intake::IncomingAlert {
+                    listener_id,
+                    listener_kind: kind_name,
+                    body: &body,
+                    delivery_id: delivery.as_deref(),
+                    key_id: None,
+                    key_current: None,
+                    tokens: &scanned.tokens,
+                    event: Some(&scanned.event),
+                },
+            )
+            .await,
         |recorded| {
             axum::Json(serde_json::json!({ "tokens_found": recorded.token_count })).into_response()
         },

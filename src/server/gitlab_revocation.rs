@@ -223,23 +223,22 @@ pub async fn revoke_tokens(state: &AppState, listener_id: &str, body: &[u8]) -> 
     answer_recorded(
         state,
         kind,
-        intake::record_alert(
-            &state.store,
-            &state.keys,
-            &state.rules,
-            Some(&state.engine.key_cache),
-            &intake::IncomingAlert {
-                listener_id,
-                listener_kind: kind,
-                body,
-                delivery_id: None,
-                key_id: None,
-                key_current: None,
-                tokens: &tokens,
-                event: None,
-            },
-        )
-        .await,
+        state
+            .intake
+            .record(
+                Some(&state.engine.key_cache),
+                &intake::IncomingAlert {
+                    listener_id,
+                    listener_kind: kind,
+                    body,
+                    delivery_id: None,
+                    key_id: None,
+                    key_current: None,
+                    tokens: &tokens,
+                    event: None,
+                },
+            )
+            .await,
         |_| StatusCode::NO_CONTENT.into_response(),
     )
 }

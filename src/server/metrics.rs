@@ -132,9 +132,11 @@ pub struct Metrics {
     ingress: IngressMetrics,
 }
 
-/// What the public address refused before authentication, and what it holds.
-#[derive(Default)]
+/// What the public address refused before authentication, what it holds, and how intake groups
+/// its commits.
 struct IngressMetrics {
+    group_jobs: Histogram,
+    group_seconds: Histogram,
     refusals: Family<ReasonLabels, Counter>,
     connections_open: Gauge,
     body_memory: Gauge,
@@ -266,7 +268,23 @@ impl Default for Metrics {
             "Times GitHub's rate limit paused the poller, by kind (primary, secondary)",
             poller.rate_limit_waits.clone(),
         );
-        let ingress = IngressMetrics::default();
+        let ingress = IngressMetrics {
+            group_jobs: Histogram::new(exponential_buckets(1.0, 2.0, 10)),
+            group_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
+            refusals: Family::default(),
+            connections_open: Gauge::default(),
+            body_memory: Gauge::default(),
+        };
+        registry.register(
+            "intake_group_jobs",
+            "Alert slices written per intake transaction (group commit)",
+            ingress.group_jobs.clone(),
+        );
+        registry.register(
+            "intake_group_duration_seconds",
+            "Time to write and commit one intake group",
+            ingress.group_seconds.clone(),
+        );
         registry.register(
             "ingress_refusals",
             "Requests and connections the public address refused before authentication, by reason \
@@ -601,6 +619,13 @@ pub fn to_prometheus_text(openmetrics: &str) -> String {
         out.push('\n');
     }
     out
+}
+
+impl crate::intake::GroupObserver for Metrics {
+    fn group(&self, jobs: usize, _rows: usize, elapsed: std::time::Duration, _ok: bool) {
+        self.ingress.group_jobs.observe(jobs as f64);
+        self.ingress.group_seconds.observe(elapsed.as_secs_f64());
+    }
 }
 
 impl super::ingress::ConnectionObserver for Metrics {

@@ -52,7 +52,9 @@ const MAX_ACK_BODY: usize = 64 << 10;
 pub struct AppState {
     pub store: Store,
     pub keys: Arc<Keys>,
-    pub rules: RuleSet,
+    pub rules: Arc<RuleSet>,
+    /// Durable, group-committed intake of alerts.
+    pub intake: Arc<crate::intake::Intake>,
     pub github_keys: PartnerKeys,
     /// GitLab's and deps.dev's keys, when their key URLs are configured.
     pub gitlab_keys: Option<PartnerKeys>,
@@ -138,9 +140,16 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
     let store = Store::connect(&settings.database_url).await?;
     let keys = Arc::new(Keys::load(&settings.key_file, !settings.is_production())?);
     // Invalid candidates too: a failed checksum is itself a decision (false positive).
-    let rules = RuleSet::default_rules(crate::scanner::ScanOptions {
+    let rules = Arc::new(RuleSet::default_rules(crate::scanner::ScanOptions {
         include_invalid: true,
-    })?;
+    })?);
+    let metrics = Arc::new(Metrics::default());
+    let intake = Arc::new(crate::intake::Intake::start(
+        store.clone(),
+        keys.clone(),
+        rules.clone(),
+        metrics.clone(),
+    ));
     let gitlab_types = GitlabTypes::load(&rules)?;
     let request_timeout = Duration::from_secs(settings.request_timeout_secs.max(1));
     let header_timeout = Duration::from_secs(settings.header_read_timeout_secs.max(1));
@@ -155,7 +164,6 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
         allow_http: settings.outbound_allow_http,
         allow_private: settings.outbound_allow_private,
     };
-    let metrics = Arc::new(Metrics::default());
     let engine = Arc::new(Engine::new(
         store.clone(),
         keys.clone(),
@@ -168,6 +176,7 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
         store,
         keys,
         rules,
+        intake: intake.clone(),
         github_keys,
         gitlab_keys: optional(&settings.gitlab_keys_url),
         depsdev_keys: optional(&settings.depsdev_keys_url),
@@ -266,8 +275,8 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
     if settings.poller.enabled {
         let poller = Arc::new(crate::poller::Poller::new(
             state.store.clone(),
-            state.keys.clone(),
             engine.clone(),
+            intake.clone(),
             &settings.poller,
             state.metrics.clone(),
         )?);

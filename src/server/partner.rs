@@ -250,23 +250,22 @@ pub async fn alert(
     answer_recorded(
         state,
         kind,
-        intake::record_alert(
-            &state.store,
-            &state.keys,
-            &state.rules,
-            Some(&state.engine.key_cache),
-            &intake::IncomingAlert {
-                listener_id,
-                listener_kind: kind,
-                body,
-                delivery_id: None,
-                key_id: Some(key_id),
-                key_current: Some(key_current),
-                tokens: &tokens,
-                event: None,
-            },
-        )
-        .await,
+        state
+            .intake
+            .record(
+                Some(&state.engine.key_cache),
+                &intake::IncomingAlert {
+                    listener_id,
+                    listener_kind: kind,
+                    body,
+                    delivery_id: None,
+                    key_id: Some(key_id),
+                    key_current: Some(key_current),
+                    tokens: &tokens,
+                    event: None,
+                },
+            )
+            .await,
         |recorded| (StatusCode::OK, axum::Json(recorded.feedback)).into_response(),
     )
 }

@@ -487,3 +487,191 @@ async fn slow_clients_are_cut_off_and_never_hold_the_server() {
     assert_eq!(resp.status(), 200, "{backend}");
     running.shutdown().await;
 }
+
+/// `n` distinct valid GitHub tokens as a partner alert body.
+fn many_tokens_body(n: usize, seed: u64) -> Vec<u8> {
+    let items: Vec<_> = (0..n)
+        .map(|i| {
+            let body = format!("{:030}", seed * 1_000_000 + i as u64).replace('0', "Z");
+            let token = format!("ghp_{body}{}", crc32_base62(body.as_bytes()));
+            serde_json::json!({ "token": token, "type": "github_personal_access_token", "url": "", "source": "content" })
+        })
+        .collect();
+    serde_json::to_vec(&items).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_alerts_are_committed_in_groups_and_each_is_acknowledged_after_its_commit() {
+    for (backend, url, _dir) in crate::common::fresh_databases().await {
+        let signer = Signer::new("k1");
+        let fake = fake_github(signer.key_list()).await;
+        let svc = Arc::new(service(&url, &fake.url).await);
+        let signer = Arc::new(signer);
+        let mut sends = Vec::new();
+        for i in 0..64u64 {
+            let (svc, signer) = (svc.clone(), signer.clone());
+            sends.push(tokio::spawn(async move {
+                let body = many_tokens_body(3, 100 + i);
+                let sig = signer.sign(&body);
+                svc.post(Some("k1"), Some(&sig), &body).await
+            }));
+        }
+        for s in sends {
+            let (status, body) = s.await.unwrap();
+            assert_eq!(status, 200, "{backend}: {body}");
+        }
+        assert_eq!(svc.count("alerts").await, 64, "{backend}");
+        assert_eq!(svc.count("candidates").await, 192, "{backend}");
+        let metrics = reqwest::get(format!("http://{}/metrics", svc.running.admin_addr))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let sum = |name: &str| -> f64 {
+            metrics
+                .lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.rsplit(' ').next())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0.0)
+        };
+        let (jobs, groups) = (
+            sum("spillway_intake_group_jobs_sum"),
+            sum("spillway_intake_group_jobs_count"),
+        );
+        assert_eq!(jobs, 64.0, "{backend}: {metrics}");
+        assert!(
+            groups < 64.0,
+            "{backend}: {groups} groups for 64 alerts: nothing was grouped"
+        );
+        let key = svc.running.state.keys.audit_signing_key();
+        let verdict = spillway::audit::verify(
+            &svc.running.state.store,
+            &svc.dir.path().join("no-checkpoints-yet"),
+            &key.verifying_key(),
+        )
+        .await
+        .unwrap();
+        assert!(
+            matches!(verdict, spillway::audit::Verdict::Intact { entries, .. } if entries >= 64),
+            "{backend}: {verdict:?}"
+        );
+        Arc::try_unwrap(svc).ok().unwrap().running.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn a_big_alert_is_written_in_slices_and_a_retry_finishes_an_interrupted_one() {
+    for (backend, url, _dir) in crate::common::fresh_databases().await {
+        let signer = Signer::new("k1");
+        let fake = fake_github(signer.key_list()).await;
+        let svc = service(&url, &fake.url).await;
+        let n = 2 * spillway::intake::SLICE + 500;
+        let body = many_tokens_body(n, 7);
+        let sig = signer.sign(&body);
+        let (s, b) = svc.post(Some("k1"), Some(&sig), &body).await;
+        assert_eq!(s, 200, "{backend}: {b}");
+        let pool = svc.running.state.store.pool();
+        let slices: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM audit_log WHERE action = 'alert.slice'")
+                .fetch_one(pool)
+                .await
+                .unwrap();
+        assert_eq!(slices, 2, "{backend}");
+        let positions: (i64, i64, i64) = sqlx::query_as(
+            "SELECT COUNT(DISTINCT position), MIN(position), MAX(position) FROM candidates",
+        )
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        assert_eq!(positions, (n as i64, 0, n as i64 - 1), "{backend}");
+
+        // Interrupt it after its first slice (as a crash between slices would), then retry.
+        let first = spillway::intake::SLICE as i64;
+        sqlx::query("UPDATE alerts SET recorded_tokens = $1")
+            .bind(first)
+            .execute(pool)
+            .await
+            .unwrap();
+        sqlx::query("DELETE FROM work_queue WHERE candidate_id IN (SELECT id FROM candidates WHERE position >= $1)")
+            .bind(first)
+            .execute(pool)
+            .await
+            .unwrap();
+        sqlx::query("DELETE FROM candidates WHERE position >= $1")
+            .bind(first)
+            .execute(pool)
+            .await
+            .unwrap();
+        let (s, b) = svc.post(Some("k1"), Some(&sig), &body).await;
+        assert_eq!(s, 200, "{backend}: {b}");
+        let positions: (i64, i64) =
+            sqlx::query_as("SELECT COUNT(*), COUNT(DISTINCT position) FROM candidates")
+                .fetch_one(pool)
+                .await
+                .unwrap();
+        assert_eq!(
+            positions,
+            (n as i64, n as i64),
+            "{backend}: every token once"
+        );
+        assert_eq!(svc.count("alerts").await, 1, "{backend}");
+        // A complete alert sent again is a replay: nothing new.
+        let (s, _) = svc.post(Some("k1"), Some(&sig), &body).await;
+        assert_eq!(s, 200, "{backend}");
+        assert_eq!(svc.count("candidates").await, n as i64, "{backend}");
+        svc.running.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_behind_a_huge_alert_is_decided_before_the_rest_of_it() {
+    for (backend, url, _dir) in crate::common::fresh_databases().await {
+        let signer = Signer::new("k1");
+        let fake = fake_github(signer.key_list()).await;
+        let svc = service(&url, &fake.url).await;
+        let big = many_tokens_body(6_000, 9);
+        let (s, _) = svc.post(Some("k1"), Some(&signer.sign(&big)), &big).await;
+        assert_eq!(s, 200, "{backend}");
+        let lone = many_tokens_body(1, 10);
+        let (s, _) = svc.post(Some("k1"), Some(&signer.sign(&lone)), &lone).await;
+        assert_eq!(s, 200, "{backend}");
+        let pool = svc.running.state.store.pool();
+        let lone_alert: i64 = sqlx::query_scalar("SELECT MAX(id) FROM alerts")
+            .fetch_one(pool)
+            .await
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let decided_before: i64 = loop {
+            let done: Option<i64> = sqlx::query_scalar(
+                "SELECT f.id FROM findings f JOIN candidates c ON c.id = f.candidate_id \
+                 WHERE c.alert_id = $1",
+            )
+            .bind(lone_alert)
+            .fetch_optional(pool)
+            .await
+            .unwrap();
+            if done.is_some() {
+                break sqlx::query_scalar(
+                    "SELECT COUNT(*) FROM findings f JOIN candidates c ON c.id = f.candidate_id \
+                     WHERE c.alert_id <> $1",
+                )
+                .bind(lone_alert)
+                .fetch_one(pool)
+                .await
+                .unwrap();
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{backend}: never decided"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        };
+        assert!(
+            decided_before < 3_000,
+            "{backend}: {decided_before} of the big alert's 6,000 tokens were decided first"
+        );
+        svc.running.shutdown().await;
+    }
+}
