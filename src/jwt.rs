@@ -5,7 +5,7 @@
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use p256::ecdsa::signature::{Signer as _, Verifier as _};
+use p256::ecdsa::signature::Signer as _;
 use p256::ecdsa::{Signature, SigningKey, VerifyingKey};
 use serde_json::Value;
 
@@ -89,13 +89,12 @@ pub fn decode(token: &str) -> Result<Decoded, JwtError> {
 
 /// True when `decoded` (from `token`) carries a valid ES256 signature by `key`.
 pub fn verify(token: &str, decoded: &Decoded, key: &VerifyingKey) -> bool {
-    let Ok(sig) = Signature::from_slice(&decoded.signature) else {
-        return false;
-    };
-    // Accept high-S too: JOSE does not require low-S, and issuers do not normalise.
-    let sig = sig.normalize_s().unwrap_or(sig);
-    key.verify(&token.as_bytes()[..decoded.signing_input_len], &sig)
-        .is_ok()
+    // High-S too: JOSE does not require low-S, and issuers do not normalise.
+    crate::ecdsa::verify_fixed(
+        key,
+        &token.as_bytes()[..decoded.signing_input_len],
+        &decoded.signature,
+    )
 }
 
 /// The verifying key of an EC P-256 JWK.

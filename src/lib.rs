@@ -15,6 +15,7 @@ pub mod config;
 pub mod contract;
 pub mod devtools;
 pub mod doctor;
+pub mod ecdsa;
 pub mod failpoint;
 pub mod installation_keys;
 pub mod installations;

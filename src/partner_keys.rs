@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
-use p256::ecdsa::signature::Verifier as _;
 use p256::ecdsa::{Signature, VerifyingKey};
 use p256::pkcs8::DecodePublicKey as _;
 use serde::Deserialize;
@@ -134,8 +133,7 @@ impl PartnerKeys {
         let der = STANDARD
             .decode(signature_b64.trim())
             .map_err(|_| SignatureError::MalformedSignature)?;
-        let signature =
-            Signature::from_der(&der).map_err(|_| SignatureError::MalformedSignature)?;
+        Signature::from_der(&der).map_err(|_| SignatureError::MalformedSignature)?;
         let asked_at = Instant::now();
         let (key, current) = match self.lookup(key_id).await {
             Some(found) => found,
@@ -146,8 +144,9 @@ impl PartnerKeys {
                     .ok_or(SignatureError::UnknownKey)?
             }
         };
-        key.verify(body, &signature)
-            .map_err(|_| SignatureError::BadSignature)?;
+        if !crate::ecdsa::verify_der(&key, body, &der) {
+            return Err(SignatureError::BadSignature);
+        }
         Ok(current)
     }
 }

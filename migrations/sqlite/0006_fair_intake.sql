@@ -4,6 +4,8 @@
 ALTER TABLE alerts ADD COLUMN recorded_tokens INTEGER NOT NULL DEFAULT 0;
 UPDATE alerts SET recorded_tokens = token_count;
 ALTER TABLE candidates ADD COLUMN position INTEGER NOT NULL DEFAULT 0;
+-- Intake queues an alert's candidates by alert and position (it scanned the whole table before).
+CREATE INDEX candidates_by_alert ON candidates(alert_id, position);
 
 -- Fair service: work and findings carry a priority, the part of their alert they came in
 -- (position / 64). Claims take lower priorities first, so a token arriving behind a

@@ -121,8 +121,8 @@ pub async fn decide_batch(engine: &Engine) -> anyhow::Result<usize> {
         engine.read_installations(true).await?;
     }
     let mut prepared = Vec::with_capacity(count);
-    for (work_id, candidate_id, priority) in claimed {
-        let candidate = load(engine, work_id, candidate_id, priority).await?;
+    for candidate in load_many(engine, &claimed).await? {
+        let (work_id, candidate_id) = (candidate.work_id, candidate.id);
         match prepare(engine, candidate).await {
             Ok(p) => prepared.push(p),
             Err(e) => {
@@ -137,10 +137,7 @@ pub async fn decide_batch(engine: &Engine) -> anyhow::Result<usize> {
         return Ok(count);
     }
     let mut tx = engine.store.begin().await?;
-    let mut decisions = Vec::with_capacity(prepared.len());
-    for p in &prepared {
-        decisions.extend(record(engine, &mut tx, p).await?);
-    }
+    let decisions = record_batch(engine, &mut tx, &prepared).await?;
     // One audit entry for the batch, appended last: on PostgreSQL the audit lock is then held
     // only from here to the commit, not while the batch is written.
     if !decisions.is_empty() {
@@ -220,37 +217,51 @@ async fn retry_or_fail(
     Ok(())
 }
 
-async fn load(
-    engine: &Engine,
-    work_id: i64,
-    candidate_id: i64,
-    priority: i64,
-) -> anyhow::Result<Candidate> {
-    let row = sqlx::query(
+/// The claimed candidates (work id, candidate id, priority), in the order given: one query.
+async fn load_many(engine: &Engine, claimed: &[(i64, i64, i64)]) -> anyhow::Result<Vec<Candidate>> {
+    if claimed.is_empty() {
+        return Ok(Vec::new());
+    }
+    let sql = format!(
         "SELECT c.id, c.fingerprint, c.token_type, c.url, c.sealed_token, c.context_hosts, \
          a.received_at, COALESCE(l.kind, a.listener_id) AS source \
          FROM candidates c JOIN alerts a ON a.id = c.alert_id \
-         LEFT JOIN listeners l ON l.id = a.listener_id WHERE c.id = $1",
-    )
-    .bind(candidate_id)
-    .fetch_one(engine.store.pool())
-    .await
-    .context("cannot read candidate")?;
-    Ok(Candidate {
-        work_id,
-        priority,
-        id: row.try_get("id")?,
-        fingerprint: row.try_get("fingerprint")?,
-        token_type: row.try_get("token_type")?,
-        url: row.try_get("url")?,
-        source: row.try_get("source")?,
-        sealed_token: row.try_get("sealed_token")?,
-        context_hosts: row
-            .try_get::<Option<String>, _>("context_hosts")?
-            .and_then(|s| serde_json::from_str(&s).ok())
-            .unwrap_or_default(),
-        received_at: row.try_get("received_at")?,
-    })
+         LEFT JOIN listeners l ON l.id = a.listener_id WHERE c.id IN ({})",
+        engine.store.params().list(claimed.len())
+    );
+    let mut q = sqlx::query(&sql);
+    for (_, candidate_id, _) in claimed {
+        q = q.bind(*candidate_id);
+    }
+    let mut rows: std::collections::HashMap<i64, sqlx::any::AnyRow> = q
+        .fetch_all(engine.store.pool())
+        .await
+        .context("cannot read candidates")?
+        .into_iter()
+        .map(|r| Ok((r.try_get::<i64, _>("id")?, r)))
+        .collect::<anyhow::Result<_>>()?;
+    let mut out = Vec::with_capacity(claimed.len());
+    for &(work_id, candidate_id, priority) in claimed {
+        let row = rows
+            .remove(&candidate_id)
+            .with_context(|| format!("candidate {candidate_id} is gone"))?;
+        out.push(Candidate {
+            work_id,
+            priority,
+            id: candidate_id,
+            fingerprint: row.try_get("fingerprint")?,
+            token_type: row.try_get("token_type")?,
+            url: row.try_get("url")?,
+            source: row.try_get("source")?,
+            sealed_token: row.try_get("sealed_token")?,
+            context_hosts: row
+                .try_get::<Option<String>, _>("context_hosts")?
+                .and_then(|s| serde_json::from_str(&s).ok())
+                .unwrap_or_default(),
+            received_at: row.try_get("received_at")?,
+        });
+    }
+    Ok(out)
 }
 
 /// The sealing owner of a candidate's token copy.
@@ -378,109 +389,245 @@ async fn prepare(engine: &Engine, c: Candidate) -> anyhow::Result<Prepared> {
     Ok(Prepared { c, token, decision })
 }
 
-/// Records one decision inside `tx` (shared by a batch: one commit for many decisions) and returns
-/// its audit record; `None`, having written nothing, when another worker took the candidate over.
-async fn record(
+/// Rows per multi-row statement (parameters stay well under both backends' limits).
+const ROWS_PER_STATEMENT: usize = 64;
+
+/// Records a batch of decisions inside `tx` (one commit for the batch) in a few statements, and
+/// returns their audit records. Only the candidates whose work item this worker still leases are
+/// recorded: another worker may have taken the others over.
+async fn record_batch(
     engine: &Engine,
     tx: &mut crate::store::Tx,
-    p: &Prepared,
-) -> anyhow::Result<Option<serde_json::Value>> {
-    let Prepared { c, token, decision } = p;
+    prepared: &[Prepared],
+) -> anyhow::Result<Vec<serde_json::Value>> {
     let now = now_ms();
-    // Fence first: only the lease holder records the decision.
-    let done = sqlx::query(
-        "UPDATE work_queue SET state = 'done', lease_until = NULL WHERE id = $1 AND lease_owner = $2 AND state = 'pending'",
-    )
-    .bind(c.work_id)
-    .bind(&engine.worker_id)
-    .execute(&mut **tx)
-    .await
-    .context("cannot complete work item")?
-    .rows_affected();
-    if done != 1 {
-        return Ok(None);
+    // Fence first: only the lease holder records a decision.
+    let mut fenced = std::collections::HashSet::new();
+    for chunk in prepared.chunks(ROWS_PER_STATEMENT) {
+        let mut p = engine.store.params();
+        let sql = format!(
+            "UPDATE work_queue SET state = 'done', lease_until = NULL \
+             WHERE lease_owner = {} AND state = 'pending' AND id IN ({}) RETURNING id",
+            p.take(),
+            p.list(chunk.len())
+        );
+        let mut q = sqlx::query(&sql).bind(&engine.worker_id);
+        for p in chunk {
+            q = q.bind(p.c.work_id);
+        }
+        for row in q
+            .fetch_all(&mut **tx)
+            .await
+            .context("cannot complete work items")?
+        {
+            fenced.insert(row.try_get::<i64, _>("id")?);
+        }
     }
-    let mut created = Vec::new();
-    for (installation, first) in &decision.targets {
-        let active = matches!(first, First::Verify | First::Revoke | First::Pull);
-        let sealed = match (&token, active) {
-            (Some(t), true) => Some(crate::seal::seal(
-                &engine.keys.sealing,
-                &finding_owner(&installation.id, &c.fingerprint),
-                &super::sealed_payload(t, installation.spec.delivery),
-            )),
-            _ => None,
-        };
-        let outcome = (!active).then(|| first.state());
-        let inserted = sqlx::query(
+    let mine: Vec<&Prepared> = prepared
+        .iter()
+        .filter(|p| fenced.contains(&p.c.work_id))
+        .collect();
+
+    // Findings of attributed candidates, in arrival order: the first report of a token at an
+    // installation is the one its finding records (later ones conflict and are left out).
+    struct Target<'a> {
+        p: &'a Prepared,
+        installation: &'a Installation,
+        first: First,
+    }
+    let targets: Vec<Target<'_>> = mine
+        .iter()
+        .flat_map(|p| {
+            p.decision
+                .targets
+                .iter()
+                .map(move |(installation, first)| Target {
+                    p,
+                    installation,
+                    first: *first,
+                })
+        })
+        .collect();
+    let mut finding_ids: std::collections::HashMap<(String, String), i64> =
+        std::collections::HashMap::new();
+    for chunk in targets.chunks(ROWS_PER_STATEMENT) {
+        let sql = format!(
             "INSERT INTO findings (candidate_id, installation_id, fingerprint, token_type, attribution, \
              state, outcome, label, sealed_token, found_at, source, received_at, created_at, updated_at, \
-             next_run_at, decided_at, priority) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13, $13, $14, $15) \
+             next_run_at, decided_at, priority) VALUES {} \
              ON CONFLICT (installation_id, fingerprint) WHERE installation_id IS NOT NULL DO NOTHING \
-             RETURNING id",
-        )
-        .bind(c.id)
-        .bind(&installation.id)
-        .bind(&c.fingerprint)
-        .bind(&c.token_type)
-        .bind(decision.attribution)
-        .bind(first.state())
-        .bind(outcome)
-        .bind(first.label())
-        .bind(sealed)
-        .bind(c.url.clone())
-        .bind(&c.source)
-        .bind(c.received_at)
-        .bind(now)
-        .bind((!active).then_some(now))
-        .bind(c.priority)
-        .fetch_optional(&mut **tx)
-        .await
-        .context("cannot record finding")?;
-        created.push(serde_json::json!({
-            "installation": installation.id,
-            "state": first.state(),
-            "finding": inserted.map(|r| r.try_get::<i64, _>("id")).transpose()?,
-        }));
+             RETURNING id, installation_id, fingerprint",
+            engine.store.params().rows(chunk.len(), 17)
+        );
+        let mut q = sqlx::query(&sql);
+        for t in chunk {
+            let (c, token) = (&t.p.c, &t.p.token);
+            let active = matches!(t.first, First::Verify | First::Revoke | First::Pull);
+            let sealed = match (token, active) {
+                (Some(token), true) => Some(crate::seal::seal(
+                    &engine.keys.sealing,
+                    &finding_owner(&t.installation.id, &c.fingerprint),
+                    &super::sealed_payload(token, t.installation.spec.delivery),
+                )),
+                _ => None,
+            };
+            q = q
+                .bind(c.id)
+                .bind(&t.installation.id)
+                .bind(&c.fingerprint)
+                .bind(&c.token_type)
+                .bind(t.p.decision.attribution)
+                .bind(t.first.state())
+                .bind((!active).then(|| t.first.state()))
+                .bind(t.first.label())
+                .bind(sealed)
+                .bind(c.url.clone())
+                .bind(&c.source)
+                .bind(c.received_at)
+                .bind(now)
+                .bind(now)
+                .bind(now)
+                .bind((!active).then_some(now))
+                .bind(c.priority);
+        }
+        for row in q
+            .fetch_all(&mut **tx)
+            .await
+            .context("cannot record findings")?
+        {
+            finding_ids.insert(
+                (row.try_get("installation_id")?, row.try_get("fingerprint")?),
+                row.try_get("id")?,
+            );
+        }
     }
-    if decision.targets.is_empty() {
-        let id: i64 = sqlx::query(
+
+    // Unattributed candidates are findings too, never dropped.
+    let unattributed: Vec<&Prepared> = mine
+        .iter()
+        .copied()
+        .filter(|p| p.decision.targets.is_empty())
+        .collect();
+    let mut unattributed_ids: std::collections::HashMap<i64, i64> =
+        std::collections::HashMap::new();
+    for chunk in unattributed.chunks(ROWS_PER_STATEMENT) {
+        let sql = format!(
             "INSERT INTO findings (candidate_id, installation_id, fingerprint, token_type, attribution, \
              state, outcome, found_at, source, received_at, created_at, updated_at, next_run_at, \
-             last_error, decided_at) \
-             VALUES ($1, NULL, $2, $3, 'none', 'unattributed', 'unattributed', $4, $5, $6, $7, $7, $7, $8, $7) \
-             RETURNING id",
-        )
-        .bind(c.id)
-        .bind(&c.fingerprint)
-        .bind(&c.token_type)
-        .bind(c.url.clone())
-        .bind(&c.source)
-        .bind(c.received_at)
-        .bind(now)
-        .bind(decision.reason.clone())
-        .fetch_one(&mut **tx)
-        .await
-        .context("cannot record unattributed finding")?
-        .try_get("id")?;
-        created.push(
-            serde_json::json!({ "installation": null, "state": "unattributed", "finding": id }),
+             last_error, decided_at, priority) VALUES {} RETURNING id, candidate_id",
+            {
+                let mut p = engine.store.params();
+                (0..chunk.len())
+                    .map(|_| {
+                        let [id, fp, ty, url, source, received, created, updated, next, error, decided, priority] =
+                            std::array::from_fn(|_| p.take());
+                        format!(
+                            "({id}, NULL, {fp}, {ty}, 'none', 'unattributed', 'unattributed', {url}, \
+                             {source}, {received}, {created}, {updated}, {next}, {error}, {decided}, {priority})"
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            }
         );
+        let mut q = sqlx::query(&sql);
+        for p in chunk {
+            let c = &p.c;
+            q = q
+                .bind(c.id)
+                .bind(&c.fingerprint)
+                .bind(&c.token_type)
+                .bind(c.url.clone())
+                .bind(&c.source)
+                .bind(c.received_at)
+                .bind(now)
+                .bind(now)
+                .bind(now)
+                .bind(p.decision.reason.clone())
+                .bind(now)
+                .bind(c.priority);
+        }
+        for row in q
+            .fetch_all(&mut **tx)
+            .await
+            .context("cannot record unattributed findings")?
+        {
+            unattributed_ids.insert(row.try_get("candidate_id")?, row.try_get("id")?);
+        }
     }
-    let label = decision.targets.iter().find_map(|(_, f)| f.label());
-    sqlx::query(
-        "UPDATE candidates SET sealed_token = NULL, label = COALESCE(label, $1) WHERE id = $2",
-    )
-    .bind(label)
-    .bind(c.id)
-    .execute(&mut **tx)
-    .await
-    .context("cannot update candidate")?;
-    Ok(Some(serde_json::json!({
-        "candidate": c.id,
-        "attribution": decision.attribution,
-        "findings": created,
-        "reason": decision.reason,
-    })))
+
+    // The candidates' sealed copies go (their findings hold their own), and offline labels stay.
+    let decided: Vec<i64> = mine.iter().map(|p| p.c.id).collect();
+    for chunk in decided.chunks(ROWS_PER_STATEMENT) {
+        let sql = format!(
+            "UPDATE candidates SET sealed_token = NULL WHERE id IN ({})",
+            engine.store.params().list(chunk.len())
+        );
+        let mut q = sqlx::query(&sql);
+        for id in chunk {
+            q = q.bind(*id);
+        }
+        q.execute(&mut **tx)
+            .await
+            .context("cannot update candidates")?;
+    }
+    for label in ["true_positive", "false_positive"] {
+        let labelled: Vec<i64> = mine
+            .iter()
+            .filter(|p| p.decision.targets.iter().find_map(|(_, f)| f.label()) == Some(label))
+            .map(|p| p.c.id)
+            .collect();
+        for chunk in labelled.chunks(ROWS_PER_STATEMENT) {
+            let mut p = engine.store.params();
+            let sql = format!(
+                "UPDATE candidates SET label = COALESCE(label, {}) WHERE id IN ({})",
+                p.take(),
+                p.list(chunk.len())
+            );
+            let mut q = sqlx::query(&sql).bind(label);
+            for id in chunk {
+                q = q.bind(*id);
+            }
+            q.execute(&mut **tx)
+                .await
+                .context("cannot label candidates")?;
+        }
+    }
+
+    let mut claimed_pairs = std::collections::HashSet::new();
+    Ok(mine
+        .iter()
+        .map(|p| {
+            let created: Vec<serde_json::Value> = if p.decision.targets.is_empty() {
+                vec![serde_json::json!({
+                    "installation": null,
+                    "state": "unattributed",
+                    "finding": unattributed_ids.get(&p.c.id),
+                })]
+            } else {
+                p.decision
+                    .targets
+                    .iter()
+                    .map(|(installation, first)| {
+                        let pair = (installation.id.clone(), p.c.fingerprint.clone());
+                        // The first candidate of a pair in the batch is the one that inserted it.
+                        let finding = finding_ids
+                            .get(&pair)
+                            .filter(|_| claimed_pairs.insert(pair.clone()));
+                        serde_json::json!({
+                            "installation": installation.id,
+                            "state": first.state(),
+                            "finding": finding,
+                        })
+                    })
+                    .collect()
+            };
+            serde_json::json!({
+                "candidate": p.c.id,
+                "attribution": p.decision.attribution,
+                "findings": created,
+                "reason": p.decision.reason,
+            })
+        })
+        .collect())
 }
