@@ -89,7 +89,7 @@ impl Default for IngressSettings {
     fn default() -> Self {
         IngressSettings {
             max_body_bytes: 25 << 20,
-            body_memory_bytes: 256 << 20,
+            body_memory_bytes: 128 << 20,
             body_min_rate: 16 << 10,
             body_grace_secs: 5,
             body_timeout_secs: 60,

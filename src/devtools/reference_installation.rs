@@ -481,9 +481,10 @@ pub async fn start(args: &Args) -> anyhow::Result<Running> {
 /// The command: prints where it listens, serves until SIGINT/SIGTERM, then prints its `/stats`
 /// to stderr.
 pub async fn run(args: Args) -> anyhow::Result<()> {
+    let signals = super::StopSignals::install()?;
     let running = start(&args).await?;
     println!("reference-installation: listening on {}", running.url());
-    super::until_signal().await?;
+    signals.wait().await;
     let stats = running.stats();
     running.shutdown().await;
     eprintln!(

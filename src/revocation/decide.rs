@@ -401,13 +401,15 @@ async fn record_batch(
     prepared: &[Prepared],
 ) -> anyhow::Result<Vec<serde_json::Value>> {
     let now = now_ms();
-    // Fence first: only the lease holder records a decision.
+    // Fence first: only the lease holder records a decision. A decided work item is deleted (the
+    // candidate, its findings and the audit entry are the record), so the queue holds only what is
+    // pending or failed and its indexes stay small.
     let mut fenced = std::collections::HashSet::new();
     for chunk in prepared.chunks(ROWS_PER_STATEMENT) {
         let mut p = engine.store.params();
         let sql = format!(
-            "UPDATE work_queue SET state = 'done', lease_until = NULL \
-             WHERE lease_owner = {} AND state = 'pending' AND id IN ({}) RETURNING id",
+            "DELETE FROM work_queue WHERE lease_owner = {} AND state = 'pending' AND id IN ({}) \
+             RETURNING id",
             p.take(),
             p.list(chunk.len())
         );

@@ -562,16 +562,14 @@ async fn revoke_tokens(
 
 /// Runs until SIGINT/SIGTERM, then shuts down gracefully.
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
+    // Before the addresses are announced, so a stop right after it is still a clean shutdown.
+    let signals = crate::devtools::StopSignals::install()?;
     let running = start(&settings).await?;
     println!(
         "spillway: public listener on http://{}, admin on http://{}",
         running.public_addr, running.admin_addr
     );
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
+    signals.wait().await;
     tracing::info!("shutting down: finishing in-flight requests");
     running.shutdown().await;
     Ok(())

@@ -97,31 +97,44 @@ async fn server_with_endpoint(
 }
 
 #[tokio::test]
-async fn bodies_over_the_memory_budget_get_503_and_retry_after() {
+async fn big_bodies_over_the_memory_budget_get_503_while_small_ones_still_fit() {
+    // 4 MiB: the first 256 KiB of four bodies in the small tier, 3 MiB for the rest.
     let (running, _keep, _db, path) = server_with_endpoint(|s| {
-        s.ingress.body_memory_bytes = 256 << 10;
+        s.ingress.body_memory_bytes = 4 << 20;
     })
     .await;
     let addr = running.public_addr;
-    // Four clients each start a 200 KiB body and pause halfway: the budget holds about one.
-    let mut holders = Vec::new();
-    for _ in 0..4 {
-        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-        s.write_all(
-            format!(
-                "POST {path} HTTP/1.1\r\nHost: x\r\nGithub-Public-Key-Identifier: k\r\n\
-                 Github-Public-Key-Signature: c2ln\r\nContent-Length: 204800\r\n\r\n"
-            )
-            .as_bytes(),
+    let head = |length: usize| {
+        format!(
+            "POST {path} HTTP/1.1\r\nHost: x\r\nGithub-Public-Key-Identifier: k\r\n\
+             Github-Public-Key-Signature: c2ln\r\nContent-Length: {length}\r\n\r\n"
         )
-        .await
-        .unwrap();
-        s.write_all(&vec![b' '; 150 << 10]).await.unwrap();
+    };
+    // Six clients each start a 1.5 MiB body and pause before its end: the budget holds two.
+    let mut holders = Vec::new();
+    for _ in 0..6 {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(head(1536 << 10).as_bytes()).await.unwrap();
+        s.write_all(&vec![b' '; 1400 << 10]).await.unwrap();
         holders.push(s);
     }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // A small body meanwhile is read (and refused for its malformed signature, not for memory).
+    let mut small = tokio::net::TcpStream::connect(addr).await.unwrap();
+    small.write_all(head(2).as_bytes()).await.unwrap();
+    small.write_all(b"[]").await.unwrap();
+    let mut buf = [0u8; 512];
+    let n = tokio::time::timeout(Duration::from_secs(5), small.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    let answer = String::from_utf8_lossy(&buf[..n]);
+    assert!(
+        answer.starts_with("HTTP/1.1 400") && answer.contains("github-public-key-signature"),
+        "{answer}"
+    );
     let mut refused = 0;
     for mut s in holders {
-        let mut buf = [0u8; 512];
         match tokio::time::timeout(Duration::from_millis(500), s.read(&mut buf)).await {
             Ok(Ok(n)) if n > 0 => {
                 let answer = String::from_utf8_lossy(&buf[..n]);
@@ -136,7 +149,7 @@ async fn bodies_over_the_memory_budget_get_503_and_retry_after() {
             _ => {} // still reading: inside the budget
         }
     }
-    assert!(refused >= 2, "{refused} refused");
+    assert!(refused >= 3, "{refused} refused");
     let metrics = reqwest::get(format!("http://{}/metrics", running.admin_addr))
         .await
         .unwrap()

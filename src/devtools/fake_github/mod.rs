@@ -209,6 +209,7 @@ pub async fn start(args: &Args) -> anyhow::Result<Running> {
 
 /// The command: prints where it listens and its keys URL, serves until SIGINT/SIGTERM.
 pub async fn run(args: Args) -> anyhow::Result<()> {
+    let signals = super::StopSignals::install()?;
     let running = start(&args).await?;
     println!(
         "fake-github: listening on http://{}, keys at {}, REST API (poller api_url) at {}",
@@ -216,7 +217,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         running.keys_url(),
         running.api_url()
     );
-    super::until_signal().await?;
+    signals.wait().await;
     running.shutdown().await;
     Ok(())
 }
