@@ -105,7 +105,7 @@ async fn run(backend: &str, database_url: &str) {
 
     let dir = tempfile::tempdir().unwrap();
     let settings = Settings {
-        database_url: database_url.to_owned(),
+        database_url: database_url.into(),
         listen_addr: "127.0.0.1:0".into(),
         admin_addr: "127.0.0.1:0".into(),
         github_keys_url: keys_url,

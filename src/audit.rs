@@ -102,7 +102,7 @@ pub async fn append(
     .bind(&entry.actor)
     .bind(&entry.action)
     .bind(&entry.subject)
-    .bind(entry.details.to_string())
+    .bind(canonical(&entry.details))
     .bind(hex::encode(leaf))
     .bind(hex::encode(chain))
     .execute(&mut **tx)
@@ -177,7 +177,7 @@ pub async fn append_many(
                 .bind(&entry.actor)
                 .bind(&entry.action)
                 .bind(&entry.subject)
-                .bind(entry.details.to_string())
+                .bind(canonical(&entry.details))
                 .bind(leaf)
                 .bind(chain);
         }
@@ -190,6 +190,8 @@ pub async fn append_many(
 
 struct StoredEntry {
     entry: Entry,
+    /// The details as stored, to check they are canonical JSON.
+    details_text: String,
     leaf_hash: String,
     chain_hash: String,
 }
@@ -211,8 +213,9 @@ async fn load(store: &Store) -> anyhow::Result<Vec<StoredEntry>> {
                     action: row.try_get("action")?,
                     subject: row.try_get("subject")?,
                     details: serde_json::from_str(&details)
-                        .unwrap_or(serde_json::Value::String(details)),
+                        .unwrap_or_else(|_| serde_json::Value::String(details.clone())),
                 },
+                details_text: details,
                 leaf_hash: row.try_get("leaf_hash")?,
                 chain_hash: row.try_get("chain_hash")?,
             })
@@ -243,6 +246,30 @@ fn checkpoint_message(seq: i64, chain_hash: &str) -> Vec<u8> {
     format!("spillway-audit-checkpoint-v1\n{seq}\n{chain_hash}\n").into_bytes()
 }
 
+/// The newest checkpoint in `path`, read from its end (the file grows by a line a second under
+/// load, so it is not read whole).
+pub fn last_checkpoint(path: &Path) -> anyhow::Result<Option<Checkpoint>> {
+    use std::io::{Read as _, Seek as _, SeekFrom};
+    let mut file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(e).with_context(|| format!("{}: cannot read checkpoints", path.display()));
+        }
+    };
+    let len = file.metadata()?.len();
+    let tail = len.min(4096);
+    file.seek(SeekFrom::Start(len - tail))?;
+    let mut buf = String::new();
+    file.read_to_string(&mut buf)?;
+    let Some(line) = buf.lines().rev().find(|l| !l.trim().is_empty()) else {
+        return Ok(None);
+    };
+    serde_json::from_str(line)
+        .map(Some)
+        .with_context(|| format!("{}: last line is not a checkpoint", path.display()))
+}
+
 /// Signs the newest entry and appends the checkpoint to `path` (fsynced). Does nothing on an empty
 /// log or when the newest entry is already checkpointed.
 pub async fn write_checkpoint(
@@ -258,7 +285,7 @@ pub async fn write_checkpoint(
     };
     let seq: i64 = row.try_get("seq")?;
     let chain_hash: String = row.try_get("chain_hash")?;
-    if read_checkpoints(path)?.last().is_some_and(|c| c.seq == seq) {
+    if last_checkpoint(path)?.is_some_and(|c| c.seq == seq) {
         return Ok(None);
     }
     let signature = STANDARD.encode(key.sign(&checkpoint_message(seq, &chain_hash)).to_bytes());
@@ -305,8 +332,14 @@ fn read_checkpoints(path: &Path) -> anyhow::Result<Vec<Checkpoint>> {
 /// What `audit verify` found.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Verdict {
-    /// Every entry chains, and every checkpoint matches. (entries, checkpoints)
-    Intact { entries: usize, checkpoints: usize },
+    /// Every entry chains, and every checkpoint matches. `unwitnessed`: the newest entries no
+    /// signed checkpoint covers yet (appended within the last checkpoint interval, or after a
+    /// crash); their deletion could not be told from their never having been written.
+    Intact {
+        entries: usize,
+        checkpoints: usize,
+        unwitnessed: usize,
+    },
     /// The first problem, naming the entry.
     Broken { seq: i64, reason: String },
 }
@@ -328,6 +361,17 @@ pub async fn verify(
                 seq: expected_seq,
                 reason: format!(
                     "entry {expected_seq} is missing (next entry present is {seq}): deleted"
+                ),
+            });
+        }
+        // Details are stored as canonical JSON (keys sorted, no duplicates, no spaces): the text
+        // the hash covers is the text every reader sees. Anything else (a duplicated key whose
+        // first value a JSON reader such as SQLite's json_extract would take) is tampering.
+        if canonical(&stored.entry.details) != stored.details_text {
+            return Ok(Verdict::Broken {
+                seq,
+                reason: format!(
+                    "entry {seq} was modified: its details are not stored as canonical JSON"
                 ),
             });
         }
@@ -394,10 +438,18 @@ pub async fn verify(
             Some(_) => last_matching = last_matching.max(c.seq),
         }
     }
+    let witnessed = checkpoints.iter().map(|c| c.seq).max().unwrap_or(0);
     Ok(Verdict::Intact {
         entries: entries.len(),
         checkpoints: checkpoints.len(),
+        unwitnessed: (entries.len() as i64 - witnessed).max(0) as usize,
     })
+}
+
+/// The one text an entry's details are stored as: serde_json's rendering of a `Value`, whose
+/// objects keep their keys sorted and unique (the crate is built without `preserve_order`).
+pub fn canonical(details: &serde_json::Value) -> String {
+    details.to_string()
 }
 
 #[cfg(test)]

@@ -200,7 +200,10 @@ pub async fn run(settings: &Settings, store: &Store) -> anyhow::Result<Report> {
         .ok()
         .map(|k| k.development);
     let mut findings = check_settings(settings, development_keys);
-    if settings.poller.enabled && std::env::var_os("SPILLWAY_GITHUB_TOKEN").is_none() {
+    if settings.poller.enabled
+        && std::env::var_os("SPILLWAY_GITHUB_TOKEN").is_none()
+        && std::env::var_os("SPILLWAY_GITHUB_TOKEN_FILE").is_none()
+    {
         findings.push(finding(
             Severity::Warning,
             "config.poller_unauthenticated",

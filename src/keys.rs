@@ -57,10 +57,10 @@ fn parse_key(name: &str, text: &str) -> anyhow::Result<KeyBytes> {
         .ok()
         .filter(|b| b.len() == 32)
         .or_else(|| STANDARD.decode(text).ok())
-        .with_context(|| format!("{name}: not hex or base64"))?;
+        .with_context(|| format!("{name}: not 32 bytes of hex or base64"))?;
     let array: [u8; 32] = bytes
         .try_into()
-        .map_err(|_| anyhow::anyhow!("{name}: must be exactly 32 bytes"))?;
+        .map_err(|_| anyhow::anyhow!("{name}: must be exactly 32 bytes (64 hex digits)"))?;
     Ok(SecretBox::new(Box::new(array)))
 }
 
@@ -73,19 +73,54 @@ fn random_key() -> [u8; 32] {
 impl Keys {
     /// Loads keys from the environment or `key_file`; generates `key_file` when `allow_generate`.
     pub fn load(key_file: &Path, allow_generate: bool) -> anyhow::Result<Keys> {
-        let env = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
-        if let (Some(f), Some(s), Some(a)) = (
-            env("SPILLWAY_FINGERPRINT_KEY"),
-            env("SPILLWAY_SEALING_KEY"),
-            env("SPILLWAY_AUDIT_SIGNING_KEY"),
-        ) {
+        Self::load_with(key_file, allow_generate, |name| std::env::var(name).ok())
+    }
+
+    /// [`Keys::load`] with the environment given as a lookup (tests). Keys given in the
+    /// environment (each as `NAME` or `NAME_FILE`) are all three or none: a key that is set but
+    /// malformed, or keys given partly, stop start-up; they never fall back to the key file.
+    pub fn load_with(
+        key_file: &Path,
+        allow_generate: bool,
+        var: impl Fn(&str) -> Option<String>,
+    ) -> anyhow::Result<Keys> {
+        const NAMES: [&str; 3] = [
+            "SPILLWAY_FINGERPRINT_KEY",
+            "SPILLWAY_SEALING_KEY",
+            "SPILLWAY_AUDIT_SIGNING_KEY",
+        ];
+        let mut given = Vec::with_capacity(3);
+        for name in NAMES {
+            given.push(crate::config::secret_from(name, &var)?);
+        }
+        let set: Vec<&str> = NAMES
+            .iter()
+            .zip(&given)
+            .filter(|(_, v)| v.is_some())
+            .map(|(n, _)| *n)
+            .collect();
+        if set.len() == NAMES.len() {
+            let parse = |i: usize| {
+                parse_key(
+                    NAMES[i],
+                    secrecy::ExposeSecret::expose_secret(given[i].as_ref().expect("all set")),
+                )
+            };
             return Ok(Keys {
-                fingerprint: parse_key("SPILLWAY_FINGERPRINT_KEY", &f)?,
-                sealing: parse_key("SPILLWAY_SEALING_KEY", &s)?,
-                audit_signing: parse_key("SPILLWAY_AUDIT_SIGNING_KEY", &a)?,
+                fingerprint: parse(0)?,
+                sealing: parse(1)?,
+                audit_signing: parse(2)?,
                 generated: false,
                 development: false,
             });
+        }
+        if !set.is_empty() {
+            let missing: Vec<&str> = NAMES.iter().filter(|n| !set.contains(n)).copied().collect();
+            anyhow::bail!(
+                "keys given partly: {} set but {} not; set all three (or their _FILE variants) or none",
+                set.join(", "),
+                missing.join(", ")
+            );
         }
         match std::fs::read_to_string(key_file) {
             Ok(text) => {
@@ -201,5 +236,52 @@ mod tests {
         assert_eq!(first.fingerprint("ghp_x"), again.fingerprint("ghp_x"));
         assert_ne!(first.fingerprint("ghp_x"), first.fingerprint("ghp_y"));
         assert!(!format!("{first:?}").contains(&hex::encode(first.fingerprint.expose_secret())));
+    }
+
+    #[test]
+    fn keys_in_the_environment_are_all_three_well_formed_or_start_up_stops() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spillway.keys");
+        let hex32 = "11".repeat(32);
+        let env = |vars: Vec<(&'static str, String)>| {
+            move |name: &str| {
+                vars.iter()
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| v.clone())
+            }
+        };
+        // One key alone: it used to be ignored, and development keys generated.
+        let err = Keys::load_with(
+            &path,
+            true,
+            env(vec![("SPILLWAY_FINGERPRINT_KEY", "tooshort".into())]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("keys given partly"), "{err}");
+        assert!(!path.exists(), "no keys were generated");
+        let all = |f: &str| {
+            vec![
+                ("SPILLWAY_FINGERPRINT_KEY", f.to_owned()),
+                ("SPILLWAY_SEALING_KEY", hex32.clone()),
+                ("SPILLWAY_AUDIT_SIGNING_KEY", hex32.clone()),
+            ]
+        };
+        let err = Keys::load_with(&path, true, env(all("tooshort")))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("SPILLWAY_FINGERPRINT_KEY"), "{err}");
+        assert!(!err.contains("tooshort"), "the value is not echoed: {err}");
+        assert!(Keys::load_with(&path, true, env(all(&hex32))).is_ok());
+        // A key from a file (a mounted secret).
+        let secret = dir.path().join("fingerprint");
+        std::fs::write(&secret, format!("{hex32}\n")).unwrap();
+        let mut vars = all(&hex32);
+        vars[0] = (
+            "SPILLWAY_FINGERPRINT_KEY_FILE",
+            secret.display().to_string(),
+        );
+        let keys = Keys::load_with(&path, false, env(vars)).unwrap();
+        assert!(!keys.generated);
     }
 }

@@ -107,11 +107,16 @@ pub fn redact(rules: &RuleSet, text: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Installs the JSON subscriber on stderr with redaction. Fails closed: without the rules there
-/// are no logs and the process exits (the rule tests make this unreachable in practice).
-pub fn init() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("SPILLWAY_LOG")
-        .unwrap_or_else(|_| "info".into());
+/// Installs the JSON subscriber on stderr with redaction. `SPILLWAY_LOG` (a tracing filter,
+/// default `info`) that does not parse stops start-up, naming it. Fails closed: without the rules
+/// there are no logs and the process exits (the rule tests make this unreachable in practice).
+pub fn init() -> anyhow::Result<()> {
+    let filter = match std::env::var("SPILLWAY_LOG") {
+        Ok(text) => tracing_subscriber::EnvFilter::try_new(&text)
+            .map_err(|e| anyhow::anyhow!("SPILLWAY_LOG: not a log filter ({e})"))?,
+        Err(std::env::VarError::NotPresent) => "info".into(),
+        Err(std::env::VarError::NotUnicode(_)) => anyhow::bail!("SPILLWAY_LOG: not UTF-8"),
+    };
     match Redacting::stderr() {
         Ok(writer) => {
             let _ = tracing_subscriber::fmt()
@@ -119,6 +124,7 @@ pub fn init() {
                 .with_env_filter(filter)
                 .with_writer(writer)
                 .try_init();
+            Ok(())
         }
         Err(e) => {
             eprintln!(

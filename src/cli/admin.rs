@@ -104,7 +104,7 @@ pub(super) struct Context {
 
 pub(super) async fn open(config: Option<&PathBuf>) -> anyhow::Result<Context> {
     let settings = Settings::load(config.map(PathBuf::as_path))?;
-    let store = Store::connect(&settings.database_url).await?;
+    let store = Store::connect(settings.database_url.expose()).await?;
     let keys = Keys::load(&settings.key_file, !settings.is_production())?;
     Ok(Context {
         settings,
@@ -309,8 +309,11 @@ pub fn audit(config: Option<&PathBuf>, command: AuditCommand) -> u8 {
                 AuditCommand::Verify => {
                     let key = ctx.keys.audit_signing_key().verifying_key();
                     match audit::verify(&ctx.store, &ctx.settings.audit_checkpoint_file, &key).await? {
-                        audit::Verdict::Intact { entries, checkpoints } => {
-                            println!("audit log intact: {entries} entries, {checkpoints} signed checkpoints");
+                        audit::Verdict::Intact { entries, checkpoints, unwitnessed } => {
+                            println!(
+                                "audit log intact: {entries} entries, {checkpoints} signed checkpoints, \
+                                 {unwitnessed} newest entries not yet witnessed by a checkpoint"
+                            );
                             Ok(0)
                         }
                         audit::Verdict::Broken { seq, reason } => {

@@ -132,18 +132,19 @@ pub fn run() -> u8 {
 }
 
 /// JSON logs on stderr, redacted by the scanner (see [`crate::logging`]).
-fn init_tracing() {
-    crate::logging::init();
+fn init_tracing() -> anyhow::Result<()> {
+    crate::logging::init()
 }
 
 fn serve(config: Option<&std::path::PathBuf>) -> u8 {
-    init_tracing();
-    let result = crate::config::Settings::load(config.map(|p| p.as_path())).and_then(|settings| {
-        tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()?
-            .block_on(crate::server::run(settings))
-    });
+    let result = init_tracing()
+        .and_then(|()| crate::config::Settings::load(config.map(|p| p.as_path())))
+        .and_then(|settings| {
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?
+                .block_on(crate::server::run(settings))
+        });
     match result {
         Ok(()) => 0,
         Err(e) => {
@@ -160,7 +161,7 @@ fn doctor(config: Option<&std::path::PathBuf>, format: DoctorFormat) -> u8 {
             .enable_all()
             .build()?
             .block_on(async {
-                let store = crate::store::Store::connect(&settings.database_url).await?;
+                let store = crate::store::Store::connect(settings.database_url.expose()).await?;
                 crate::doctor::run(&settings, &store).await
             })
     });
@@ -203,11 +204,13 @@ fn doctor(config: Option<&std::path::PathBuf>, format: DoctorFormat) -> u8 {
 
 /// Runs a development tool's future on a multi-thread runtime; returns the exit code.
 fn devtool(name: &str, tool: impl std::future::Future<Output = anyhow::Result<()>>) -> u8 {
-    init_tracing();
-    let result = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(anyhow::Error::from)
+    let result = init_tracing()
+        .and_then(|()| {
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .map_err(anyhow::Error::from)
+        })
         .and_then(|runtime| runtime.block_on(tool));
     match result {
         Ok(()) => 0,

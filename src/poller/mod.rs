@@ -68,7 +68,8 @@ pub struct Poller {
 }
 
 impl Poller {
-    /// A poller for `settings`; the API token, if any, comes from `SPILLWAY_GITHUB_TOKEN`.
+    /// A poller for `settings`; the API token, if any, comes from `SPILLWAY_GITHUB_TOKEN` (or the
+    /// file `SPILLWAY_GITHUB_TOKEN_FILE` names).
     pub fn new(
         store: Store,
         engine: Arc<Engine>,
@@ -76,10 +77,7 @@ impl Poller {
         settings: &PollerSettings,
         observer: Arc<dyn Observer>,
     ) -> anyhow::Result<Poller> {
-        let token = std::env::var("SPILLWAY_GITHUB_TOKEN")
-            .ok()
-            .filter(|t| !t.is_empty())
-            .map(SecretString::from);
+        let token: Option<SecretString> = crate::config::secret_from_env("SPILLWAY_GITHUB_TOKEN")?;
         let gh = GitHub::new(
             &settings.api_url,
             token,

@@ -137,7 +137,7 @@ fn request_span() -> tower_http::trace::TraceLayer<
 
 /// Opens the database, loads keys and rules, binds both addresses and starts serving.
 pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
-    let store = Store::connect(&settings.database_url).await?;
+    let store = Store::connect(settings.database_url.expose()).await?;
     let keys = Arc::new(Keys::load(&settings.key_file, !settings.is_production())?);
     // Invalid candidates too: a failed checksum is itself a decision (false positive).
     let rules = Arc::new(RuleSet::default_rules(crate::scanner::ScanOptions {
@@ -268,7 +268,7 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
     tasks.push(tokio::spawn(checkpoints(
         state.clone(),
         settings.audit_checkpoint_file.clone(),
-        Duration::from_secs(settings.audit_checkpoint_interval_secs.max(1)),
+        Duration::from_millis(settings.audit_checkpoint_interval_ms.max(10)),
         watch.clone(),
     )));
     tasks.push(tokio::spawn(sample_metrics(state.clone(), watch.clone())));

@@ -205,7 +205,8 @@ async fn audit_verify_names_the_first_edited_deleted_or_reordered_entry_and_a_tr
             verdict(&store, &path, &key).await,
             Verdict::Intact {
                 entries: 5,
-                checkpoints: 1
+                checkpoints: 1,
+                unwitnessed: 0,
             },
             "{backend}"
         );
@@ -258,6 +259,75 @@ async fn audit_verify_names_the_first_edited_deleted_or_reordered_entry_and_a_tr
         assert!(
             matches!(verdict(&store, &path, &key).await, Verdict::Broken { seq: 4, ref reason } if reason.contains("truncated")),
             "{backend}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn audit_verify_counts_the_unwitnessed_tail_and_refuses_details_that_are_not_canonical() {
+    for (backend, store, _dir) in backends().await {
+        let (_keep, path, key) = audit_fixture(&store).await;
+        let (l, _) = listeners::create(&store, ListenerKind::Github, "b", "test")
+            .await
+            .unwrap();
+        for _ in 0..3 {
+            listeners::rotate(&store, &l.id, OldEndpoint::Delete, "test")
+                .await
+                .unwrap();
+        }
+        // Four entries after the last checkpoint: intact, but said to be unwitnessed.
+        assert_eq!(
+            verdict(&store, &path, &key).await,
+            Verdict::Intact {
+                entries: 9,
+                checkpoints: 1,
+                unwitnessed: 4,
+            },
+            "{backend}"
+        );
+        audit::write_checkpoint(&store, &path, &key).await.unwrap();
+        assert!(
+            matches!(
+                verdict(&store, &path, &key).await,
+                Verdict::Intact { unwitnessed: 0, .. }
+            ),
+            "{backend}"
+        );
+        // Deleting witnessed entries is a truncation.
+        sqlx::query("DELETE FROM audit_log WHERE seq >= 7")
+            .execute(store.pool())
+            .await
+            .unwrap();
+        assert!(
+            matches!(verdict(&store, &path, &key).await, Verdict::Broken { seq: 7, ref reason } if reason.contains("truncated")),
+            "{backend}"
+        );
+    }
+    for (backend, store, _dir) in backends().await {
+        let (_keep, path, key) = audit_fixture(&store).await;
+        // A duplicated key, the forged value first: a JSON reader that takes the first value
+        // (SQLite's json_extract) sees it, while the hash was computed over the last.
+        let details: String = sqlx::query_scalar("SELECT details FROM audit_log WHERE seq = 2")
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+        let first_key = serde_json::from_str::<serde_json::Value>(&details)
+            .unwrap()
+            .as_object()
+            .unwrap()
+            .keys()
+            .next()
+            .unwrap()
+            .clone();
+        let forged = format!("{{\"{first_key}\":\"forged\",{}", &details[1..]);
+        sqlx::query("UPDATE audit_log SET details = $1 WHERE seq = 2")
+            .bind(&forged)
+            .execute(store.pool())
+            .await
+            .unwrap();
+        assert!(
+            matches!(verdict(&store, &path, &key).await, Verdict::Broken { seq: 2, ref reason } if reason.contains("canonical")),
+            "{backend}: {forged}"
         );
     }
 }

@@ -74,7 +74,7 @@ pub async fn start_server_tuned(
 ) -> (spillway::server::Running, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let mut settings = spillway::config::Settings {
-        database_url: database_url.to_owned(),
+        database_url: database_url.into(),
         listen_addr: "127.0.0.1:0".into(),
         admin_addr: "127.0.0.1:0".into(),
         github_keys_url: keys_url.to_owned(),
