@@ -19,40 +19,96 @@ use crate::store::{Store, now_ms};
 pub const KEY_PREFIX: &str = "spillway_";
 const BASE62: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
 
-/// What an admin key may do.
-pub const SCOPES: &[&str] = &[
-    "listeners:read",
-    "listeners:write",
-    "installations:read",
-    "installations:write",
-    "audit:read",
-    "keys:write",
-];
+/// What an admin key may do. Scopes are an enum (parsed at the edge, `listeners:read` and so on
+/// on the wire), so a handler names the scope it needs and a typo cannot compile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Scope {
+    ListenersRead,
+    ListenersWrite,
+    InstallationsRead,
+    InstallationsWrite,
+    AuditRead,
+    KeysRead,
+    KeysWrite,
+}
+
+impl Scope {
+    pub const ALL: [Scope; 7] = [
+        Scope::ListenersRead,
+        Scope::ListenersWrite,
+        Scope::InstallationsRead,
+        Scope::InstallationsWrite,
+        Scope::AuditRead,
+        Scope::KeysRead,
+        Scope::KeysWrite,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::ListenersRead => "listeners:read",
+            Scope::ListenersWrite => "listeners:write",
+            Scope::InstallationsRead => "installations:read",
+            Scope::InstallationsWrite => "installations:write",
+            Scope::AuditRead => "audit:read",
+            Scope::KeysRead => "keys:read",
+            Scope::KeysWrite => "keys:write",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Scope> {
+        Scope::ALL.into_iter().find(|scope| scope.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for Scope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for Scope {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+fn known_scopes() -> String {
+    Scope::ALL.map(Scope::as_str).join(", ")
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
-    #[error("unknown scope {0:?}; known scopes: {known}", known = SCOPES.join(", "))]
+    #[error("unknown scope {0:?}; known scopes: {known}", known = known_scopes())]
     UnknownScope(String),
     #[error("a key needs at least one scope")]
     NoScopes,
-    #[error("cannot grant scope {0:?}: the creating key does not hold it")]
-    Escalation(String),
+    #[error("cannot grant scope {0}: the creating key does not hold it")]
+    Escalation(Scope),
     #[error("TTL must be positive")]
     BadTtl,
+    #[error(
+        "a key cannot outlive the key that mints it: the new key would expire after {creator} does"
+    )]
+    Outlives { creator: String },
+    #[error("no admin key {0}")]
+    NotFound(String),
+    #[error("admin key {0} is already revoked")]
+    AlreadyRevoked(String),
     #[error(transparent)]
     Database(#[from] anyhow::Error),
 }
 
+impl From<sqlx::Error> for KeyError {
+    fn from(e: sqlx::Error) -> Self {
+        KeyError::Database(e.into())
+    }
+}
+
 /// Parses a comma-separated scope list.
-pub fn parse_scopes(list: &str) -> Result<BTreeSet<String>, KeyError> {
-    let scopes: BTreeSet<String> = list
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(str::to_owned)
-        .collect();
-    if let Some(bad) = scopes.iter().find(|s| !SCOPES.contains(&s.as_str())) {
-        return Err(KeyError::UnknownScope(bad.clone()));
+pub fn parse_scopes(list: &str) -> Result<BTreeSet<Scope>, KeyError> {
+    let mut scopes = BTreeSet::new();
+    for name in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        scopes.insert(Scope::parse(name).ok_or_else(|| KeyError::UnknownScope(name.to_owned()))?);
     }
     if scopes.is_empty() {
         return Err(KeyError::NoScopes);
@@ -87,44 +143,85 @@ fn key_hash(key: &str) -> String {
 pub struct AdminKey {
     pub id: String,
     pub name: String,
-    pub scopes: BTreeSet<String>,
+    pub scopes: BTreeSet<Scope>,
     pub created_at: i64,
     pub expires_at: i64,
     pub created_by: String,
+    /// The key that minted this one (none for a key created on the machine).
+    pub parent_id: Option<String>,
+    pub last_used_at: Option<i64>,
+    pub revoked_at: Option<i64>,
+    pub revoked_by: Option<String>,
+    pub revoked_reason: Option<String>,
 }
 
-/// Creates a key. `creator_scopes` is `None` for a local bootstrap (operator on the machine), else
-/// the creating key's scopes, which bound the new key's.
+impl AdminKey {
+    pub fn holds(&self, scope: Scope) -> bool {
+        self.scopes.contains(&scope)
+    }
+
+    /// The actor an audit entry names for changes this key makes.
+    pub fn actor(&self) -> String {
+        format!("admin-key:{}", self.id)
+    }
+}
+
+/// Who creates a key: the operator on the machine (the CLI), or another key, whose scopes and
+/// lifetime bound the new key's.
+pub enum Creator<'a> {
+    Local(&'a str),
+    Key(&'a AdminKey),
+}
+
+const COLUMNS: &str = "id, name, scopes, created_at, expires_at, created_by, parent_id, \
+                       last_used_at, revoked_at, revoked_by, revoked_reason";
+
+/// Creates a key. A key minted by another key holds at most its scopes and expires no later.
 pub async fn create(
     store: &Store,
     name: &str,
-    scopes: &BTreeSet<String>,
+    scopes: &BTreeSet<Scope>,
     ttl_ms: i64,
-    creator: &str,
-    creator_scopes: Option<&BTreeSet<String>>,
+    creator: Creator<'_>,
 ) -> Result<(AdminKey, TokenSecret), KeyError> {
     if ttl_ms <= 0 {
         return Err(KeyError::BadTtl);
     }
-    if let Some(held) = creator_scopes {
-        if let Some(extra) = scopes.iter().find(|s| !held.contains(*s)) {
-            return Err(KeyError::Escalation(extra.clone()));
-        }
-    }
-    let secret = generate_key();
     let now = now_ms();
+    let expires_at = now.saturating_add(ttl_ms);
+    let (created_by, parent_id) = match &creator {
+        Creator::Local(actor) => (actor.to_string(), None),
+        Creator::Key(parent) => {
+            if let Some(extra) = scopes.iter().find(|s| !parent.holds(**s)) {
+                return Err(KeyError::Escalation(*extra));
+            }
+            if expires_at > parent.expires_at {
+                return Err(KeyError::Outlives {
+                    creator: parent.id.clone(),
+                });
+            }
+            (parent.actor(), Some(parent.id.clone()))
+        }
+    };
+    let secret = generate_key();
     let key = AdminKey {
         id: format!("key_{}", &key_hash(secret.expose())[..12]),
         name: name.to_owned(),
         scopes: scopes.clone(),
         created_at: now,
-        expires_at: now + ttl_ms,
-        created_by: creator.to_owned(),
+        expires_at,
+        created_by,
+        parent_id,
+        last_used_at: None,
+        revoked_at: None,
+        revoked_by: None,
+        revoked_reason: None,
     };
-    let scope_list = scopes.iter().cloned().collect::<Vec<_>>().join(",");
+    let scope_list = scope_list(scopes);
     let mut tx = store.begin().await?;
     sqlx::query(
-        "INSERT INTO admin_keys (id, key_hash, name, scopes, created_at, expires_at, created_by) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        "INSERT INTO admin_keys (id, key_hash, name, scopes, created_at, expires_at, created_by, \
+         parent_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
     )
     .bind(&key.id)
     .bind(key_hash(secret.expose()))
@@ -133,15 +230,20 @@ pub async fn create(
     .bind(key.created_at)
     .bind(key.expires_at)
     .bind(&key.created_by)
+    .bind(&key.parent_id)
     .execute(&mut *tx)
     .await
     .context("cannot store admin key")?;
-    let details =
-        serde_json::json!({ "name": name, "scopes": scope_list, "expires_at": key.expires_at });
+    let details = serde_json::json!({
+        "name": name,
+        "scopes": scope_list,
+        "expires_at": key.expires_at,
+        "parent": key.parent_id,
+    });
     audit::append(
         &mut tx,
         store.backend(),
-        creator,
+        &key.created_by,
         "admin_key.create",
         &key.id,
         details,
@@ -151,43 +253,174 @@ pub async fn create(
     Ok((key, secret))
 }
 
-/// The key a presented secret belongs to, if well formed, known and not expired.
+fn scope_list(scopes: &BTreeSet<Scope>) -> String {
+    scopes
+        .iter()
+        .map(|s| s.as_str())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// How often `last_used_at` is written, at most, per key.
+const LAST_USED_EVERY_MS: i64 = 60_000;
+
+/// The key a presented secret belongs to, if well formed, known, not expired and not revoked.
 pub async fn authenticate(store: &Store, presented: &str) -> anyhow::Result<Option<AdminKey>> {
     if !is_well_formed(presented) {
         return Ok(None);
     }
-    let row = sqlx::query("SELECT id, name, scopes, created_at, expires_at, created_by FROM admin_keys WHERE key_hash = $1")
-        .bind(key_hash(presented))
-        .fetch_optional(store.pool())
-        .await?;
+    let row = sqlx::query(&format!(
+        "SELECT {COLUMNS} FROM admin_keys WHERE key_hash = $1"
+    ))
+    .bind(key_hash(presented))
+    .fetch_optional(store.pool())
+    .await?;
     let Some(row) = row else { return Ok(None) };
     let key = from_row(&row)?;
-    Ok((key.expires_at > now_ms()).then_some(key))
+    let now = now_ms();
+    if key.expires_at <= now || key.revoked_at.is_some() {
+        return Ok(None);
+    }
+    if key
+        .last_used_at
+        .is_none_or(|at| now - at >= LAST_USED_EVERY_MS)
+    {
+        sqlx::query("UPDATE admin_keys SET last_used_at = $1 WHERE id = $2")
+            .bind(now)
+            .bind(&key.id)
+            .execute(store.pool())
+            .await?;
+    }
+    Ok(Some(key))
 }
 
-/// Every admin key, expired ones included, oldest first (never the key itself: only its hash
-/// is stored).
+/// Every admin key, expired and revoked ones included, oldest first (never the key itself: only
+/// its hash is stored).
 pub async fn list(store: &Store) -> anyhow::Result<Vec<AdminKey>> {
-    let rows = sqlx::query(
-        "SELECT id, name, scopes, created_at, expires_at, created_by FROM admin_keys ORDER BY created_at, id",
-    )
+    let rows = sqlx::query(&format!(
+        "SELECT {COLUMNS} FROM admin_keys ORDER BY created_at, id"
+    ))
     .fetch_all(store.pool())
     .await?;
     rows.iter().map(from_row).collect()
 }
 
+/// Revokes key `id` and every key it minted, recursively (no credential outlives the one that
+/// minted it); returns the ids revoked, `id` first. One audit entry names them all.
+pub async fn revoke(
+    store: &Store,
+    id: &str,
+    actor: &str,
+    reason: &str,
+) -> Result<Vec<String>, KeyError> {
+    let mut tx = store.begin().await?;
+    let revoked = revoke_in(&mut tx, store, id, actor, reason).await?;
+    tx.commit().await.context("cannot commit")?;
+    Ok(revoked)
+}
+
+async fn revoke_in(
+    tx: &mut crate::store::Tx,
+    store: &Store,
+    id: &str,
+    actor: &str,
+    reason: &str,
+) -> Result<Vec<String>, KeyError> {
+    let state: Option<Option<i64>> =
+        sqlx::query_scalar("SELECT revoked_at FROM admin_keys WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&mut **tx)
+            .await?;
+    match state {
+        None => return Err(KeyError::NotFound(id.to_owned())),
+        Some(Some(_)) => return Err(KeyError::AlreadyRevoked(id.to_owned())),
+        Some(None) => {}
+    }
+    let now = now_ms();
+    let mut revoked: Vec<String> = sqlx::query_scalar(
+        "WITH RECURSIVE tree(id) AS ( \
+           SELECT id FROM admin_keys WHERE id = $1 \
+           UNION SELECT k.id FROM admin_keys k JOIN tree t ON k.parent_id = t.id) \
+         UPDATE admin_keys SET revoked_at = $2, revoked_by = $3, revoked_reason = $4 \
+         WHERE id IN (SELECT id FROM tree) AND revoked_at IS NULL RETURNING id",
+    )
+    .bind(id)
+    .bind(now)
+    .bind(actor)
+    .bind(reason)
+    .fetch_all(&mut **tx)
+    .await?;
+    revoked.sort_by_key(|k| k != id);
+    audit::append(
+        tx,
+        store.backend(),
+        actor,
+        "admin_key.revoke",
+        id,
+        serde_json::json!({ "reason": reason, "revoked": revoked }),
+    )
+    .await?;
+    Ok(revoked)
+}
+
+/// What became of a Spillway admin key found in public.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeakedKey {
+    /// It was live: it and the keys it minted are revoked now.
+    Revoked(Vec<String>),
+    AlreadyRevoked(String),
+    /// No key of this Spillway's (another deployment's, or a made-up one).
+    Unknown,
+}
+
+/// Revokes the admin key `token` is, found in public by `source` (self-revocation: Spillway's own
+/// keys are tokens like any other, and a leaked one must stop working at once).
+pub async fn revoke_leaked(
+    tx: &mut crate::store::Tx,
+    store: &Store,
+    token: &TokenSecret,
+    source: &str,
+) -> Result<LeakedKey, KeyError> {
+    let id: Option<String> = sqlx::query_scalar("SELECT id FROM admin_keys WHERE key_hash = $1")
+        .bind(key_hash(token.expose()))
+        .fetch_optional(&mut **tx)
+        .await?;
+    let Some(id) = id else {
+        return Ok(LeakedKey::Unknown);
+    };
+    match revoke_in(
+        tx,
+        store,
+        &id,
+        "spillway",
+        &format!("leaked: found by {source}"),
+    )
+    .await
+    {
+        Ok(revoked) => Ok(LeakedKey::Revoked(revoked)),
+        Err(KeyError::AlreadyRevoked(id)) => Ok(LeakedKey::AlreadyRevoked(id)),
+        Err(e) => Err(e),
+    }
+}
+
 fn from_row(row: &sqlx::any::AnyRow) -> anyhow::Result<AdminKey> {
+    let scopes = row
+        .try_get::<String, _>("scopes")?
+        .split(',')
+        .filter_map(Scope::parse)
+        .collect();
     Ok(AdminKey {
         id: row.try_get("id")?,
         name: row.try_get("name")?,
-        scopes: row
-            .try_get::<String, _>("scopes")?
-            .split(',')
-            .map(str::to_owned)
-            .collect(),
+        scopes,
         created_at: row.try_get("created_at")?,
         expires_at: row.try_get("expires_at")?,
         created_by: row.try_get("created_by")?,
+        parent_id: row.try_get("parent_id")?,
+        last_used_at: row.try_get("last_used_at")?,
+        revoked_at: row.try_get("revoked_at")?,
+        revoked_by: row.try_get("revoked_by")?,
+        revoked_reason: row.try_get("revoked_reason")?,
     })
 }
 
@@ -218,6 +451,9 @@ mod tests {
     fn scopes_are_checked() {
         assert_eq!(parse_scopes("audit:read, listeners:read").unwrap().len(), 2);
         assert!(matches!(parse_scopes("root"), Err(KeyError::UnknownScope(s)) if s == "root"));
+        for scope in Scope::ALL {
+            assert_eq!(Scope::parse(scope.as_str()), Some(scope));
+        }
         assert!(matches!(parse_scopes(" , "), Err(KeyError::NoScopes)));
     }
 }

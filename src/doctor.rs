@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use serde::Serialize;
 use sqlx::Row as _;
 
-use crate::admin_keys::SCOPES;
+use crate::admin_keys::Scope;
 use crate::config::Settings;
 use crate::store::{Store, now_ms};
 
@@ -72,14 +72,17 @@ fn finding(
 }
 
 /// The uses an admin key's scopes serve: listeners, installations, audit, keys.
-fn uses(scopes: &BTreeSet<String>) -> BTreeSet<&str> {
-    scopes.iter().filter_map(|s| s.split(':').next()).collect()
+fn uses(scopes: &BTreeSet<Scope>) -> BTreeSet<&'static str> {
+    scopes
+        .iter()
+        .filter_map(|s| s.as_str().split(':').next())
+        .collect()
 }
 
 /// Checks one admin key (not yet expired).
 pub fn check_admin_key(
     id: &str,
-    scopes: &BTreeSet<String>,
+    scopes: &BTreeSet<Scope>,
     created_at: i64,
     expires_at: i64,
     now: i64,
@@ -112,11 +115,11 @@ pub fn check_admin_key(
             format!("lives {ttl_days} days (keep keys under {ROTATE_AFTER_DAYS} days)"),
         ));
     }
-    let all = SCOPES.iter().all(|s| scopes.contains(*s));
-    let grants_and_writes = scopes.contains("keys:write")
+    let all = Scope::ALL.iter().all(|s| scopes.contains(s));
+    let grants_and_writes = scopes.contains(&Scope::KeysWrite)
         && scopes
             .iter()
-            .any(|s| s.ends_with(":write") && s != "keys:write");
+            .any(|s| s.as_str().ends_with(":write") && *s != Scope::KeysWrite);
     if all || grants_and_writes {
         out.push(finding(
             Severity::Severe,
@@ -124,7 +127,11 @@ pub fn check_admin_key(
             id,
             format!(
                 "holds {}: a key that mints keys should do nothing else",
-                scopes.iter().cloned().collect::<Vec<_>>().join(", ")
+                scopes
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
         ));
     }
@@ -213,6 +220,9 @@ pub async fn run(settings: &Settings, store: &Store) -> anyhow::Result<Report> {
     }
 
     for key in crate::admin_keys::list(store).await? {
+        if key.revoked_at.is_some() {
+            continue;
+        }
         if key.expires_at <= now {
             findings.push(finding(
                 Severity::Info,
@@ -310,8 +320,8 @@ pub async fn run(settings: &Settings, store: &Store) -> anyhow::Result<Report> {
 mod tests {
     use super::*;
 
-    fn scopes(list: &[&str]) -> BTreeSet<String> {
-        list.iter().map(|s| s.to_string()).collect()
+    fn scopes(list: &[&str]) -> BTreeSet<Scope> {
+        list.iter().map(|s| Scope::parse(s).unwrap()).collect()
     }
 
     #[test]
@@ -327,7 +337,7 @@ mod tests {
         assert!(fine.is_empty(), "{fine:?}");
         let bad = check_admin_key(
             "adm_b",
-            &scopes(SCOPES),
+            &Scope::ALL.into_iter().collect(),
             now - 200 * DAY_MS,
             now + 400 * DAY_MS,
             now,

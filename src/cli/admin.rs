@@ -58,7 +58,7 @@ pub enum AdminKeyCommand {
     /// Create an admin API key (printed once, as the last line).
     Create {
         /// Comma-separated: listeners:read, listeners:write, installations:read, installations:write,
-        /// audit:read, keys:write.
+        /// audit:read, keys:read, keys:write.
         #[arg(long)]
         scopes: String,
         /// Lifetime, e.g. 30d or 12h.
@@ -67,6 +67,23 @@ pub enum AdminKeyCommand {
         #[arg(long, default_value = "")]
         name: String,
     },
+    /// List every admin key (id, scopes, created, expires, last used, revoked), never a secret.
+    List {
+        #[arg(long, value_enum, default_value = "text")]
+        format: ListFormat,
+    },
+    /// Revoke a key, and every key it minted (a revoked key gets 401 everywhere).
+    Revoke {
+        id: String,
+        #[arg(long, default_value = "revoked by an operator")]
+        reason: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum ListFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -282,8 +299,7 @@ pub fn admin_key(config: Option<&PathBuf>, command: AdminKeyCommand) -> u8 {
                         &name,
                         &scopes,
                         duration_ms(ttl),
-                        LOCAL_ACTOR,
-                        None,
+                        admin_keys::Creator::Local(LOCAL_ACTOR),
                     )
                     .await?;
                     ctx.checkpoint().await?;
@@ -293,6 +309,39 @@ pub fn admin_key(config: Option<&PathBuf>, command: AdminKeyCommand) -> u8 {
                         format_time(key.expires_at)
                     );
                     println!("{}", secret.expose());
+                }
+                AdminKeyCommand::List { format } => {
+                    let keys = admin_keys::list(&ctx.store).await?;
+                    match format {
+                        ListFormat::Json => println!("{}", serde_json::to_string_pretty(&keys)?),
+                        ListFormat::Text => {
+                            for k in &keys {
+                                let state =
+                                    match (k.revoked_at, k.expires_at <= crate::store::now_ms()) {
+                                        (Some(at), _) => format!("revoked {}", format_time(at)),
+                                        (None, true) => "expired".to_owned(),
+                                        (None, false) => "live".to_owned(),
+                                    };
+                                let scopes: Vec<&str> =
+                                    k.scopes.iter().map(|s| s.as_str()).collect();
+                                println!(
+                                    "{}\t{}\t{}\tcreated {}\texpires {}\tlast used {}\t{}",
+                                    k.id,
+                                    k.name,
+                                    scopes.join(","),
+                                    format_time(k.created_at),
+                                    format_time(k.expires_at),
+                                    k.last_used_at.map_or("never".to_owned(), format_time),
+                                    state
+                                );
+                            }
+                        }
+                    }
+                }
+                AdminKeyCommand::Revoke { id, reason } => {
+                    let revoked = admin_keys::revoke(&ctx.store, &id, LOCAL_ACTOR, &reason).await?;
+                    ctx.checkpoint().await?;
+                    println!("revoked {}", revoked.join(", "));
                 }
             }
             Ok(0)

@@ -73,6 +73,9 @@ struct Decision {
     targets: Vec<(Installation, First)>,
     /// Why nobody was attributed, when `targets` is empty.
     reason: Option<String>,
+    /// One of this Spillway's own admin keys: revoked here (self-revocation), not at an
+    /// installation.
+    spillway_key: bool,
 }
 
 fn online(i: &Installation) -> First {
@@ -163,6 +166,10 @@ pub async fn decide_batch(engine: &Engine) -> anyhow::Result<usize> {
             engine
                 .observer
                 .outcome(created["installation"].as_str(), state);
+        }
+        if created.get("admin_keys_revoked").is_some() {
+            engine.observer.admin_key_leaked(state);
+            engine.observer.outcome(None, state);
         }
     }
     Ok(count)
@@ -308,6 +315,7 @@ async fn attribute(
                         attribution: "key_id",
                         targets: vec![(installation, first)],
                         reason: None,
+                        spillway_key: false,
                     };
                 }
             }
@@ -316,6 +324,7 @@ async fn attribute(
                     attribution: "key_id",
                     targets: vec![(installation, First::Invalid)],
                     reason: None,
+                    spillway_key: false,
                 };
             }
         }
@@ -329,6 +338,7 @@ async fn attribute(
                 .map(|i| (i.clone(), online(i)))
                 .collect(),
             reason: None,
+            spillway_key: false,
         };
     }
     let issuing = installations::issuing(all, &c.token_type);
@@ -340,6 +350,7 @@ async fn attribute(
                 "no installation issues token type {}",
                 c.token_type
             )),
+            spillway_key: false,
         },
         n if n > engine.tuning.fanout_max => Decision {
             attribution: "none",
@@ -348,6 +359,7 @@ async fn attribute(
                 "{n} installations issue token type {} (fanout_max {})",
                 c.token_type, engine.tuning.fanout_max
             )),
+            spillway_key: false,
         },
         _ => Decision {
             attribution: "token_type",
@@ -356,6 +368,7 @@ async fn attribute(
                 .map(|i| (i.clone(), online(i)))
                 .collect(),
             reason: None,
+            spillway_key: false,
         },
     }
 }
@@ -379,11 +392,18 @@ async fn prepare(engine: &Engine, c: Candidate) -> anyhow::Result<Prepared> {
         None => None,
     };
     let decision = match &token {
+        Some(token) if crate::admin_keys::is_well_formed(token.expose()) => Decision {
+            attribution: "spillway",
+            targets: Vec::new(),
+            reason: None,
+            spillway_key: true,
+        },
         Some(token) => attribute(engine, &all, &c, token).await,
         None => Decision {
             attribution: "none",
             targets: Vec::new(),
             reason: Some("no sealed token (recorded before decisions existed)".into()),
+            spillway_key: false,
         },
     };
     Ok(Prepared { c, token, decision })
@@ -508,7 +528,7 @@ async fn record_batch(
     let unattributed: Vec<&Prepared> = mine
         .iter()
         .copied()
-        .filter(|p| p.decision.targets.is_empty())
+        .filter(|p| p.decision.targets.is_empty() && !p.decision.spillway_key)
         .collect();
     let mut unattributed_ids: std::collections::HashMap<i64, i64> =
         std::collections::HashMap::new();
@@ -558,6 +578,47 @@ async fn record_batch(
         }
     }
 
+    // This Spillway's own admin keys, found in public: revoked here and now (with the keys they
+    // minted), each change audited in this transaction.
+    let mut spillway_findings: std::collections::HashMap<i64, (i64, &'static str, Vec<String>)> =
+        std::collections::HashMap::new();
+    for p in mine.iter().filter(|p| p.decision.spillway_key) {
+        let Some(token) = &p.token else {
+            continue;
+        };
+        let outcome = crate::admin_keys::revoke_leaked(tx, &engine.store, token, &p.c.source)
+            .await
+            .map_err(|e| anyhow::anyhow!(e))?;
+        let (state, label, revoked) = match outcome {
+            crate::admin_keys::LeakedKey::Revoked(ids) => ("revoked", Some("true_positive"), ids),
+            crate::admin_keys::LeakedKey::AlreadyRevoked(id) => {
+                ("already_revoked", Some("true_positive"), vec![id])
+            }
+            crate::admin_keys::LeakedKey::Unknown => ("unknown_token", None, Vec::new()),
+        };
+        let c = &p.c;
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO findings (candidate_id, installation_id, fingerprint, token_type, attribution, \
+             state, outcome, label, found_at, source, received_at, created_at, updated_at, next_run_at, \
+             decided_at, priority) \
+             VALUES ($1, NULL, $2, $3, 'spillway', $4, $4, $5, $6, $7, $8, $9, $9, $9, $9, $10) RETURNING id",
+        )
+        .bind(c.id)
+        .bind(&c.fingerprint)
+        .bind(&c.token_type)
+        .bind(state)
+        .bind(label)
+        .bind(c.url.clone())
+        .bind(&c.source)
+        .bind(c.received_at)
+        .bind(now)
+        .bind(c.priority)
+        .fetch_one(&mut **tx)
+        .await
+        .context("cannot record a leaked admin key")?;
+        spillway_findings.insert(c.id, (id, state, revoked));
+    }
+
     // The candidates' sealed copies go (their findings hold their own), and offline labels stay.
     let decided: Vec<i64> = mine.iter().map(|p| p.c.id).collect();
     for chunk in decided.chunks(ROWS_PER_STATEMENT) {
@@ -600,30 +661,38 @@ async fn record_batch(
     Ok(mine
         .iter()
         .map(|p| {
-            let created: Vec<serde_json::Value> = if p.decision.targets.is_empty() {
-                vec![serde_json::json!({
-                    "installation": null,
-                    "state": "unattributed",
-                    "finding": unattributed_ids.get(&p.c.id),
-                })]
-            } else {
-                p.decision
-                    .targets
-                    .iter()
-                    .map(|(installation, first)| {
-                        let pair = (installation.id.clone(), p.c.fingerprint.clone());
-                        // The first candidate of a pair in the batch is the one that inserted it.
-                        let finding = finding_ids
-                            .get(&pair)
-                            .filter(|_| claimed_pairs.insert(pair.clone()));
-                        serde_json::json!({
-                            "installation": installation.id,
-                            "state": first.state(),
-                            "finding": finding,
+            let created: Vec<serde_json::Value> =
+                if let Some((id, state, revoked)) = spillway_findings.get(&p.c.id) {
+                    vec![serde_json::json!({
+                        "installation": null,
+                        "state": state,
+                        "finding": id,
+                        "admin_keys_revoked": revoked,
+                    })]
+                } else if p.decision.targets.is_empty() {
+                    vec![serde_json::json!({
+                        "installation": null,
+                        "state": "unattributed",
+                        "finding": unattributed_ids.get(&p.c.id),
+                    })]
+                } else {
+                    p.decision
+                        .targets
+                        .iter()
+                        .map(|(installation, first)| {
+                            let pair = (installation.id.clone(), p.c.fingerprint.clone());
+                            // The first candidate of a pair in the batch is the one that inserted it.
+                            let finding = finding_ids
+                                .get(&pair)
+                                .filter(|_| claimed_pairs.insert(pair.clone()));
+                            serde_json::json!({
+                                "installation": installation.id,
+                                "state": first.state(),
+                                "finding": finding,
+                            })
                         })
-                    })
-                    .collect()
-            };
+                        .collect()
+                };
             serde_json::json!({
                 "candidate": p.c.id,
                 "attribution": p.decision.attribution,

@@ -100,6 +100,9 @@ pub trait Observer: Send + Sync {
     /// A finding reached a terminal state (`installation` None: unattributed).
     fn outcome(&self, _installation: Option<&str>, _outcome: &str) {}
     fn rate_limit_wait(&self, _installation: &str, _waited: Duration) {}
+    /// One of this Spillway's admin keys was found in public: `revoked`, `already_revoked` or
+    /// `unknown_token` (another deployment's key).
+    fn admin_key_leaked(&self, _outcome: &str) {}
 }
 
 /// Shared state of the deciding and revoking workers.

@@ -3,7 +3,6 @@
 //! and authorised by its scopes (else 403); every message names what was wrong. Changes are audited
 //! with the key's id as actor.
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use axum::Json;
@@ -15,8 +14,8 @@ use axum::routing::{delete, get, post};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
-use super::{AppState, error};
-use crate::admin_keys::{self, AdminKey, KeyError};
+use super::{ApiError, AppState, error};
+use crate::admin_keys::{self, AdminKey, Creator, KeyError, Scope};
 use crate::installations::{self, RegistryError};
 use crate::listeners::{self, ListenerKind, OldEndpoint, RotationError};
 use crate::scanner::TokenSecret;
@@ -41,15 +40,86 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
 }
 
 /// Every admin route needs a valid key before its body is even read: an unauthenticated caller
-/// learns nothing about the body it sent. Scopes are checked by each handler.
+/// learns nothing about the body it sent. The key is authenticated here, once, and handed to the
+/// handler through the request's extensions ([`Admin`]); each handler names the scope it needs.
 async fn require_key(
     State(state): State<Arc<AppState>>,
-    request: Request,
+    mut request: Request,
     next: axum::middleware::Next,
 ) -> Response {
     match authenticate(&state, request.headers()).await {
-        Ok(_) => next.run(request).await,
-        Err(r) => r,
+        Ok(key) => {
+            request.extensions_mut().insert(Admin(key));
+            next.run(request).await
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+/// The admin key that authenticated the request.
+#[derive(Debug, Clone)]
+pub struct Admin(pub AdminKey);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, ApiError> {
+        parts
+            .extensions
+            .get::<Admin>()
+            .cloned()
+            .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "no admin key"))
+    }
+}
+
+impl Admin {
+    /// The key, if it holds `scope` (else 403 naming both).
+    pub fn require(&self, scope: Scope) -> Result<AdminKey, ApiError> {
+        if self.0.holds(scope) {
+            Ok(self.0.clone())
+        } else {
+            Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                format!("admin key {} lacks scope {scope}", self.0.id),
+            ))
+        }
+    }
+}
+
+/// The admin key the request presents, if it is valid.
+async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<AdminKey, ApiError> {
+    let Some(value) = headers.get("authorization") else {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "missing Authorization header: expected `Bearer <admin key>`",
+        ));
+    };
+    let presented = value.to_str().ok().and_then(|v| {
+        let (scheme, credentials) = v.trim().split_once(' ')?;
+        scheme.eq_ignore_ascii_case("bearer").then_some(credentials)
+    });
+    let Some(presented) = presented else {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "Authorization header must be `Bearer <admin key>`",
+        ));
+    };
+    match admin_keys::authenticate(&state.store, presented.trim()).await {
+        Ok(Some(key)) => Ok(key),
+        Ok(None) => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unknown, malformed, expired or revoked admin key",
+        )),
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "cannot check admin key");
+            Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "storage unavailable, retry later",
+            ))
+        }
     }
 }
 
@@ -71,7 +141,8 @@ pub fn routes(state: Arc<AppState>) -> Router<Arc<AppState>> {
         .route("/api/v1/listeners/{id}/events", get(listener_events))
         .route("/api/v1/endpoints/{id}/extend", post(extend))
         .route("/api/v1/endpoints/{id}", delete(delete_endpoint))
-        .route("/api/v1/admin-keys", post(create_key))
+        .route("/api/v1/admin-keys", get(list_keys).post(create_key))
+        .route("/api/v1/admin-keys/{id}", delete(revoke_key))
         .route("/api/v1/audit", get(export_audit))
         .route(
             "/api/v1/installations",
@@ -91,57 +162,6 @@ pub fn routes(state: Arc<AppState>) -> Router<Arc<AppState>> {
         .route_layer(axum::middleware::from_fn_with_state(state, require_key))
 }
 
-/// Authenticates the request and checks it holds `scope`.
-async fn authorize(
-    state: &AppState,
-    headers: &HeaderMap,
-    scope: &str,
-) -> Result<AdminKey, Response> {
-    let key = authenticate(state, headers).await?;
-    if key.scopes.contains(scope) {
-        Ok(key)
-    } else {
-        Err(error(
-            StatusCode::FORBIDDEN,
-            format!("admin key {} lacks scope {scope}", key.id),
-        ))
-    }
-}
-
-/// The admin key the request presents, if it is valid.
-async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<AdminKey, Response> {
-    let Some(value) = headers.get("authorization") else {
-        return Err(error(
-            StatusCode::UNAUTHORIZED,
-            "missing Authorization header: expected `Bearer <admin key>`",
-        ));
-    };
-    let presented = value.to_str().ok().and_then(|v| {
-        let (scheme, credentials) = v.trim().split_once(' ')?;
-        scheme.eq_ignore_ascii_case("bearer").then_some(credentials)
-    });
-    let Some(presented) = presented else {
-        return Err(error(
-            StatusCode::UNAUTHORIZED,
-            "Authorization header must be `Bearer <admin key>`",
-        ));
-    };
-    match admin_keys::authenticate(&state.store, presented.trim()).await {
-        Ok(Some(key)) => Ok(key),
-        Ok(None) => Err(error(
-            StatusCode::UNAUTHORIZED,
-            "unknown, malformed or expired admin key",
-        )),
-        Err(e) => {
-            tracing::error!(error = %format!("{e:#}"), "cannot check admin key");
-            Err(error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "storage unavailable, retry later",
-            ))
-        }
-    }
-}
-
 /// Endpoint changes take effect on this replica's public address at once (others within
 /// `directory::REFRESH`).
 async fn reload_directory(state: &AppState) {
@@ -151,7 +171,7 @@ async fn reload_directory(state: &AppState) {
 }
 
 fn actor(key: &AdminKey) -> String {
-    format!("admin-key:{}", key.id)
+    key.actor()
 }
 
 fn rotation_error(e: RotationError) -> Response {
@@ -174,9 +194,9 @@ fn endpoint_url(state: &AppState, path: &str) -> String {
     format!("{}{path}", state.public_url.trim_end_matches('/'))
 }
 
-async fn list_listeners(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    if let Err(r) = authorize(&state, &headers, "listeners:read").await {
-        return r;
+async fn list_listeners(State(state): State<Arc<AppState>>, admin: Admin) -> Response {
+    if let Err(e) = admin.require(Scope::ListenersRead) {
+        return e.into_response();
     }
     match listeners::list(&state.store).await {
         Ok(all) => Json(all).into_response(),
@@ -199,12 +219,12 @@ struct CreateListener {
 
 async fn create_listener(
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
+    admin: Admin,
     ApiJson(body): ApiJson<CreateListener>,
 ) -> Response {
-    let key = match authorize(&state, &headers, "listeners:write").await {
+    let key = match admin.require(Scope::ListenersWrite) {
         Ok(k) => k,
-        Err(r) => return r,
+        Err(e) => return e.into_response(),
     };
     let Some(kind) = ListenerKind::parse(&body.kind) else {
         let known: Vec<&str> = <ListenerKind as clap::ValueEnum>::value_variants()
@@ -252,13 +272,13 @@ struct Rotate {
 
 async fn rotate(
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
+    admin: Admin,
     Path(id): Path<String>,
     ApiJson(body): ApiJson<Rotate>,
 ) -> Response {
-    let key = match authorize(&state, &headers, "listeners:write").await {
+    let key = match admin.require(Scope::ListenersWrite) {
         Ok(k) => k,
-        Err(r) => return r,
+        Err(e) => return e.into_response(),
     };
     let old = match (body.expire_in_secs, body.delete_old) {
         (None, true) => OldEndpoint::Delete,
@@ -293,13 +313,13 @@ struct Extend {
 
 async fn extend(
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
+    admin: Admin,
     Path(id): Path<String>,
     ApiJson(body): ApiJson<Extend>,
 ) -> Response {
-    let key = match authorize(&state, &headers, "listeners:write").await {
+    let key = match admin.require(Scope::ListenersWrite) {
         Ok(k) => k,
-        Err(r) => return r,
+        Err(e) => return e.into_response(),
     };
     let at = match expiry("expire_in_secs", body.expire_in_secs) {
         Ok(at) => at,
@@ -315,12 +335,12 @@ async fn extend(
 
 async fn delete_endpoint(
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
+    admin: Admin,
     Path(id): Path<String>,
 ) -> Response {
-    let key = match authorize(&state, &headers, "listeners:write").await {
+    let key = match admin.require(Scope::ListenersWrite) {
         Ok(k) => k,
-        Err(r) => return r,
+        Err(e) => return e.into_response(),
     };
     let deleted = listeners::delete_endpoint(&state.store, &id, &actor(&key)).await;
     reload_directory(&state).await;
@@ -341,28 +361,17 @@ struct CreateKey {
 
 async fn create_key(
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
+    admin: Admin,
     ApiJson(body): ApiJson<CreateKey>,
-) -> Response {
-    let key = match authorize(&state, &headers, "keys:write").await {
-        Ok(k) => k,
-        Err(r) => return r,
-    };
-    let scopes: BTreeSet<String> = match admin_keys::parse_scopes(&body.scopes.join(",")) {
-        Ok(s) => s,
-        Err(e) => return error(StatusCode::UNPROCESSABLE_ENTITY, format!("scopes: {e}")),
-    };
-    if body.ttl_secs == 0 {
-        return error(
+) -> Result<Response, ApiError> {
+    let key = admin.require(Scope::KeysWrite)?;
+    let scopes = admin_keys::parse_scopes(&body.scopes.join(","))
+        .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, format!("scopes: {e}")))?;
+    if body.ttl_secs == 0 || body.ttl_secs > MAX_SECS {
+        return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
-            "ttl_secs: must be positive",
-        );
-    }
-    if body.ttl_secs > MAX_SECS {
-        return error(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            format!("ttl_secs: at most {MAX_SECS} (ten years)"),
-        );
+            format!("ttl_secs: must be 1 to {MAX_SECS} (ten years)"),
+        ));
     }
     let ttl_ms = body.ttl_secs as i64 * 1000;
     match admin_keys::create(
@@ -370,31 +379,71 @@ async fn create_key(
         &body.name,
         &scopes,
         ttl_ms,
-        &actor(&key),
-        Some(&key.scopes),
+        Creator::Key(&key),
     )
     .await
     {
-        Ok((created, secret)) => (
+        Ok((created, secret)) => Ok((
             StatusCode::CREATED,
             Json(serde_json::json!({ "key": created, "secret": secret.expose() })),
         )
-            .into_response(),
-        Err(KeyError::Escalation(scope)) => error(
+            .into_response()),
+        Err(KeyError::Escalation(scope)) => Err(ApiError::new(
             StatusCode::FORBIDDEN,
             format!(
                 "scopes: cannot grant {scope}: admin key {} does not hold it",
                 key.id
             ),
-        ),
-        Err(KeyError::Database(e)) => rotation_error(RotationError::Database(e)),
-        Err(e) => error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
+        )),
+        Err(e @ KeyError::Outlives { .. }) => Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("ttl_secs: {e}"),
+        )),
+        Err(e) => Err(key_error(e)),
     }
 }
 
-async fn export_audit(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    if let Err(r) = authorize(&state, &headers, "audit:read").await {
-        return r;
+fn key_error(e: KeyError) -> ApiError {
+    let status = match &e {
+        KeyError::NotFound(_) => StatusCode::NOT_FOUND,
+        KeyError::AlreadyRevoked(_) => StatusCode::CONFLICT,
+        KeyError::Database(inner) => {
+            tracing::error!(error = %format!("{inner:#}"), "admin key change failed");
+            return ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "storage unavailable, retry later",
+            );
+        }
+        _ => StatusCode::UNPROCESSABLE_ENTITY,
+    };
+    ApiError::new(status, e.to_string())
+}
+
+/// `GET /api/v1/admin-keys`: every key (never a secret), revoked and expired ones included.
+async fn list_keys(State(state): State<Arc<AppState>>, admin: Admin) -> Result<Response, ApiError> {
+    admin.require(Scope::KeysRead)?;
+    let keys = admin_keys::list(&state.store)
+        .await
+        .map_err(|e| key_error(KeyError::Database(e)))?;
+    Ok(Json(serde_json::json!({ "keys": keys })).into_response())
+}
+
+/// `DELETE /api/v1/admin-keys/{id}`: revokes the key and every key it minted; answers the ids.
+async fn revoke_key(
+    State(state): State<Arc<AppState>>,
+    admin: Admin,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let key = admin.require(Scope::KeysWrite)?;
+    let revoked = admin_keys::revoke(&state.store, &id, &key.actor(), "revoked by an operator")
+        .await
+        .map_err(key_error)?;
+    Ok(Json(serde_json::json!({ "revoked": revoked })).into_response())
+}
+
+async fn export_audit(State(state): State<Arc<AppState>>, admin: Admin) -> Response {
+    if let Err(e) = admin.require(Scope::AuditRead) {
+        return e.into_response();
     }
     let mut out = Vec::new();
     match crate::audit::export_jsonl(&state.store, &mut out).await {
@@ -406,11 +455,11 @@ async fn export_audit(State(state): State<Arc<AppState>>, headers: HeaderMap) ->
 /// A generic listener's output stream: its redacted requests, oldest first, as NDJSON.
 async fn listener_events(
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
+    admin: Admin,
     Path(id): Path<String>,
 ) -> Response {
-    if let Err(r) = authorize(&state, &headers, "listeners:read").await {
-        return r;
+    if let Err(e) = admin.require(Scope::ListenersRead) {
+        return e.into_response();
     }
     match listeners::list(&state.store).await {
         Ok(all) if all.iter().any(|l| l.id == id) => {}
@@ -473,9 +522,9 @@ fn registry_error(e: RegistryError) -> Response {
     error(status, e.to_string())
 }
 
-async fn list_installations(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    if let Err(r) = authorize(&state, &headers, "installations:read").await {
-        return r;
+async fn list_installations(State(state): State<Arc<AppState>>, admin: Admin) -> Response {
+    if let Err(e) = admin.require(Scope::InstallationsRead) {
+        return e.into_response();
     }
     match installations::list(&state.store).await {
         Ok(all) => Json(all).into_response(),
@@ -487,12 +536,12 @@ async fn list_installations(State(state): State<Arc<AppState>>, headers: HeaderM
 /// `secret` (`whsec_...`; generated and returned once when omitted). Unknown fields are refused.
 async fn register_installation(
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
+    admin: Admin,
     ApiJson(mut body): ApiJson<serde_json::Map<String, serde_json::Value>>,
 ) -> Response {
-    let key = match authorize(&state, &headers, "installations:write").await {
+    let key = match admin.require(Scope::InstallationsWrite) {
         Ok(k) => k,
-        Err(r) => return r,
+        Err(e) => return e.into_response(),
     };
     let secret = match body.remove("secret") {
         None | Some(serde_json::Value::Null) => None,
@@ -530,11 +579,11 @@ async fn register_installation(
 
 async fn get_installation(
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
+    admin: Admin,
     Path(id): Path<String>,
 ) -> Response {
-    if let Err(r) = authorize(&state, &headers, "installations:read").await {
-        return r;
+    if let Err(e) = admin.require(Scope::InstallationsRead) {
+        return e.into_response();
     }
     match installations::get(&state.store, &id).await {
         Ok(i) => Json(i).into_response(),
@@ -544,13 +593,13 @@ async fn get_installation(
 
 async fn update_installation(
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
+    admin: Admin,
     Path(id): Path<String>,
     ApiJson(patch): ApiJson<installations::Patch>,
 ) -> Response {
-    let key = match authorize(&state, &headers, "installations:write").await {
+    let key = match admin.require(Scope::InstallationsWrite) {
         Ok(k) => k,
-        Err(r) => return r,
+        Err(e) => return e.into_response(),
     };
     match installations::update(&state.store, &state.policy, &id, patch, &actor(&key)).await {
         Ok(i) => Json(i).into_response(),
@@ -560,12 +609,12 @@ async fn update_installation(
 
 async fn remove_installation(
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
+    admin: Admin,
     Path(id): Path<String>,
 ) -> Response {
-    let key = match authorize(&state, &headers, "installations:write").await {
+    let key = match admin.require(Scope::InstallationsWrite) {
         Ok(k) => k,
-        Err(r) => return r,
+        Err(e) => return e.into_response(),
     };
     match installations::remove(&state.store, &id, &actor(&key)).await {
         Ok(stopped) => {
@@ -586,13 +635,13 @@ struct RotateSecret {
 
 async fn rotate_installation_secret(
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
+    admin: Admin,
     Path(id): Path<String>,
     ApiJson(body): ApiJson<RotateSecret>,
 ) -> Response {
-    let key = match authorize(&state, &headers, "installations:write").await {
+    let key = match admin.require(Scope::InstallationsWrite) {
         Ok(k) => k,
-        Err(r) => return r,
+        Err(e) => return e.into_response(),
     };
     if body.retire_old {
         if body.secret.is_some() {
@@ -644,11 +693,11 @@ fn default_page() -> i64 {
 
 async fn list_findings(
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
+    admin: Admin,
     query: Result<Query<FindingQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    if let Err(r) = authorize(&state, &headers, "installations:read").await {
-        return r;
+    if let Err(e) = admin.require(Scope::InstallationsRead) {
+        return e.into_response();
     }
     let q = match query {
         Ok(Query(q)) => q,

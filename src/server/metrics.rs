@@ -130,6 +130,7 @@ pub struct Metrics {
     scanned_bytes: Family<SourceLabels, Counter>,
     poller: PollerMetrics,
     ingress: IngressMetrics,
+    admin_keys_leaked: Family<OutcomeLabels, Counter>,
 }
 
 /// What the public address refused before authentication, what it holds, and how intake groups
@@ -302,7 +303,15 @@ impl Default for Metrics {
             "Request body bytes buffered now (reserved from the body memory budget)",
             ingress.body_memory.clone(),
         );
+        let admin_keys_leaked = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "admin_keys_leaked",
+            "Spillway admin keys found in public, by outcome (revoked at once, already revoked, \
+             unknown: another deployment's)",
+            admin_keys_leaked.clone(),
+        );
         Metrics {
+            admin_keys_leaked,
             ingress,
             outcomes,
             signature_failures,
@@ -497,6 +506,23 @@ impl crate::revocation::Observer for Metrics {
                 installation: installation.to_owned(),
             })
             .inc();
+    }
+
+    fn admin_key_leaked(&self, outcome: &str) {
+        // The operator's notification: this counter drives the SpillwayAdminKeyLeaked alert, and
+        // the log line says what happened (the audit log says which key).
+        let outcome = match outcome {
+            "revoked" => "revoked",
+            "already_revoked" => "already_revoked",
+            _ => "unknown_token",
+        };
+        self.admin_keys_leaked
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
+        tracing::error!(
+            outcome,
+            "a Spillway admin key was found in public; see the audit log (admin_key.revoke)"
+        );
     }
 }
 

@@ -45,8 +45,7 @@ async fn every_admin_request_is_authenticated_authorised_and_audited() {
             "bootstrap",
             &scopes,
             3_600_000,
-            "test",
-            None,
+            spillway::admin_keys::Creator::Local("test"),
         )
         .await
         .unwrap();
@@ -66,7 +65,7 @@ async fn every_admin_request_is_authenticated_authorised_and_audited() {
             )
             .await;
         assert!(
-            s == StatusCode::UNAUTHORIZED && b.contains("unknown, malformed or expired"),
+            s == StatusCode::UNAUTHORIZED && b.contains("unknown, malformed, expired or revoked"),
             "{backend}: {b}"
         );
 
@@ -280,6 +279,226 @@ async fn every_admin_request_is_authenticated_authorised_and_audited() {
                 .count()
                 >= 5,
             "{backend}: {actors:?}"
+        );
+        running.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn admin_keys_are_listed_revoked_with_what_they_minted_and_never_outlive_their_maker() {
+    use reqwest::Method;
+    for (backend, url, _dir) in crate::common::fresh_databases().await {
+        let (running, _keep) = crate::common::start_server(&url, "http://127.0.0.1:9/unused").await;
+        let api = Api {
+            base: format!("http://{}", running.admin_addr),
+            client: reqwest::Client::new(),
+        };
+        let scopes = admin_keys::parse_scopes("keys:read,keys:write,listeners:read").unwrap();
+        let (root_key, root) = admin_keys::create(
+            &running.state.store,
+            "root",
+            &scopes,
+            30 * 24 * 3_600_000,
+            admin_keys::Creator::Local("test"),
+        )
+        .await
+        .unwrap();
+        let root = root.expose().to_owned();
+        // A 30-day key cannot mint a 10-year key.
+        let (s, b) = api
+            .call(
+                Method::POST,
+                "/api/v1/admin-keys",
+                Some(&root),
+                Some(json!({ "scopes": ["keys:write"], "ttl_secs": 10 * 365 * 24 * 3600, "name": "forever" })),
+            )
+            .await;
+        assert!(
+            s == StatusCode::UNPROCESSABLE_ENTITY && b.contains("cannot outlive"),
+            "{backend}: {s} {b}"
+        );
+        let mint = |secret: String, name: &'static str, ttl_secs: u64| {
+            let api = &api;
+            async move {
+                let (s, b) = api
+                    .call(
+                        Method::POST,
+                        "/api/v1/admin-keys",
+                        Some(&secret),
+                        Some(json!({ "scopes": ["keys:write", "listeners:read"], "ttl_secs": ttl_secs, "name": name })),
+                    )
+                    .await;
+                assert_eq!(s, StatusCode::CREATED, "{b}");
+                let v: Value = serde_json::from_str(&b).unwrap();
+                (
+                    v["key"]["id"].as_str().unwrap().to_owned(),
+                    v["secret"].as_str().unwrap().to_owned(),
+                )
+            }
+        };
+        let (child_id, child) = mint(root.clone(), "child", 86_400).await;
+        let (grandchild_id, grandchild) = mint(child.clone(), "grandchild", 3_600).await;
+
+        let (s, b) = api
+            .call(Method::GET, "/api/v1/admin-keys", Some(&root), None)
+            .await;
+        assert_eq!(s, StatusCode::OK, "{backend}: {b}");
+        let listed: Value = serde_json::from_str(&b).unwrap();
+        let keys = listed["keys"].as_array().unwrap();
+        assert_eq!(keys.len(), 3, "{backend}");
+        for secret in [&root, &child, &grandchild] {
+            assert!(!b.contains(secret.as_str()), "{backend}: a secret listed");
+        }
+        let child_row = keys.iter().find(|k| k["id"] == child_id).unwrap();
+        assert_eq!(child_row["parent_id"], root_key.id, "{backend}");
+        assert!(child_row["revoked_at"].is_null(), "{backend}");
+        // Listing needs keys:read.
+        let (s, _) = api
+            .call(Method::GET, "/api/v1/admin-keys", Some(&child), None)
+            .await;
+        assert_eq!(s, StatusCode::FORBIDDEN, "{backend}");
+
+        // Revoking the child revokes what it minted too; the root keeps working.
+        let (s, b) = api
+            .call(
+                Method::DELETE,
+                &format!("/api/v1/admin-keys/{child_id}"),
+                Some(&root),
+                None,
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{backend}: {b}");
+        let revoked: Value = serde_json::from_str(&b).unwrap();
+        assert_eq!(
+            revoked["revoked"],
+            json!([child_id, grandchild_id]),
+            "{backend}"
+        );
+        for secret in [&child, &grandchild] {
+            let (s, b) = api
+                .call(Method::GET, "/api/v1/listeners", Some(secret), None)
+                .await;
+            assert!(
+                s == StatusCode::UNAUTHORIZED && b.contains("revoked"),
+                "{backend}: {s} {b}"
+            );
+        }
+        let (s, _) = api
+            .call(Method::GET, "/api/v1/listeners", Some(&root), None)
+            .await;
+        assert_eq!(s, StatusCode::OK, "{backend}");
+        let (s, b) = api
+            .call(
+                Method::DELETE,
+                &format!("/api/v1/admin-keys/{child_id}"),
+                Some(&root),
+                None,
+            )
+            .await;
+        assert!(
+            s == StatusCode::CONFLICT && b.contains("already revoked"),
+            "{backend}: {b}"
+        );
+        let (s, _) = api
+            .call(
+                Method::DELETE,
+                "/api/v1/admin-keys/key_nope",
+                Some(&root),
+                None,
+            )
+            .await;
+        assert_eq!(s, StatusCode::NOT_FOUND, "{backend}");
+        let audited: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM audit_log WHERE action = 'admin_key.revoke' AND subject = $1",
+        )
+        .bind(&child_id)
+        .fetch_one(running.state.store.pool())
+        .await
+        .unwrap();
+        assert_eq!(audited, 1, "{backend}");
+        running.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spillway_admin_key_found_in_public_is_revoked_at_once() {
+    for (backend, url, _dir) in crate::common::fresh_databases().await {
+        let (running, _keep) = crate::common::start_server(&url, "http://127.0.0.1:9/unused").await;
+        let scopes = admin_keys::parse_scopes("listeners:read,keys:write").unwrap();
+        let (leaked_key, leaked) = admin_keys::create(
+            &running.state.store,
+            "ci",
+            &scopes,
+            3_600_000,
+            admin_keys::Creator::Local("test"),
+        )
+        .await
+        .unwrap();
+        let leaked = leaked.expose().to_owned();
+        // Someone pushes it; a GitHub webhook listener sees the push.
+        let secret = spillway::scanner::TokenSecret::new("hook secret");
+        let (_, endpoint) = spillway::listeners::create_with_secret(
+            &running.state.store,
+            spillway::listeners::ListenerKind::GithubHmac,
+            "hooks",
+            "test",
+            Some((&running.state.keys.sealing, &secret)),
+        )
+        .await
+        .unwrap();
+        running.state.directory.reload_now().await.unwrap();
+        let body = format!(r#"{{"head_commit":{{"message":"ci: add ADMIN_KEY={leaked}"}}}}"#);
+        let resp = reqwest::Client::new()
+            .post(format!("http://{}{}", running.public_addr, endpoint.path))
+            .header("content-type", "application/json")
+            .header(
+                "x-hub-signature-256",
+                crate::common::senders::github_hmac("hook secret", body.as_bytes()),
+            )
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "{backend}");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while admin_keys::authenticate(&running.state.store, &leaked)
+            .await
+            .unwrap()
+            .is_some()
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{backend}: never revoked"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        let key = admin_keys::list(&running.state.store)
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|k| k.id == leaked_key.id)
+            .unwrap();
+        assert_eq!(key.revoked_by.as_deref(), Some("spillway"), "{backend}");
+        assert!(
+            key.revoked_reason.unwrap().contains("github-hmac"),
+            "{backend}: the reason names the source"
+        );
+        let finding: (String, String) = sqlx::query_as(
+            "SELECT attribution, state FROM findings WHERE token_type = 'spillway_admin_key'",
+        )
+        .fetch_one(running.state.store.pool())
+        .await
+        .unwrap();
+        assert_eq!(finding, ("spillway".into(), "revoked".into()), "{backend}");
+        let metrics = reqwest::get(format!("http://{}/metrics", running.admin_addr))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            metrics.contains(r#"spillway_admin_keys_leaked_total{outcome="revoked"} 1"#),
+            "{backend}"
         );
         running.shutdown().await;
     }

@@ -248,3 +248,52 @@ fn admin_keys_are_printed_once_in_the_scanner_recognised_format() {
         err(&bad)
     );
 }
+
+#[test]
+fn admin_keys_are_listed_and_revoked_from_the_command_line() {
+    let env = Env::new();
+    let created = env.run(&[
+        "admin-key",
+        "create",
+        "--scopes",
+        "keys:read,audit:read",
+        "--ttl",
+        "7d",
+        "--name",
+        "dashboards",
+    ]);
+    assert!(created.status.success(), "{}", err(&created));
+    let secret = out(&created).lines().last().unwrap().to_owned();
+    let listed = env.run(&["admin-key", "list", "--format", "json"]);
+    assert!(listed.status.success(), "{}", err(&listed));
+    assert!(!out(&listed).contains(&secret), "a secret listed");
+    let keys: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    let key = &keys[0];
+    for field in [
+        "id",
+        "scopes",
+        "created_at",
+        "expires_at",
+        "last_used_at",
+        "revoked_at",
+    ] {
+        assert!(key.get(field).is_some(), "{field} missing: {key}");
+    }
+    assert_eq!(
+        key["scopes"],
+        serde_json::json!(["audit:read", "keys:read"])
+    );
+    assert!(key["revoked_at"].is_null());
+    let id = key["id"].as_str().unwrap().to_owned();
+
+    let revoked = env.run(&["admin-key", "revoke", &id]);
+    assert!(revoked.status.success(), "{}", err(&revoked));
+    assert!(out(&revoked).contains(&id));
+    let listed = env.run(&["admin-key", "list"]);
+    assert!(out(&listed).contains("revoked"), "{}", out(&listed));
+    let again = env.run(&["admin-key", "revoke", &id]);
+    assert_eq!(again.status.code(), Some(2));
+    assert!(err(&again).contains("already revoked"), "{}", err(&again));
+    let verify = env.run(&["audit", "verify"]);
+    assert!(verify.status.success(), "{}", out(&verify));
+}

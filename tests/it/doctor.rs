@@ -48,10 +48,16 @@ async fn doctor_reports_credential_hygiene() {
         let store = Store::connect(&url).await.unwrap();
 
         // A narrow, short-lived key: nothing to say about it.
-        let scopes: BTreeSet<String> = ["audit:read".to_owned()].into();
-        spillway::admin_keys::create(&store, "dashboards", &scopes, 30 * DAY_MS, "test", None)
-            .await
-            .unwrap();
+        let scopes = spillway::admin_keys::parse_scopes("audit:read").unwrap();
+        spillway::admin_keys::create(
+            &store,
+            "dashboards",
+            &scopes,
+            30 * DAY_MS,
+            spillway::admin_keys::Creator::Local("test"),
+        )
+        .await
+        .unwrap();
         let (code, report) = doctor(&setup);
         if backend == "sqlite" {
             assert_eq!((code, report["severe"].as_u64()), (0, Some(0)), "{report}");
@@ -63,14 +69,17 @@ async fn doctor_reports_credential_hygiene() {
         }
 
         // An all-powerful key living two years, created 100 days ago.
-        let all: BTreeSet<String> = spillway::admin_keys::SCOPES
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        let (broad, _) =
-            spillway::admin_keys::create(&store, "ops", &all, 730 * DAY_MS, "test", None)
-                .await
-                .unwrap();
+        let all: BTreeSet<spillway::admin_keys::Scope> =
+            spillway::admin_keys::Scope::ALL.into_iter().collect();
+        let (broad, _) = spillway::admin_keys::create(
+            &store,
+            "ops",
+            &all,
+            730 * DAY_MS,
+            spillway::admin_keys::Creator::Local("test"),
+        )
+        .await
+        .unwrap();
         sqlx::query("UPDATE admin_keys SET created_at = created_at - $1 WHERE id = $2")
             .bind(100 * DAY_MS)
             .bind(&broad.id)

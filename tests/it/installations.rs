@@ -50,13 +50,25 @@ async fn installations_are_registered_rotated_and_removed_with_audit() {
         let base = format!("http://{}", running.admin_addr);
         let store = &running.state.store;
         let scopes = admin_keys::parse_scopes("installations:read,installations:write").unwrap();
-        let (_, writer) = admin_keys::create(store, "ops", &scopes, 3_600_000, "test", None)
-            .await
-            .unwrap();
+        let (_, writer) = admin_keys::create(
+            store,
+            "ops",
+            &scopes,
+            3_600_000,
+            spillway::admin_keys::Creator::Local("test"),
+        )
+        .await
+        .unwrap();
         let readonly = admin_keys::parse_scopes("installations:read").unwrap();
-        let (_, reader) = admin_keys::create(store, "ro", &readonly, 3_600_000, "test", None)
-            .await
-            .unwrap();
+        let (_, reader) = admin_keys::create(
+            store,
+            "ro",
+            &readonly,
+            3_600_000,
+            spillway::admin_keys::Creator::Local("test"),
+        )
+        .await
+        .unwrap();
         let (w, r) = (writer.expose(), reader.expose());
 
         // Scope enforcement.

@@ -336,25 +336,43 @@ async fn audit_verify_counts_the_unwitnessed_tail_and_refuses_details_that_are_n
 async fn a_key_can_never_mint_a_wider_key_and_expired_keys_fail() {
     for (backend, store, _dir) in backends().await {
         let read = admin_keys::parse_scopes("listeners:read,keys:write").unwrap();
-        let (key, secret) = admin_keys::create(&store, "ops", &read, 60_000, "cli", None)
-            .await
-            .unwrap();
+        let (key, secret) = admin_keys::create(
+            &store,
+            "ops",
+            &read,
+            60_000,
+            spillway::admin_keys::Creator::Local("cli"),
+        )
+        .await
+        .unwrap();
         let authed = admin_keys::authenticate(&store, secret.expose())
             .await
             .unwrap()
             .expect("key authenticates");
         assert_eq!(authed.id, key.id, "{backend}");
         let wider = admin_keys::parse_scopes("listeners:read,listeners:write").unwrap();
-        let err = admin_keys::create(&store, "x", &wider, 60_000, &key.id, Some(&authed.scopes))
-            .await
-            .unwrap_err();
+        let err = admin_keys::create(
+            &store,
+            "x",
+            &wider,
+            60_000,
+            admin_keys::Creator::Key(&authed),
+        )
+        .await
+        .unwrap_err();
         assert!(
             err.to_string().contains("listeners:write"),
             "{backend}: {err}"
         );
-        let (_, short) = admin_keys::create(&store, "short", &read, 30, "cli", None)
-            .await
-            .unwrap();
+        let (_, short) = admin_keys::create(
+            &store,
+            "short",
+            &read,
+            30,
+            spillway::admin_keys::Creator::Local("cli"),
+        )
+        .await
+        .unwrap();
         tokio::time::sleep(Duration::from_millis(60)).await;
         assert!(
             admin_keys::authenticate(&store, short.expose())
