@@ -6,7 +6,8 @@
 //!    `SPILLWAY_BENCH_SECS` seconds (default 10); latency is measured from each request's scheduled
 //!    send time, so a stall is not hidden by the generator waiting (no coordinated omission).
 //!
-//! Runs on SQLite, and on PostgreSQL when `SPILLWAY_BENCH_POSTGRES_URL` names a server. The load
+//! Runs on SQLite, and on PostgreSQL when `SPILLWAY_BENCH_POSTGRES_URL` names a server;
+//! `SPILLWAY_BENCH_CHECKPOINT_MS` sets the audit checkpoint interval (default: the service's). The load
 //! generator shares the machine's two cores with the server.
 
 use std::sync::Arc;
@@ -111,6 +112,10 @@ async fn run(backend: &str, database_url: &str) {
         github_keys_url: keys_url,
         key_file: dir.path().join("keys"),
         audit_checkpoint_file: dir.path().join("checkpoints"),
+        audit_checkpoint_interval_ms: env_or(
+            "SPILLWAY_BENCH_CHECKPOINT_MS",
+            Settings::default().audit_checkpoint_interval_ms,
+        ),
         ..Settings::default()
     };
     spillway::keys::Keys::load(&settings.key_file, true).unwrap();

@@ -223,6 +223,29 @@ async fn load(store: &Store) -> anyhow::Result<Vec<StoredEntry>> {
         .collect()
 }
 
+/// Every entry recording `action`, oldest first.
+pub async fn with_action(store: &Store, action: &str) -> anyhow::Result<Vec<Entry>> {
+    let rows = sqlx::query(
+        "SELECT seq, at, actor, action, subject, details FROM audit_log WHERE action = $1 ORDER BY seq",
+    )
+    .bind(action)
+    .fetch_all(store.pool())
+    .await?;
+    rows.into_iter()
+        .map(|row| {
+            let details: String = row.try_get("details")?;
+            Ok(Entry {
+                seq: row.try_get("seq")?,
+                at: row.try_get("at")?,
+                actor: row.try_get("actor")?,
+                action: row.try_get("action")?,
+                subject: row.try_get("subject")?,
+                details: serde_json::from_str(&details).unwrap_or(serde_json::Value::Null),
+            })
+        })
+        .collect()
+}
+
 /// Prints every entry as one JSON object per line.
 pub async fn export_jsonl(store: &Store, out: &mut impl std::io::Write) -> anyhow::Result<usize> {
     let entries = load(store).await?;
@@ -271,7 +294,8 @@ pub fn last_checkpoint(path: &Path) -> anyhow::Result<Option<Checkpoint>> {
 }
 
 /// Signs the newest entry and appends the checkpoint to `path` (fsynced). Does nothing on an empty
-/// log or when the newest entry is already checkpointed.
+/// log or when the newest entry is already checkpointed. The file work runs on a blocking thread, so
+/// the fsync never stalls the tasks answering alerts.
 pub async fn write_checkpoint(
     store: &Store,
     path: &Path,
@@ -285,6 +309,18 @@ pub async fn write_checkpoint(
     };
     let seq: i64 = row.try_get("seq")?;
     let chain_hash: String = row.try_get("chain_hash")?;
+    let (path, key) = (path.to_owned(), key.clone());
+    tokio::task::spawn_blocking(move || append_checkpoint(&path, &key, seq, chain_hash))
+        .await
+        .context("checkpoint writer panicked")?
+}
+
+fn append_checkpoint(
+    path: &Path,
+    key: &SigningKey,
+    seq: i64,
+    chain_hash: String,
+) -> anyhow::Result<Option<Checkpoint>> {
     if last_checkpoint(path)?.is_some_and(|c| c.seq == seq) {
         return Ok(None);
     }

@@ -219,6 +219,55 @@ pub async fn run(settings: &Settings, store: &Store) -> anyhow::Result<Report> {
         ));
     }
 
+    // Key ids published by more than one installation: inline ones in the registry (registration
+    // refuses new ones), and the JWKS conflicts serve found and audited.
+    let mut conflicts: std::collections::BTreeMap<String, BTreeSet<String>> = Default::default();
+    let installations = crate::installations::list(store).await?;
+    let mut owners: std::collections::HashMap<String, BTreeSet<String>> = Default::default();
+    for i in &installations {
+        for kid in i
+            .spec
+            .inline_jwks
+            .iter()
+            .flat_map(|j| j.keys.iter().filter_map(|k| k.kid.clone()))
+        {
+            owners.entry(kid).or_default().insert(i.id.clone());
+        }
+    }
+    for (kid, ids) in owners.into_iter().filter(|(_, ids)| ids.len() > 1) {
+        conflicts.entry(kid).or_default().extend(ids);
+    }
+    let live: std::collections::HashSet<&str> =
+        installations.iter().map(|i| i.id.as_str()).collect();
+    for entry in crate::audit::with_action(store, "installation.key_conflict").await? {
+        let (Some(kid), Some(ids)) = (
+            entry.details["kid"].as_str(),
+            entry.details["installations"].as_array(),
+        ) else {
+            continue;
+        };
+        let ids: BTreeSet<String> = ids
+            .iter()
+            .filter_map(|v| v.as_str())
+            .filter(|id| live.contains(id))
+            .map(str::to_owned)
+            .collect();
+        if ids.len() > 1 {
+            conflicts.entry(kid.to_owned()).or_default().extend(ids);
+        }
+    }
+    for (kid, ids) in conflicts {
+        findings.push(finding(
+            Severity::Severe,
+            "key_id.ambiguous",
+            &kid,
+            format!(
+                "published by more than one installation ({}): its tokens get no offline verdict and are verified online; remove it from every installation but its owner",
+                ids.into_iter().collect::<Vec<_>>().join(", ")
+            ),
+        ));
+    }
+
     for key in crate::admin_keys::list(store).await? {
         if key.revoked_at.is_some() {
             continue;

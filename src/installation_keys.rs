@@ -2,8 +2,16 @@
 //! and JWKS fetched from each installation's `jwks_url`, cached. An unknown key id triggers one
 //! refresh, single-flight per installation and at most once per [`MIN_REFRESH`], so forged key ids
 //! cannot make Spillway hammer an installation.
+//!
+//! A key id has one owner. When two installations publish the same id (registration refuses it for
+//! inline keys; a JWKS can still serve anything), the id is *ambiguous*: [`KeyCache::lookup`] gives
+//! no owner, so no offline verdict is drawn from it and its tokens take the online path, and the
+//! conflict is reported once ([`KeyCache::take_conflicts`]: audit entry, metric, `doctor`). Keys
+//! fetched from a JWKS count only while fresh ([`FRESH_FOR`]); stale ones are fetched again first.
+//! An attacker who registers an installation reusing another's key id therefore can no longer make
+//! a genuine token look forged and be dropped.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -15,17 +23,38 @@ use crate::outbound::Outbound;
 
 /// An installation's JWKS is fetched at most this often.
 pub const MIN_REFRESH: Duration = Duration::from_secs(10);
+/// Keys fetched from a JWKS back an offline verdict for this long after the fetch.
+pub const FRESH_FOR: Duration = Duration::from_secs(3600);
 /// Largest JWKS read: a longer one is abandoned while it streams.
 pub const MAX_JWKS: usize = 1 << 20;
 
+/// One installation's keys under one key id.
+#[derive(Clone)]
+struct Claim {
+    installation_id: String,
+    keys: Vec<VerifyingKey>,
+    /// When they were fetched from the JWKS URL; `None` for inline keys (the registry is current).
+    fetched_at: Option<Instant>,
+}
+
 #[derive(Default)]
 struct Entries {
-    /// kid -> (installation id, key); several installations may (wrongly) publish one kid.
-    by_kid: HashMap<String, Vec<(String, VerifyingKey)>>,
+    /// kid -> the installations publishing it (more than one: ambiguous).
+    by_kid: HashMap<String, Vec<Claim>>,
     /// installation id -> the registration version (`updated_at`) the cache reflects.
     synced: HashMap<String, i64>,
     /// installation id -> when its JWKS URL was last fetched (or tried), for which version.
     fetched: HashMap<String, (Instant, i64)>,
+    /// Conflicts seen and not yet taken by [`KeyCache::take_conflicts`], and all ever reported.
+    pending: Vec<KeyConflict>,
+    reported: HashSet<(String, BTreeSet<String>)>,
+}
+
+/// A key id published by more than one installation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyConflict {
+    pub kid: String,
+    pub installations: BTreeSet<String>,
 }
 
 /// The shared key cache.
@@ -37,9 +66,33 @@ pub struct KeyCache {
 }
 
 /// What a key id resolves to.
-pub struct KeyMatch {
-    pub installation_id: String,
-    pub key: VerifyingKey,
+#[derive(Debug, Clone)]
+pub enum KeyLookup {
+    /// Nobody publishes it.
+    Unknown,
+    /// One installation does.
+    Owned {
+        installation_id: String,
+        keys: Vec<VerifyingKey>,
+        /// Inline, or fetched within [`FRESH_FOR`]: an offline verdict may rest on them.
+        fresh: bool,
+    },
+    /// Several do: no verdict rests on it.
+    Ambiguous { installations: BTreeSet<String> },
+}
+
+impl KeyLookup {
+    /// The owner's keys, if an offline verdict may rest on them.
+    pub fn fresh_owner(&self) -> Option<(&str, &[VerifyingKey])> {
+        match self {
+            KeyLookup::Owned {
+                installation_id,
+                keys,
+                fresh: true,
+            } => Some((installation_id, keys)),
+            _ => None,
+        }
+    }
 }
 
 impl KeyCache {
@@ -51,44 +104,78 @@ impl KeyCache {
         }
     }
 
-    /// The keys known under `kid`, without any network call.
-    pub fn lookup(&self, kid: &str) -> Vec<KeyMatch> {
-        let entries = self.entries.lock().expect("key cache lock");
-        entries
-            .by_kid
-            .get(kid)
-            .map(|v| {
-                v.iter()
-                    .map(|(id, key)| KeyMatch {
-                        installation_id: id.clone(),
-                        key: *key,
-                    })
-                    .collect()
-            })
-            .unwrap_or_default()
+    /// What `kid` resolves to now, without any network call.
+    pub fn lookup(&self, kid: &str) -> KeyLookup {
+        self.lookup_at(kid, Instant::now())
     }
 
-    /// Replaces an installation's keys with `jwks` plus its inline keys.
-    fn replace(&self, installation: &Installation, jwks: &Jwks) {
+    /// [`KeyCache::lookup`] as of `now`.
+    fn lookup_at(&self, kid: &str, now: Instant) -> KeyLookup {
+        let entries = self.entries.lock().expect("key cache lock");
+        match entries.by_kid.get(kid).map(Vec::as_slice) {
+            None | Some([]) => KeyLookup::Unknown,
+            Some([claim]) => KeyLookup::Owned {
+                installation_id: claim.installation_id.clone(),
+                keys: claim.keys.clone(),
+                fresh: claim
+                    .fetched_at
+                    .is_none_or(|at| now.saturating_duration_since(at) < FRESH_FOR),
+            },
+            Some(claims) => KeyLookup::Ambiguous {
+                installations: claims.iter().map(|c| c.installation_id.clone()).collect(),
+            },
+        }
+    }
+
+    /// Conflicts found since the last call (each reported once per set of installations).
+    pub fn take_conflicts(&self) -> Vec<KeyConflict> {
+        std::mem::take(&mut self.entries.lock().expect("key cache lock").pending)
+    }
+
+    /// Replaces an installation's keys with `jwks` (fetched now, if any) plus its inline keys.
+    fn replace(&self, installation: &Installation, jwks: Option<&Jwks>) {
         let installation_id = installation.id.as_str();
         let mut entries = self.entries.lock().expect("key cache lock");
-        for keys in entries.by_kid.values_mut() {
-            keys.retain(|(id, _)| id != installation_id);
+        for claims in entries.by_kid.values_mut() {
+            claims.retain(|c| c.installation_id != installation_id);
         }
+        entries.by_kid.retain(|_, claims| !claims.is_empty());
+        let mut mine: HashMap<String, Claim> = HashMap::new();
         let inline = installation
             .spec
             .inline_jwks
             .iter()
-            .flat_map(|j| j.keys.iter());
-        for jwk in jwks.keys.iter().chain(inline) {
+            .flat_map(|j| j.keys.iter().map(|k| (k, None)));
+        let fetched = jwks
+            .into_iter()
+            .flat_map(|j| j.keys.iter().map(|k| (k, Some(Instant::now()))));
+        for (jwk, fetched_at) in fetched.chain(inline) {
             let (Some(kid), Ok(key)) = (jwk.kid.as_ref(), crate::jwt::key_from_jwk(jwk)) else {
                 continue;
             };
-            entries
-                .by_kid
-                .entry(kid.clone())
-                .or_default()
-                .push((installation_id.to_owned(), key));
+            let claim = mine.entry(kid.clone()).or_insert_with(|| Claim {
+                installation_id: installation_id.to_owned(),
+                keys: Vec::new(),
+                fetched_at,
+            });
+            claim.keys.push(key);
+            if fetched_at.is_none() {
+                claim.fetched_at = None; // inline keys are always current
+            }
+        }
+        for (kid, claim) in mine {
+            let claims = entries.by_kid.entry(kid.clone()).or_default();
+            claims.push(claim);
+            if claims.len() > 1 {
+                let installations: BTreeSet<String> =
+                    claims.iter().map(|c| c.installation_id.clone()).collect();
+                if entries
+                    .reported
+                    .insert((kid.clone(), installations.clone()))
+                {
+                    entries.pending.push(KeyConflict { kid, installations });
+                }
+            }
         }
         entries
             .synced
@@ -103,9 +190,10 @@ impl KeyCache {
             let mut entries = self.entries.lock().expect("key cache lock");
             let live: std::collections::HashSet<&str> =
                 installations.iter().map(|i| i.id.as_str()).collect();
-            for keys in entries.by_kid.values_mut() {
-                keys.retain(|(id, _)| live.contains(id.as_str()));
+            for claims in entries.by_kid.values_mut() {
+                claims.retain(|c| live.contains(c.installation_id.as_str()));
             }
+            entries.by_kid.retain(|_, claims| !claims.is_empty());
             entries.synced.retain(|id, _| live.contains(id.as_str()));
             entries.fetched.retain(|id, _| live.contains(id.as_str()));
         }
@@ -116,7 +204,7 @@ impl KeyCache {
             };
             if changed {
                 // Inline keys only; a JWKS URL is fetched on the next unknown key id.
-                self.replace(i, &Jwks::default());
+                self.replace(i, None);
             }
         }
     }
@@ -153,7 +241,7 @@ impl KeyCache {
                 .fetched
                 .insert(i.id.clone(), (Instant::now(), i.updated_at));
             match self.fetch_jwks(url).await {
-                Ok(jwks) => self.replace(i, &jwks),
+                Ok(jwks) => self.replace(i, Some(&jwks)),
                 Err(e) => tracing::warn!(
                     installation = %i.id,
                     error = %format!("{e:#}"),
@@ -176,5 +264,99 @@ impl KeyCache {
             .await
             .map_err(|e| anyhow::anyhow!("jwks_url: {e}"))?;
         Ok(serde_json::from_slice(&bytes)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(kid: &str) -> (p256::ecdsa::SigningKey, crate::contract::Jwk) {
+        let signing = p256::ecdsa::SigningKey::random(&mut rand::rngs::OsRng);
+        let jwk = crate::jwt::jwk_of(signing.verifying_key(), kid);
+        (signing, jwk)
+    }
+
+    fn installation(id: &str, inline: Vec<crate::contract::Jwk>) -> Installation {
+        let mut spec: crate::installations::Spec = serde_json::from_value(serde_json::json!({
+            "name": id,
+            "token_types": ["palantir_jwt"],
+            "revoke_url": "https://example.com/revoke",
+        }))
+        .unwrap();
+        spec.inline_jwks = Some(Jwks { keys: inline });
+        Installation {
+            id: id.into(),
+            spec,
+            created_at: 1,
+            updated_at: 1,
+            secret_created_at: 1,
+            live_secrets: 1,
+        }
+    }
+
+    fn cache() -> KeyCache {
+        KeyCache::new(Outbound::new(Default::default(), Duration::from_secs(1)).unwrap())
+    }
+
+    #[test]
+    fn a_key_id_claimed_twice_has_no_owner_and_is_reported_once() {
+        let cache = cache();
+        let (_, a) = key("shared");
+        let (_, b) = key("shared");
+        let (_, c) = key("mine");
+        let first = installation("inst_a", vec![a, c]);
+        cache.load_inline(std::slice::from_ref(&first));
+        assert!(matches!(
+            cache.lookup("shared").fresh_owner(),
+            Some(("inst_a", [_]))
+        ));
+        let second = installation("inst_b", vec![b]);
+        cache.load_inline(&[first.clone(), second.clone()]);
+        match cache.lookup("shared") {
+            KeyLookup::Ambiguous { installations } => {
+                assert_eq!(installations, ["inst_a".into(), "inst_b".into()].into())
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(cache.lookup("shared").fresh_owner().is_none());
+        assert!(
+            cache.lookup("mine").fresh_owner().is_some(),
+            "others unaffected"
+        );
+        assert!(matches!(cache.lookup("nobody"), KeyLookup::Unknown));
+        let conflicts = cache.take_conflicts();
+        assert_eq!(conflicts.len(), 1);
+        assert_eq!(conflicts[0].kid, "shared");
+        // Seen again (another registry sync): not reported again.
+        cache.load_inline(&[
+            first.clone(),
+            Installation {
+                updated_at: 2,
+                ..second
+            },
+        ]);
+        assert!(cache.take_conflicts().is_empty());
+        // The second claimant goes: the first owns it again.
+        cache.load_inline(&[first]);
+        assert!(matches!(
+            cache.lookup("shared").fresh_owner(),
+            Some(("inst_a", _))
+        ));
+    }
+
+    #[test]
+    fn fetched_keys_back_a_verdict_only_while_fresh() {
+        let cache = cache();
+        let (_, jwk) = key("fetched");
+        let owner = installation("inst_a", Vec::new());
+        cache.replace(&owner, Some(&Jwks { keys: vec![jwk] }));
+        assert!(cache.lookup("fetched").fresh_owner().is_some());
+        let later = Instant::now() + FRESH_FOR + Duration::from_secs(1);
+        match cache.lookup_at("fetched", later) {
+            KeyLookup::Owned { fresh, .. } => assert!(!fresh),
+            other => panic!("{other:?}"),
+        }
+        assert!(cache.lookup_at("fetched", later).fresh_owner().is_none());
     }
 }

@@ -286,6 +286,49 @@ fn secret_or_new(secret: Option<TokenSecret>) -> Result<(TokenSecret, bool), Reg
     }
 }
 
+/// Refuses inline keys whose key id another installation already publishes inline: a key id has
+/// one owner (DESIGN.md, trust rules), and a second claim could make a genuine token look forged.
+/// Key ids served by JWKS URLs are checked when fetched (`installation_keys`).
+async fn check_key_ids(
+    tx: &mut crate::store::Tx,
+    spec: &Spec,
+    own_id: Option<&str>,
+) -> Result<(), RegistryError> {
+    let Some(jwks) = &spec.inline_jwks else {
+        return Ok(());
+    };
+    let rows = sqlx::query(
+        "SELECT id, name, inline_jwks FROM installations WHERE inline_jwks IS NOT NULL",
+    )
+    .fetch_all(&mut **tx)
+    .await
+    .context("cannot read installations")?;
+    for row in rows {
+        let id: String = row.try_get("id").map_err(anyhow::Error::from)?;
+        if Some(id.as_str()) == own_id {
+            continue;
+        }
+        let theirs: Option<Jwks> = row
+            .try_get::<Option<String>, _>("inline_jwks")
+            .map_err(anyhow::Error::from)?
+            .and_then(|t| serde_json::from_str(&t).ok());
+        let Some(theirs) = theirs else { continue };
+        for (i, key) in jwks.keys.iter().enumerate() {
+            let Some(kid) = &key.kid else { continue };
+            if theirs.keys.iter().any(|k| k.kid.as_ref() == Some(kid)) {
+                let name: String = row.try_get("name").map_err(anyhow::Error::from)?;
+                return Err(invalid(
+                    &format!("inline_jwks.keys[{i}].kid"),
+                    format!(
+                        "key id {kid:?} is already published by installation {name} ({id}): a key id has one owner"
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Registers an installation; returns it and, when Spillway generated the shared secret, that
 /// secret (shown once; only its sealed form is stored).
 pub async fn register(
@@ -310,6 +353,7 @@ pub async fn register(
     if taken.is_some() {
         return Err(RegistryError::NameTaken(spec.name));
     }
+    check_key_ids(&mut tx, &spec, None).await?;
     write_spec(&mut tx, &id, &spec, now, true).await?;
     add_secret(&mut tx, sealing, &id, &secret, now).await?;
     audit::append(
@@ -497,6 +541,7 @@ pub async fn update(
             return Err(RegistryError::NameTaken(spec.name));
         }
     }
+    check_key_ids(&mut tx, &spec, Some(&current.id)).await?;
     let now = now_ms();
     write_spec(&mut tx, &current.id, &spec, now, false).await?;
     let moved = migrate_findings(&mut tx, &current.id, &spec, now).await?;

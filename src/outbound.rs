@@ -23,6 +23,10 @@ pub enum UrlError {
         "{field}: {ip} is a loopback, private, link-local or otherwise internal address (allowed only with outbound_allow_private)"
     )]
     Internal { field: String, ip: IpAddr },
+    #[error(
+        "{field}: {ip} is an IPv6 address carrying an IPv4 one (IPv4-mapped, IPv4-translated, IPv4-compatible or NAT64); give the IPv4 address or a name instead"
+    )]
+    Embedded { field: String, ip: IpAddr },
 }
 
 /// Why an answer's body was not read whole.
@@ -115,14 +119,37 @@ impl Policy {
                 });
             }
         };
-        if let Some(ip) = ip.filter(|ip| !self.allow_private && is_internal(*ip)) {
-            return Err(UrlError::Internal {
-                field: field.into(),
-                ip,
-            });
+        if let Some(ip) = ip.filter(|_| !self.allow_private) {
+            if is_internal(ip) {
+                return Err(UrlError::Internal {
+                    field: field.into(),
+                    ip,
+                });
+            }
+            if let IpAddr::V6(v6) = ip
+                && embeds_ipv4(v6)
+            {
+                return Err(UrlError::Embedded {
+                    field: field.into(),
+                    ip,
+                });
+            }
         }
         Ok(parsed)
     }
+}
+
+/// True for IPv6 literals that carry an IPv4 address for a translator to reach: IPv4-mapped
+/// (`::ffff:0:0/96`, written `::ffff:a.b.c.d`), IPv4-translated (`::ffff:0:0:0/96`, RFC 2765),
+/// IPv4-compatible (`::/96`), NAT64 well-known (`64:ff9b::/96`) and local-use (`64:ff9b:1::/48`,
+/// RFC 8215) prefixes. A registration has no reason to write an address this way; refusing the form
+/// outright leaves no embedding for [`is_internal`] to miss. (Names that resolve to NAT64 addresses
+/// under DNS64 are judged by their embedded address at connect time instead.)
+pub fn embeds_ipv4(v6: Ipv6Addr) -> bool {
+    let seg = v6.segments();
+    seg[..5] == [0; 5] && (seg[5] == 0xffff || seg[5] == 0) // mapped, compatible
+        || seg[..6] == [0, 0, 0, 0, 0xffff, 0] // translated
+        || seg[..2] == [0x64, 0xff9b] && (seg[2..6] == [0; 4] || seg[2] == 1) // NAT64
 }
 
 /// True for addresses an outbound call must not reach by default.
@@ -140,9 +167,16 @@ pub fn is_internal(ip: IpAddr) -> bool {
             };
             // NAT64 (64:ff9b::/96) and IPv4-compatible (::/96) addresses carry an IPv4 address in
             // their last 32 bits, 6to4 (2002::/16) in bits 16..48: judge that address.
-            if (seg[..6] == [0x64, 0xff9b, 0, 0, 0, 0] || seg[..6] == [0; 6])
+            // So do IPv4-translated addresses (::ffff:0:0:0/96).
+            if (seg[..6] == [0x64, 0xff9b, 0, 0, 0, 0]
+                || seg[..6] == [0; 6]
+                || seg[..6] == [0, 0, 0, 0, 0xffff, 0])
                 && is_internal_v4(embedded(seg[6], seg[7]))
             {
+                return true;
+            }
+            // The local-use NAT64 prefix (64:ff9b:1::/48, RFC 8215) translates inside a network.
+            if seg[..3] == [0x64, 0xff9b, 1] {
                 return true;
             }
             if first == 0x2002 && is_internal_v4(embedded(seg[1], seg[2])) {
@@ -173,6 +207,26 @@ fn is_internal_v4(ip: Ipv4Addr) -> bool {
         || a >= 240 // reserved 240/4
 }
 
+/// A name that resolves only to addresses the policy refuses: the resolver's error, found again in
+/// a failed request's source chain by [`refusal`] so the call ends at once instead of being retried.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{host} resolves only to internal addresses (allowed only with outbound_allow_private)")]
+pub struct InternalOnly {
+    pub host: String,
+}
+
+/// The policy refusal behind a failed request, if that is why it failed.
+pub fn refusal<'e>(error: &'e (dyn std::error::Error + 'static)) -> Option<&'e InternalOnly> {
+    let mut next = Some(error);
+    while let Some(e) = next {
+        if let Some(refused) = e.downcast_ref::<InternalOnly>() {
+            return Some(refused);
+        }
+        next = e.source();
+    }
+    None
+}
+
 /// Resolves names with the system resolver, then drops internal addresses.
 struct GuardedResolver {
     allow_private: bool,
@@ -188,10 +242,9 @@ impl Resolve for GuardedResolver {
                 .filter(|a| allow_private || !is_internal(a.ip()))
                 .collect();
             if addrs.is_empty() {
-                return Err(format!(
-                    "{host} resolves only to internal addresses (allowed only with outbound_allow_private)"
-                )
-                .into());
+                return Err(
+                    Box::new(InternalOnly { host }) as Box<dyn std::error::Error + Send + Sync>
+                );
             }
             Ok(Box::new(addrs.into_iter()) as Addrs)
         })
@@ -245,6 +298,10 @@ mod tests {
             "::10.0.0.1",
             "2002:a9fe:a9fe::1",
             "240.0.0.1",
+            "::ffff:0:127.0.0.1",
+            "::ffff:0:a00:1",
+            "64:ff9b:1::a00:1",
+            "64:ff9b:1::101:101",
         ] {
             assert!(is_internal(internal.parse().unwrap()), "{internal}");
         }
@@ -272,6 +329,28 @@ mod tests {
             .unwrap_err();
         assert!(err.to_string().contains("verify_url"), "{err}");
         assert!(strict.check("notify_url", "https://example.com/n").is_ok());
+        // Every IPv6 form carrying an IPv4 address is refused as a literal, internal or not.
+        for literal in [
+            "https://[::ffff:0:127.0.0.1]/r",
+            "https://[64:ff9b:1::a00:1]/r",
+            "https://[::ffff:1.1.1.1]/r",
+            "https://[::ffff:0:1.1.1.1]/r",
+            "https://[64:ff9b::101:101]/r",
+            "https://[64:ff9b:1:abcd::1]/r",
+            "https://[::1.1.1.1]/r",
+        ] {
+            let err = strict.check("revoke_url", literal).unwrap_err();
+            assert!(
+                matches!(err, UrlError::Internal { .. } | UrlError::Embedded { .. }),
+                "{literal}: {err}"
+            );
+            assert!(err.to_string().starts_with("revoke_url: "), "{err}");
+        }
+        assert!(
+            strict
+                .check("revoke_url", "https://[2606:4700::1111]/r")
+                .is_ok()
+        );
         let open = Policy {
             allow_http: true,
             allow_private: true,
@@ -296,7 +375,7 @@ mod tests {
             .send()
             .await
             .unwrap_err();
-        let chain = format!("{:?}", anyhow::Error::from(err));
-        assert!(chain.contains("internal addresses"), "{chain}");
+        let refused = refusal(&err).expect("the refusal is in the error's source chain");
+        assert_eq!(refused.host, "localhost");
     }
 }

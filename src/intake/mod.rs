@@ -64,8 +64,11 @@ pub struct Feedback {
 /// matches whole, or whose checksum fails, is a false positive. Anything else waits for the
 /// installation (left out of the feedback).
 /// `scanner` is reused across an alert's tokens.
-/// With `jwt_keys`, a JWT whose key id is cached is labelled by its signature: `true_positive` when
-/// it verifies, `false_positive` when no key under that id does.
+/// With `jwt_keys`, a JWT whose key id has one owner with fresh keys is labelled `true_positive`
+/// when its signature verifies. A signature that does not verify gives no label here: another
+/// installation may publish the same key id in a JWKS not fetched yet, so the token is queued and
+/// the decision (which fetches first) says whether it is forged. Dropping it here is how a second
+/// installation reusing a key id once suppressed a genuine token.
 pub fn offline_label<'r>(
     scanner: &mut Scanner<'r>,
     rules: &'r RuleSet,
@@ -74,16 +77,13 @@ pub fn offline_label<'r>(
     token_type: &str,
 ) -> Option<Label> {
     if let (Some(cache), Ok(decoded)) = (jwt_keys, crate::jwt::decode(token.expose())) {
-        let keys = cache.lookup(decoded.key_id().unwrap_or_default());
-        if !keys.is_empty() {
-            let valid = keys
+        let found = cache.lookup(decoded.key_id().unwrap_or_default());
+        if let Some((_, keys)) = found.fresh_owner()
+            && keys
                 .iter()
-                .any(|k| crate::jwt::verify(token.expose(), &decoded, &k.key));
-            return Some(if valid {
-                Label::TruePositive
-            } else {
-                Label::FalsePositive
-            });
+                .any(|key| crate::jwt::verify(token.expose(), &decoded, key))
+        {
+            return Some(Label::TruePositive);
         }
     }
     if !rules.rules().iter().any(|r| r.token_type == token_type) {

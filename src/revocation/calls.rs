@@ -21,12 +21,16 @@ pub enum Answer<T> {
         reason: String,
         retry_after: Option<Duration>,
     },
+    /// The call may not be made at all (the URL or what its name resolves to is refused by the
+    /// outbound policy): retrying cannot help. `reason` names the field and the rule.
+    Refused { reason: String },
 }
 
 impl<T> Answer<T> {
     fn map<U>(self, f: impl FnOnce(T) -> U) -> Answer<U> {
         match self {
             Answer::Known(v) => Answer::Known(f(v)),
+            Answer::Refused { reason } => Answer::Refused { reason },
             Answer::Unknown {
                 reason,
                 retry_after,
@@ -80,7 +84,9 @@ async fn post_signed(
     body: &impl serde::Serialize,
 ) -> Result<Reply, Answer<std::convert::Infallible>> {
     if let Err(e) = outbound.policy.check(field, url) {
-        return Err(Answer::unknown(e.to_string()));
+        return Err(Answer::Refused {
+            reason: e.to_string(),
+        });
     }
     let body = serde_json::to_vec(body).map_err(|_| Answer::unknown("cannot encode request"))?;
     let timestamp = crate::store::now_ms() / 1000;
@@ -102,6 +108,11 @@ async fn post_signed(
     let response = match sent {
         Ok(r) => r,
         Err(e) if e.is_timeout() => return Err(Answer::unknown(format!("{field}: timed out"))),
+        Err(ref e) if let Some(refused) = crate::outbound::refusal(e) => {
+            return Err(Answer::Refused {
+                reason: format!("{field}: {refused}"),
+            });
+        }
         Err(e) if e.is_connect() => {
             return Err(Answer::unknown(format!("{field}: cannot connect")));
         }

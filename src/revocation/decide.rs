@@ -14,6 +14,7 @@ use sqlx::Row as _;
 
 use super::{Engine, finding_owner};
 use crate::audit;
+use crate::installation_keys::KeyLookup;
 use crate::installations::{self, Installation};
 use crate::jwt;
 use crate::scanner::TokenSecret;
@@ -284,49 +285,50 @@ async fn attribute(
 ) -> Decision {
     if let Ok(decoded) = jwt::decode(token.expose()) {
         let kid = decoded.key_id().unwrap_or_default().to_owned();
-        let mut matches = engine.key_cache.lookup(&kid);
-        if matches.is_empty() {
-            // Installations issuing this type first; any with a JWKS URL otherwise.
-            let mut candidates = installations::issuing(all, &c.token_type);
-            if candidates.is_empty() {
-                candidates = all.iter().collect();
-            }
-            engine.key_cache.refresh(&candidates).await;
-            matches = engine.key_cache.lookup(&kid);
+        // Installations issuing this type first; any with a JWKS URL otherwise.
+        let mut issuers = installations::issuing(all, &c.token_type);
+        if issuers.is_empty() {
+            issuers = all.iter().collect();
         }
-        if !matches.is_empty() {
-            let find = |id: &str| all.iter().find(|i| i.id == id).cloned();
-            for m in &matches {
-                if jwt::verify(token.expose(), &decoded, &m.key) {
-                    let Some(installation) = find(&m.installation_id) else {
-                        continue;
-                    };
-                    let expired = decoded
-                        .expires_at()
-                        .is_some_and(|exp| exp.saturating_mul(1000) <= now_ms());
-                    let first = if expired {
-                        First::Expired
-                    } else if installation.spec.pull_mode {
-                        First::Pull
-                    } else {
-                        First::Revoke
-                    };
-                    return Decision {
-                        attribution: "key_id",
-                        targets: vec![(installation, first)],
-                        reason: None,
-                        spillway_key: false,
-                    };
-                }
-            }
-            if let Some(installation) = find(&matches[0].installation_id) {
-                return Decision {
-                    attribution: "key_id",
-                    targets: vec![(installation, First::Invalid)],
-                    reason: None,
-                    spillway_key: false,
-                };
-            }
+        let verifies = |found: &KeyLookup| {
+            found.fresh_owner().is_some_and(|(_, keys)| {
+                keys.iter()
+                    .any(|key| jwt::verify(token.expose(), &decoded, key))
+            })
+        };
+        let mut found = engine.key_cache.lookup(&kid);
+        // Unknown, known from a JWKS fetched too long ago, or owned but not verifying (another
+        // issuer's JWKS, not fetched yet, may publish the same key id): fetch again (rate limited)
+        // before any verdict, so a forged-looking token is only ever judged against every claim.
+        if !matches!(found, KeyLookup::Ambiguous { .. }) && !verifies(&found) {
+            engine.key_cache.refresh(&issuers).await;
+            found = engine.key_cache.lookup(&kid);
+        }
+        engine.report_key_conflicts().await;
+        // An offline verdict only against the one owner's fresh keys; an ambiguous, stale or
+        // unknown key id leaves the token to the online path below.
+        let owner = found
+            .fresh_owner()
+            .and_then(|(id, keys)| Some((all.iter().find(|i| i.id == id)?.clone(), keys)));
+        if let Some((installation, keys)) = owner {
+            let verified = keys
+                .iter()
+                .any(|key| jwt::verify(token.expose(), &decoded, key));
+            let expired = decoded
+                .expires_at()
+                .is_some_and(|exp| exp.saturating_mul(1000) <= now_ms());
+            let first = match (verified, expired) {
+                (false, _) => First::Invalid,
+                (true, true) => First::Expired,
+                (true, false) if installation.spec.pull_mode => First::Pull,
+                (true, false) => First::Revoke,
+            };
+            return Decision {
+                attribution: "key_id",
+                targets: vec![(installation, first)],
+                reason: None,
+                spillway_key: false,
+            };
         }
     }
     let by_host = installations::by_hostname(all, &c.context_hosts);

@@ -103,6 +103,8 @@ pub trait Observer: Send + Sync {
     /// One of this Spillway's admin keys was found in public: `revoked`, `already_revoked` or
     /// `unknown_token` (another deployment's key).
     fn admin_key_leaked(&self, _outcome: &str) {}
+    /// A key id turned out to be published by more than one installation.
+    fn key_conflict(&self) {}
 }
 
 /// Shared state of the deciding and revoking workers.
@@ -282,6 +284,7 @@ impl Engine {
             .expect("installations lock") = Some(std::time::Instant::now());
         self.key_cache.load_inline(&all);
         *self.installations.lock().expect("installations lock") = all.clone();
+        self.report_key_conflicts().await;
         Ok(all)
     }
 
@@ -337,6 +340,42 @@ impl Engine {
             self.dispatch(installation).await?;
         }
         Ok(decided)
+    }
+
+    /// Records the key-id conflicts the key cache found (an audit entry and a metric each; `doctor`
+    /// reads the entries). Best effort: a failure is logged and the conflicts stay reported in
+    /// the log.
+    pub(crate) async fn report_key_conflicts(&self) {
+        for conflict in self.key_cache.take_conflicts() {
+            tracing::warn!(
+                kid = %conflict.kid,
+                installations = ?conflict.installations,
+                "a key id is published by more than one installation: no offline verdict rests on it"
+            );
+            self.observer.key_conflict();
+            let written = async {
+                let mut tx = self.store.begin().await?;
+                audit::append(
+                    &mut tx,
+                    self.store.backend(),
+                    &format!("worker:{}", self.worker_id),
+                    "installation.key_conflict",
+                    &format!("kid:{}", conflict.kid),
+                    serde_json::json!({
+                        "kid": conflict.kid,
+                        "installations": conflict.installations,
+                        "effect": "ambiguous: tokens under this key id are verified online",
+                    }),
+                )
+                .await?;
+                tx.commit().await?;
+                anyhow::Ok(())
+            }
+            .await;
+            if let Err(e) = written {
+                tracing::error!(error = %format!("{e:#}"), "cannot audit a key-id conflict");
+            }
+        }
     }
 
     /// Fails loudly the pull-mode findings no one acknowledged within `max_age`.
@@ -644,6 +683,12 @@ impl Engine {
                     retry_after,
                 }
             }
+            Answer::Refused { reason } => {
+                // Not the installation failing: nothing was sent, so the breaker is untouched.
+                self.observer
+                    .call(step, &installation.id, "refused", started.elapsed());
+                Next::Refused(format!("refused: {reason}"))
+            }
         }
     }
 
@@ -681,13 +726,13 @@ impl Engine {
                 0,
             ),
             Next::Done(state, label) => (state.clone(), Some(state.clone()), *label, None, 0),
-            Next::Retry {
-                reason,
-                retry_after,
-            } => {
+            Next::Retry { reason, .. } | Next::Refused(reason) => {
                 let attempts = item.attempts + 1;
                 let too_old = now - item.created_at > self.tuning.max_age.as_millis() as i64;
-                if attempts < i64::from(self.tuning.max_attempts) && !too_old {
+                if let Next::Retry { retry_after, .. } = &next
+                    && attempts < i64::from(self.tuning.max_attempts)
+                    && !too_old
+                {
                     let delay = limits::backoff(attempts as u32, *retry_after);
                     sqlx::query(
                         "UPDATE findings SET attempts = $1, next_run_at = $2, last_error = $3, \
@@ -825,6 +870,8 @@ enum Next {
         reason: String,
         retry_after: Option<Duration>,
     },
+    /// The call may not be made: give up now, naming why.
+    Refused(String),
 }
 
 fn step_name(state: &str) -> &'static str {

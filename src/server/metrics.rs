@@ -131,6 +131,7 @@ pub struct Metrics {
     poller: PollerMetrics,
     ingress: IngressMetrics,
     admin_keys_leaked: Family<OutcomeLabels, Counter>,
+    key_conflicts: Counter,
 }
 
 /// What the public address refused before authentication, what it holds, and how intake groups
@@ -310,7 +311,15 @@ impl Default for Metrics {
              unknown: another deployment's)",
             admin_keys_leaked.clone(),
         );
+        let key_conflicts = Counter::default();
+        registry.register(
+            "key_id_conflicts",
+            "Key ids found published by more than one installation (each is ambiguous: its tokens \
+             are verified online, never offline)",
+            key_conflicts.clone(),
+        );
         Metrics {
+            key_conflicts,
             admin_keys_leaked,
             ingress,
             outcomes,
@@ -506,6 +515,10 @@ impl crate::revocation::Observer for Metrics {
                 installation: installation.to_owned(),
             })
             .inc();
+    }
+
+    fn key_conflict(&self) {
+        self.key_conflicts.inc();
     }
 
     fn admin_key_leaked(&self, outcome: &str) {

@@ -347,6 +347,22 @@ async fn gitlab_token_revocation_api_speaks_gitlabs_names_and_wants_the_secret_o
 }]"#;
         let resp = post("wrong", example.to_owned()).await.unwrap();
         assert_eq!(resp.status(), 401, "{backend}");
+        let resp = client
+            .post(format!("{base}/v1/revoke_tokens"))
+            .header(
+                "authorization",
+                reqwest::header::HeaderValue::from_bytes(b"shared-secr\xe9t").unwrap(),
+            )
+            .body(example)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 401, "{backend}");
+        let text = resp.text().await.unwrap();
+        assert!(
+            text.contains("header authorization is malformed (not visible ASCII)"),
+            "{backend}: {text}"
+        );
         let resp = post("shared-secret", example.to_owned()).await.unwrap();
         assert_eq!(resp.status(), 204, "{backend}");
         // A GitLab name, a name unknown to the mapping (classified by scanning the token), and

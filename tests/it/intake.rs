@@ -288,6 +288,25 @@ async fn bad_requests_get_clear_errors_and_store_nothing() {
             s == 400 && b.contains("missing header github-public-key-signature"),
             "{backend}: {b}"
         );
+        // A header with bytes beyond visible ASCII is there, and malformed, not missing.
+        let resp = svc
+            .client
+            .post(&svc.endpoint)
+            .header(
+                "Github-Public-Key-Identifier",
+                reqwest::header::HeaderValue::from_bytes(b"k\xe9").unwrap(),
+            )
+            .header("Github-Public-Key-Signature", &sig)
+            .body(body.to_vec())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 400, "{backend}");
+        let b = resp.text().await.unwrap();
+        assert!(
+            b.contains("header github-public-key-identifier is malformed (not visible ASCII)"),
+            "{backend}: {b}"
+        );
         let (s, b) = svc.post(Some("k1"), Some("not base64!"), body).await;
         assert!(
             s == 400 && b.contains("not base64 of a DER ECDSA signature"),

@@ -24,3 +24,4 @@ mod rules;
 mod scan_cli;
 mod serve_process;
 mod storage;
+mod trust;
