@@ -19,9 +19,9 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use p256::ecdsa::signature::Signer as _;
 use p256::pkcs8::{EncodePublicKey as _, LineEnding};
-use spillway::config::Settings;
-use spillway::listeners::{self, ListenerKind};
+use spillway::platform::config::Settings;
 use spillway::scanner::validate::crc32_base62;
+use spillway::sources::listeners::{self, ListenerKind};
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name)
@@ -118,8 +118,8 @@ async fn run(backend: &str, database_url: &str) {
         ),
         ..Settings::default()
     };
-    spillway::keys::Keys::load(&settings.key_file, true).unwrap();
-    let running = spillway::server::start(&settings).await.unwrap();
+    spillway::platform::keyring::Keys::load(&settings.key_file, true).unwrap();
+    let running = spillway::service::start(&settings).await.unwrap();
     let (_, endpoint) =
         listeners::create(&running.state.store, ListenerKind::Github, "bench", "bench")
             .await
@@ -205,7 +205,9 @@ fn main() {
         )
         .await;
         if let Ok(base) = std::env::var("SPILLWAY_BENCH_POSTGRES_URL") {
-            let admin = spillway::store::Store::connect_admin(&base).await.unwrap();
+            let admin = spillway::platform::store::Store::connect_admin(&base)
+                .await
+                .unwrap();
             let name = format!("spillway_bench_{:08x}", rand::random::<u32>());
             sqlx::query(&format!("CREATE DATABASE {name}"))
                 .execute(admin.pool())

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use spillway::devtools::{fake_github, reference_installation};
-use spillway::revocation::findings;
+use spillway::findings;
 
 fn env<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name)
@@ -136,7 +136,8 @@ async fn run() {
         admin: free_port(),
         dir,
     };
-    spillway::keys::Keys::load(&service.dir.path().join("spillway.keys"), true).unwrap();
+    spillway::platform::keyring::Keys::load(&service.dir.path().join("spillway.keys"), true)
+        .unwrap();
     let endpoint = service
         .run(&["listener", "create", "--kind", "github"])
         .lines()
@@ -223,7 +224,7 @@ async fn run() {
         eprintln!("alerts not acknowledged, by status (0: no answer): {refused:?}");
     }
 
-    let store = spillway::store::Store::connect(&database_url)
+    let store = spillway::platform::store::Store::connect(&database_url)
         .await
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(600);

@@ -1,35 +1,31 @@
 //! Spillway: finds leaked tokens, proves them live with the installation that issued them, revokes
-//! and records them.
+//! and records them. The modules read as the pipeline (DESIGN.md, "Architecture"):
 //!
-//! - [`scanner`]: rules as data and the multi-pattern engine (no I/O).
-//! - [`cli`]: the `spillway` command line (scan files, directories, stdin and git history).
-//! - [`store`]: SQLite / PostgreSQL storage; [`audit`]: the hash-chained audit log;
-//!   [`listeners`]: rotatable listener endpoints; [`admin_keys`]; [`keys`]: secrets held outside
-//!   the database; [`config`]: layered settings.
+//! - [`sources`]: where tokens come from (partner alerts, signed webhooks, GitLab's revocation
+//!   API on rotatable listener endpoints, the public-repository poller).
+//! - [`intake`]: an accepted alert, one candidate per token and the queued work, committed durably
+//!   before the sender is answered.
+//! - [`scanner`]: rules as data, decoders and the multi-pattern engine (no I/O).
+//! - [`revocation`]: from candidate to outcome: attribution, offline and online verification,
+//!   revoke and notify calls under each installation's limits.
+//! - [`findings`]: the finding lifecycle (states, outcomes, allowed transitions) and its table.
+//! - [`installations`]: the registry of issuers, their signing keys and the contract they speak.
+//! - [`admin`]: admin API keys and `doctor`.
+//! - [`http`]: the HTTP edge (routers, ingress rules, admin API, metrics).
+//! - [`platform`]: storage, the audit log, settings, Spillway's own keys, sealing, outbound calls,
+//!   logging.
+//! - [`service`]: the composition root of `spillway serve`; [`cli`]: the command line.
 //! - [`devtools`]: the reference installation and a fake GitHub, for tests, benchmarks and demos.
 
-pub mod admin_keys;
-pub mod audit;
+pub mod admin;
 pub mod cli;
-pub mod config;
-pub mod contract;
 pub mod devtools;
-pub mod doctor;
-pub mod ecdsa;
-pub mod failpoint;
-pub mod installation_keys;
+pub mod findings;
+pub mod http;
 pub mod installations;
 pub mod intake;
-pub mod jwt;
-pub mod keys;
-pub mod listeners;
-pub mod logging;
-pub mod outbound;
-pub mod partner_keys;
-pub mod poller;
+pub mod platform;
 pub mod revocation;
 pub mod scanner;
-pub mod seal;
-pub mod server;
-pub mod store;
-pub mod webhook_auth;
+pub mod service;
+pub mod sources;

@@ -7,11 +7,12 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Subcommand;
 
-use crate::config::Settings;
-use crate::keys::Keys;
-use crate::listeners::{self, ListenerKind, OldEndpoint};
-use crate::store::{Store, now_ms};
-use crate::{admin_keys, audit};
+use crate::admin::api_keys as admin_keys;
+use crate::platform::audit;
+use crate::platform::config::Settings;
+use crate::platform::keyring::Keys;
+use crate::platform::store::{Store, now_ms};
+use crate::sources::listeners::{self, ListenerKind, OldEndpoint};
 
 /// Who the audit log names for local commands.
 pub(super) const LOCAL_ACTOR: &str = "cli";
@@ -316,12 +317,14 @@ pub fn admin_key(config: Option<&PathBuf>, command: AdminKeyCommand) -> u8 {
                         ListFormat::Json => println!("{}", serde_json::to_string_pretty(&keys)?),
                         ListFormat::Text => {
                             for k in &keys {
-                                let state =
-                                    match (k.revoked_at, k.expires_at <= crate::store::now_ms()) {
-                                        (Some(at), _) => format!("revoked {}", format_time(at)),
-                                        (None, true) => "expired".to_owned(),
-                                        (None, false) => "live".to_owned(),
-                                    };
+                                let state = match (
+                                    k.revoked_at,
+                                    k.expires_at <= crate::platform::store::now_ms(),
+                                ) {
+                                    (Some(at), _) => format!("revoked {}", format_time(at)),
+                                    (None, true) => "expired".to_owned(),
+                                    (None, false) => "live".to_owned(),
+                                };
                                 let scopes: Vec<&str> =
                                     k.scopes.iter().map(|s| s.as_str()).collect();
                                 println!(

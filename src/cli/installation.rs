@@ -8,9 +8,9 @@ use anyhow::Context as _;
 use clap::{Args, Subcommand};
 
 use super::admin::{LOCAL_ACTOR, finish, open, runtime};
-use crate::contract::Jwks;
+use crate::installations::contract::Jwks;
 use crate::installations::{self, Delivery, Patch, Spec};
-use crate::outbound::Policy;
+use crate::platform::outbound::Policy;
 use crate::scanner::TokenSecret;
 
 #[derive(Debug, Subcommand)]
@@ -157,7 +157,7 @@ fn read_secret(path: &Path) -> anyhow::Result<Option<TokenSecret>> {
 /// Creates `path` (0600) for a secret about to be generated: before anything is stored, so a
 /// secret is never committed without a place to hand it over.
 fn create_secret_file(path: &Path) -> anyhow::Result<std::fs::File> {
-    crate::keys::create_private_file(path)
+    crate::platform::keyring::create_private_file(path)
         .with_context(|| format!("{}: cannot create --secret-file", path.display()))
 }
 

@@ -131,19 +131,19 @@ pub fn run() -> u8 {
     }
 }
 
-/// JSON logs on stderr, redacted by the scanner (see [`crate::logging`]).
+/// JSON logs on stderr, redacted by the scanner (see [`crate::platform::logging`]).
 fn init_tracing() -> anyhow::Result<()> {
-    crate::logging::init()
+    crate::platform::logging::init()
 }
 
 fn serve(config: Option<&std::path::PathBuf>) -> u8 {
     let result = init_tracing()
-        .and_then(|()| crate::config::Settings::load(config.map(|p| p.as_path())))
+        .and_then(|()| crate::platform::config::Settings::load(config.map(|p| p.as_path())))
         .and_then(|settings| {
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?
-                .block_on(crate::server::run(settings))
+                .block_on(crate::service::run(settings))
         });
     match result {
         Ok(()) => 0,
@@ -156,15 +156,18 @@ fn serve(config: Option<&std::path::PathBuf>) -> u8 {
 
 /// `spillway doctor`: 0 when nothing is severe, 1 when something is, 2 when it cannot check.
 fn doctor(config: Option<&std::path::PathBuf>, format: DoctorFormat) -> u8 {
-    let result = crate::config::Settings::load(config.map(|p| p.as_path())).and_then(|settings| {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?
-            .block_on(async {
-                let store = crate::store::Store::connect(settings.database_url.expose()).await?;
-                crate::doctor::run(&settings, &store).await
-            })
-    });
+    let result =
+        crate::platform::config::Settings::load(config.map(|p| p.as_path())).and_then(|settings| {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+                .block_on(async {
+                    let store =
+                        crate::platform::store::Store::connect(settings.database_url.expose())
+                            .await?;
+                    crate::admin::doctor::run(&settings, &store).await
+                })
+        });
     let report = match result {
         Ok(r) => r,
         Err(e) => {

@@ -43,9 +43,11 @@ pub use limit::{Limit, RateError};
 pub use tokens::{MintedToken, SESSION_TTL_SECS, TokenKind, TokenRequest, USER_TTL_SECS};
 
 use super::{Served, now_ms};
-use crate::contract::{self, Jwks, Notification, RevokeRequest, VerifyRequest, VerifyResponse};
-use crate::server::error;
-use crate::webhook_auth::{self, AuthError};
+use crate::http::error;
+use crate::installations::contract::{
+    self, Jwks, Notification, RevokeRequest, VerifyRequest, VerifyResponse,
+};
+use crate::platform::webhook_auth::{self, AuthError};
 use faults::{Fault, hang_then_answer};
 
 /// Options of `spillway reference-installation`.
@@ -154,7 +156,7 @@ fn parse_secrets(text: &str) -> anyhow::Result<Vec<String>> {
 
 fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
     use std::io::Write as _;
-    crate::keys::create_private_file(path)?.write_all(contents.as_bytes())
+    crate::platform::keyring::create_private_file(path)?.write_all(contents.as_bytes())
 }
 
 /// The installation: its signing key, secrets, limits and records.
@@ -403,7 +405,10 @@ async fn notify(State(i): State<Arc<Installation>>, headers: HeaderMap, body: By
 
 async fn jwks(State(i): State<Arc<Installation>>) -> axum::Json<Jwks> {
     axum::Json(Jwks {
-        keys: vec![crate::jwt::jwk_of(i.signing_key.verifying_key(), &i.plntr)],
+        keys: vec![crate::platform::jwt::jwk_of(
+            i.signing_key.verifying_key(),
+            &i.plntr,
+        )],
     })
 }
 

@@ -15,8 +15,8 @@ use sqlx::Row as _;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{Label, ListenerEvent, PRIORITY_UNIT};
-use crate::audit;
-use crate::store::{Store, Tx, now_ms};
+use crate::platform::audit;
+use crate::platform::store::{Store, Tx, now_ms};
 
 /// Candidates written per transaction, at most (more jobs wait for the next group).
 pub const GROUP_ROWS: usize = 4_000;

@@ -17,10 +17,10 @@ use std::sync::Arc;
 use serde::Serialize;
 use sha2::Digest as _;
 
-use crate::installation_keys::KeyCache;
-use crate::keys::Keys;
+use crate::installations::signing_keys::KeyCache;
+use crate::platform::keyring::Keys;
+use crate::platform::store::Store;
 use crate::scanner::{Finding, RuleSet, Scanner, TokenSecret};
-use crate::store::Store;
 pub use committer::GroupObserver;
 use committer::{Job, NewAlert, Opened, Row};
 
@@ -76,12 +76,12 @@ pub fn offline_label<'r>(
     token: &TokenSecret,
     token_type: &str,
 ) -> Option<Label> {
-    if let (Some(cache), Ok(decoded)) = (jwt_keys, crate::jwt::decode(token.expose())) {
+    if let (Some(cache), Ok(decoded)) = (jwt_keys, crate::platform::jwt::decode(token.expose())) {
         let found = cache.lookup(decoded.key_id().unwrap_or_default());
         if let Some((_, keys)) = found.fresh_owner()
             && keys
                 .iter()
-                .any(|key| crate::jwt::verify(token.expose(), &decoded, key))
+                .any(|key| crate::platform::jwt::verify(token.expose(), &decoded, key))
         {
             return Some(Label::TruePositive);
         }
@@ -220,7 +220,7 @@ impl Intake {
                 let fingerprint = self.keys.fingerprint(t.token.expose());
                 // Undecided tokens stay sealed until decided (the decision may need the token).
                 let sealed = (label != Some(Label::FalsePositive)).then(|| {
-                    crate::seal::seal(
+                    crate::platform::seal::seal(
                         &self.keys.sealing,
                         &crate::revocation::decide::candidate_owner(&fingerprint),
                         &t.token,

@@ -6,8 +6,10 @@ use std::time::{Duration, SystemTime};
 
 use serde::de::DeserializeOwned;
 
-use crate::contract::{self, RevokeResponse, RevokeStatus, VerifyResponse, VerifyStatus};
-use crate::outbound::Outbound;
+use crate::installations::contract::{
+    self, RevokeResponse, RevokeStatus, VerifyResponse, VerifyStatus,
+};
+use crate::platform::outbound::Outbound;
 use crate::scanner::TokenSecret;
 
 /// The answer to a call, classified.
@@ -89,11 +91,15 @@ async fn post_signed(
         });
     }
     let body = serde_json::to_vec(body).map_err(|_| Answer::unknown("cannot encode request"))?;
-    let timestamp = crate::store::now_ms() / 1000;
+    let timestamp = crate::platform::store::now_ms() / 1000;
     let secrets: Vec<&str> = secrets.iter().map(TokenSecret::expose).collect();
-    let signature =
-        crate::webhook_auth::sign_standard_webhooks(&secrets, idempotency_key, timestamp, &body)
-            .map_err(|_| Answer::unknown("installation secret unusable"))?;
+    let signature = crate::platform::webhook_auth::sign_standard_webhooks(
+        &secrets,
+        idempotency_key,
+        timestamp,
+        &body,
+    )
+    .map_err(|_| Answer::unknown("installation secret unusable"))?;
     let sent = outbound
         .client
         .post(url)
@@ -108,7 +114,7 @@ async fn post_signed(
     let response = match sent {
         Ok(r) => r,
         Err(e) if e.is_timeout() => return Err(Answer::unknown(format!("{field}: timed out"))),
-        Err(ref e) if let Some(refused) = crate::outbound::refusal(e) => {
+        Err(ref e) if let Some(refused) = crate::platform::outbound::refusal(e) => {
             return Err(Answer::Refused {
                 reason: format!("{field}: {refused}"),
             });
@@ -138,7 +144,7 @@ async fn post_signed(
         .get(reqwest::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/json"));
-    let bytes = match crate::outbound::read_capped(response, MAX_ANSWER).await {
+    let bytes = match crate::platform::outbound::read_capped(response, MAX_ANSWER).await {
         Ok(b) => b,
         Err(e) => return Err(Answer::unknown(format!("{field}: {e}"))),
     };

@@ -13,12 +13,12 @@ use anyhow::Context as _;
 use sqlx::Row as _;
 
 use super::{Engine, finding_owner};
-use crate::audit;
-use crate::installation_keys::KeyLookup;
+use crate::installations::signing_keys::KeyLookup;
 use crate::installations::{self, Installation};
-use crate::jwt;
+use crate::platform::audit;
+use crate::platform::jwt;
+use crate::platform::store::now_ms;
 use crate::scanner::TokenSecret;
-use crate::store::now_ms;
 
 /// Candidates decided per claim.
 pub const BATCH: usize = 64;
@@ -155,7 +155,7 @@ pub async fn decide_batch(engine: &Engine) -> anyhow::Result<usize> {
         )
         .await?;
     }
-    crate::failpoint::hit("decide.before_commit");
+    crate::platform::failpoint::hit("decide.before_commit");
     tx.commit().await.context("cannot commit decisions")?;
     for created in decisions
         .iter()
@@ -386,7 +386,7 @@ struct Prepared {
 async fn prepare(engine: &Engine, c: Candidate) -> anyhow::Result<Prepared> {
     let all = engine.installations();
     let token = match &c.sealed_token {
-        Some(sealed) => Some(crate::seal::open(
+        Some(sealed) => Some(crate::platform::seal::open(
             &engine.keys.sealing,
             &candidate_owner(&c.fingerprint),
             sealed,
@@ -394,7 +394,7 @@ async fn prepare(engine: &Engine, c: Candidate) -> anyhow::Result<Prepared> {
         None => None,
     };
     let decision = match &token {
-        Some(token) if crate::admin_keys::is_well_formed(token.expose()) => Decision {
+        Some(token) if crate::admin::api_keys::is_well_formed(token.expose()) => Decision {
             attribution: "spillway",
             targets: Vec::new(),
             reason: None,
@@ -419,7 +419,7 @@ const ROWS_PER_STATEMENT: usize = 64;
 /// recorded: another worker may have taken the others over.
 async fn record_batch(
     engine: &Engine,
-    tx: &mut crate::store::Tx,
+    tx: &mut crate::platform::store::Tx,
     prepared: &[Prepared],
 ) -> anyhow::Result<Vec<serde_json::Value>> {
     let now = now_ms();
@@ -488,7 +488,7 @@ async fn record_batch(
             let (c, token) = (&t.p.c, &t.p.token);
             let active = matches!(t.first, First::Verify | First::Revoke | First::Pull);
             let sealed = match (token, active) {
-                (Some(token), true) => Some(crate::seal::seal(
+                (Some(token), true) => Some(crate::platform::seal::seal(
                     &engine.keys.sealing,
                     &finding_owner(&t.installation.id, &c.fingerprint),
                     &super::sealed_payload(token, t.installation.spec.delivery),
@@ -588,15 +588,17 @@ async fn record_batch(
         let Some(token) = &p.token else {
             continue;
         };
-        let outcome = crate::admin_keys::revoke_leaked(tx, &engine.store, token, &p.c.source)
+        let outcome = crate::admin::api_keys::revoke_leaked(tx, &engine.store, token, &p.c.source)
             .await
             .map_err(|e| anyhow::anyhow!(e))?;
         let (state, label, revoked) = match outcome {
-            crate::admin_keys::LeakedKey::Revoked(ids) => ("revoked", Some("true_positive"), ids),
-            crate::admin_keys::LeakedKey::AlreadyRevoked(id) => {
+            crate::admin::api_keys::LeakedKey::Revoked(ids) => {
+                ("revoked", Some("true_positive"), ids)
+            }
+            crate::admin::api_keys::LeakedKey::AlreadyRevoked(id) => {
                 ("already_revoked", Some("true_positive"), vec![id])
             }
-            crate::admin_keys::LeakedKey::Unknown => ("unknown_token", None, Vec::new()),
+            crate::admin::api_keys::LeakedKey::Unknown => ("unknown_token", None, Vec::new()),
         };
         let c = &p.c;
         let id: i64 = sqlx::query_scalar(

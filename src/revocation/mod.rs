@@ -17,7 +17,6 @@
 
 pub(crate) mod calls;
 pub mod decide;
-pub mod findings;
 pub mod limits;
 pub mod pull;
 
@@ -27,15 +26,15 @@ use std::time::Duration;
 use anyhow::Context as _;
 use sqlx::Row as _;
 
-use crate::audit;
-use crate::config::Settings;
-use crate::contract::{self, RevokeStatus, VerifyStatus};
-use crate::installation_keys::KeyCache;
+use crate::installations::contract::{self, RevokeStatus, VerifyStatus};
+use crate::installations::signing_keys::KeyCache;
 use crate::installations::{self, Delivery, Installation};
-use crate::keys::Keys;
-use crate::outbound::{Outbound, Policy};
+use crate::platform::audit;
+use crate::platform::config::Settings;
+use crate::platform::keyring::Keys;
+use crate::platform::outbound::{Outbound, Policy};
+use crate::platform::store::{Store, now_ms};
 use crate::scanner::TokenSecret;
-use crate::store::{Store, now_ms};
 use calls::Answer;
 use limits::Limits;
 
@@ -550,7 +549,7 @@ impl Engine {
             return Ok(None);
         }
         let token = match &item.sealed_token {
-            Some(sealed) => crate::seal::open(
+            Some(sealed) => crate::platform::seal::open(
                 &self.keys.sealing,
                 &finding_owner(&item.installation_id, &item.fingerprint),
                 sealed,
@@ -576,7 +575,7 @@ impl Engine {
                     token: raw,
                 };
                 let answer = calls::verify(&self.outbound, url, &secrets, &key, &body).await;
-                crate::failpoint::hit("verify.after_call");
+                crate::platform::failpoint::hit("verify.after_call");
                 self.classify("verify", installation, &limits, started, answer, |status| {
                     match status {
                         VerifyStatus::Active => {
@@ -604,9 +603,9 @@ impl Engine {
                     source: item.source.clone(),
                     received_at: contract::rfc3339_ms(item.received_at),
                 };
-                crate::failpoint::hit("revoke.before_call");
+                crate::platform::failpoint::hit("revoke.before_call");
                 let answer = calls::revoke(&self.outbound, url, &secrets, &key, &body).await;
-                crate::failpoint::hit("revoke.after_call");
+                crate::platform::failpoint::hit("revoke.after_call");
                 let notify = installation.spec.notify_url.is_some();
                 self.classify("revoke", installation, &limits, started, answer, |status| {
                     match status {
@@ -640,7 +639,7 @@ impl Engine {
                     decided_at: contract::rfc3339_ms(item.decided_at.unwrap_or_else(now_ms)),
                 };
                 let answer = calls::notify(&self.outbound, url, &secrets, &key, &body).await;
-                crate::failpoint::hit("notify.after_call");
+                crate::platform::failpoint::hit("notify.after_call");
                 self.classify("notify", installation, &limits, started, answer, |()| {
                     Next::Done(outcome, None)
                 })

@@ -6,11 +6,11 @@ use anyhow::Context as _;
 use sqlx::Row as _;
 
 use super::finding_owner;
-use crate::audit;
-use crate::contract::{self, PullItem, PullPage, RevokeStatus};
+use crate::installations::contract::{self, PullItem, PullPage, RevokeStatus};
 use crate::installations::{self, Delivery, Installation, RegistryError};
-use crate::keys::Keys;
-use crate::store::{Store, now_ms};
+use crate::platform::audit;
+use crate::platform::keyring::Keys;
+use crate::platform::store::{Store, now_ms};
 
 /// Why a pull request was refused.
 #[derive(Debug, thiserror::Error)]
@@ -48,7 +48,7 @@ pub async fn authenticate(
     let secrets = installations::secrets(store, &keys.sealing, installation_id).await?;
     if !secrets
         .iter()
-        .any(|s| crate::webhook_auth::same_secret(s.expose(), presented))
+        .any(|s| crate::platform::webhook_auth::same_secret(s.expose(), presented))
     {
         return Err(PullError::Unauthorized);
     }
@@ -84,7 +84,7 @@ pub async fn page(
         let sealed: String = r
             .try_get::<Option<String>, _>("sealed_token")?
             .with_context(|| format!("finding {id} awaits a pull but has no sealed token"))?;
-        let token = crate::seal::open(
+        let token = crate::platform::seal::open(
             &keys.sealing,
             &finding_owner(&installation.id, &fingerprint),
             &sealed,

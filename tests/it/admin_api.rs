@@ -3,7 +3,7 @@
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use spillway::admin_keys;
+use spillway::admin::api_keys as admin_keys;
 
 struct Api {
     base: String,
@@ -45,7 +45,7 @@ async fn every_admin_request_is_authenticated_authorised_and_audited() {
             "bootstrap",
             &scopes,
             3_600_000,
-            spillway::admin_keys::Creator::Local("test"),
+            spillway::admin::api_keys::Creator::Local("test"),
         )
         .await
         .unwrap();
@@ -437,9 +437,9 @@ async fn a_spillway_admin_key_found_in_public_is_revoked_at_once() {
         let leaked = leaked.expose().to_owned();
         // Someone pushes it; a GitHub webhook listener sees the push.
         let secret = spillway::scanner::TokenSecret::new("hook secret");
-        let (_, endpoint) = spillway::listeners::create_with_secret(
+        let (_, endpoint) = spillway::sources::listeners::create_with_secret(
             &running.state.store,
-            spillway::listeners::ListenerKind::GithubHmac,
+            spillway::sources::listeners::ListenerKind::GithubHmac,
             "hooks",
             "test",
             Some((&running.state.keys.sealing, &secret)),

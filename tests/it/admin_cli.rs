@@ -195,9 +195,10 @@ fn audit_verify_fails_when_the_tail_is_cut() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let store = spillway::store::Store::connect(&format!("sqlite://{}", db.display()))
-            .await
-            .unwrap();
+        let store =
+            spillway::platform::store::Store::connect(&format!("sqlite://{}", db.display()))
+                .await
+                .unwrap();
         sqlx::query("DELETE FROM audit_log WHERE seq = 2")
             .execute(store.pool())
             .await
@@ -227,7 +228,10 @@ fn admin_keys_are_printed_once_in_the_scanner_recognised_format() {
     ]);
     assert!(created.status.success(), "{}", err(&created));
     let key = out(&created).lines().last().unwrap().to_owned();
-    assert!(spillway::admin_keys::is_well_formed(&key), "malformed key");
+    assert!(
+        spillway::admin::api_keys::is_well_formed(&key),
+        "malformed key"
+    );
     std::fs::write(env.path().join("leak.txt"), format!("KEY={key}\n")).unwrap();
     let scan = env.run(&["scan", "--format", "json", "leak.txt"]);
     let findings: serde_json::Value = serde_json::from_slice(&scan.stdout).unwrap();

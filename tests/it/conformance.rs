@@ -206,7 +206,7 @@ async fn the_senders_own_libraries_are_accepted_by_a_real_serve() {
         .status()
         .unwrap();
     assert!(child.wait().unwrap().success());
-    let store = spillway::store::Store::connect(&setup.database_url)
+    let store = spillway::platform::store::Store::connect(&setup.database_url)
         .await
         .unwrap();
     let gitlab_types: Vec<String> = sqlx::query_scalar(
@@ -246,7 +246,7 @@ async fn every_call_spillway_makes_verifies_with_the_official_standard_webhooks_
         .push(("SPILLWAY_OUTBOUND_ALLOW_PRIVATE".into(), "true".into()));
     let port = free_port();
     let record = setup.dir.path().join("installation.jsonl");
-    let secret = spillway::webhook_auth::generate_whsec();
+    let secret = spillway::platform::webhook_auth::generate_whsec();
     let mut installation = Command::new(&python)
         .arg(root().join("tests/conformance/senders.py"))
         .arg("installation")

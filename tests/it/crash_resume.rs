@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use crate::common::process::Setup;
 use serde_json::json;
 use spillway::devtools::{fake_github, reference_installation};
-use spillway::revocation::findings;
+use spillway::findings;
 
 async fn crash_and_resume(point: &str, online: bool) {
     for (backend, url, _db_dir) in crate::common::fresh_databases().await {
@@ -35,7 +35,8 @@ async fn crash_and_resume(point: &str, online: bool) {
             ("SPILLWAY_CALL_TIMEOUT_MS".into(), "1000".into()),
         ];
         // PostgreSQL counts as production, where keys are provided, not generated.
-        spillway::keys::Keys::load(&setup.dir.path().join("spillway.keys"), true).unwrap();
+        spillway::platform::keyring::Keys::load(&setup.dir.path().join("spillway.keys"), true)
+            .unwrap();
 
         let out = setup
             .command(&["listener", "create", "--kind", "github"])
@@ -129,7 +130,9 @@ async fn crash_and_resume(point: &str, online: bool) {
 
         // Run 1 resumes.
         let mut child = setup.start(1);
-        let store = spillway::store::Store::connect(&url).await.unwrap();
+        let store = spillway::platform::store::Store::connect(&url)
+            .await
+            .unwrap();
         let deadline = Instant::now() + Duration::from_secs(30);
         let finding = loop {
             let all = findings::list(&store, None, None, 0, 10).await.unwrap();

@@ -8,10 +8,10 @@ use std::collections::BTreeSet;
 use crate::common::process::Setup;
 use serde_json::Value;
 use spillway::installations;
-use spillway::listeners::{self, ListenerKind, OldEndpoint};
-use spillway::outbound::Policy;
+use spillway::platform::outbound::Policy;
+use spillway::platform::store::{Store, now_ms};
 use spillway::scanner::TokenSecret;
-use spillway::store::{Store, now_ms};
+use spillway::sources::listeners::{self, ListenerKind, OldEndpoint};
 
 const DAY_MS: i64 = 24 * 3600 * 1000;
 
@@ -44,17 +44,18 @@ async fn doctor_reports_credential_hygiene() {
     for (backend, url, _dir) in crate::common::fresh_databases().await {
         let setup = Setup::new("http://127.0.0.1:9/keys".into(), Some(&url));
         let keys =
-            spillway::keys::Keys::load(&setup.dir.path().join("spillway.keys"), true).unwrap();
+            spillway::platform::keyring::Keys::load(&setup.dir.path().join("spillway.keys"), true)
+                .unwrap();
         let store = Store::connect(&url).await.unwrap();
 
         // A narrow, short-lived key: nothing to say about it.
-        let scopes = spillway::admin_keys::parse_scopes("audit:read").unwrap();
-        spillway::admin_keys::create(
+        let scopes = spillway::admin::api_keys::parse_scopes("audit:read").unwrap();
+        spillway::admin::api_keys::create(
             &store,
             "dashboards",
             &scopes,
             30 * DAY_MS,
-            spillway::admin_keys::Creator::Local("test"),
+            spillway::admin::api_keys::Creator::Local("test"),
         )
         .await
         .unwrap();
@@ -69,14 +70,14 @@ async fn doctor_reports_credential_hygiene() {
         }
 
         // An all-powerful key living two years, created 100 days ago.
-        let all: BTreeSet<spillway::admin_keys::Scope> =
-            spillway::admin_keys::Scope::ALL.into_iter().collect();
-        let (broad, _) = spillway::admin_keys::create(
+        let all: BTreeSet<spillway::admin::api_keys::Scope> =
+            spillway::admin::api_keys::Scope::ALL.into_iter().collect();
+        let (broad, _) = spillway::admin::api_keys::create(
             &store,
             "ops",
             &all,
             730 * DAY_MS,
-            spillway::admin_keys::Creator::Local("test"),
+            spillway::admin::api_keys::Creator::Local("test"),
         )
         .await
         .unwrap();
@@ -98,7 +99,9 @@ async fn doctor_reports_credential_hygiene() {
             &keys.sealing,
             &Policy::default(),
             spec,
-            Some(TokenSecret::new(spillway::webhook_auth::generate_whsec())),
+            Some(TokenSecret::new(
+                spillway::platform::webhook_auth::generate_whsec(),
+            )),
             "test",
         )
         .await

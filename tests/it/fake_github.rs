@@ -10,9 +10,9 @@ use p256::pkcs8::DecodePublicKey as _;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use spillway::devtools::fake_github::{self, Args};
-use spillway::listeners::{self, ListenerKind};
-use spillway::partner_keys::PartnerKeys;
 use spillway::scanner::validate::crc32_base62;
+use spillway::sources::listeners::{self, ListenerKind};
+use spillway::sources::partner_keys::PartnerKeys;
 
 #[tokio::test]
 async fn signed_alerts_verify_with_the_published_pem_key() {

@@ -6,10 +6,10 @@ use base64::engine::general_purpose::STANDARD;
 use hmac::{Hmac, Mac};
 use serde_json::Value;
 use sha2::Sha256;
-use spillway::listeners::{self, ListenerKind};
+use spillway::platform::webhook_auth::{self, AuthError};
 use spillway::scanner::TokenSecret;
 use spillway::scanner::validate::crc32_base62;
-use spillway::webhook_auth::{self, AuthError};
+use spillway::sources::listeners::{self, ListenerKind};
 
 use crate::common::senders::{standard_webhooks_headers, twilio_signature};
 
@@ -108,7 +108,7 @@ fn github_token(seed: u8) -> String {
 }
 
 async fn listener(
-    running: &spillway::server::Running,
+    running: &spillway::service::Running,
     kind: ListenerKind,
     secret: &str,
 ) -> (String, String) {

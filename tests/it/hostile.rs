@@ -8,7 +8,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::routing::get;
 use serde_json::Value;
-use spillway::listeners::{self, ListenerKind};
+use spillway::sources::listeners::{self, ListenerKind};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 /// 1 GiB of chunks, with no declared length.
@@ -54,23 +54,26 @@ async fn an_endless_answer_is_abandoned_at_the_cap() {
     let client = reqwest::Client::new();
     let started = Instant::now();
     let response = client.get(&base).send().await.unwrap();
-    let read = spillway::outbound::read_capped(response, 64 << 10).await;
-    assert_eq!(read, Err(spillway::outbound::ReadError::TooLarge(64 << 10)));
+    let read = spillway::platform::outbound::read_capped(response, 64 << 10).await;
+    assert_eq!(
+        read,
+        Err(spillway::platform::outbound::ReadError::TooLarge(64 << 10))
+    );
     assert!(
         started.elapsed() < Duration::from_secs(2),
         "{:?}",
         started.elapsed()
     );
     // A JWKS behind it is refused with the reason, not buffered.
-    let outbound = spillway::outbound::Outbound::new(
-        spillway::outbound::Policy {
+    let outbound = spillway::platform::outbound::Outbound::new(
+        spillway::platform::outbound::Policy {
             allow_http: true,
             allow_private: true,
         },
         Duration::from_secs(5),
     )
     .unwrap();
-    let cache = spillway::installation_keys::KeyCache::new(outbound);
+    let cache = spillway::installations::signing_keys::KeyCache::new(outbound);
     let err = cache
         .fetch_jwks(&format!("{base}/jwks.json"))
         .await
@@ -79,9 +82,9 @@ async fn an_endless_answer_is_abandoned_at_the_cap() {
 }
 
 async fn server_with_endpoint(
-    tune: impl FnOnce(&mut spillway::config::Settings),
+    tune: impl FnOnce(&mut spillway::platform::config::Settings),
 ) -> (
-    spillway::server::Running,
+    spillway::service::Running,
     tempfile::TempDir,
     tempfile::TempDir,
     String,

@@ -4,7 +4,7 @@
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use spillway::admin_keys;
+use spillway::admin::api_keys as admin_keys;
 
 async fn call(
     base: &str,
@@ -55,7 +55,7 @@ async fn installations_are_registered_rotated_and_removed_with_audit() {
             "ops",
             &scopes,
             3_600_000,
-            spillway::admin_keys::Creator::Local("test"),
+            spillway::admin::api_keys::Creator::Local("test"),
         )
         .await
         .unwrap();
@@ -65,7 +65,7 @@ async fn installations_are_registered_rotated_and_removed_with_audit() {
             "ro",
             &readonly,
             3_600_000,
-            spillway::admin_keys::Creator::Local("test"),
+            spillway::admin::api_keys::Creator::Local("test"),
         )
         .await
         .unwrap();

@@ -11,8 +11,8 @@ use base64::engine::general_purpose::STANDARD;
 use p256::ecdsa::signature::Signer as _;
 use p256::pkcs8::{EncodePublicKey as _, LineEnding};
 use sha2::{Digest, Sha256};
-use spillway::listeners::{self, ListenerKind};
 use spillway::scanner::validate::crc32_base62;
+use spillway::sources::listeners::{self, ListenerKind};
 
 /// A fake `GET /meta/public_keys/secret_scanning` that counts how often it is asked.
 struct FakeGithub {
@@ -69,7 +69,7 @@ impl Signer {
 }
 
 struct Service {
-    running: spillway::server::Running,
+    running: spillway::service::Running,
     endpoint: String,
     dir: tempfile::TempDir,
     client: reqwest::Client,
@@ -337,7 +337,8 @@ async fn bad_requests_get_clear_errors_and_store_nothing() {
             "{backend}: key refreshes were not rate limited"
         );
 
-        let big = vec![b' '; spillway::config::IngressSettings::default().max_body_bytes + 1];
+        let big =
+            vec![b' '; spillway::platform::config::IngressSettings::default().max_body_bytes + 1];
         let (s, b) = svc.post(Some("k1"), Some(&sig), &big).await;
         assert_eq!(s, 413, "{backend}");
         assert!(b.contains("body: larger than"), "{backend}: {b}");
@@ -568,7 +569,7 @@ async fn concurrent_alerts_are_committed_in_groups_and_each_is_acknowledged_afte
             "{backend}: {groups} groups for 64 alerts: nothing was grouped"
         );
         let key = svc.running.state.keys.audit_signing_key();
-        let verdict = spillway::audit::verify(
+        let verdict = spillway::platform::audit::verify(
             &svc.running.state.store,
             &svc.dir.path().join("no-checkpoints-yet"),
             &key.verifying_key(),
@@ -576,7 +577,7 @@ async fn concurrent_alerts_are_committed_in_groups_and_each_is_acknowledged_afte
         .await
         .unwrap();
         assert!(
-            matches!(verdict, spillway::audit::Verdict::Intact { entries, .. } if entries >= 64),
+            matches!(verdict, spillway::platform::audit::Verdict::Intact { entries, .. } if entries >= 64),
             "{backend}: {verdict:?}"
         );
         Arc::try_unwrap(svc).ok().unwrap().running.shutdown().await;

@@ -194,11 +194,11 @@ fn routes_in_openapi(document: &Value) -> BTreeSet<(String, String)> {
 
 #[tokio::test]
 async fn openapi_documents_list_every_route_and_are_served() {
-    // The admin router: src/server/admin_api.rs plus the admin routes in src/server/mod.rs.
-    let mod_rs = repo_file("src/server/mod.rs");
+    // The admin router: src/http/admin_api.rs plus the admin routes in src/http/mod.rs.
+    let mod_rs = repo_file("src/http/mod.rs");
     let admin_part = &mod_rs[mod_rs.find("let admin = Router::new()").unwrap()..];
     let admin_part = &admin_part[..admin_part.find(".with_state(").unwrap()];
-    let mut admin_routes = routes_in_source(&repo_file("src/server/admin_api.rs"));
+    let mut admin_routes = routes_in_source(&repo_file("src/http/admin_api.rs"));
     admin_routes.extend(routes_in_source(admin_part));
     assert!(admin_routes.len() >= 15, "{admin_routes:?}");
     let admin_doc: Value = serde_json::from_str(&repo_file("docs/openapi/admin.json")).unwrap();
@@ -209,7 +209,7 @@ async fn openapi_documents_list_every_route_and_are_served() {
         "docs/openapi/admin.json and the admin router differ"
     );
     // The installation contract's pull API (the installation calls Spillway).
-    let pull_routes = routes_in_source(&repo_file("src/server/pull_api.rs"));
+    let pull_routes = routes_in_source(&repo_file("src/http/pull_api.rs"));
     let contract: Value =
         serde_json::from_str(&repo_file("docs/openapi/installation.json")).unwrap();
     let documented = routes_in_openapi(&contract);

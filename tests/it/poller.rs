@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use crate::common::revocation::Rig;
 use serde_json::{Value, json};
-use spillway::config::Settings;
+use spillway::platform::config::Settings;
 
 /// Polls as fast as the fake's `X-Poll-Interval: 0` allows (100 ms), short GitHub deadlines.
 fn polling(s: &mut Settings) {
@@ -85,7 +85,7 @@ fn metric(text: &str, prefix: &str) -> f64 {
 
 async fn audit_actions(rig: &Rig) -> Vec<Value> {
     let mut out = Vec::new();
-    spillway::audit::export_jsonl(&rig.server.state.store, &mut out)
+    spillway::platform::audit::export_jsonl(&rig.server.state.store, &mut out)
         .await
         .unwrap();
     String::from_utf8(out)

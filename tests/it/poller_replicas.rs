@@ -61,7 +61,7 @@ async fn one_replica_polls_and_another_takes_over_when_it_dies() {
             .unwrap();
         let first = Setup::new(github.keys_url(), Some(&url));
         let key_file = first.dir.path().join("spillway.keys");
-        spillway::keys::Keys::load(&key_file, true).unwrap();
+        spillway::platform::keyring::Keys::load(&key_file, true).unwrap();
         let secret_file = first.dir.path().join("ri.whsec");
         let installation = reference_installation::start(&reference_installation::Args {
             secret_file: secret_file.clone(),

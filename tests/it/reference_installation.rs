@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
-use spillway::contract::{Jwks, RevokeStatus};
 use spillway::devtools::reference_installation::{self, Args, MintedToken, Revocation, Stats};
-use spillway::webhook_auth::{generate_whsec, sign_standard_webhooks};
+use spillway::installations::contract::{Jwks, RevokeStatus};
+use spillway::platform::webhook_auth::{generate_whsec, sign_standard_webhooks};
 
 struct Harness {
     ri: reference_installation::Running,
@@ -169,12 +169,16 @@ async fn issued_tokens_verify_against_the_published_jwks_and_answer_active() {
     assert_eq!(jwks.keys.len(), 1);
     let jwk = &jwks.keys[0];
     assert_eq!(jwk.kid.as_deref(), Some(h.ri.plntr.as_str()));
-    let public = spillway::jwt::key_from_jwk(jwk).unwrap();
+    let public = spillway::platform::jwt::key_from_jwk(jwk).unwrap();
     for minted in [&session, &user] {
         assert!(minted.token.starts_with("eyJwbG50ciI6"), "Foundry header");
-        let decoded = spillway::jwt::decode(&minted.token).unwrap();
+        let decoded = spillway::platform::jwt::decode(&minted.token).unwrap();
         assert_eq!(decoded.key_id(), Some(h.ri.plntr.as_str()));
-        assert!(spillway::jwt::verify(&minted.token, &decoded, &public));
+        assert!(spillway::platform::jwt::verify(
+            &minted.token,
+            &decoded,
+            &public
+        ));
         for claim in ["sub", "jti", "org", "iat"] {
             assert!(decoded.claims.get(claim).is_some(), "claim {claim}");
         }
@@ -187,11 +191,11 @@ async fn issued_tokens_verify_against_the_published_jwks_and_answer_active() {
         );
     }
     // Session tokens carry exp = iat + 16 h; user tokens carry none but go inactive after 30 days.
-    let s = spillway::jwt::decode(&session.token).unwrap();
+    let s = spillway::platform::jwt::decode(&session.token).unwrap();
     let iat = s.claims["iat"].as_i64().unwrap();
     assert_eq!(s.expires_at(), Some(iat + 16 * 3600));
     assert_eq!(session.expires_at, Some(iat + 16 * 3600));
-    let u = spillway::jwt::decode(&user.token).unwrap();
+    let u = spillway::platform::jwt::decode(&user.token).unwrap();
     assert_eq!(u.expires_at(), None);
     assert_eq!(u.claims["sub"], "alice");
     assert_eq!(user.expires_at, None);
@@ -513,7 +517,7 @@ fn the_command_prints_its_address_serves_and_stops_on_sigterm() {
 
 #[test]
 fn the_openapi_schemas_name_exactly_the_contract_fields() {
-    use spillway::contract::*;
+    use spillway::installations::contract::*;
     let doc: Value =
         serde_json::from_str(include_str!("../../docs/openapi/installation.json")).unwrap();
     let schemas = &doc["components"]["schemas"];
@@ -591,7 +595,7 @@ fn the_openapi_schemas_name_exactly_the_contract_fields() {
     for (name, value) in examples {
         assert_eq!(fields(value.unwrap()), documented(name), "{name}");
     }
-    let jwk = serde_json::to_value(spillway::jwt::jwk_of(
+    let jwk = serde_json::to_value(spillway::platform::jwt::jwk_of(
         p256::ecdsa::SigningKey::random(&mut rand::rngs::OsRng).verifying_key(),
         "k",
     ))

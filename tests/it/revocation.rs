@@ -163,7 +163,7 @@ async fn tokens_are_attributed_verified_revoked_and_notified_exactly_once() {
         }
         let verdict = rig.audit_verdict().await;
         assert!(
-            matches!(verdict, spillway::audit::Verdict::Intact { .. }),
+            matches!(verdict, spillway::platform::audit::Verdict::Intact { .. }),
             "{backend}: {verdict:?}"
         );
         let actions: Vec<(String, String)> =
@@ -374,7 +374,7 @@ async fn pull_mode_installations_fetch_and_acknowledge_their_revocations() {
                 .await
                 .unwrap();
             assert_eq!(r.status(), 200);
-            let page: spillway::contract::PullPage = r.json().await.unwrap();
+            let page: spillway::installations::contract::PullPage = r.json().await.unwrap();
             if !page.revocations.is_empty() {
                 break page;
             }
@@ -384,7 +384,7 @@ async fn pull_mode_installations_fetch_and_acknowledge_their_revocations() {
         let first = &page.revocations[0];
         assert!(first.token.is_none(), "sha256 delivery by default");
         assert!(tokens.iter().any(|t| sha256(t) == first.token_sha256));
-        let second_page: spillway::contract::PullPage = rig
+        let second_page: spillway::installations::contract::PullPage = rig
             .client
             .get(format!("{base}?after={}", page.next_cursor))
             .bearer_auth(&secret)
@@ -462,8 +462,8 @@ async fn pull_mode_installations_fetch_and_acknowledge_their_revocations() {
 async fn a_hostname_next_to_the_token_attributes_it_and_fanout_is_bounded() {
     use hmac::{Hmac, Mac};
     use spillway::installations;
-    use spillway::listeners::{self, ListenerKind};
     use spillway::scanner::TokenSecret;
+    use spillway::sources::listeners::{self, ListenerKind};
     for (backend, url, _dir) in crate::common::fresh_databases().await {
         // Two installations issue the type and neither publishes keys: only context can tell.
         let rig = Rig::start(
@@ -477,7 +477,7 @@ async fn a_hostname_next_to_the_token_attributes_it_and_fanout_is_bounded() {
         let mut other = crate::common::revocation::spec(&rig.installation.url(), "other");
         other.hostnames = vec!["other.example.com".into()];
         other.jwks_url = None;
-        let policy = spillway::outbound::Policy {
+        let policy = spillway::platform::outbound::Policy {
             allow_http: true,
             allow_private: true,
         };
@@ -629,7 +629,7 @@ async fn resetting_listener() -> std::net::SocketAddr {
 async fn installations_that_hang_reset_or_answer_html_do_not_hold_up_the_others() {
     for (backend, url, _dir) in crate::common::fresh_databases().await {
         let rig = Rig::start(&url, |_| {}, |s| s.call_timeout_ms = 1_000, |_| {}).await;
-        let policy = spillway::outbound::Policy {
+        let policy = spillway::platform::outbound::Policy {
             allow_http: true,
             allow_private: true,
         };

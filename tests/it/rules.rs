@@ -361,6 +361,6 @@ fn gitlab_revocation_names_are_gitlabs_and_map_to_shipped_types() {
             );
         }
     }
-    let served = spillway::server::GitlabTypes::load(&rules).unwrap();
+    let served = spillway::sources::gitlab_types::GitlabTypes::load(&rules).unwrap();
     assert_eq!(served.names().count(), entries.len());
 }

@@ -131,7 +131,7 @@ async fn acknowledged_alerts_survive_sigkill_and_no_token_leaks_anywhere() {
     );
 
     let db = setup.dir.path().join("spillway.db");
-    let store = spillway::store::Store::connect(&format!("sqlite://{}", db.display()))
+    let store = spillway::platform::store::Store::connect(&format!("sqlite://{}", db.display()))
         .await
         .unwrap();
     let stored: Vec<String> = sqlx::query_scalar("SELECT body_sha256 FROM alerts")

@@ -4,10 +4,11 @@
 use std::time::Duration;
 
 use rand::{Rng as _, SeedableRng as _};
-use spillway::audit::{self, Verdict};
-use spillway::listeners::{self, ListenerKind, OldEndpoint, RotationError};
-use spillway::store::{Store, now_ms};
-use spillway::{admin_keys, keys::Keys};
+use spillway::admin::api_keys as admin_keys;
+use spillway::platform::audit::{self, Verdict};
+use spillway::platform::keyring::Keys;
+use spillway::platform::store::{Store, now_ms};
+use spillway::sources::listeners::{self, ListenerKind, OldEndpoint, RotationError};
 
 use crate::common::backends;
 
@@ -341,7 +342,7 @@ async fn a_key_can_never_mint_a_wider_key_and_expired_keys_fail() {
             "ops",
             &read,
             60_000,
-            spillway::admin_keys::Creator::Local("cli"),
+            spillway::admin::api_keys::Creator::Local("cli"),
         )
         .await
         .unwrap();
@@ -369,7 +370,7 @@ async fn a_key_can_never_mint_a_wider_key_and_expired_keys_fail() {
             "short",
             &read,
             30,
-            spillway::admin_keys::Creator::Local("cli"),
+            spillway::admin::api_keys::Creator::Local("cli"),
         )
         .await
         .unwrap();

@@ -8,7 +8,7 @@ use axum::Router;
 use axum::routing::{get, post};
 use serde_json::{Value, json};
 use spillway::installations::{self, RegistryError, Spec};
-use spillway::outbound::Policy;
+use spillway::platform::outbound::Policy;
 
 use crate::common::revocation::{Rig, TERMINAL};
 
@@ -29,7 +29,7 @@ async fn published_kid(rig: &Rig) -> String {
 /// A P-256 JWK under `kid` whose private key nobody here will use.
 fn foreign_jwk(kid: &str) -> Value {
     let key = p256::ecdsa::SigningKey::random(&mut rand::rngs::OsRng);
-    serde_json::to_value(spillway::jwt::jwk_of(key.verifying_key(), kid)).unwrap()
+    serde_json::to_value(spillway::platform::jwt::jwk_of(key.verifying_key(), kid)).unwrap()
 }
 
 /// An installation that serves a JWKS under someone else's key id and answers every call
@@ -187,11 +187,13 @@ async fn a_key_id_has_one_owner_and_a_second_claim_cannot_suppress_a_genuine_tok
             metrics.contains("spillway_key_id_conflicts_total 1"),
             "{backend}"
         );
-        let settings = spillway::config::Settings {
+        let settings = spillway::platform::config::Settings {
             key_file: rig.key_file(),
             ..Default::default()
         };
-        let report = spillway::doctor::run(&settings, &store).await.unwrap();
+        let report = spillway::admin::doctor::run(&settings, &store)
+            .await
+            .unwrap();
         assert!(
             report
                 .findings

@@ -6,7 +6,7 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     for type_required in [true, false] {
-        if let Ok(alerts) = spillway::server::parse_alerts(data, type_required) {
+        if let Ok(alerts) = spillway::sources::parse_alerts(data, type_required) {
             assert!(alerts.iter().all(|a| !a.token.is_empty()));
             if type_required {
                 assert!(

@@ -4,7 +4,7 @@
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Uri};
 use libfuzzer_sys::fuzz_target;
-use spillway::listeners::ListenerKind;
+use spillway::sources::listeners::ListenerKind;
 
 fuzz_target!(|data: &[u8]| {
     // Fields separated by 0xff: secret, id, timestamp, signature, path, body.
@@ -32,7 +32,7 @@ fuzz_target!(|data: &[u8]| {
         ListenerKind::Twilio,
         ListenerKind::GithubHmac,
     ] {
-        let _ = spillway::server::authenticate_webhook(
+        let _ = spillway::sources::authenticate_webhook(
             kind,
             &secret,
             "https://hooks.example.test",

@@ -34,7 +34,7 @@ use serde_json::{Value, json};
 pub mod public;
 
 use super::Served;
-use crate::server::error;
+use crate::http::error;
 
 /// Where GitHub publishes its secret-scanning keys (path only).
 pub const KEYS_PATH: &str = "/meta/public_keys/secret_scanning";

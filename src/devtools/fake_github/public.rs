@@ -24,7 +24,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use sha1::Digest as _;
 
-use crate::server::error;
+use crate::http::error;
 
 /// GitHub keeps this many events per feed.
 const RETAINED: usize = 300;

@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use rand::Rng as _;
 
 use super::{Call, Installation};
-use crate::server::error;
+use crate::http::error;
 
 /// What failure injection decided for one call.
 #[derive(Debug, Clone, Copy)]

@@ -7,7 +7,7 @@ use std::collections::{HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
-use crate::contract::{Notification, RevokeResponse, RevokeStatus, VerifyStatus};
+use crate::installations::contract::{Notification, RevokeResponse, RevokeStatus, VerifyStatus};
 
 /// `/stats`: every counter since start.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

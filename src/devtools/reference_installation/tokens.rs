@@ -12,7 +12,7 @@ use sha2::{Digest as _, Sha256};
 
 use super::{Installation, parse_body, random_bytes, short};
 use crate::devtools::now_ms;
-use crate::server::error;
+use crate::http::error;
 
 /// Session tokens' default lifetime (Foundry's).
 pub const SESSION_TTL_SECS: u64 = 16 * 60 * 60;
@@ -79,7 +79,7 @@ impl Installation {
         if let Some(exp) = expires_at {
             claims["exp"] = exp.into();
         }
-        let token = crate::jwt::mint(&self.signing_key, &self.plntr, &claims);
+        let token = crate::platform::jwt::mint(&self.signing_key, &self.plntr, &claims);
         let sha = hex::encode(Sha256::digest(token.as_bytes()));
         tracing::info!(token_sha256 = short(&sha), kind = ?req.kind, "issued token");
         self.ledger().issue(sha, inactive_after);

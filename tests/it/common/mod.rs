@@ -9,7 +9,7 @@ pub mod process;
 pub mod revocation;
 pub mod senders;
 
-use spillway::store::Store;
+use spillway::platform::store::Store;
 
 /// (backend name, database URL, directory that lives as long as the database).
 pub async fn fresh_databases() -> Vec<(String, String, tempfile::TempDir)> {
@@ -62,7 +62,7 @@ pub async fn backends() -> Vec<(String, Store, tempfile::TempDir)> {
 pub async fn start_server(
     database_url: &str,
     keys_url: &str,
-) -> (spillway::server::Running, tempfile::TempDir) {
+) -> (spillway::service::Running, tempfile::TempDir) {
     start_server_tuned(database_url, keys_url, |_| {}).await
 }
 
@@ -70,10 +70,10 @@ pub async fn start_server(
 pub async fn start_server_tuned(
     database_url: &str,
     keys_url: &str,
-    tune: impl FnOnce(&mut spillway::config::Settings),
-) -> (spillway::server::Running, tempfile::TempDir) {
+    tune: impl FnOnce(&mut spillway::platform::config::Settings),
+) -> (spillway::service::Running, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let mut settings = spillway::config::Settings {
+    let mut settings = spillway::platform::config::Settings {
         database_url: database_url.into(),
         listen_addr: "127.0.0.1:0".into(),
         admin_addr: "127.0.0.1:0".into(),
@@ -83,11 +83,11 @@ pub async fn start_server_tuned(
         key_file: dir.path().join("keys"),
         audit_checkpoint_file: dir.path().join("checkpoints"),
         public_url: "https://hooks.example.test".into(),
-        ..spillway::config::Settings::default()
+        ..spillway::platform::config::Settings::default()
     };
     tune(&mut settings);
-    spillway::keys::Keys::load(&settings.key_file, true).unwrap();
-    let running = spillway::server::start(&settings)
+    spillway::platform::keyring::Keys::load(&settings.key_file, true).unwrap();
+    let running = spillway::service::start(&settings)
         .await
         .expect("server starts");
     (running, dir)

@@ -5,14 +5,14 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use spillway::devtools::{fake_github, reference_installation};
+use spillway::findings::{self, FindingView};
 use spillway::installations::{self, Spec};
-use spillway::listeners::{self, ListenerKind};
-use spillway::outbound::Policy;
-use spillway::revocation::findings::{self, FindingView};
+use spillway::platform::outbound::Policy;
 use spillway::scanner::TokenSecret;
+use spillway::sources::listeners::{self, ListenerKind};
 
 pub struct Rig {
-    pub server: spillway::server::Running,
+    pub server: spillway::service::Running,
     pub github: fake_github::Running,
     pub installation: reference_installation::Running,
     pub installation_id: String,
@@ -82,7 +82,7 @@ pub async fn fake_push(
 }
 
 /// Permissive outbound policy (loopback, http) and quick polling, as tests need.
-pub fn local(settings: &mut spillway::config::Settings) {
+pub fn local(settings: &mut spillway::platform::config::Settings) {
     settings.outbound_allow_http = true;
     settings.outbound_allow_private = true;
     settings.work_poll_ms = 50;
@@ -110,7 +110,7 @@ impl Rig {
     pub async fn start(
         database_url: &str,
         tune_installation: impl FnOnce(&mut reference_installation::Args),
-        tune_server: impl FnOnce(&mut spillway::config::Settings),
+        tune_server: impl FnOnce(&mut spillway::platform::config::Settings),
         tune_spec: impl FnOnce(&mut Spec),
     ) -> Rig {
         let github = fake_github::start(&fake_github::Args {
@@ -174,7 +174,7 @@ impl Rig {
     pub async fn restart_server(
         self,
         meanwhile: impl AsyncFnOnce(&fake_github::Running, &reference_installation::Running),
-        tune_server: impl FnOnce(&mut spillway::config::Settings),
+        tune_server: impl FnOnce(&mut spillway::platform::config::Settings),
     ) -> Rig {
         let Rig {
             server,
@@ -264,14 +264,14 @@ impl Rig {
     }
 
     /// Signs a checkpoint now and verifies the whole audit log against it.
-    pub async fn audit_verdict(&self) -> spillway::audit::Verdict {
+    pub async fn audit_verdict(&self) -> spillway::platform::audit::Verdict {
         let store = &self.server.state.store;
         let path = self._dirs.1.path().join("checkpoints");
         let key = self.server.state.keys.audit_signing_key();
-        spillway::audit::write_checkpoint(store, &path, &key)
+        spillway::platform::audit::write_checkpoint(store, &path, &key)
             .await
             .unwrap();
-        spillway::audit::verify(store, &path, &key.verifying_key())
+        spillway::platform::audit::verify(store, &path, &key.verifying_key())
             .await
             .unwrap()
     }

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use sqlx::Row as _;
 
-use crate::store::{Backend, Store, Tx, now_ms};
+use crate::platform::store::{Backend, Store, Tx, now_ms};
 
 /// One audit entry. Never holds a raw token: subjects are ids and fingerprints.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -167,7 +167,7 @@ pub async fn append_many(
     for chunk in rows.chunks(500) {
         let sql = format!(
             "INSERT INTO audit_log (seq, at, actor, action, subject, details, leaf_hash, chain_hash) VALUES {}",
-            crate::store::Params::for_backend(backend).rows(chunk.len(), 8)
+            crate::platform::store::Params::for_backend(backend).rows(chunk.len(), 8)
         );
         let mut q = sqlx::query(&sql);
         for (entry, leaf, chain) in chunk {

@@ -91,7 +91,7 @@ impl Keys {
         ];
         let mut given = Vec::with_capacity(3);
         for name in NAMES {
-            given.push(crate::config::secret_from(name, &var)?);
+            given.push(crate::platform::config::secret_from(name, &var)?);
         }
         let set: Vec<&str> = NAMES
             .iter()

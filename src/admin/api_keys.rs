@@ -11,10 +11,10 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use sqlx::Row as _;
 
-use crate::audit;
+use crate::platform::audit;
+use crate::platform::store::{Store, now_ms};
 use crate::scanner::TokenSecret;
 use crate::scanner::validate::{check_crc32_base62, crc32_base62};
-use crate::store::{Store, now_ms};
 
 pub const KEY_PREFIX: &str = "spillway_";
 const BASE62: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
@@ -320,7 +320,7 @@ pub async fn revoke(
 }
 
 async fn revoke_in(
-    tx: &mut crate::store::Tx,
+    tx: &mut crate::platform::store::Tx,
     store: &Store,
     id: &str,
     actor: &str,
@@ -376,7 +376,7 @@ pub enum LeakedKey {
 /// Revokes the admin key `token` is, found in public by `source` (self-revocation: Spillway's own
 /// keys are tokens like any other, and a leaked one must stop working at once).
 pub async fn revoke_leaked(
-    tx: &mut crate::store::Tx,
+    tx: &mut crate::platform::store::Tx,
     store: &Store,
     token: &TokenSecret,
     source: &str,

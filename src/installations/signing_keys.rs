@@ -17,9 +17,9 @@ use std::time::{Duration, Instant};
 
 use p256::ecdsa::VerifyingKey;
 
-use crate::contract::Jwks;
 use crate::installations::Installation;
-use crate::outbound::Outbound;
+use crate::installations::contract::Jwks;
+use crate::platform::outbound::Outbound;
 
 /// An installation's JWKS is fetched at most this often.
 pub const MIN_REFRESH: Duration = Duration::from_secs(10);
@@ -150,7 +150,8 @@ impl KeyCache {
             .into_iter()
             .flat_map(|j| j.keys.iter().map(|k| (k, Some(Instant::now()))));
         for (jwk, fetched_at) in fetched.chain(inline) {
-            let (Some(kid), Ok(key)) = (jwk.kid.as_ref(), crate::jwt::key_from_jwk(jwk)) else {
+            let (Some(kid), Ok(key)) = (jwk.kid.as_ref(), crate::platform::jwt::key_from_jwk(jwk))
+            else {
                 continue;
             };
             let claim = mine.entry(kid.clone()).or_insert_with(|| Claim {
@@ -260,7 +261,7 @@ impl KeyCache {
             "jwks_url answered {}",
             response.status()
         );
-        let bytes = crate::outbound::read_capped(response, MAX_JWKS)
+        let bytes = crate::platform::outbound::read_capped(response, MAX_JWKS)
             .await
             .map_err(|e| anyhow::anyhow!("jwks_url: {e}"))?;
         Ok(serde_json::from_slice(&bytes)?)
@@ -271,13 +272,13 @@ impl KeyCache {
 mod tests {
     use super::*;
 
-    fn key(kid: &str) -> (p256::ecdsa::SigningKey, crate::contract::Jwk) {
+    fn key(kid: &str) -> (p256::ecdsa::SigningKey, crate::installations::contract::Jwk) {
         let signing = p256::ecdsa::SigningKey::random(&mut rand::rngs::OsRng);
-        let jwk = crate::jwt::jwk_of(signing.verifying_key(), kid);
+        let jwk = crate::platform::jwt::jwk_of(signing.verifying_key(), kid);
         (signing, jwk)
     }
 
-    fn installation(id: &str, inline: Vec<crate::contract::Jwk>) -> Installation {
+    fn installation(id: &str, inline: Vec<crate::installations::contract::Jwk>) -> Installation {
         let mut spec: crate::installations::Spec = serde_json::from_value(serde_json::json!({
             "name": id,
             "token_types": ["palantir_jwt"],

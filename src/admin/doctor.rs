@@ -9,9 +9,9 @@ use std::collections::BTreeSet;
 use serde::Serialize;
 use sqlx::Row as _;
 
-use crate::admin_keys::Scope;
-use crate::config::Settings;
-use crate::store::{Store, now_ms};
+use crate::admin::api_keys::Scope;
+use crate::platform::config::Settings;
+use crate::platform::store::{Store, now_ms};
 
 const DAY_MS: i64 = 24 * 3600 * 1000;
 /// Credentials older than this are due for rotation.
@@ -203,7 +203,7 @@ pub fn check_settings(settings: &Settings, development_keys: Option<bool>) -> Ve
 /// Runs every check.
 pub async fn run(settings: &Settings, store: &Store) -> anyhow::Result<Report> {
     let now = now_ms();
-    let development_keys = crate::keys::Keys::load(&settings.key_file, false)
+    let development_keys = crate::platform::keyring::Keys::load(&settings.key_file, false)
         .ok()
         .map(|k| k.development);
     let mut findings = check_settings(settings, development_keys);
@@ -239,7 +239,7 @@ pub async fn run(settings: &Settings, store: &Store) -> anyhow::Result<Report> {
     }
     let live: std::collections::HashSet<&str> =
         installations.iter().map(|i| i.id.as_str()).collect();
-    for entry in crate::audit::with_action(store, "installation.key_conflict").await? {
+    for entry in crate::platform::audit::with_action(store, "installation.key_conflict").await? {
         let (Some(kid), Some(ids)) = (
             entry.details["kid"].as_str(),
             entry.details["installations"].as_array(),
@@ -268,7 +268,7 @@ pub async fn run(settings: &Settings, store: &Store) -> anyhow::Result<Report> {
         ));
     }
 
-    for key in crate::admin_keys::list(store).await? {
+    for key in crate::admin::api_keys::list(store).await? {
         if key.revoked_at.is_some() {
             continue;
         }

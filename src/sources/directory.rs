@@ -14,10 +14,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use crate::keys::Keys;
-use crate::listeners::{self, ListenerKind};
+use crate::platform::keyring::Keys;
+use crate::platform::store::{Store, now_ms};
 use crate::scanner::TokenSecret;
-use crate::store::{Store, now_ms};
+use crate::sources::listeners::{self, ListenerKind};
 
 /// How stale the directory may get without a miss.
 pub const REFRESH: Duration = Duration::from_secs(5);

@@ -18,10 +18,10 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use sqlx::Row as _;
 
-use crate::audit;
-use crate::keys::KeyBytes;
+use crate::platform::audit;
+use crate::platform::keyring::KeyBytes;
+use crate::platform::store::{Store, Tx, now_ms};
 use crate::scanner::TokenSecret;
-use crate::store::{Store, Tx, now_ms};
 
 /// The integrations a listener can speak.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -85,7 +85,7 @@ impl ListenerKind {
         }
         match self {
             ListenerKind::StandardWebhooks => {
-                crate::webhook_auth::StandardWebhooksKey::parse(secret)
+                crate::platform::webhook_auth::StandardWebhooksKey::parse(secret)
                     .map(|_| ())
                     .map_err(|e| SecretError::Unusable(e.to_string()))
             }
@@ -259,7 +259,7 @@ pub async fn create_with_secret(
     let now = now_ms();
     let mut tx = store.begin().await?;
     let id = random_id("lst_", 8);
-    let sealed = secret.map(|(key, secret)| crate::seal::seal(key, &id, secret));
+    let sealed = secret.map(|(key, secret)| crate::platform::seal::seal(key, &id, secret));
     sqlx::query("INSERT INTO listeners (id, kind, name, created_at, secret_sealed) VALUES ($1, $2, $3, $4, $5)")
         .bind(&id)
         .bind(kind.as_str())
@@ -538,7 +538,7 @@ pub async fn routes(store: &Store) -> anyhow::Result<Vec<RouteRow>> {
 
 /// Opens a listener's sealed secret (bound to its id).
 pub fn open_secret(key: &KeyBytes, listener_id: &str, sealed: &str) -> anyhow::Result<TokenSecret> {
-    crate::seal::open(key, listener_id, sealed)
+    crate::platform::seal::open(key, listener_id, sealed)
 }
 
 /// The listener's authentication secret, unsealed, if it has one.
@@ -554,6 +554,6 @@ pub async fn secret(
             .await?;
     sealed
         .flatten()
-        .map(|s| crate::seal::open(key, listener_id, &s))
+        .map(|s| crate::platform::seal::open(key, listener_id, &s))
         .transpose()
 }

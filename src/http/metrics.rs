@@ -328,7 +328,7 @@ impl Default for Metrics {
             queue_depth,
             breaker_state,
             checkpoint_age,
-            checkpointed_at_ms: std::sync::atomic::AtomicI64::new(crate::store::now_ms()),
+            checkpointed_at_ms: std::sync::atomic::AtomicI64::new(crate::platform::store::now_ms()),
             scanned_bytes,
             poller,
             registry,
@@ -389,8 +389,10 @@ impl Metrics {
 
     /// The audit log was checkpointed (or found already checkpointed) now.
     pub fn checkpointed(&self) {
-        self.checkpointed_at_ms
-            .store(crate::store::now_ms(), std::sync::atomic::Ordering::Relaxed);
+        self.checkpointed_at_ms.store(
+            crate::platform::store::now_ms(),
+            std::sync::atomic::Ordering::Relaxed,
+        );
     }
 
     /// Samples what lives in the database and the engine: queue depths and breaker states.
@@ -443,7 +445,7 @@ impl Metrics {
 
     /// The OpenMetrics text exposition.
     pub fn encode(&self) -> String {
-        let since = crate::store::now_ms()
+        let since = crate::platform::store::now_ms()
             - self
                 .checkpointed_at_ms
                 .load(std::sync::atomic::Ordering::Relaxed);
@@ -539,7 +541,7 @@ impl crate::revocation::Observer for Metrics {
     }
 }
 
-impl crate::poller::github::RateObserver for Metrics {
+impl crate::sources::poller::github::RateObserver for Metrics {
     fn remaining(&self, remaining: u64) {
         self.poller
             .rate_limit_remaining
@@ -554,7 +556,7 @@ impl crate::poller::github::RateObserver for Metrics {
     }
 }
 
-impl crate::poller::Observer for Metrics {
+impl crate::sources::poller::Observer for Metrics {
     fn leader(&self, leading: bool) {
         self.poller.leader.set(i64::from(leading));
     }
@@ -565,7 +567,7 @@ impl crate::poller::Observer for Metrics {
         }
         self.poller
             .last_poll
-            .set(crate::store::now_ms() as f64 / 1000.0);
+            .set(crate::platform::store::now_ms() as f64 / 1000.0);
     }
 
     fn gap(&self) {
@@ -595,7 +597,7 @@ impl crate::poller::Observer for Metrics {
     }
 
     fn alert(&self, outcome: &'static str) {
-        Metrics::alert(self, crate::poller::LISTENER, outcome);
+        Metrics::alert(self, crate::sources::poller::LISTENER, outcome);
     }
 }
 

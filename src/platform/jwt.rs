@@ -9,7 +9,7 @@ use p256::ecdsa::signature::Signer as _;
 use p256::ecdsa::{Signature, SigningKey, VerifyingKey};
 use serde_json::Value;
 
-use crate::contract::Jwk;
+use crate::installations::contract::Jwk;
 
 /// Why a token or key was not usable. Never carries the token.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -90,7 +90,7 @@ pub fn decode(token: &str) -> Result<Decoded, JwtError> {
 /// True when `decoded` (from `token`) carries a valid ES256 signature by `key`.
 pub fn verify(token: &str, decoded: &Decoded, key: &VerifyingKey) -> bool {
     // High-S too: JOSE does not require low-S, and issuers do not normalise.
-    crate::ecdsa::verify_fixed(
+    crate::platform::ecdsa::verify_fixed(
         key,
         &token.as_bytes()[..decoded.signing_input_len],
         &decoded.signature,

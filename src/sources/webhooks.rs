@@ -13,13 +13,14 @@ use std::sync::Arc;
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 
+use super::answer_recorded;
 use super::directory::Route;
-use super::{ApiError, AppState, answer_recorded, error};
+use crate::http::{ApiError, AppState, error};
 use crate::intake::{self, ListenerEvent, ReportedToken};
-use crate::listeners::ListenerKind;
+use crate::platform::webhook_auth::{self, AuthError, TwilioAlgorithm};
 use crate::scanner::decode::Outer;
 use crate::scanner::{DecodeOptions, Finding};
-use crate::webhook_auth::{self, AuthError, TwilioAlgorithm};
+use crate::sources::listeners::ListenerKind;
 
 /// Largest body a `Content-Encoding` may expand to (GitHub's webhook payloads are capped at 25 MB).
 pub const MAX_DECODED_BODY: usize = 25 << 20;

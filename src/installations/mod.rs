@@ -3,18 +3,21 @@
 //! Spillway's calls (sealed; two live during a rotation: add the new one beside the old, let the
 //! installation verify with it, then retire the old). Every change is audited.
 
+pub mod contract;
+pub mod signing_keys;
+
 use std::collections::BTreeSet;
 
 use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 use sqlx::Row as _;
 
-use crate::audit;
-use crate::contract::Jwks;
-use crate::keys::KeyBytes;
-use crate::outbound::Policy;
+use crate::installations::contract::Jwks;
+use crate::platform::audit;
+use crate::platform::keyring::KeyBytes;
+use crate::platform::outbound::Policy;
+use crate::platform::store::{Store, now_ms};
 use crate::scanner::TokenSecret;
-use crate::store::{Store, now_ms};
 
 /// How tokens are handed to an installation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -169,7 +172,7 @@ impl Spec {
         }
         if let Some(jwks) = &self.inline_jwks {
             for (i, jwk) in jwks.keys.iter().enumerate() {
-                crate::jwt::key_from_jwk(jwk)
+                crate::platform::jwt::key_from_jwk(jwk)
                     .map_err(|e| invalid(&format!("inline_jwks.keys[{i}]"), e.to_string()))?;
                 if jwk.kid.as_deref().is_none_or(str::is_empty) {
                     return Err(invalid(
@@ -275,12 +278,12 @@ fn secret_owner(installation_id: &str) -> String {
 fn secret_or_new(secret: Option<TokenSecret>) -> Result<(TokenSecret, bool), RegistryError> {
     match secret {
         Some(s) => {
-            crate::webhook_auth::sign_standard_webhooks(&[s.expose()], "check", 0, b"")
+            crate::platform::webhook_auth::sign_standard_webhooks(&[s.expose()], "check", 0, b"")
                 .map_err(|_| invalid("secret", "must be whsec_<base64>"))?;
             Ok((s, false))
         }
         None => Ok((
-            TokenSecret::new(crate::webhook_auth::generate_whsec()),
+            TokenSecret::new(crate::platform::webhook_auth::generate_whsec()),
             true,
         )),
     }
@@ -290,7 +293,7 @@ fn secret_or_new(secret: Option<TokenSecret>) -> Result<(TokenSecret, bool), Reg
 /// one owner (DESIGN.md, trust rules), and a second claim could make a genuine token look forged.
 /// Key ids served by JWKS URLs are checked when fetched (`installation_keys`).
 async fn check_key_ids(
-    tx: &mut crate::store::Tx,
+    tx: &mut crate::platform::store::Tx,
     spec: &Spec,
     own_id: Option<&str>,
 ) -> Result<(), RegistryError> {
@@ -384,7 +387,7 @@ fn audit_details(spec: &Spec) -> serde_json::Value {
 }
 
 async fn write_spec(
-    tx: &mut crate::store::Tx,
+    tx: &mut crate::platform::store::Tx,
     id: &str,
     spec: &Spec,
     now: i64,
@@ -428,7 +431,7 @@ async fn write_spec(
 }
 
 async fn add_secret(
-    tx: &mut crate::store::Tx,
+    tx: &mut crate::platform::store::Tx,
     sealing: &KeyBytes,
     id: &str,
     secret: &TokenSecret,
@@ -439,7 +442,7 @@ async fn add_secret(
     )
     .bind(new_id("sec"))
     .bind(id)
-    .bind(crate::seal::seal(sealing, &secret_owner(id), secret))
+    .bind(crate::platform::seal::seal(sealing, &secret_owner(id), secret))
     .bind(now)
     .execute(&mut **tx)
     .await
@@ -563,7 +566,7 @@ pub async fn update(
 /// Moves the installation's findings in progress to the states its new registration implies (push
 /// and pull swapped, verify or notify URL removed), so none waits on a step that no longer exists.
 async fn migrate_findings(
-    tx: &mut crate::store::Tx,
+    tx: &mut crate::platform::store::Tx,
     id: &str,
     spec: &Spec,
     now: i64,
@@ -690,7 +693,7 @@ pub async fn secrets(
     .context("cannot read installation secrets")?;
     rows.iter()
         .map(|r| {
-            crate::seal::open(
+            crate::platform::seal::open(
                 sealing,
                 &secret_owner(installation_id),
                 &r.try_get::<String, _>("sealed")?,

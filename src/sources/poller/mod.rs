@@ -22,11 +22,11 @@ use std::time::{Duration, Instant};
 
 use secrecy::SecretString;
 
-use crate::config::PollerSettings;
 use crate::intake::{self, ReportedToken};
+use crate::platform::config::PollerSettings;
+use crate::platform::store::{Store, now_ms};
 use crate::revocation::Engine;
 use crate::scanner::{RuleSet, ScanOptions};
-use crate::store::{Store, now_ms};
 use github::{Error, Event, GitHub, PushPayload, RateObserver};
 use leader::Leadership;
 use state::{Cursor, Gap, Push};
@@ -77,7 +77,8 @@ impl Poller {
         settings: &PollerSettings,
         observer: Arc<dyn Observer>,
     ) -> anyhow::Result<Poller> {
-        let token: Option<SecretString> = crate::config::secret_from_env("SPILLWAY_GITHUB_TOKEN")?;
+        let token: Option<SecretString> =
+            crate::platform::config::secret_from_env("SPILLWAY_GITHUB_TOKEN")?;
         let gh = GitHub::new(
             &settings.api_url,
             token,

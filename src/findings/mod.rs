@@ -4,7 +4,7 @@ use anyhow::Context as _;
 use serde::Serialize;
 use sqlx::Row as _;
 
-use crate::store::Store;
+use crate::platform::store::Store;
 
 /// A finding as shown to operators.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]

@@ -7,10 +7,11 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
-use super::{ApiError, AppState, answer_recorded, error};
+use super::answer_recorded;
+use crate::http::{ApiError, AppState, error};
 use crate::intake::{self, ReportedToken};
-use crate::partner_keys::SignatureError;
 use crate::scanner::TokenSecret;
+use crate::sources::partner_keys::SignatureError;
 
 /// The partner programs that share the signed-alert scheme.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -125,7 +126,7 @@ pub(super) fn describe_json_error(e: &serde_json::Error, expected: &str) -> Stri
 
 /// A partner alert's signature headers, checked before its body is read.
 pub struct Signed<'a> {
-    keys: &'a crate::partner_keys::PartnerKeys,
+    keys: &'a crate::sources::partner_keys::PartnerKeys,
     key_id: String,
     signature: String,
 }
@@ -238,7 +239,7 @@ pub async fn alert(
         .into_iter()
         .map(|a| ReportedToken {
             token_type: a.token_type.filter(|t| !t.is_empty()).unwrap_or_else(|| {
-                super::gitlab_revocation::classify(&mut scanner, &a.token)
+                super::gitlab_types::classify(&mut scanner, &a.token)
                     .unwrap_or_else(|| "unknown".to_owned())
             }),
             token: TokenSecret::new(a.token),

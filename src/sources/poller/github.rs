@@ -141,9 +141,10 @@ impl GitHub {
                 .map_err(|e| Error::Transport(format!("GET {path}: {e}")))?;
             let status = response.status().as_u16();
             let headers = response.headers().clone();
-            let bytes = crate::outbound::read_body_capped(response.into_body(), MAX_ANSWER)
-                .await
-                .map_err(|e| Error::Transport(format!("GET {path}: {e}")))?;
+            let bytes =
+                crate::platform::outbound::read_body_capped(response.into_body(), MAX_ANSWER)
+                    .await
+                    .map_err(|e| Error::Transport(format!("GET {path}: {e}")))?;
             let body = String::from_utf8_lossy(&bytes).into_owned();
             Ok::<_, Error>((status, headers, body))
         };

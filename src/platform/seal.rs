@@ -11,7 +11,7 @@ use chacha20poly1305::{ChaCha20Poly1305, Nonce};
 use rand::RngCore as _;
 use secrecy::ExposeSecret;
 
-use crate::keys::KeyBytes;
+use crate::platform::keyring::KeyBytes;
 use crate::scanner::TokenSecret;
 
 /// base64(nonce || ciphertext) of `secret`, bound to `owner`.

@@ -5,7 +5,7 @@
 
 use sqlx::{AnyConnection, Connection as _};
 
-use crate::store::{Backend, Store};
+use crate::platform::store::{Backend, Store};
 
 /// The lock's key (the audit log's transaction lock is 7305001).
 const POLLER_LOCK: i64 = 7_305_002;

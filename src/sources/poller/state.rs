@@ -7,8 +7,8 @@
 use anyhow::Context as _;
 use sqlx::Row as _;
 
-use crate::audit;
-use crate::store::{Store, now_ms};
+use crate::platform::audit;
+use crate::platform::store::{Store, now_ms};
 
 /// A feed's cursor.
 #[derive(Debug, Default, Clone)]

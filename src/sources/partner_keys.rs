@@ -81,7 +81,7 @@ impl PartnerKeys {
             .await?;
         let status = response.status();
         anyhow::ensure!(status.is_success(), "key endpoint answered {status}");
-        let bytes = crate::outbound::read_capped(response, MAX_KEY_LIST)
+        let bytes = crate::platform::outbound::read_capped(response, MAX_KEY_LIST)
             .await
             .map_err(|e| anyhow::anyhow!("key endpoint: {e}"))?;
         let list: KeyList = serde_json::from_slice(&bytes)?;
@@ -144,7 +144,7 @@ impl PartnerKeys {
                     .ok_or(SignatureError::UnknownKey)?
             }
         };
-        if !crate::ecdsa::verify_der(&key, body, &der) {
+        if !crate::platform::ecdsa::verify_der(&key, body, &der) {
             return Err(SignatureError::BadSignature);
         }
         Ok(current)

@@ -15,11 +15,11 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
 use super::{ApiError, AppState, error};
-use crate::admin_keys::{self, AdminKey, Creator, KeyError, Scope};
+use crate::admin::api_keys::{self, AdminKey, Creator, KeyError, Scope};
 use crate::installations::{self, RegistryError};
-use crate::listeners::{self, ListenerKind, OldEndpoint, RotationError};
+use crate::platform::store::now_ms;
 use crate::scanner::TokenSecret;
-use crate::store::now_ms;
+use crate::sources::listeners::{self, ListenerKind, OldEndpoint, RotationError};
 
 /// Longest lifetime an admin key or an old endpoint may be given (ten years, in seconds).
 const MAX_SECS: u64 = 10 * 365 * 24 * 3600;
@@ -107,7 +107,7 @@ async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<AdminKey,
             "Authorization header must be `Bearer <admin key>`",
         ));
     };
-    match admin_keys::authenticate(&state.store, presented.trim()).await {
+    match api_keys::authenticate(&state.store, presented.trim()).await {
         Ok(Some(key)) => Ok(key),
         Ok(None) => Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
@@ -365,7 +365,7 @@ async fn create_key(
     ApiJson(body): ApiJson<CreateKey>,
 ) -> Result<Response, ApiError> {
     let key = admin.require(Scope::KeysWrite)?;
-    let scopes = admin_keys::parse_scopes(&body.scopes.join(","))
+    let scopes = api_keys::parse_scopes(&body.scopes.join(","))
         .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, format!("scopes: {e}")))?;
     if body.ttl_secs == 0 || body.ttl_secs > MAX_SECS {
         return Err(ApiError::new(
@@ -374,7 +374,7 @@ async fn create_key(
         ));
     }
     let ttl_ms = body.ttl_secs as i64 * 1000;
-    match admin_keys::create(
+    match api_keys::create(
         &state.store,
         &body.name,
         &scopes,
@@ -422,7 +422,7 @@ fn key_error(e: KeyError) -> ApiError {
 /// `GET /api/v1/admin-keys`: every key (never a secret), revoked and expired ones included.
 async fn list_keys(State(state): State<Arc<AppState>>, admin: Admin) -> Result<Response, ApiError> {
     admin.require(Scope::KeysRead)?;
-    let keys = admin_keys::list(&state.store)
+    let keys = api_keys::list(&state.store)
         .await
         .map_err(|e| key_error(KeyError::Database(e)))?;
     Ok(Json(serde_json::json!({ "keys": keys })).into_response())
@@ -435,7 +435,7 @@ async fn revoke_key(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let key = admin.require(Scope::KeysWrite)?;
-    let revoked = admin_keys::revoke(&state.store, &id, &key.actor(), "revoked by an operator")
+    let revoked = api_keys::revoke(&state.store, &id, &key.actor(), "revoked by an operator")
         .await
         .map_err(key_error)?;
     Ok(Json(serde_json::json!({ "revoked": revoked })).into_response())
@@ -446,7 +446,7 @@ async fn export_audit(State(state): State<Arc<AppState>>, admin: Admin) -> Respo
         return e.into_response();
     }
     let mut out = Vec::new();
-    match crate::audit::export_jsonl(&state.store, &mut out).await {
+    match crate::platform::audit::export_jsonl(&state.store, &mut out).await {
         Ok(_) => ([("content-type", "application/x-ndjson")], out).into_response(),
         Err(e) => rotation_error(RotationError::Database(e)),
     }
@@ -706,7 +706,7 @@ async fn list_findings(
     if !(1..=1000).contains(&q.limit) {
         return error(StatusCode::BAD_REQUEST, "limit: must be 1 to 1000");
     }
-    match crate::revocation::findings::list(
+    match crate::findings::list(
         &state.store,
         q.state.as_deref(),
         q.installation.as_deref(),

@@ -13,8 +13,8 @@ use axum::routing::{get, post};
 use serde::Deserialize;
 
 use super::{AppState, error};
-use crate::contract::PullAck;
 use crate::installations::Installation;
+use crate::installations::contract::PullAck;
 use crate::revocation::pull::{self, PullError};
 
 pub fn routes() -> Router<Arc<AppState>> {

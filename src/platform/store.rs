@@ -171,6 +171,15 @@ impl Store {
         &self.pool
     }
 
+    /// One round trip to the database (readiness).
+    pub async fn ping(&self) -> anyhow::Result<()> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .context("database unavailable")?;
+        Ok(())
+    }
+
     /// Starts a transaction. On PostgreSQL, appends to the audit log inside it serialise on a
     /// transaction-scoped advisory lock (see `audit::append`).
     ///

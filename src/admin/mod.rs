@@ -1,0 +1,5 @@
+//! What the security team administers Spillway with, beyond the registries: admin API keys
+//! ([`api_keys`]) and the `doctor` checks ([`doctor`]). The HTTP admin API is in `http`.
+
+pub mod api_keys;
+pub mod doctor;
