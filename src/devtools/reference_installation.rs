@@ -297,13 +297,16 @@ impl Call {
                 let req: VerifyRequest = parse_body(body)?;
                 Ok(Call::Verify(checked_sha(
                     &req.token_sha256,
-                    req.token.as_deref(),
+                    req.token.as_ref().map(crate::scanner::TokenSecret::expose),
                 )?))
             }
             Operation::Revoke => {
                 let key = idempotency_key(headers)?;
                 let req: RevokeRequest = parse_body(body)?;
-                let sha = checked_sha(&req.token_sha256, req.token.as_deref())?;
+                let sha = checked_sha(
+                    &req.token_sha256,
+                    req.token.as_ref().map(crate::scanner::TokenSecret::expose),
+                )?;
                 Ok(Call::Revoke { key, sha })
             }
             Operation::Notify => {

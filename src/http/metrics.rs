@@ -132,6 +132,7 @@ pub struct Metrics {
     ingress: IngressMetrics,
     admin_keys_leaked: Family<OutcomeLabels, Counter>,
     key_conflicts: Counter,
+    worker_panics: Family<InstallationLabels, Counter>,
 }
 
 /// What the public address refused before authentication, what it holds, and how intake groups
@@ -318,7 +319,15 @@ impl Default for Metrics {
              are verified online, never offline)",
             key_conflicts.clone(),
         );
+        let worker_panics = Family::<InstallationLabels, Counter>::default();
+        registry.register(
+            "worker_panics",
+            "Finding tasks that panicked, by installation (each caught, audited, its finding given \
+             back or failed)",
+            worker_panics.clone(),
+        );
         Metrics {
+            worker_panics,
             key_conflicts,
             admin_keys_leaked,
             ingress,
@@ -405,19 +414,14 @@ impl Metrics {
         .fetch_one(pool)
         .await?
         .try_get("n")?;
-        let rows = sqlx::query(
-            "SELECT state, COUNT(*) AS n FROM findings \
-             WHERE state IN ('verifying', 'revoking', 'notifying', 'awaiting_pull') GROUP BY state",
-        )
-        .fetch_all(pool)
-        .await?;
+        let findings = crate::findings::store::in_progress_counts(&engine.store).await?;
         for (queue, state) in QUEUE_STATES {
             let n = if queue == "decide" {
                 decide
             } else {
-                rows.iter()
-                    .find(|r| r.try_get::<String, _>("state").is_ok_and(|s| s == state))
-                    .map_or(Ok(0), |r| r.try_get::<i64, _>("n"))?
+                crate::findings::FindingState::parse(state)
+                    .and_then(|s| findings.get(&s).copied())
+                    .unwrap_or(0)
             };
             self.queue_depth
                 .get_or_create(&QueueLabels { queue, state })
@@ -521,6 +525,14 @@ impl crate::revocation::Observer for Metrics {
 
     fn key_conflict(&self) {
         self.key_conflicts.inc();
+    }
+
+    fn panicked(&self, installation: &str) {
+        self.worker_panics
+            .get_or_create(&InstallationLabels {
+                installation: installation.to_owned(),
+            })
+            .inc();
     }
 
     fn admin_key_leaked(&self, outcome: &str) {

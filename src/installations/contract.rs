@@ -8,7 +8,17 @@
 //! carries a deterministic `Idempotency-Key`. Tokens travel as `token_sha256` (lowercase hex);
 //! the raw `token` is added only for installations registered with delivery `raw`.
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Serialize, Serializer};
+
+use crate::scanner::TokenSecret;
+
+/// Writes a raw token onto the wire: the one place a contract body exposes it.
+fn expose_token<S: Serializer>(token: &Option<TokenSecret>, s: S) -> Result<S::Ok, S::Error> {
+    match token {
+        Some(token) => s.serialize_str(token.expose()),
+        None => s.serialize_none(),
+    }
+}
 
 /// Header carrying the deterministic idempotency key of a call.
 pub const IDEMPOTENCY_KEY: &str = "Idempotency-Key";
@@ -19,8 +29,14 @@ pub struct VerifyRequest {
     pub finding_id: String,
     pub token_type: String,
     pub token_sha256: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub token: Option<String>,
+    /// Only for installations in `raw` delivery; secret-typed up to the serialiser, so `Debug`
+    /// never prints it.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "expose_token"
+    )]
+    pub token: Option<TokenSecret>,
 }
 
 /// What an installation says of a token. Only `active` means live; `revoked`, `inactive` (expired
@@ -46,8 +62,14 @@ pub struct RevokeRequest {
     pub finding_id: String,
     pub token_type: String,
     pub token_sha256: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub token: Option<String>,
+    /// Only for installations in `raw` delivery; secret-typed up to the serialiser, so `Debug`
+    /// never prints it.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "expose_token"
+    )]
+    pub token: Option<TokenSecret>,
     /// Where the token was found (a public URL), when known.
     #[serde(default)]
     pub found_at: Option<String>,
@@ -107,8 +129,14 @@ pub struct PullItem {
     pub idempotency_key: String,
     pub token_type: String,
     pub token_sha256: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub token: Option<String>,
+    /// Only for installations in `raw` delivery; secret-typed up to the serialiser, so `Debug`
+    /// never prints it.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "expose_token"
+    )]
+    pub token: Option<TokenSecret>,
     #[serde(default)]
     pub found_at: Option<String>,
     pub source: String,
@@ -156,4 +184,41 @@ pub struct Jwk {
 pub fn rfc3339_ms(ms: i64) -> String {
     let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
     humantime::format_rfc3339_millis(t).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_raw_token_is_on_the_wire_but_never_in_debug_output() {
+        let secret = "ghp_0123456789abcdefghijklmnopqrstuvwxyzAB";
+        let request = RevokeRequest {
+            finding_id: "fnd_1".into(),
+            token_type: "github_pat".into(),
+            token_sha256: TokenSecret::new(secret).sha256_hex(),
+            token: Some(TokenSecret::new(secret)),
+            found_at: None,
+            source: "github".into(),
+            received_at: rfc3339_ms(0),
+        };
+        assert!(!format!("{request:?}").contains(secret));
+        let wire = serde_json::to_value(&request).unwrap();
+        assert_eq!(wire["token"], secret);
+        let back: RevokeRequest = serde_json::from_value(wire).unwrap();
+        assert_eq!(back, request);
+        // Hash-only delivery leaves the field out altogether.
+        let hashed = VerifyRequest {
+            finding_id: "fnd_1".into(),
+            token_type: "github_pat".into(),
+            token_sha256: "00".into(),
+            token: None,
+        };
+        assert!(
+            serde_json::to_value(&hashed)
+                .unwrap()
+                .get("token")
+                .is_none()
+        );
+    }
 }

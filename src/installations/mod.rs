@@ -547,7 +547,17 @@ pub async fn update(
     check_key_ids(&mut tx, &spec, Some(&current.id)).await?;
     let now = now_ms();
     write_spec(&mut tx, &current.id, &spec, now, false).await?;
-    let moved = migrate_findings(&mut tx, &current.id, &spec, now).await?;
+    let moved = crate::findings::store::follow_registration(
+        &mut tx,
+        &current.id,
+        crate::findings::store::Registration {
+            pull_mode: spec.pull_mode,
+            verifies: spec.verify_url.is_some(),
+            notifies: spec.notify_url.is_some(),
+        },
+        now,
+    )
+    .await?;
     let mut details = audit_details(&spec);
     details["findings_moved"] = moved.into();
     audit::append(
@@ -561,60 +571,6 @@ pub async fn update(
     .await?;
     tx.commit().await.context("cannot commit installation")?;
     get(store, &current.id).await
-}
-
-/// Moves the installation's findings in progress to the states its new registration implies (push
-/// and pull swapped, verify or notify URL removed), so none waits on a step that no longer exists.
-async fn migrate_findings(
-    tx: &mut crate::platform::store::Tx,
-    id: &str,
-    spec: &Spec,
-    now: i64,
-) -> anyhow::Result<u64> {
-    let mut moves: Vec<(&str, &str)> = Vec::new();
-    if spec.pull_mode {
-        moves.push(("verifying", "'awaiting_pull'"));
-        moves.push(("revoking", "'awaiting_pull'"));
-    } else {
-        let first = if spec.verify_url.is_some() {
-            "'verifying'"
-        } else {
-            "'revoking'"
-        };
-        moves.push(("awaiting_pull", first));
-        if spec.verify_url.is_none() {
-            moves.push(("verifying", "'revoking'"));
-        }
-    }
-    let mut moved = 0;
-    for (from, to) in moves {
-        moved += sqlx::query(&format!(
-            "UPDATE findings SET state = {to}, attempts = 0, next_run_at = $1, lease_until = NULL, \
-             lease_owner = NULL, updated_at = $1 WHERE installation_id = $2 AND state = $3"
-        ))
-        .bind(now)
-        .bind(id)
-        .bind(from)
-        .execute(&mut **tx)
-        .await
-        .context("cannot move findings")?
-        .rows_affected();
-    }
-    if spec.notify_url.is_none() {
-        // Revoked already; only the notification had no longer anywhere to go.
-        moved += sqlx::query(
-            "UPDATE findings SET state = outcome, sealed_token = NULL, lease_until = NULL, \
-             lease_owner = NULL, updated_at = $1, last_error = 'notify_url removed' \
-             WHERE installation_id = $2 AND state = 'notifying'",
-        )
-        .bind(now)
-        .bind(id)
-        .execute(&mut **tx)
-        .await
-        .context("cannot move findings")?
-        .rows_affected();
-    }
-    Ok(moved)
 }
 
 /// Adds a shared secret beside the current one (generated unless given); both sign until the old
@@ -708,17 +664,8 @@ pub async fn remove(store: &Store, id_or_name: &str, actor: &str) -> Result<usiz
     let current = get(store, id_or_name).await?;
     let now = now_ms();
     let mut tx = store.begin().await?;
-    let stopped = sqlx::query(
-        "UPDATE findings SET state = 'failed', outcome = 'installation_removed', sealed_token = NULL, \
-         lease_until = NULL, lease_owner = NULL, updated_at = $1, decided_at = $1 \
-         WHERE installation_id = $2 AND state IN ('verifying', 'revoking', 'awaiting_pull', 'notifying')",
-    )
-    .bind(now)
-    .bind(&current.id)
-    .execute(&mut *tx)
-    .await
-    .context("cannot stop findings")?
-    .rows_affected() as usize;
+    let stopped =
+        crate::findings::store::fail_for_removed(&mut tx, &current.id, now).await? as usize;
     sqlx::query("DELETE FROM installations WHERE id = $1")
         .bind(&current.id)
         .execute(&mut *tx)

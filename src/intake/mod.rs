@@ -35,22 +35,8 @@ pub struct ReportedToken {
     pub context_hosts: Vec<String>,
 }
 
-/// GitHub's feedback labels.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Label {
-    TruePositive,
-    FalsePositive,
-}
-
-impl Label {
-    pub(crate) fn as_str(&self) -> &'static str {
-        match self {
-            Label::TruePositive => "true_positive",
-            Label::FalsePositive => "false_positive",
-        }
-    }
-}
+/// GitHub's feedback labels (a finding's label too).
+pub use crate::findings::Label;
 
 /// One element of the feedback array GitHub reads from the response body.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]

@@ -1,22 +1,21 @@
-//! Deciding a candidate: which installations it concerns and what to do first.
-//!
-//! Attribution, in order: a JWT's key id (`plntr`/`kid`) names the installation that published the
-//! key (an unknown id refreshes the JWKS of installations issuing that type, rate-limited); else a
-//! hostname seen next to the token; else every installation issuing the token type, at most
-//! `fanout_max`. Offline verification: a JWT whose signature verifies is the installation's, and is
-//! revoked without asking first (expired ones are labelled and left); a JWT whose key is known but
-//! whose signature fails is invalid. Everything else is verified online before it is revoked (or,
-//! with no verify URL, revoked directly: an installation answers `unknown_token` for a token it
-//! did not issue). Unattributed candidates become findings with no installation, never dropped.
+//! Deciding candidates in batches: claim queued candidates, open each token once, look its JWT
+//! key id up (refreshing the JWKS of installations issuing the type when the key id is unknown,
+//! stale or does not verify, rate-limited), attribute it ([`super::attribute`], pure), and record
+//! one finding per installation (unattributed ones too, never dropped) with one audit entry for
+//! the batch, in one transaction fenced by the work-queue lease.
+
+use std::collections::HashMap;
 
 use anyhow::Context as _;
 use sqlx::Row as _;
 
-use super::{Engine, finding_owner};
+use super::Engine;
+use super::attribute::{self, Decision, DecodedToken, JwtVerdict, Method};
+use crate::findings::store::{self as findings, NewFinding};
+use crate::findings::{FindingState, Label, Payload, payload};
+use crate::installations::Installation;
 use crate::installations::signing_keys::KeyLookup;
-use crate::installations::{self, Installation};
 use crate::platform::audit;
-use crate::platform::jwt;
 use crate::platform::store::now_ms;
 use crate::scanner::TokenSecret;
 
@@ -36,57 +35,6 @@ struct Candidate {
     sealed_token: Option<String>,
     context_hosts: Vec<String>,
     received_at: i64,
-}
-
-/// A finding's first state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum First {
-    Verify,
-    Revoke,
-    Pull,
-    Expired,
-    Invalid,
-}
-
-impl First {
-    fn state(self) -> &'static str {
-        match self {
-            First::Verify => "verifying",
-            First::Revoke => "revoking",
-            First::Pull => "awaiting_pull",
-            First::Expired => "expired",
-            First::Invalid => "invalid",
-        }
-    }
-
-    fn label(self) -> Option<&'static str> {
-        match self {
-            First::Revoke | First::Expired => Some("true_positive"),
-            First::Invalid => Some("false_positive"),
-            _ => None,
-        }
-    }
-}
-
-/// The decision for one candidate.
-struct Decision {
-    attribution: &'static str,
-    targets: Vec<(Installation, First)>,
-    /// Why nobody was attributed, when `targets` is empty.
-    reason: Option<String>,
-    /// One of this Spillway's own admin keys: revoked here (self-revocation), not at an
-    /// installation.
-    spillway_key: bool,
-}
-
-fn online(i: &Installation) -> First {
-    if i.spec.pull_mode {
-        First::Pull
-    } else if i.spec.verify_url.is_some() {
-        First::Verify
-    } else {
-        First::Revoke
-    }
 }
 
 /// Claims up to [`BATCH`] queued candidates and decides each; returns how many were claimed.
@@ -141,7 +89,11 @@ pub async fn decide_batch(engine: &Engine) -> anyhow::Result<usize> {
         return Ok(count);
     }
     let mut tx = engine.store.begin().await?;
-    let decisions = record_batch(engine, &mut tx, &prepared).await?;
+    let Recorded {
+        audit: decisions,
+        decided,
+        leaked,
+    } = record_batch(engine, &mut tx, &prepared).await?;
     // One audit entry for the batch, appended last: on PostgreSQL the audit lock is then held
     // only from here to the commit, not while the batch is written.
     if !decisions.is_empty() {
@@ -157,21 +109,14 @@ pub async fn decide_batch(engine: &Engine) -> anyhow::Result<usize> {
     }
     crate::platform::failpoint::hit("decide.before_commit");
     tx.commit().await.context("cannot commit decisions")?;
-    for created in decisions
-        .iter()
-        .filter_map(|d| d["findings"].as_array())
-        .flatten()
-    {
-        let state = created["state"].as_str().unwrap_or_default();
-        if created["finding"].is_i64() && matches!(state, "expired" | "invalid" | "unattributed") {
-            engine
-                .observer
-                .outcome(created["installation"].as_str(), state);
-        }
-        if created.get("admin_keys_revoked").is_some() {
-            engine.observer.admin_key_leaked(state);
-            engine.observer.outcome(None, state);
-        }
+    for (installation, state) in decided {
+        engine
+            .observer
+            .outcome(installation.as_deref(), state.as_str());
+    }
+    for state in leaked {
+        engine.observer.admin_key_leaked(state.as_str());
+        engine.observer.outcome(None, state.as_str());
     }
     Ok(count)
 }
@@ -277,102 +222,30 @@ pub fn candidate_owner(fingerprint: &str) -> String {
     format!("candidate:{fingerprint}")
 }
 
-async fn attribute(
+/// The candidate's JWT verdict: decoded once; looked up, and when the key id is unknown, stale or
+/// does not verify, looked up again after a (rate-limited) refresh of the issuers' JWKS, so a
+/// forged-looking token is only ever judged against every claim on its key id.
+async fn judge(
     engine: &Engine,
     all: &[Installation],
-    c: &Candidate,
+    token_type: &str,
     token: &TokenSecret,
-) -> Decision {
-    if let Ok(decoded) = jwt::decode(token.expose()) {
-        let kid = decoded.key_id().unwrap_or_default().to_owned();
+) -> JwtVerdict {
+    let Some(decoded) = DecodedToken::decode(token) else {
+        return JwtVerdict::NotJwt;
+    };
+    let mut found = engine.key_cache.lookup(decoded.key_id());
+    if !matches!(found, KeyLookup::Ambiguous { .. }) && !decoded.verifies(&found) {
         // Installations issuing this type first; any with a JWKS URL otherwise.
-        let mut issuers = installations::issuing(all, &c.token_type);
+        let mut issuers = crate::installations::issuing(all, token_type);
         if issuers.is_empty() {
             issuers = all.iter().collect();
         }
-        let verifies = |found: &KeyLookup| {
-            found.fresh_owner().is_some_and(|(_, keys)| {
-                keys.iter()
-                    .any(|key| jwt::verify(token.expose(), &decoded, key))
-            })
-        };
-        let mut found = engine.key_cache.lookup(&kid);
-        // Unknown, known from a JWKS fetched too long ago, or owned but not verifying (another
-        // issuer's JWKS, not fetched yet, may publish the same key id): fetch again (rate limited)
-        // before any verdict, so a forged-looking token is only ever judged against every claim.
-        if !matches!(found, KeyLookup::Ambiguous { .. }) && !verifies(&found) {
-            engine.key_cache.refresh(&issuers).await;
-            found = engine.key_cache.lookup(&kid);
-        }
-        engine.report_key_conflicts().await;
-        // An offline verdict only against the one owner's fresh keys; an ambiguous, stale or
-        // unknown key id leaves the token to the online path below.
-        let owner = found
-            .fresh_owner()
-            .and_then(|(id, keys)| Some((all.iter().find(|i| i.id == id)?.clone(), keys)));
-        if let Some((installation, keys)) = owner {
-            let verified = keys
-                .iter()
-                .any(|key| jwt::verify(token.expose(), &decoded, key));
-            let expired = decoded
-                .expires_at()
-                .is_some_and(|exp| exp.saturating_mul(1000) <= now_ms());
-            let first = match (verified, expired) {
-                (false, _) => First::Invalid,
-                (true, true) => First::Expired,
-                (true, false) if installation.spec.pull_mode => First::Pull,
-                (true, false) => First::Revoke,
-            };
-            return Decision {
-                attribution: "key_id",
-                targets: vec![(installation, first)],
-                reason: None,
-                spillway_key: false,
-            };
-        }
+        engine.key_cache.refresh(&issuers).await;
+        found = engine.key_cache.lookup(decoded.key_id());
     }
-    let by_host = installations::by_hostname(all, &c.context_hosts);
-    if !by_host.is_empty() && by_host.len() <= engine.tuning.fanout_max {
-        return Decision {
-            attribution: "hostname",
-            targets: by_host
-                .into_iter()
-                .map(|i| (i.clone(), online(i)))
-                .collect(),
-            reason: None,
-            spillway_key: false,
-        };
-    }
-    let issuing = installations::issuing(all, &c.token_type);
-    match issuing.len() {
-        0 => Decision {
-            attribution: "none",
-            targets: Vec::new(),
-            reason: Some(format!(
-                "no installation issues token type {}",
-                c.token_type
-            )),
-            spillway_key: false,
-        },
-        n if n > engine.tuning.fanout_max => Decision {
-            attribution: "none",
-            targets: Vec::new(),
-            reason: Some(format!(
-                "{n} installations issue token type {} (fanout_max {})",
-                c.token_type, engine.tuning.fanout_max
-            )),
-            spillway_key: false,
-        },
-        _ => Decision {
-            attribution: "token_type",
-            targets: issuing
-                .into_iter()
-                .map(|i| (i.clone(), online(i)))
-                .collect(),
-            reason: None,
-            spillway_key: false,
-        },
-    }
+    engine.report_key_conflicts().await;
+    decoded.judge(&found, now_ms())
 }
 
 /// A candidate with its decision, ready to be recorded.
@@ -394,25 +267,39 @@ async fn prepare(engine: &Engine, c: Candidate) -> anyhow::Result<Prepared> {
         None => None,
     };
     let decision = match &token {
-        Some(token) if crate::admin::api_keys::is_well_formed(token.expose()) => Decision {
-            attribution: "spillway",
-            targets: Vec::new(),
-            reason: None,
-            spillway_key: true,
-        },
-        Some(token) => attribute(engine, &all, &c, token).await,
-        None => Decision {
-            attribution: "none",
-            targets: Vec::new(),
-            reason: Some("no sealed token (recorded before decisions existed)".into()),
-            spillway_key: false,
-        },
+        Some(token) if crate::admin::api_keys::is_well_formed(token.expose()) => {
+            Decision::nobody(Method::Spillway, None)
+        }
+        Some(token) => {
+            let verdict = judge(engine, &all, &c.token_type, token).await;
+            attribute::attribute(
+                &all,
+                &c.token_type,
+                &c.context_hosts,
+                &verdict,
+                engine.tuning.fanout_max,
+            )
+        }
+        None => Decision::nobody(
+            Method::None,
+            Some("no sealed token (recorded before decisions existed)".into()),
+        ),
     };
     Ok(Prepared { c, token, decision })
 }
 
 /// Rows per multi-row statement (parameters stay well under both backends' limits).
 const ROWS_PER_STATEMENT: usize = 64;
+
+/// What recording a batch produced: the audit records, and the findings that ended at once (for
+/// the metrics).
+struct Recorded {
+    audit: Vec<serde_json::Value>,
+    /// Findings that ended at decision: (installation, state).
+    decided: Vec<(Option<String>, FindingState)>,
+    /// This Spillway's own admin keys found in public, by outcome.
+    leaked: Vec<FindingState>,
+}
 
 /// Records a batch of decisions inside `tx` (one commit for the batch) in a few statements, and
 /// returns their audit records. Only the candidates whose work item this worker still leases are
@@ -421,7 +308,7 @@ async fn record_batch(
     engine: &Engine,
     tx: &mut crate::platform::store::Tx,
     prepared: &[Prepared],
-) -> anyhow::Result<Vec<serde_json::Value>> {
+) -> anyhow::Result<Recorded> {
     let now = now_ms();
     // Fence first: only the lease holder records a decision. A decided work item is deleted (the
     // candidate, its findings and the audit entry are the record), so the queue holds only what is
@@ -452,176 +339,81 @@ async fn record_batch(
         .filter(|p| fenced.contains(&p.c.work_id))
         .collect();
 
-    // Findings of attributed candidates, in arrival order: the first report of a token at an
-    // installation is the one its finding records (later ones conflict and are left out).
-    struct Target<'a> {
-        p: &'a Prepared,
-        installation: &'a Installation,
-        first: First,
-    }
-    let targets: Vec<Target<'_>> = mine
-        .iter()
-        .flat_map(|p| {
-            p.decision
-                .targets
-                .iter()
-                .map(move |(installation, first)| Target {
-                    p,
-                    installation,
-                    first: *first,
-                })
-        })
-        .collect();
-    let mut finding_ids: std::collections::HashMap<(String, String), i64> =
-        std::collections::HashMap::new();
-    for chunk in targets.chunks(ROWS_PER_STATEMENT) {
-        let sql = format!(
-            "INSERT INTO findings (candidate_id, installation_id, fingerprint, token_type, attribution, \
-             state, outcome, label, sealed_token, found_at, source, received_at, created_at, updated_at, \
-             next_run_at, decided_at, priority) VALUES {} \
-             ON CONFLICT (installation_id, fingerprint) WHERE installation_id IS NOT NULL DO NOTHING \
-             RETURNING id, installation_id, fingerprint",
-            engine.store.params().rows(chunk.len(), 17)
-        );
-        let mut q = sqlx::query(&sql);
-        for t in chunk {
-            let (c, token) = (&t.p.c, &t.p.token);
-            let active = matches!(t.first, First::Verify | First::Revoke | First::Pull);
-            let sealed = match (token, active) {
-                (Some(token), true) => Some(crate::platform::seal::seal(
-                    &engine.keys.sealing,
-                    &finding_owner(&t.installation.id, &c.fingerprint),
-                    &super::sealed_payload(token, t.installation.spec.delivery),
-                )),
-                _ => None,
-            };
-            q = q
-                .bind(c.id)
-                .bind(&t.installation.id)
-                .bind(&c.fingerprint)
-                .bind(&c.token_type)
-                .bind(t.p.decision.attribution)
-                .bind(t.first.state())
-                .bind((!active).then(|| t.first.state()))
-                .bind(t.first.label())
-                .bind(sealed)
-                .bind(c.url.clone())
-                .bind(&c.source)
-                .bind(c.received_at)
-                .bind(now)
-                .bind(now)
-                .bind(now)
-                .bind((!active).then_some(now))
-                .bind(c.priority);
-        }
-        for row in q
-            .fetch_all(&mut **tx)
-            .await
-            .context("cannot record findings")?
-        {
-            finding_ids.insert(
-                (row.try_get("installation_id")?, row.try_get("fingerprint")?),
-                row.try_get("id")?,
-            );
-        }
-    }
-
-    // Unattributed candidates are findings too, never dropped.
-    let unattributed: Vec<&Prepared> = mine
-        .iter()
-        .copied()
-        .filter(|p| p.decision.targets.is_empty() && !p.decision.spillway_key)
-        .collect();
-    let mut unattributed_ids: std::collections::HashMap<i64, i64> =
-        std::collections::HashMap::new();
-    for chunk in unattributed.chunks(ROWS_PER_STATEMENT) {
-        let sql = format!(
-            "INSERT INTO findings (candidate_id, installation_id, fingerprint, token_type, attribution, \
-             state, outcome, found_at, source, received_at, created_at, updated_at, next_run_at, \
-             last_error, decided_at, priority) VALUES {} RETURNING id, candidate_id",
-            {
-                let mut p = engine.store.params();
-                (0..chunk.len())
-                    .map(|_| {
-                        let [id, fp, ty, url, source, received, created, updated, next, error, decided, priority] =
-                            std::array::from_fn(|_| p.take());
-                        format!(
-                            "({id}, NULL, {fp}, {ty}, 'none', 'unattributed', 'unattributed', {url}, \
-                             {source}, {received}, {created}, {updated}, {next}, {error}, {decided}, {priority})"
-                        )
-                    })
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            }
-        );
-        let mut q = sqlx::query(&sql);
-        for p in chunk {
-            let c = &p.c;
-            q = q
-                .bind(c.id)
-                .bind(&c.fingerprint)
-                .bind(&c.token_type)
-                .bind(c.url.clone())
-                .bind(&c.source)
-                .bind(c.received_at)
-                .bind(now)
-                .bind(now)
-                .bind(now)
-                .bind(p.decision.reason.clone())
-                .bind(now)
-                .bind(c.priority);
-        }
-        for row in q
-            .fetch_all(&mut **tx)
-            .await
-            .context("cannot record unattributed findings")?
-        {
-            unattributed_ids.insert(row.try_get("candidate_id")?, row.try_get("id")?);
-        }
-    }
-
     // This Spillway's own admin keys, found in public: revoked here and now (with the keys they
     // minted), each change audited in this transaction.
-    let mut spillway_findings: std::collections::HashMap<i64, (i64, &'static str, Vec<String>)> =
-        std::collections::HashMap::new();
-    for p in mine.iter().filter(|p| p.decision.spillway_key) {
+    let mut spillway: HashMap<i64, (FindingState, Vec<String>)> = HashMap::new();
+    for p in mine
+        .iter()
+        .filter(|p| p.decision.method == Method::Spillway)
+    {
         let Some(token) = &p.token else {
             continue;
         };
         let outcome = crate::admin::api_keys::revoke_leaked(tx, &engine.store, token, &p.c.source)
             .await
             .map_err(|e| anyhow::anyhow!(e))?;
-        let (state, label, revoked) = match outcome {
-            crate::admin::api_keys::LeakedKey::Revoked(ids) => {
-                ("revoked", Some("true_positive"), ids)
-            }
+        let (state, revoked) = match outcome {
+            crate::admin::api_keys::LeakedKey::Revoked(ids) => (FindingState::Revoked, ids),
             crate::admin::api_keys::LeakedKey::AlreadyRevoked(id) => {
-                ("already_revoked", Some("true_positive"), vec![id])
+                (FindingState::AlreadyRevoked, vec![id])
             }
-            crate::admin::api_keys::LeakedKey::Unknown => ("unknown_token", None, Vec::new()),
+            crate::admin::api_keys::LeakedKey::Unknown => (FindingState::UnknownToken, Vec::new()),
         };
-        let c = &p.c;
-        let id: i64 = sqlx::query_scalar(
-            "INSERT INTO findings (candidate_id, installation_id, fingerprint, token_type, attribution, \
-             state, outcome, label, found_at, source, received_at, created_at, updated_at, next_run_at, \
-             decided_at, priority) \
-             VALUES ($1, NULL, $2, $3, 'spillway', $4, $4, $5, $6, $7, $8, $9, $9, $9, $9, $10) RETURNING id",
-        )
-        .bind(c.id)
-        .bind(&c.fingerprint)
-        .bind(&c.token_type)
-        .bind(state)
-        .bind(label)
-        .bind(c.url.clone())
-        .bind(&c.source)
-        .bind(c.received_at)
-        .bind(now)
-        .bind(c.priority)
-        .fetch_one(&mut **tx)
-        .await
-        .context("cannot record a leaked admin key")?;
-        spillway_findings.insert(c.id, (id, state, revoked));
+        spillway.insert(p.c.id, (state, revoked));
     }
+
+    // The findings, in arrival order: the first report of a token at an installation is the one
+    // its finding records (later ones conflict and are left out). Unattributed candidates are
+    // findings too, never dropped.
+    let mut rows = Vec::new();
+    for p in &mine {
+        let c = &p.c;
+        let row = |installation_id, state: FindingState, label| NewFinding {
+            candidate_id: c.id,
+            installation_id,
+            fingerprint: &c.fingerprint,
+            token_type: &c.token_type,
+            attribution: p.decision.method.as_str(),
+            state,
+            label,
+            sealed_token: None,
+            found_at: c.url.as_deref(),
+            source: &c.source,
+            received_at: c.received_at,
+            priority: c.priority,
+            last_error: None,
+        };
+        if let Some((state, _)) = spillway.get(&c.id) {
+            let label = (*state != FindingState::UnknownToken).then_some(Label::TruePositive);
+            rows.push(row(None, *state, label));
+        } else if p.decision.targets.is_empty() {
+            rows.push(NewFinding {
+                last_error: p.decision.reason.as_deref(),
+                ..row(None, FindingState::Unattributed, None)
+            });
+        } else {
+            for (installation, first) in &p.decision.targets {
+                let sealed_token = match &p.token {
+                    Some(token) if first.active() => Some(
+                        Payload::for_delivery(token, installation.spec.delivery).seal(
+                            &engine.keys.sealing,
+                            &payload::owner(&installation.id, &c.fingerprint),
+                        ),
+                    ),
+                    _ => None,
+                };
+                rows.push(NewFinding {
+                    sealed_token,
+                    ..row(Some(&installation.id), first.state(), first.label())
+                });
+            }
+        }
+    }
+    let inserted = findings::insert(tx, &engine.store, &rows, now).await?;
+    let ids: HashMap<(i64, Option<&str>), i64> = inserted
+        .iter()
+        .map(|f| ((f.candidate_id, f.installation_id.as_deref()), f.id))
+        .collect();
 
     // The candidates' sealed copies go (their findings hold their own), and offline labels stay.
     let decided: Vec<i64> = mine.iter().map(|p| p.c.id).collect();
@@ -638,7 +430,7 @@ async fn record_batch(
             .await
             .context("cannot update candidates")?;
     }
-    for label in ["true_positive", "false_positive"] {
+    for label in [Label::TruePositive, Label::FalsePositive] {
         let labelled: Vec<i64> = mine
             .iter()
             .filter(|p| p.decision.targets.iter().find_map(|(_, f)| f.label()) == Some(label))
@@ -651,7 +443,7 @@ async fn record_batch(
                 p.take(),
                 p.list(chunk.len())
             );
-            let mut q = sqlx::query(&sql).bind(label);
+            let mut q = sqlx::query(&sql).bind(label.as_str());
             for id in chunk {
                 q = q.bind(*id);
             }
@@ -661,34 +453,37 @@ async fn record_batch(
         }
     }
 
-    let mut claimed_pairs = std::collections::HashSet::new();
-    Ok(mine
+    let mut decided = Vec::new();
+    let mut leaked = Vec::new();
+    let audit = mine
         .iter()
         .map(|p| {
+            let id = |installation: Option<&str>| ids.get(&(p.c.id, installation)).copied();
             let created: Vec<serde_json::Value> =
-                if let Some((id, state, revoked)) = spillway_findings.get(&p.c.id) {
+                if let Some((state, revoked)) = spillway.get(&p.c.id) {
+                    leaked.push(*state);
                     vec![serde_json::json!({
                         "installation": null,
                         "state": state,
-                        "finding": id,
+                        "finding": id(None),
                         "admin_keys_revoked": revoked,
                     })]
                 } else if p.decision.targets.is_empty() {
+                    decided.push((None, FindingState::Unattributed));
                     vec![serde_json::json!({
                         "installation": null,
-                        "state": "unattributed",
-                        "finding": unattributed_ids.get(&p.c.id),
+                        "state": FindingState::Unattributed,
+                        "finding": id(None),
                     })]
                 } else {
                     p.decision
                         .targets
                         .iter()
                         .map(|(installation, first)| {
-                            let pair = (installation.id.clone(), p.c.fingerprint.clone());
-                            // The first candidate of a pair in the batch is the one that inserted it.
-                            let finding = finding_ids
-                                .get(&pair)
-                                .filter(|_| claimed_pairs.insert(pair.clone()));
+                            let finding = id(Some(&installation.id));
+                            if finding.is_some() && first.state().is_terminal() {
+                                decided.push((Some(installation.id.clone()), first.state()));
+                            }
                             serde_json::json!({
                                 "installation": installation.id,
                                 "state": first.state(),
@@ -699,10 +494,15 @@ async fn record_batch(
                 };
             serde_json::json!({
                 "candidate": p.c.id,
-                "attribution": p.decision.attribution,
+                "attribution": p.decision.method.as_str(),
                 "findings": created,
                 "reason": p.decision.reason,
             })
         })
-        .collect())
+        .collect();
+    Ok(Recorded {
+        audit,
+        decided,
+        leaked,
+    })
 }

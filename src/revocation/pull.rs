@@ -3,9 +3,9 @@
 //! terminal answers a revoke call would give. Same state machine and audit trail as push mode.
 
 use anyhow::Context as _;
-use sqlx::Row as _;
 
-use super::finding_owner;
+use crate::findings::store as findings;
+use crate::findings::{FindingState, Outcome, Payload, payload};
 use crate::installations::contract::{self, PullItem, PullPage, RevokeStatus};
 use crate::installations::{self, Delivery, Installation, RegistryError};
 use crate::platform::audit;
@@ -67,41 +67,30 @@ pub async fn page(
     after: i64,
     limit: i64,
 ) -> Result<PullPage, PullError> {
-    let rows = sqlx::query(
-        "SELECT id, fingerprint, token_type, sealed_token, found_at, source, received_at FROM findings \
-         WHERE installation_id = $1 AND state = 'awaiting_pull' AND id > $2 ORDER BY id LIMIT $3",
-    )
-    .bind(&installation.id)
-    .bind(after)
-    .bind(limit.clamp(1, 500))
-    .fetch_all(store.pool())
-    .await
-    .context("cannot read pending revocations")?;
+    let rows = findings::awaiting_pull(store, &installation.id, after, limit.clamp(1, 500)).await?;
     let mut items = Vec::with_capacity(rows.len());
     for r in rows {
-        let id: i64 = r.try_get("id")?;
-        let fingerprint: String = r.try_get("fingerprint")?;
-        let sealed: String = r
-            .try_get::<Option<String>, _>("sealed_token")?
-            .with_context(|| format!("finding {id} awaits a pull but has no sealed token"))?;
-        let token = crate::platform::seal::open(
+        let sealed = r
+            .sealed_token
+            .with_context(|| format!("finding {} awaits a pull but has no sealed token", r.id))?;
+        let payload = Payload::open(
             &keys.sealing,
-            &finding_owner(&installation.id, &fingerprint),
+            &payload::owner(&installation.id, &r.fingerprint),
             &sealed,
         )?;
-        let opened = super::open_payload(&token);
         items.push(PullItem {
-            finding_id: format!("fnd_{id}"),
-            cursor: id,
-            idempotency_key: idempotency_key(&fingerprint),
-            token_type: r.try_get("token_type")?,
-            token_sha256: opened.sha256,
-            token: opened
-                .raw
-                .filter(|_| installation.spec.delivery == Delivery::Raw),
-            found_at: r.try_get("found_at")?,
-            source: r.try_get("source")?,
-            received_at: contract::rfc3339_ms(r.try_get("received_at")?),
+            finding_id: format!("fnd_{}", r.id),
+            cursor: r.id,
+            idempotency_key: idempotency_key(&r.fingerprint),
+            token_type: r.token_type,
+            token_sha256: payload.sha256_hex(),
+            token: payload
+                .raw()
+                .filter(|_| installation.spec.delivery == Delivery::Raw)
+                .cloned(),
+            found_at: r.found_at,
+            source: r.source,
+            received_at: contract::rfc3339_ms(r.received_at),
         });
     }
     let next_cursor = items.last().map_or(after, |i| i.cursor);
@@ -126,45 +115,30 @@ pub async fn ack(
 ) -> Result<String, PullError> {
     let id = parse_finding_id(finding_id).ok_or_else(|| PullError::NotFound(finding_id.into()))?;
     let mut tx = store.begin().await.map_err(PullError::Storage)?;
-    let row =
-        sqlx::query("SELECT state, outcome FROM findings WHERE id = $1 AND installation_id = $2")
-            .bind(id)
-            .bind(&installation.id)
-            .fetch_optional(&mut *tx)
-            .await
-            .context("cannot read finding")?
-            .ok_or_else(|| PullError::NotFound(finding_id.into()))?;
-    let state: String = row.try_get("state").map_err(anyhow::Error::from)?;
-    let outcome: Option<String> = row.try_get("outcome").map_err(anyhow::Error::from)?;
-    if state != "awaiting_pull" {
+    let (state, outcome) = findings::state_of(&mut tx, id, &installation.id)
+        .await?
+        .ok_or_else(|| PullError::NotFound(finding_id.into()))?;
+    if state != FindingState::AwaitingPull {
         return match outcome {
-            Some(o) if o == status.as_str() => Ok(state),
+            Some(o) if o == status.as_str() => Ok(state.as_str().to_owned()),
             previous => Err(PullError::Conflict {
                 id: finding_id.into(),
-                previous: previous.unwrap_or(state),
+                previous: previous.unwrap_or_else(|| state.as_str().to_owned()),
             }),
         };
     }
-    let notify = installation.spec.notify_url.is_some() && status != RevokeStatus::UnknownToken;
-    let next = if notify { "notifying" } else { status.as_str() };
-    let now = now_ms();
-    let revoked = status != RevokeStatus::UnknownToken;
-    let updated = sqlx::query(
-        "UPDATE findings SET state = $1, outcome = $2, label = COALESCE($3, label), updated_at = $4, \
-         decided_at = $4, next_run_at = $4, sealed_token = CASE WHEN $5 = 1 THEN sealed_token ELSE NULL END \
-         WHERE id = $6 AND state = 'awaiting_pull'",
-    )
-    .bind(next)
-    .bind(status.as_str())
-    .bind(revoked.then_some("true_positive"))
-    .bind(now)
-    .bind(i64::from(notify))
-    .bind(id)
-    .execute(&mut *tx)
-    .await
-    .context("cannot record acknowledgement")?
-    .rows_affected();
-    if updated != 1 {
+    let answered = match status {
+        RevokeStatus::Revoked => Outcome::Revoked,
+        RevokeStatus::AlreadyRevoked => Outcome::AlreadyRevoked,
+        RevokeStatus::UnknownToken => Outcome::UnknownToken,
+    };
+    let notify = installation.spec.notify_url.is_some() && answered != Outcome::UnknownToken;
+    let next = if notify {
+        FindingState::Notifying
+    } else {
+        FindingState::ending(answered)
+    };
+    if !findings::acknowledge(&mut tx, id, next, answered, now_ms()).await? {
         // A concurrent acknowledgement won: answer as for a second one.
         tx.rollback().await.map_err(anyhow::Error::from)?;
         return Box::pin(ack(store, installation, finding_id, status)).await;
@@ -177,7 +151,7 @@ pub async fn ack(
         &format!("finding:{id}"),
         serde_json::json!({
             "installation": installation.id,
-            "from": "awaiting_pull",
+            "from": FindingState::AwaitingPull,
             "to": next,
             "outcome": status.as_str(),
             "via": "pull",
@@ -185,5 +159,5 @@ pub async fn ack(
     )
     .await?;
     tx.commit().await.context("cannot commit acknowledgement")?;
-    Ok(next.to_owned())
+    Ok(next.as_str().to_owned())
 }

@@ -44,6 +44,23 @@ impl Clone for TokenSecret {
     }
 }
 
+/// Compares the secrets (tests and contract types; not for authentication, which compares in
+/// constant time).
+impl PartialEq for TokenSecret {
+    fn eq(&self, other: &Self) -> bool {
+        self.expose() == other.expose()
+    }
+}
+
+impl Eq for TokenSecret {}
+
+/// Reads a secret straight into its wrapper (a contract body an installation receives).
+impl<'de> serde::Deserialize<'de> for TokenSecret {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(TokenSecret::new)
+    }
+}
+
 impl fmt::Debug for TokenSecret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "TokenSecret([REDACTED], {} bytes)", self.len())

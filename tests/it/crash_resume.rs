@@ -12,6 +12,19 @@ use spillway::devtools::{fake_github, reference_installation};
 use spillway::findings;
 
 async fn crash_and_resume(point: &str, online: bool) {
+    run_to(point, online, Fault::Crash).await;
+}
+
+/// What happens at the point.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    /// The process aborts there; a second run resumes.
+    Crash,
+    /// The finding's task panics there, every time.
+    Panic,
+}
+
+async fn run_to(point: &str, online: bool, fault: Fault) {
     for (backend, url, _db_dir) in crate::common::fresh_databases().await {
         let github = fake_github::start(&fake_github::Args {
             listen: "127.0.0.1:0".into(),
@@ -100,8 +113,14 @@ async fn crash_and_resume(point: &str, online: bool) {
             .unwrap();
         let token = token["token"].as_str().unwrap().to_owned();
 
-        // Run 0 aborts at the crash point, after acknowledging the alert.
-        let mut child = setup.start_with(0, &[("SPILLWAY_CRASH_AT", point)]);
+        // Run 0 aborts at the crash point (or panics there), after acknowledging the alert.
+        let mut child = match fault {
+            Fault::Crash => setup.start_with(0, &[("SPILLWAY_CRASH_AT", point)]),
+            Fault::Panic => setup.start_with(
+                0,
+                &[("SPILLWAY_PANIC_AT", point), ("SPILLWAY_MAX_ATTEMPTS", "2")],
+            ),
+        };
         let body = serde_json::to_vec(
             &json!([{"token": token, "type": "palantir_jwt", "url": "https://github.com/o/r"}]),
         )
@@ -115,6 +134,12 @@ async fn crash_and_resume(point: &str, online: bool) {
             .await
             .unwrap();
         assert_eq!(r.status(), 200, "{backend} {point}");
+        if fault == Fault::Panic {
+            panicked(&backend, &url, &setup, &mut child, &token).await;
+            installation.shutdown().await;
+            github.shutdown().await;
+            continue;
+        }
         let deadline = Instant::now() + Duration::from_secs(20);
         let status = loop {
             if let Some(status) = child.try_wait().unwrap() {
@@ -178,6 +203,79 @@ async fn crash_and_resume(point: &str, online: bool) {
         installation.shutdown().await;
         github.shutdown().await;
     }
+}
+
+/// A panic in a finding's task is caught: the service lives on, the panic is counted and audited,
+/// the finding is retried at once with the attempt counted (not after its lease lapses), and fails
+/// naming the panic when attempts run out.
+async fn panicked(
+    backend: &str,
+    url: &str,
+    setup: &Setup,
+    child: &mut std::process::Child,
+    token: &str,
+) {
+    let store = spillway::platform::store::Store::connect(url)
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let finding = loop {
+        let all = findings::list(&store, None, None, 0, 10).await.unwrap();
+        if let Some(f) = all.iter().find(|f| f.state == "failed") {
+            break f.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{backend}: the panicking finding never failed: {all:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(finding.outcome.as_deref(), Some("failed_revoke"));
+    assert_eq!(finding.attempts, 2, "{backend}: {finding:?}");
+    assert_eq!(
+        finding.last_error.as_deref(),
+        Some("worker panicked: SPILLWAY_PANIC_AT=revoke.before_call")
+    );
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "{backend}: the service died"
+    );
+    let metrics = reqwest::get(format!("http://127.0.0.1:{}/metrics", setup.admin))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let panics: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("spillway_worker_panics_total{"))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum();
+    assert_eq!(panics, 2.0, "{backend}: {metrics}");
+    let audited: Vec<String> = sqlx::query_scalar(
+        "SELECT action FROM audit_log WHERE action LIKE 'finding.%' ORDER BY seq",
+    )
+    .fetch_all(store.pool())
+    .await
+    .unwrap();
+    assert_eq!(
+        audited,
+        ["finding.panicked", "finding.panicked"],
+        "{backend}: the give-back and the failure are audited"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    for (name, bytes) in setup.files() {
+        assert!(
+            !bytes.windows(token.len()).any(|w| w == token.as_bytes()),
+            "{backend}: raw token in {name}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_panic_in_a_finding_task_is_caught_counted_audited_and_ends_the_finding() {
+    run_to("revoke.before_call", false, Fault::Panic).await;
 }
 
 #[tokio::test]

@@ -527,7 +527,7 @@ fn the_openapi_schemas_name_exactly_the_contract_fields() {
         keys
     };
     let documented = |name: &str| -> Vec<String> { fields(schemas[name]["properties"].clone()) };
-    let raw = Some("t".to_owned());
+    let raw = Some(spillway::scanner::TokenSecret::new("t"));
     let examples = [
         (
             "VerifyRequest",
