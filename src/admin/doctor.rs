@@ -7,7 +7,6 @@
 use std::collections::BTreeSet;
 
 use serde::Serialize;
-use sqlx::Row as _;
 
 use crate::admin::api_keys::Scope;
 use crate::platform::config::Settings;
@@ -290,19 +289,13 @@ pub async fn run(settings: &Settings, store: &Store) -> anyhow::Result<Report> {
         ));
     }
 
-    let rows = sqlx::query(
-        "SELECT installation_id, COUNT(*) AS live, MAX(created_at) AS newest, MIN(created_at) AS oldest \
-         FROM installation_secrets GROUP BY installation_id ORDER BY installation_id",
-    )
-    .fetch_all(store.pool())
-    .await?;
-    for r in rows {
-        let id: String = r.try_get("installation_id")?;
-        let (live, newest, oldest): (i64, i64, i64) = (
-            r.try_get("live")?,
-            r.try_get("newest")?,
-            r.try_get("oldest")?,
-        );
+    for crate::installations::SecretAges {
+        installation_id: id,
+        live,
+        newest,
+        oldest,
+    } in crate::installations::secret_ages(store).await?
+    {
         let age = (now - newest) / DAY_MS;
         if age > ROTATE_AFTER_DAYS {
             findings.push(finding(
@@ -326,17 +319,12 @@ pub async fn run(settings: &Settings, store: &Store) -> anyhow::Result<Report> {
         }
     }
 
-    let rows = sqlx::query(
-        "SELECT id, listener_id, expires_at FROM listener_endpoints \
-         WHERE expires_at IS NOT NULL AND expires_at <= $1 ORDER BY expires_at",
-    )
-    .bind(now)
-    .fetch_all(store.pool())
-    .await?;
-    for r in rows {
-        let id: String = r.try_get("id")?;
-        let listener: String = r.try_get("listener_id")?;
-        let expired: i64 = r.try_get("expires_at")?;
+    for crate::sources::listeners::ExpiredEndpoint {
+        id,
+        listener_id: listener,
+        expires_at: expired,
+    } in crate::sources::listeners::expired_endpoints(store, now).await?
+    {
         findings.push(finding(
             Severity::Warning,
             "endpoint.expired_not_deleted",

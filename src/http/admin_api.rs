@@ -174,34 +174,62 @@ fn actor(key: &AdminKey) -> String {
     key.actor()
 }
 
-fn rotation_error(e: RotationError) -> Response {
-    let status = match &e {
-        RotationError::NoListener(_) | RotationError::NoEndpoint(_) => StatusCode::NOT_FOUND,
-        RotationError::Active(_) | RotationError::Expired(_) => StatusCode::CONFLICT,
-        RotationError::ExpiryInPast => StatusCode::UNPROCESSABLE_ENTITY,
-        RotationError::Database(inner) => {
-            tracing::error!(error = %format!("{inner:#}"), "listener change failed");
-            return error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "storage unavailable, retry later",
-            );
-        }
-    };
-    error(status, e.to_string())
+/// 503 for storage trouble (logged here; the caller hears only that it may retry).
+fn unavailable(what: &str, e: anyhow::Error) -> ApiError {
+    tracing::error!(error = %format!("{e:#}"), "{what} failed");
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "storage unavailable, retry later",
+    )
+}
+
+impl From<RotationError> for ApiError {
+    fn from(e: RotationError) -> ApiError {
+        let status = match &e {
+            RotationError::NoListener(_) | RotationError::NoEndpoint(_) => StatusCode::NOT_FOUND,
+            RotationError::Active(_) | RotationError::Expired(_) => StatusCode::CONFLICT,
+            RotationError::ExpiryInPast => StatusCode::UNPROCESSABLE_ENTITY,
+            RotationError::Database(inner) => {
+                return unavailable("listener change", anyhow::anyhow!("{inner:#}"));
+            }
+        };
+        ApiError::new(status, e.to_string())
+    }
+}
+
+impl From<RegistryError> for ApiError {
+    fn from(e: RegistryError) -> ApiError {
+        let status = match &e {
+            RegistryError::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            RegistryError::NotFound(_) => StatusCode::NOT_FOUND,
+            RegistryError::NameTaken(_)
+            | RegistryError::TwoSecretsLive(_)
+            | RegistryError::NothingToRetire(_) => StatusCode::CONFLICT,
+            RegistryError::Storage(inner) => {
+                return unavailable("installation change", anyhow::anyhow!("{inner:#}"));
+            }
+        };
+        ApiError::new(status, e.to_string())
+    }
+}
+
+fn unprocessable(message: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, message.into())
 }
 
 fn endpoint_url(state: &AppState, path: &str) -> String {
     format!("{}{path}", state.public_url.trim_end_matches('/'))
 }
 
-async fn list_listeners(State(state): State<Arc<AppState>>, admin: Admin) -> Response {
-    if let Err(e) = admin.require(Scope::ListenersRead) {
-        return e.into_response();
-    }
-    match listeners::list(&state.store).await {
-        Ok(all) => Json(all).into_response(),
-        Err(e) => rotation_error(RotationError::Database(e)),
-    }
+async fn list_listeners(
+    State(state): State<Arc<AppState>>,
+    admin: Admin,
+) -> Result<Response, ApiError> {
+    admin.require(Scope::ListenersRead)?;
+    let all = listeners::list(&state.store)
+        .await
+        .map_err(|e| unavailable("listing listeners", e))?;
+    Ok(Json(all).into_response())
 }
 
 #[derive(Deserialize)]
@@ -221,44 +249,41 @@ async fn create_listener(
     State(state): State<Arc<AppState>>,
     admin: Admin,
     ApiJson(body): ApiJson<CreateListener>,
-) -> Response {
-    let key = match admin.require(Scope::ListenersWrite) {
-        Ok(k) => k,
-        Err(e) => return e.into_response(),
-    };
+) -> Result<Response, ApiError> {
+    let key = admin.require(Scope::ListenersWrite)?;
     let Some(kind) = ListenerKind::parse(&body.kind) else {
         let known: Vec<&str> = <ListenerKind as clap::ValueEnum>::value_variants()
             .iter()
             .map(ListenerKind::as_str)
             .collect();
-        return error(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            format!(
-                "kind: unknown listener kind {:?}; known: {}",
-                body.kind,
-                known.join(", ")
-            ),
-        );
+        return Err(unprocessable(format!(
+            "kind: unknown listener kind {:?}; known: {}",
+            body.kind,
+            known.join(", ")
+        )));
     };
-    let (secret, generated) = match kind.new_listener_secret(body.secret.map(TokenSecret::new)) {
-        Ok(Some((secret, generated))) => (Some(secret), generated),
-        Ok(None) => (None, false),
-        Err(e) => return error(StatusCode::UNPROCESSABLE_ENTITY, format!("secret: {e}")),
+    // Which kinds take, need or get a generated secret is the listener kind's rule (the CLI
+    // asks the same one).
+    let (secret, generated) = match kind
+        .new_listener_secret(body.secret.map(TokenSecret::new))
+        .map_err(|e| unprocessable(format!("secret: {e}")))?
+    {
+        Some((secret, generated)) => (Some(secret), generated),
+        None => (None, false),
     };
     let sealed = secret.as_ref().map(|s| (&state.keys.sealing, s));
     let created =
         listeners::create_with_secret(&state.store, kind, &body.name, &actor(&key), sealed).await;
     reload_directory(&state).await;
-    match created {
-        Ok((listener, endpoint)) => {
-            let mut answer = serde_json::json!({ "listener": listener, "endpoint_url": endpoint_url(&state, &endpoint.path) });
-            if generated && let Some(s) = &secret {
-                answer["secret"] = serde_json::Value::String(s.expose().to_owned());
-            }
-            (StatusCode::CREATED, Json(answer)).into_response()
-        }
-        Err(e) => rotation_error(e),
+    let (listener, endpoint) = created?;
+    let mut answer = serde_json::json!({
+        "listener": listener,
+        "endpoint_url": endpoint_url(&state, &endpoint.path),
+    });
+    if generated && let Some(s) = &secret {
+        answer["secret"] = serde_json::Value::String(s.expose().to_owned());
     }
+    Ok((StatusCode::CREATED, Json(answer)).into_response())
 }
 
 #[derive(Deserialize)]
@@ -275,34 +300,30 @@ async fn rotate(
     admin: Admin,
     Path(id): Path<String>,
     ApiJson(body): ApiJson<Rotate>,
-) -> Response {
-    let key = match admin.require(Scope::ListenersWrite) {
-        Ok(k) => k,
-        Err(e) => return e.into_response(),
-    };
+) -> Result<Response, ApiError> {
+    let key = admin.require(Scope::ListenersWrite)?;
     let old = match (body.expire_in_secs, body.delete_old) {
         (None, true) => OldEndpoint::Delete,
-        (Some(secs), false) => match expiry("expire_in_secs", secs) {
-            Ok(at) => OldEndpoint::ExpireAt(at),
-            Err(m) => return error(StatusCode::UNPROCESSABLE_ENTITY, m),
-        },
+        (Some(secs), false) => {
+            OldEndpoint::ExpireAt(expiry("expire_in_secs", secs).map_err(unprocessable)?)
+        }
         _ => {
-            return error(
-                StatusCode::UNPROCESSABLE_ENTITY,
+            return Err(unprocessable(
                 "give exactly one of expire_in_secs and delete_old",
-            );
+            ));
         }
     };
     let rotated = listeners::rotate(&state.store, &id, old, &actor(&key)).await;
     reload_directory(&state).await;
-    match rotated {
-        Ok(new) => (
-            StatusCode::CREATED,
-            Json(serde_json::json!({ "endpoint": new.endpoint, "endpoint_url": endpoint_url(&state, &new.path) })),
-        )
-            .into_response(),
-        Err(e) => rotation_error(e),
-    }
+    let new = rotated?;
+    Ok((
+        StatusCode::CREATED,
+        Json(serde_json::json!({
+            "endpoint": new.endpoint,
+            "endpoint_url": endpoint_url(&state, &new.path),
+        })),
+    )
+        .into_response())
 }
 
 #[derive(Deserialize)]
@@ -316,38 +337,24 @@ async fn extend(
     admin: Admin,
     Path(id): Path<String>,
     ApiJson(body): ApiJson<Extend>,
-) -> Response {
-    let key = match admin.require(Scope::ListenersWrite) {
-        Ok(k) => k,
-        Err(e) => return e.into_response(),
-    };
-    let at = match expiry("expire_in_secs", body.expire_in_secs) {
-        Ok(at) => at,
-        Err(m) => return error(StatusCode::UNPROCESSABLE_ENTITY, m),
-    };
+) -> Result<Response, ApiError> {
+    let key = admin.require(Scope::ListenersWrite)?;
+    let at = expiry("expire_in_secs", body.expire_in_secs).map_err(unprocessable)?;
     let extended = listeners::extend(&state.store, &id, at, &actor(&key)).await;
     reload_directory(&state).await;
-    match extended {
-        Ok(endpoint) => Json(endpoint).into_response(),
-        Err(e) => rotation_error(e),
-    }
+    Ok(Json(extended?).into_response())
 }
 
 async fn delete_endpoint(
     State(state): State<Arc<AppState>>,
     admin: Admin,
     Path(id): Path<String>,
-) -> Response {
-    let key = match admin.require(Scope::ListenersWrite) {
-        Ok(k) => k,
-        Err(e) => return e.into_response(),
-    };
+) -> Result<Response, ApiError> {
+    let key = admin.require(Scope::ListenersWrite)?;
     let deleted = listeners::delete_endpoint(&state.store, &id, &actor(&key)).await;
     reload_directory(&state).await;
-    match deleted {
-        Ok(()) => StatusCode::NO_CONTENT.into_response(),
-        Err(e) => rotation_error(e),
-    }
+    deleted?;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 #[derive(Deserialize)]
@@ -441,15 +448,16 @@ async fn revoke_key(
     Ok(Json(serde_json::json!({ "revoked": revoked })).into_response())
 }
 
-async fn export_audit(State(state): State<Arc<AppState>>, admin: Admin) -> Response {
-    if let Err(e) = admin.require(Scope::AuditRead) {
-        return e.into_response();
-    }
+async fn export_audit(
+    State(state): State<Arc<AppState>>,
+    admin: Admin,
+) -> Result<Response, ApiError> {
+    admin.require(Scope::AuditRead)?;
     let mut out = Vec::new();
-    match crate::platform::audit::export_jsonl(&state.store, &mut out).await {
-        Ok(_) => ([("content-type", "application/x-ndjson")], out).into_response(),
-        Err(e) => rotation_error(RotationError::Database(e)),
-    }
+    crate::platform::audit::export_jsonl(&state.store, &mut out)
+        .await
+        .map_err(|e| unavailable("audit export", e))?;
+    Ok(([("content-type", "application/x-ndjson")], out).into_response())
 }
 
 /// A generic listener's output stream: its redacted requests, oldest first, as NDJSON.
@@ -457,79 +465,29 @@ async fn listener_events(
     State(state): State<Arc<AppState>>,
     admin: Admin,
     Path(id): Path<String>,
-) -> Response {
-    if let Err(e) = admin.require(Scope::ListenersRead) {
-        return e.into_response();
-    }
-    match listeners::list(&state.store).await {
-        Ok(all) if all.iter().any(|l| l.id == id) => {}
-        Ok(_) => return error(StatusCode::NOT_FOUND, format!("no listener {id}")),
-        Err(e) => return rotation_error(RotationError::Database(e)),
-    }
-    let rows = sqlx::query(
-        "SELECT id, received_at, body_sha256, redacted_body, tokens_found, content_type, \
-         content_encoding, body_kept, note FROM listener_events WHERE listener_id = $1 ORDER BY id",
-    )
-    .bind(&id)
-    .fetch_all(state.store.pool())
-    .await;
-    let rows = match rows {
-        Ok(rows) => rows,
-        Err(e) => return rotation_error(RotationError::Database(e.into())),
-    };
-    use sqlx::Row as _;
+) -> Result<Response, ApiError> {
+    admin.require(Scope::ListenersRead)?;
+    let events = listeners::events(&state.store, &id)
+        .await
+        .map_err(|e| unavailable("reading listener events", e))?
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no listener {id}")))?;
     let mut out = String::new();
-    for r in rows {
-        let event = (|| {
-            Ok::<_, sqlx::Error>(serde_json::json!({
-                "id": r.try_get::<i64, _>("id")?,
-                "received_at": r.try_get::<i64, _>("received_at")?,
-                "body_sha256": r.try_get::<String, _>("body_sha256")?,
-                "tokens_found": r.try_get::<i64, _>("tokens_found")?,
-                "content_type": r.try_get::<Option<String>, _>("content_type")?,
-                "content_encoding": r.try_get::<Option<String>, _>("content_encoding")?,
-                // `null` when the body did not decode as declared and no copy was kept.
-                "body": (r.try_get::<i64, _>("body_kept")? != 0)
-                    .then(|| r.try_get::<String, _>("redacted_body"))
-                    .transpose()?,
-                "note": r.try_get::<Option<String>, _>("note")?,
-            }))
-        })();
-        match event {
-            Ok(event) => out.push_str(&event.to_string()),
-            Err(e) => return rotation_error(RotationError::Database(e.into())),
-        }
+    for event in events {
+        out.push_str(&serde_json::to_string(&event).expect("an event serialises"));
         out.push('\n');
     }
-    ([("content-type", "application/x-ndjson")], out).into_response()
+    Ok(([("content-type", "application/x-ndjson")], out).into_response())
 }
 
-fn registry_error(e: RegistryError) -> Response {
-    let status = match &e {
-        RegistryError::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-        RegistryError::NotFound(_) => StatusCode::NOT_FOUND,
-        RegistryError::NameTaken(_)
-        | RegistryError::TwoSecretsLive(_)
-        | RegistryError::NothingToRetire(_) => StatusCode::CONFLICT,
-        RegistryError::Storage(inner) => {
-            tracing::error!(error = %format!("{inner:#}"), "installation change failed");
-            return error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "storage unavailable, retry later",
-            );
-        }
-    };
-    error(status, e.to_string())
-}
-
-async fn list_installations(State(state): State<Arc<AppState>>, admin: Admin) -> Response {
-    if let Err(e) = admin.require(Scope::InstallationsRead) {
-        return e.into_response();
-    }
-    match installations::list(&state.store).await {
-        Ok(all) => Json(all).into_response(),
-        Err(e) => registry_error(RegistryError::Storage(e)),
-    }
+async fn list_installations(
+    State(state): State<Arc<AppState>>,
+    admin: Admin,
+) -> Result<Response, ApiError> {
+    admin.require(Scope::InstallationsRead)?;
+    let all = installations::list(&state.store)
+        .await
+        .map_err(RegistryError::Storage)?;
+    Ok(Json(all).into_response())
 }
 
 /// `POST /api/v1/installations`: the registration fields (docs/INSTALLATIONS.md) plus an optional
@@ -538,21 +496,16 @@ async fn register_installation(
     State(state): State<Arc<AppState>>,
     admin: Admin,
     ApiJson(mut body): ApiJson<serde_json::Map<String, serde_json::Value>>,
-) -> Response {
-    let key = match admin.require(Scope::InstallationsWrite) {
-        Ok(k) => k,
-        Err(e) => return e.into_response(),
-    };
+) -> Result<Response, ApiError> {
+    let key = admin.require(Scope::InstallationsWrite)?;
     let secret = match body.remove("secret") {
         None | Some(serde_json::Value::Null) => None,
         Some(serde_json::Value::String(s)) => Some(TokenSecret::new(s)),
-        Some(_) => return error(StatusCode::UNPROCESSABLE_ENTITY, "secret: must be a string"),
+        Some(_) => return Err(unprocessable("secret: must be a string")),
     };
-    let spec: installations::Spec = match serde_json::from_value(serde_json::Value::Object(body)) {
-        Ok(spec) => spec,
-        Err(e) => return error(StatusCode::UNPROCESSABLE_ENTITY, format!("body: {e}")),
-    };
-    match installations::register(
+    let spec: installations::Spec = serde_json::from_value(serde_json::Value::Object(body))
+        .map_err(|e| unprocessable(format!("body: {e}")))?;
+    let (installation, generated) = installations::register(
         &state.store,
         &state.keys.sealing,
         &state.policy,
@@ -560,35 +513,25 @@ async fn register_installation(
         secret,
         &actor(&key),
     )
-    .await
-    {
-        Ok((installation, generated)) => {
-            state.engine.wake();
-            (
-                StatusCode::CREATED,
-                Json(serde_json::json!({
-                    "installation": installation,
-                    "secret": generated.as_ref().map(TokenSecret::expose),
-                })),
-            )
-                .into_response()
-        }
-        Err(e) => registry_error(e),
-    }
+    .await?;
+    state.engine.wake();
+    Ok((
+        StatusCode::CREATED,
+        Json(serde_json::json!({
+            "installation": installation,
+            "secret": generated.as_ref().map(TokenSecret::expose),
+        })),
+    )
+        .into_response())
 }
 
 async fn get_installation(
     State(state): State<Arc<AppState>>,
     admin: Admin,
     Path(id): Path<String>,
-) -> Response {
-    if let Err(e) = admin.require(Scope::InstallationsRead) {
-        return e.into_response();
-    }
-    match installations::get(&state.store, &id).await {
-        Ok(i) => Json(i).into_response(),
-        Err(e) => registry_error(e),
-    }
+) -> Result<Response, ApiError> {
+    admin.require(Scope::InstallationsRead)?;
+    Ok(Json(installations::get(&state.store, &id).await?).into_response())
 }
 
 async fn update_installation(
@@ -596,32 +539,21 @@ async fn update_installation(
     admin: Admin,
     Path(id): Path<String>,
     ApiJson(patch): ApiJson<installations::Patch>,
-) -> Response {
-    let key = match admin.require(Scope::InstallationsWrite) {
-        Ok(k) => k,
-        Err(e) => return e.into_response(),
-    };
-    match installations::update(&state.store, &state.policy, &id, patch, &actor(&key)).await {
-        Ok(i) => Json(i).into_response(),
-        Err(e) => registry_error(e),
-    }
+) -> Result<Response, ApiError> {
+    let key = admin.require(Scope::InstallationsWrite)?;
+    let updated =
+        installations::update(&state.store, &state.policy, &id, patch, &actor(&key)).await?;
+    Ok(Json(updated).into_response())
 }
 
 async fn remove_installation(
     State(state): State<Arc<AppState>>,
     admin: Admin,
     Path(id): Path<String>,
-) -> Response {
-    let key = match admin.require(Scope::InstallationsWrite) {
-        Ok(k) => k,
-        Err(e) => return e.into_response(),
-    };
-    match installations::remove(&state.store, &id, &actor(&key)).await {
-        Ok(stopped) => {
-            Json(serde_json::json!({ "removed": id, "findings_failed": stopped })).into_response()
-        }
-        Err(e) => registry_error(e),
-    }
+) -> Result<Response, ApiError> {
+    let key = admin.require(Scope::InstallationsWrite)?;
+    let stopped = installations::remove(&state.store, &id, &actor(&key)).await?;
+    Ok(Json(serde_json::json!({ "removed": id, "findings_failed": stopped })).into_response())
 }
 
 #[derive(Deserialize, Default)]
@@ -638,42 +570,33 @@ async fn rotate_installation_secret(
     admin: Admin,
     Path(id): Path<String>,
     ApiJson(body): ApiJson<RotateSecret>,
-) -> Response {
-    let key = match admin.require(Scope::InstallationsWrite) {
-        Ok(k) => k,
-        Err(e) => return e.into_response(),
-    };
+) -> Result<Response, ApiError> {
+    let key = admin.require(Scope::InstallationsWrite)?;
     if body.retire_old {
         if body.secret.is_some() {
-            return error(
-                StatusCode::UNPROCESSABLE_ENTITY,
+            return Err(unprocessable(
                 "give either secret (add one) or retire_old, not both",
-            );
+            ));
         }
-        return match installations::retire_old_secret(&state.store, &id, &actor(&key)).await {
-            Ok(()) => Json(serde_json::json!({ "live_secrets": 1 })).into_response(),
-            Err(e) => registry_error(e),
-        };
+        installations::retire_old_secret(&state.store, &id, &actor(&key)).await?;
+        return Ok(Json(serde_json::json!({ "live_secrets": 1 })).into_response());
     }
-    match installations::rotate_secret(
+    let generated = installations::rotate_secret(
         &state.store,
         &state.keys.sealing,
         &id,
         body.secret.map(TokenSecret::new),
         &actor(&key),
     )
-    .await
-    {
-        Ok(generated) => (
-            StatusCode::CREATED,
-            Json(serde_json::json!({
-                "live_secrets": 2,
-                "secret": generated.as_ref().map(TokenSecret::expose),
-            })),
-        )
-            .into_response(),
-        Err(e) => registry_error(e),
-    }
+    .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(serde_json::json!({
+            "live_secrets": 2,
+            "secret": generated.as_ref().map(TokenSecret::expose),
+        })),
+    )
+        .into_response())
 }
 
 #[derive(Deserialize)]
@@ -695,18 +618,25 @@ async fn list_findings(
     State(state): State<Arc<AppState>>,
     admin: Admin,
     query: Result<Query<FindingQuery>, axum::extract::rejection::QueryRejection>,
-) -> Response {
-    if let Err(e) = admin.require(Scope::InstallationsRead) {
-        return e.into_response();
-    }
-    let q = match query {
-        Ok(Query(q)) => q,
-        Err(e) => return error(StatusCode::BAD_REQUEST, format!("query: {}", e.body_text())),
-    };
+) -> Result<Response, ApiError> {
+    admin.require(Scope::InstallationsRead)?;
+    let Query(q) = query
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("query: {}", e.body_text())))?;
     if !(1..=1000).contains(&q.limit) {
-        return error(StatusCode::BAD_REQUEST, "limit: must be 1 to 1000");
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "limit: must be 1 to 1000",
+        ));
     }
-    match crate::findings::list(
+    if let Some(state) = &q.state
+        && crate::findings::FindingState::parse(state).is_none()
+    {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("state: unknown finding state {state:?}"),
+        ));
+    }
+    let rows = crate::findings::list(
         &state.store,
         q.state.as_deref(),
         q.installation.as_deref(),
@@ -714,8 +644,6 @@ async fn list_findings(
         q.limit,
     )
     .await
-    {
-        Ok(rows) => Json(rows).into_response(),
-        Err(e) => registry_error(RegistryError::Storage(e)),
-    }
+    .map_err(|e| unavailable("listing findings", e))?;
+    Ok(Json(rows).into_response())
 }

@@ -406,14 +406,7 @@ impl Metrics {
 
     /// Samples what lives in the database and the engine: queue depths and breaker states.
     pub async fn sample(&self, engine: &crate::revocation::Engine) -> anyhow::Result<()> {
-        use sqlx::Row as _;
-        let pool = engine.store.pool();
-        let decide: i64 = sqlx::query(
-            "SELECT COUNT(*) AS n FROM work_queue WHERE kind = 'decide' AND state = 'pending'",
-        )
-        .fetch_one(pool)
-        .await?
-        .try_get("n")?;
+        let decide = crate::intake::queue::pending(&engine.store).await?;
         let findings = crate::findings::store::in_progress_counts(&engine.store).await?;
         for (queue, state) in QUEUE_STATES {
             let n = if queue == "decide" {

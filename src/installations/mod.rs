@@ -5,6 +5,7 @@
 
 pub mod contract;
 pub mod signing_keys;
+pub mod verdict;
 
 use std::collections::BTreeSet;
 
@@ -656,6 +657,27 @@ pub async fn secrets(
             )
         })
         .collect()
+}
+
+/// How old an installation's live shared secrets are (for `doctor`).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct SecretAges {
+    pub installation_id: String,
+    /// 1, or 2 mid-rotation.
+    pub live: i64,
+    pub newest: i64,
+    pub oldest: i64,
+}
+
+/// Every installation's secret ages, by installation id.
+pub async fn secret_ages(store: &Store) -> anyhow::Result<Vec<SecretAges>> {
+    sqlx::query_as(
+        "SELECT installation_id, COUNT(*) AS live, MAX(created_at) AS newest, MIN(created_at) AS oldest \
+         FROM installation_secrets GROUP BY installation_id ORDER BY installation_id",
+    )
+    .fetch_all(store.pool())
+    .await
+    .context("cannot read installation secrets")
 }
 
 /// Removes an installation. Its findings still in progress fail (audited), so none waits forever

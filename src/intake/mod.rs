@@ -11,6 +11,7 @@
 //! on the wire.
 
 mod committer;
+pub mod queue;
 
 use std::sync::Arc;
 
@@ -37,6 +38,7 @@ pub struct ReportedToken {
 
 /// GitHub's feedback labels (a finding's label too).
 pub use crate::findings::Label;
+use crate::installations::verdict::{JwtVerdict, judge_jwt};
 
 /// One element of the feedback array GitHub reads from the response body.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -62,15 +64,14 @@ pub fn offline_label<'r>(
     token: &TokenSecret,
     token_type: &str,
 ) -> Option<Label> {
-    if let (Some(cache), Ok(decoded)) = (jwt_keys, crate::platform::jwt::decode(token.expose())) {
-        let found = cache.lookup(decoded.key_id().unwrap_or_default());
-        if let Some((_, keys)) = found.fresh_owner()
-            && keys
-                .iter()
-                .any(|key| crate::platform::jwt::verify(token.expose(), &decoded, key))
-        {
-            return Some(Label::TruePositive);
-        }
+    if let Some(cache) = jwt_keys
+        && let JwtVerdict::Verified { .. } = judge_jwt(
+            token,
+            |kid| cache.lookup(kid),
+            crate::platform::store::now_ms(),
+        )
+    {
+        return Some(Label::TruePositive);
     }
     if !rules.rules().iter().any(|r| r.token_type == token_type) {
         return None;

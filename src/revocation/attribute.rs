@@ -1,7 +1,7 @@
-//! Attribution and the offline JWT verdict as pure functions: which installations a token
-//! concerns and what each finding does first. [`judge_jwt`] decodes a token once and verifies it
-//! once against the keys a lookup found (intake labels with it, decisions attribute with it);
-//! [`attribute`] turns that verdict, the hostnames seen next to the token and its type into a
+//! Attribution as a pure function: which installations a token concerns and what each finding
+//! does first. The offline JWT verdict ([`JwtVerdict`], `installations::verdict`: decoded once,
+//! verified once against the keys a lookup found; intake labels with it, decisions attribute with
+//! it) is an input: [`attribute`] turns that verdict, the hostnames seen next to the token and its type into a
 //! [`Decision`]. No I/O: the caller looks keys up (and refreshes them) first.
 //!
 //! In order: a JWT whose key id has one owner with fresh keys is that installation's (signature
@@ -12,83 +12,8 @@
 //! import storage, HTTP or the engine.
 
 use crate::findings::{FindingState, Label};
-use crate::installations::signing_keys::KeyLookup;
+pub use crate::installations::verdict::{DecodedToken, JwtVerdict, judge_jwt};
 use crate::installations::{self, Installation};
-use crate::platform::jwt;
-use crate::scanner::TokenSecret;
-
-/// What a token's JWT form says offline.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum JwtVerdict {
-    /// Not a JWT (or not one we can read).
-    NotJwt,
-    /// A JWT; its key id is unknown, stale, or claimed by more than one installation: no offline
-    /// verdict rests on it.
-    Undecided { kid: String },
-    /// Signed by the key id's one owner.
-    Verified { owner: String, expired: bool },
-    /// The key id's one owner did not sign it.
-    Forged { owner: String },
-}
-
-/// A token decoded once: its key id (to look up) and what is needed to verify it.
-pub struct DecodedToken<'t> {
-    token: &'t TokenSecret,
-    decoded: jwt::Decoded,
-}
-
-impl<'t> DecodedToken<'t> {
-    /// The token's JWT form, if it has one.
-    pub fn decode(token: &'t TokenSecret) -> Option<DecodedToken<'t>> {
-        jwt::decode(token.expose())
-            .ok()
-            .map(|decoded| DecodedToken { token, decoded })
-    }
-
-    pub fn key_id(&self) -> &str {
-        self.decoded.key_id().unwrap_or_default()
-    }
-
-    /// Whether the key id's one fresh owner signed it (what a caller checks before deciding to
-    /// refresh the keys).
-    pub fn verifies(&self, found: &KeyLookup) -> bool {
-        found.fresh_owner().is_some_and(|(_, keys)| {
-            keys.iter()
-                .any(|key| jwt::verify(self.token.expose(), &self.decoded, key))
-        })
-    }
-
-    /// The verdict against what the lookup found, at `now_ms`.
-    pub fn judge(&self, found: &KeyLookup, now_ms: i64) -> JwtVerdict {
-        match found.fresh_owner() {
-            None => JwtVerdict::Undecided {
-                kid: self.key_id().to_owned(),
-            },
-            Some((owner, _)) if self.verifies(found) => JwtVerdict::Verified {
-                owner: owner.to_owned(),
-                expired: self
-                    .decoded
-                    .expires_at()
-                    .is_some_and(|exp| exp.saturating_mul(1000) <= now_ms),
-            },
-            Some((owner, _)) => JwtVerdict::Forged {
-                owner: owner.to_owned(),
-            },
-        }
-    }
-}
-
-/// Decodes and judges a token against `lookup(kid)`: for callers that may not fetch keys (intake).
-pub fn judge_jwt(
-    token: &TokenSecret,
-    lookup: impl FnOnce(&str) -> KeyLookup,
-    now_ms: i64,
-) -> JwtVerdict {
-    match DecodedToken::decode(token) {
-        None => JwtVerdict::NotJwt,
-        Some(d) => d.judge(&lookup(d.key_id()), now_ms),
-    }
-}
 
 /// How a candidate was attributed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -360,7 +285,7 @@ mod tests {
 
     #[test]
     fn a_token_that_is_not_a_jwt_is_not_judged() {
-        let token = TokenSecret::new("ghp_notajwt");
+        let token = crate::scanner::TokenSecret::new("ghp_notajwt");
         let verdict = judge_jwt(&token, |_| panic!("nothing to look up"), 0);
         assert_eq!(verdict, JwtVerdict::NotJwt);
     }

@@ -7,7 +7,6 @@
 use std::collections::HashMap;
 
 use anyhow::Context as _;
-use sqlx::Row as _;
 
 use super::Engine;
 use super::attribute::{self, Decision, DecodedToken, JwtVerdict, Method};
@@ -22,59 +21,27 @@ use crate::scanner::TokenSecret;
 /// Candidates decided per claim.
 pub const BATCH: usize = 64;
 
-/// A queued candidate.
-struct Candidate {
-    work_id: i64,
-    /// The part of its alert it came in: its findings are served in this order (see intake).
-    priority: i64,
-    id: i64,
-    fingerprint: String,
-    token_type: String,
-    url: Option<String>,
-    source: String,
-    sealed_token: Option<String>,
-    context_hosts: Vec<String>,
-    received_at: i64,
-}
+use crate::intake::queue::{self, QueuedCandidate as Candidate};
 
 /// Claims up to [`BATCH`] queued candidates and decides each; returns how many were claimed.
 pub async fn decide_batch(engine: &Engine) -> anyhow::Result<usize> {
     let now = now_ms();
-    let lock = engine.store.skip_locked();
-    let claimed = sqlx::query(&format!(
-        "UPDATE work_queue SET lease_until = $1, lease_owner = $2 WHERE id IN (\
-           SELECT id FROM work_queue WHERE kind = 'decide' AND state = 'pending' AND run_at <= $3 \
-           AND (lease_until IS NULL OR lease_until < $3) ORDER BY priority, id LIMIT $4 {lock}) \
-         RETURNING id, candidate_id, priority"
-    ))
-    .bind(now + engine.tuning.lease.as_millis() as i64)
-    .bind(&engine.worker_id)
-    .bind(now)
-    .bind(BATCH as i64)
-    .fetch_all(engine.store.pool())
-    .await
-    .context("cannot claim candidates")?;
+    let claimed = queue::claim(
+        &engine.store,
+        &engine.worker_id,
+        BATCH,
+        now,
+        now + engine.tuning.lease.as_millis() as i64,
+    )
+    .await?;
     let count = claimed.len();
-    // RETURNING does not keep the subquery's order: decide in arrival order, so the first report
-    // of a token is the one its finding records.
-    let mut claimed: Vec<(i64, i64, i64)> = claimed
-        .iter()
-        .map(|row| {
-            Ok((
-                row.try_get("id")?,
-                row.try_get("candidate_id")?,
-                row.try_get("priority")?,
-            ))
-        })
-        .collect::<anyhow::Result<_>>()?;
-    claimed.sort_unstable();
     if count > 0 {
         // Decisions see every registration made before them, wherever it was made.
         engine.read_installations(true).await?;
     }
     let mut prepared = Vec::with_capacity(count);
-    for candidate in load_many(engine, &claimed).await? {
-        let (work_id, candidate_id) = (candidate.work_id, candidate.id);
+    for candidate in queue::load(&engine.store, &claimed).await? {
+        let (work_id, candidate_id) = (candidate.claim.work_id, candidate.claim.candidate_id);
         match prepare(engine, candidate).await {
             Ok(p) => prepared.push(p),
             Err(e) => {
@@ -129,33 +96,16 @@ async fn retry_or_fail(
     candidate_id: i64,
     error: &str,
 ) -> anyhow::Result<()> {
-    let now = now_ms();
-    let attempts: i64 = match sqlx::query(
-        "UPDATE work_queue SET attempts = attempts + 1, lease_until = NULL, lease_owner = NULL \
-         WHERE id = $1 AND lease_owner = $2 AND state = 'pending' RETURNING attempts",
-    )
-    .bind(work_id)
-    .bind(&engine.worker_id)
-    .fetch_optional(engine.store.pool())
-    .await?
-    {
-        Some(row) => row.try_get("attempts")?,
-        None => return Ok(()),
+    let Some(attempts) = queue::attempt_failed(&engine.store, &engine.worker_id, work_id).await?
+    else {
+        return Ok(());
     };
     if attempts < i64::from(engine.tuning.max_attempts) {
         let delay = super::limits::backoff(attempts as u32, None);
-        sqlx::query("UPDATE work_queue SET run_at = $1 WHERE id = $2")
-            .bind(now + delay.as_millis() as i64)
-            .bind(work_id)
-            .execute(engine.store.pool())
-            .await?;
-        return Ok(());
+        return queue::retry_at(&engine.store, work_id, now_ms() + delay.as_millis() as i64).await;
     }
     let mut tx = engine.store.begin().await?;
-    sqlx::query("UPDATE work_queue SET state = 'failed' WHERE id = $1 AND state = 'pending'")
-        .bind(work_id)
-        .execute(&mut *tx)
-        .await?;
+    queue::give_up(&mut tx, work_id).await?;
     audit::append(
         &mut tx,
         engine.store.backend(),
@@ -168,53 +118,6 @@ async fn retry_or_fail(
     tx.commit().await?;
     engine.observer.failed("none", "decide");
     Ok(())
-}
-
-/// The claimed candidates (work id, candidate id, priority), in the order given: one query.
-async fn load_many(engine: &Engine, claimed: &[(i64, i64, i64)]) -> anyhow::Result<Vec<Candidate>> {
-    if claimed.is_empty() {
-        return Ok(Vec::new());
-    }
-    let sql = format!(
-        "SELECT c.id, c.fingerprint, c.token_type, c.url, c.sealed_token, c.context_hosts, \
-         a.received_at, COALESCE(l.kind, a.listener_id) AS source \
-         FROM candidates c JOIN alerts a ON a.id = c.alert_id \
-         LEFT JOIN listeners l ON l.id = a.listener_id WHERE c.id IN ({})",
-        engine.store.params().list(claimed.len())
-    );
-    let mut q = sqlx::query(&sql);
-    for (_, candidate_id, _) in claimed {
-        q = q.bind(*candidate_id);
-    }
-    let mut rows: std::collections::HashMap<i64, sqlx::any::AnyRow> = q
-        .fetch_all(engine.store.pool())
-        .await
-        .context("cannot read candidates")?
-        .into_iter()
-        .map(|r| Ok((r.try_get::<i64, _>("id")?, r)))
-        .collect::<anyhow::Result<_>>()?;
-    let mut out = Vec::with_capacity(claimed.len());
-    for &(work_id, candidate_id, priority) in claimed {
-        let row = rows
-            .remove(&candidate_id)
-            .with_context(|| format!("candidate {candidate_id} is gone"))?;
-        out.push(Candidate {
-            work_id,
-            priority,
-            id: candidate_id,
-            fingerprint: row.try_get("fingerprint")?,
-            token_type: row.try_get("token_type")?,
-            url: row.try_get("url")?,
-            source: row.try_get("source")?,
-            sealed_token: row.try_get("sealed_token")?,
-            context_hosts: row
-                .try_get::<Option<String>, _>("context_hosts")?
-                .and_then(|s| serde_json::from_str(&s).ok())
-                .unwrap_or_default(),
-            received_at: row.try_get("received_at")?,
-        });
-    }
-    Ok(out)
 }
 
 /// The sealing owner of a candidate's token copy.
@@ -288,9 +191,6 @@ async fn prepare(engine: &Engine, c: Candidate) -> anyhow::Result<Prepared> {
     Ok(Prepared { c, token, decision })
 }
 
-/// Rows per multi-row statement (parameters stay well under both backends' limits).
-const ROWS_PER_STATEMENT: usize = 64;
-
 /// What recording a batch produced: the audit records, and the findings that ended at once (for
 /// the metrics).
 struct Recorded {
@@ -310,33 +210,12 @@ async fn record_batch(
     prepared: &[Prepared],
 ) -> anyhow::Result<Recorded> {
     let now = now_ms();
-    // Fence first: only the lease holder records a decision. A decided work item is deleted (the
-    // candidate, its findings and the audit entry are the record), so the queue holds only what is
-    // pending or failed and its indexes stay small.
-    let mut fenced = std::collections::HashSet::new();
-    for chunk in prepared.chunks(ROWS_PER_STATEMENT) {
-        let mut p = engine.store.params();
-        let sql = format!(
-            "DELETE FROM work_queue WHERE lease_owner = {} AND state = 'pending' AND id IN ({}) \
-             RETURNING id",
-            p.take(),
-            p.list(chunk.len())
-        );
-        let mut q = sqlx::query(&sql).bind(&engine.worker_id);
-        for p in chunk {
-            q = q.bind(p.c.work_id);
-        }
-        for row in q
-            .fetch_all(&mut **tx)
-            .await
-            .context("cannot complete work items")?
-        {
-            fenced.insert(row.try_get::<i64, _>("id")?);
-        }
-    }
+    // Fence first: only the lease holder records a decision.
+    let work_ids: Vec<i64> = prepared.iter().map(|p| p.c.claim.work_id).collect();
+    let fenced = queue::complete(tx, &engine.store, &engine.worker_id, &work_ids).await?;
     let mine: Vec<&Prepared> = prepared
         .iter()
-        .filter(|p| fenced.contains(&p.c.work_id))
+        .filter(|p| fenced.contains(&p.c.claim.work_id))
         .collect();
 
     // This Spillway's own admin keys, found in public: revoked here and now (with the keys they
@@ -359,7 +238,7 @@ async fn record_batch(
             }
             crate::admin::api_keys::LeakedKey::Unknown => (FindingState::UnknownToken, Vec::new()),
         };
-        spillway.insert(p.c.id, (state, revoked));
+        spillway.insert(p.c.claim.candidate_id, (state, revoked));
     }
 
     // The findings, in arrival order: the first report of a token at an installation is the one
@@ -369,7 +248,7 @@ async fn record_batch(
     for p in &mine {
         let c = &p.c;
         let row = |installation_id, state: FindingState, label| NewFinding {
-            candidate_id: c.id,
+            candidate_id: c.claim.candidate_id,
             installation_id,
             fingerprint: &c.fingerprint,
             token_type: &c.token_type,
@@ -380,10 +259,10 @@ async fn record_batch(
             found_at: c.url.as_deref(),
             source: &c.source,
             received_at: c.received_at,
-            priority: c.priority,
+            priority: c.claim.priority,
             last_error: None,
         };
-        if let Some((state, _)) = spillway.get(&c.id) {
+        if let Some((state, _)) = spillway.get(&c.claim.candidate_id) {
             let label = (*state != FindingState::UnknownToken).then_some(Label::TruePositive);
             rows.push(row(None, *state, label));
         } else if p.decision.targets.is_empty() {
@@ -416,51 +295,26 @@ async fn record_batch(
         .collect();
 
     // The candidates' sealed copies go (their findings hold their own), and offline labels stay.
-    let decided: Vec<i64> = mine.iter().map(|p| p.c.id).collect();
-    for chunk in decided.chunks(ROWS_PER_STATEMENT) {
-        let sql = format!(
-            "UPDATE candidates SET sealed_token = NULL WHERE id IN ({})",
-            engine.store.params().list(chunk.len())
-        );
-        let mut q = sqlx::query(&sql);
-        for id in chunk {
-            q = q.bind(*id);
-        }
-        q.execute(&mut **tx)
-            .await
-            .context("cannot update candidates")?;
-    }
-    for label in [Label::TruePositive, Label::FalsePositive] {
-        let labelled: Vec<i64> = mine
-            .iter()
-            .filter(|p| p.decision.targets.iter().find_map(|(_, f)| f.label()) == Some(label))
-            .map(|p| p.c.id)
-            .collect();
-        for chunk in labelled.chunks(ROWS_PER_STATEMENT) {
-            let mut p = engine.store.params();
-            let sql = format!(
-                "UPDATE candidates SET label = COALESCE(label, {}) WHERE id IN ({})",
-                p.take(),
-                p.list(chunk.len())
-            );
-            let mut q = sqlx::query(&sql).bind(label.as_str());
-            for id in chunk {
-                q = q.bind(*id);
-            }
-            q.execute(&mut **tx)
-                .await
-                .context("cannot label candidates")?;
-        }
-    }
+    let decided_ids: Vec<i64> = mine.iter().map(|p| p.c.claim.candidate_id).collect();
+    let labels: Vec<(i64, Label)> = mine
+        .iter()
+        .filter_map(|p| {
+            let label = p.decision.targets.iter().find_map(|(_, f)| f.label())?;
+            Some((p.c.claim.candidate_id, label))
+        })
+        .collect();
+    queue::decided(tx, &engine.store, &decided_ids, &labels).await?;
 
     let mut decided = Vec::new();
     let mut leaked = Vec::new();
     let audit = mine
         .iter()
         .map(|p| {
-            let id = |installation: Option<&str>| ids.get(&(p.c.id, installation)).copied();
+            let id = |installation: Option<&str>| {
+                ids.get(&(p.c.claim.candidate_id, installation)).copied()
+            };
             let created: Vec<serde_json::Value> =
-                if let Some((state, revoked)) = spillway.get(&p.c.id) {
+                if let Some((state, revoked)) = spillway.get(&p.c.claim.candidate_id) {
                     leaked.push(*state);
                     vec![serde_json::json!({
                         "installation": null,
@@ -493,7 +347,7 @@ async fn record_batch(
                         .collect()
                 };
             serde_json::json!({
-                "candidate": p.c.id,
+                "candidate": p.c.claim.candidate_id,
                 "attribution": p.decision.method.as_str(),
                 "findings": created,
                 "reason": p.decision.reason,

@@ -557,3 +557,73 @@ pub async fn secret(
         .map(|s| crate::platform::seal::open(key, listener_id, &s))
         .transpose()
 }
+
+/// One request a generic listener received, as its output stream shows it (redacted).
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct ListenerEvent {
+    pub id: i64,
+    pub received_at: i64,
+    pub body_sha256: String,
+    pub tokens_found: i64,
+    pub content_type: Option<String>,
+    pub content_encoding: Option<String>,
+    /// `null` when the body did not decode as declared and no copy was kept.
+    #[sqlx(skip)]
+    pub body: Option<String>,
+    #[serde(skip)]
+    redacted_body: String,
+    #[serde(skip)]
+    body_kept: i64,
+    pub note: Option<String>,
+}
+
+/// A listener's events, oldest first; None when there is no such listener.
+pub async fn events(
+    store: &Store,
+    listener_id: &str,
+) -> anyhow::Result<Option<Vec<ListenerEvent>>> {
+    let exists = sqlx::query("SELECT 1 FROM listeners WHERE id = $1")
+        .bind(listener_id)
+        .fetch_optional(store.pool())
+        .await
+        .context("cannot read listeners")?;
+    if exists.is_none() {
+        return Ok(None);
+    }
+    let rows: Vec<ListenerEvent> = sqlx::query_as(
+        "SELECT id, received_at, body_sha256, redacted_body, tokens_found, content_type, \
+         content_encoding, body_kept, note FROM listener_events WHERE listener_id = $1 ORDER BY id",
+    )
+    .bind(listener_id)
+    .fetch_all(store.pool())
+    .await
+    .context("cannot read listener events")?;
+    Ok(Some(
+        rows.into_iter()
+            .map(|mut e| {
+                e.body = (e.body_kept != 0).then(|| std::mem::take(&mut e.redacted_body));
+                e
+            })
+            .collect(),
+    ))
+}
+
+/// An endpoint past its expiry that still exists (for `doctor`).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ExpiredEndpoint {
+    pub id: String,
+    pub listener_id: String,
+    pub expires_at: i64,
+}
+
+/// Endpoints expired at `now` and not deleted, oldest expiry first.
+pub async fn expired_endpoints(store: &Store, now: i64) -> anyhow::Result<Vec<ExpiredEndpoint>> {
+    sqlx::query_as(
+        "SELECT id, listener_id, expires_at FROM listener_endpoints \
+         WHERE expires_at IS NOT NULL AND expires_at <= $1 ORDER BY expires_at",
+    )
+    .bind(now)
+    .fetch_all(store.pool())
+    .await
+    .context("cannot read listener endpoints")
+}

@@ -503,3 +503,52 @@ async fn a_spillway_admin_key_found_in_public_is_revoked_at_once() {
         running.shutdown().await;
     }
 }
+
+#[tokio::test]
+async fn the_findings_list_names_a_wrong_filter() {
+    use reqwest::Method;
+    for (backend, url, _dir) in crate::common::fresh_databases().await {
+        let (running, _keep) = crate::common::start_server(&url, "http://127.0.0.1:9/unused").await;
+        let api = Api {
+            base: format!("http://{}", running.admin_addr),
+            client: reqwest::Client::new(),
+        };
+        let scopes = admin_keys::parse_scopes("installations:read").unwrap();
+        let (_, key) = admin_keys::create(
+            &running.state.store,
+            "reader",
+            &scopes,
+            3_600_000,
+            admin_keys::Creator::Local("test"),
+        )
+        .await
+        .unwrap();
+        let key = key.expose().to_owned();
+        for (query, status, message) in [
+            (
+                "?state=revokd",
+                StatusCode::BAD_REQUEST,
+                r#"state: unknown finding state \"revokd\""#,
+            ),
+            (
+                "?limit=0",
+                StatusCode::BAD_REQUEST,
+                "limit: must be 1 to 1000",
+            ),
+            ("?after=x", StatusCode::BAD_REQUEST, "query: "),
+            ("?state=awaiting_pull", StatusCode::OK, "[]"),
+        ] {
+            let (s, b) = api
+                .call(
+                    Method::GET,
+                    &format!("/api/v1/findings{query}"),
+                    Some(&key),
+                    None,
+                )
+                .await;
+            assert_eq!(s, status, "{backend} {query}: {b}");
+            assert!(b.contains(message), "{backend} {query}: {b}");
+        }
+        running.shutdown().await;
+    }
+}
