@@ -13,10 +13,10 @@
 //! SPILLWAY_BENCH_FAIL_RATE, SPILLWAY_BENCH_TIMEOUT_RATE, SPILLWAY_BENCH_DATABASE_URL (default: a
 //! temporary SQLite file), SPILLWAY_BENCH_INSTALLATION_RATE (declared calls/s, default 1000).
 
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
+use spillway::devtools::process::Setup;
 use spillway::devtools::{fake_github, reference_installation};
 use spillway::findings;
 
@@ -25,75 +25,6 @@ fn env<T: std::str::FromStr>(name: &str, default: T) -> T {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Service {
-    dir: tempfile::TempDir,
-    bin: String,
-    database_url: String,
-    keys_url: String,
-    public: u16,
-    admin: u16,
-}
-
-impl Service {
-    fn command(&self, args: &[&str]) -> Command {
-        let d = self.dir.path();
-        let mut c = Command::new(&self.bin);
-        c.args(args)
-            .current_dir(d)
-            .env("SPILLWAY_DATABASE_URL", &self.database_url)
-            .env("SPILLWAY_KEY_FILE", d.join("spillway.keys"))
-            .env(
-                "SPILLWAY_AUDIT_CHECKPOINT_FILE",
-                d.join("audit.checkpoints"),
-            )
-            .env("SPILLWAY_LISTEN_ADDR", format!("127.0.0.1:{}", self.public))
-            .env("SPILLWAY_ADMIN_ADDR", format!("127.0.0.1:{}", self.admin))
-            .env(
-                "SPILLWAY_PUBLIC_URL",
-                format!("http://127.0.0.1:{}", self.public),
-            )
-            .env("SPILLWAY_GITHUB_KEYS_URL", &self.keys_url)
-            .env("SPILLWAY_OUTBOUND_ALLOW_HTTP", "true")
-            .env("SPILLWAY_OUTBOUND_ALLOW_PRIVATE", "true")
-            .env("SPILLWAY_CALL_TIMEOUT_MS", "2000")
-            .env("SPILLWAY_LOG", "warn");
-        c
-    }
-
-    fn run(&self, args: &[&str]) -> String {
-        let out = self.command(args).output().unwrap();
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    }
-
-    fn serve(&self) -> Child {
-        let child = self
-            .command(&["serve"])
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(self.dir.path().join("serve.log")).unwrap())
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", self.public)).is_err() {
-            assert!(Instant::now() < deadline, "spillway serve did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        child
-    }
 }
 
 fn percentile(sorted: &[i64], p: f64) -> i64 {
@@ -108,13 +39,24 @@ async fn run() {
     let alerts: usize = env("SPILLWAY_BENCH_ALERTS", 500);
     let rate: f64 = env("SPILLWAY_BENCH_RATE", 100.0);
     let installation_rate: f64 = env("SPILLWAY_BENCH_INSTALLATION_RATE", 1000.0);
-    let dir = tempfile::tempdir().unwrap();
     let github = fake_github::start(&fake_github::Args {
         listen: "127.0.0.1:0".into(),
     })
     .await
     .unwrap();
-    let secret_file = dir.path().join("ri.whsec");
+    let mut service = Setup::new(
+        github.keys_url(),
+        std::env::var("SPILLWAY_BENCH_DATABASE_URL").ok().as_deref(),
+    );
+    service.env = [
+        ("SPILLWAY_OUTBOUND_ALLOW_HTTP", "true"),
+        ("SPILLWAY_OUTBOUND_ALLOW_PRIVATE", "true"),
+        ("SPILLWAY_CALL_TIMEOUT_MS", "2000"),
+        ("SPILLWAY_LOG", "warn"),
+    ]
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .to_vec();
+    let secret_file = service.dir.path().join("ri.whsec");
     let installation = reference_installation::start(&reference_installation::Args {
         secret_file: secret_file.clone(),
         rate_limit: installation_rate,
@@ -126,16 +68,7 @@ async fn run() {
     })
     .await
     .unwrap();
-    let database_url = std::env::var("SPILLWAY_BENCH_DATABASE_URL")
-        .unwrap_or_else(|_| format!("sqlite://{}", dir.path().join("spillway.db").display()));
-    let service = Service {
-        bin: std::env::var("SPILLWAY_BIN").unwrap_or_else(|_| "target/release/spillway".into()),
-        database_url: database_url.clone(),
-        keys_url: github.keys_url(),
-        public: free_port(),
-        admin: free_port(),
-        dir,
-    };
+    let database_url = service.database_url.clone();
     spillway::platform::keyring::Keys::load(&service.dir.path().join("spillway.keys"), true)
         .unwrap();
     let endpoint = service
@@ -169,7 +102,7 @@ async fn run() {
         "--secret-file",
         &secret_file.display().to_string(),
     ]);
-    let mut child = service.serve();
+    let mut child = service.start(0);
 
     let client = reqwest::Client::new();
     let mut bodies = Vec::with_capacity(alerts);

@@ -5,10 +5,14 @@
 //! Neither is part of the service: `spillway serve` never depends on this module, and both tools
 //! are unauthenticated where their purpose is to be driven by a test. Bind them to loopback.
 //!
+//! [`process`] launches the real `spillway` binary for the integration tests and the end-to-end
+//! benches alike.
+//!
 //! This module owns what the tools share: binding an address (port 0 works, so tests get free
 //! ports), serving until told to stop, and waiting for SIGINT/SIGTERM.
 
 pub mod fake_github;
+pub mod process;
 pub mod reference_installation;
 
 use std::net::SocketAddr;
