@@ -2,6 +2,9 @@
 //! a recognisable, checksummed format the scanner finds (`spillway_` + 32 base62 + CRC32/base62, rule
 //! `spillway.admin-key`), stored only as SHA-256, least-privilege scopes, a TTL, and no key can mint
 //! a key with a scope it lacks.
+//!
+//! Owns the `admin_keys` table. Must not import HTTP, the engine or the registries: it stands on
+//! `platform` alone.
 
 use std::collections::BTreeSet;
 

@@ -3,6 +3,9 @@
 //! long, hold too much or serve several uses at once; installation secrets not rotated; listener
 //! endpoints past expiry but not deleted; development keys or settings in a production
 //! configuration. Nothing is changed.
+//!
+//! Reads through the registries' own functions (no SQL here); must not import HTTP or the
+//! revocation engine.
 
 use std::collections::BTreeSet;
 

@@ -1,5 +1,7 @@
 //! Operator commands that work directly on the configured database (applying migrations first), so
 //! an operator can bootstrap before the server first starts: `listener`, `admin-key`, `audit`.
+//!
+//! Must not import HTTP or the revocation engine: it calls the registries.
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -1,5 +1,7 @@
 //! Baselines: a file of known findings (`--write-baseline`) that later scans suppress (`--baseline`).
 //! Entries are keyed by the finding's fingerprint, which never contains the secret.
+//!
+//! Must not import anything but the scanner: the scan CLI needs no database.
 
 use std::collections::BTreeSet;
 use std::path::Path;

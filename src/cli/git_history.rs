@@ -4,6 +4,8 @@
 //! Commits are visited oldest first (by commit time, parents before children) from every reference, and each tree is walked
 //! once: a tree id already seen holds only blobs already attributed, so it is skipped whole. Blob
 //! contents are then scanned in parallel, one scanner and one object cache per thread.
+//!
+//! Must not import anything but the scanner: the scan CLI needs no database.
 
 use std::collections::HashSet;
 use std::path::Path;

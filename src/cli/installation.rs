@@ -1,5 +1,7 @@
 //! `spillway installation register|list|update|rotate-secret|remove`: the installation registry,
 //! directly on the configured database (like `listener`), audited as `cli`.
+//!
+//! Must not import HTTP or the revocation engine: it calls the registry.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};

@@ -1,4 +1,6 @@
 //! The `spillway` command line. `main.rs` only calls [`run`]; each subcommand lives in its module.
+//!
+//! Must not import HTTP: `serve` goes through `service`.
 
 pub mod admin;
 pub mod baseline;

@@ -2,6 +2,8 @@
 //!
 //! A [`ReportedFinding`] is the owned, printable form of a scanner finding. It holds the raw secret
 //! only when `--show-secrets` asked for it.
+//!
+//! Must not import anything but the scanner: the scan CLI needs no database.
 
 use std::io::{self, Write};
 

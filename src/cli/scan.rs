@@ -1,6 +1,8 @@
 //! `spillway scan`: files, directories (parallel walk honouring `.gitignore`), stdin and git history.
 //!
 //! Exit status: 0 nothing found, 1 findings, 2 an error (the message names the path).
+//!
+//! Must not import anything but the scanner: the scan CLI needs no database.
 
 use std::io::{IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};

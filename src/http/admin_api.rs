@@ -2,6 +2,8 @@
 //! Every request is authenticated by an admin key (`Authorization: Bearer spillway_...`, else 401)
 //! and authorised by its scopes (else 403); every message names what was wrong. Changes are audited
 //! with the key's id as actor.
+//!
+//! Must not run SQL: it calls the registries' and stores' functions.
 
 use std::sync::Arc;
 

@@ -2,6 +2,8 @@
 //! and use `?`. The body is always `{"error": "<message>"}`, and the message names the field,
 //! header or setting that was wrong; it never carries a token or a secret (callers build messages
 //! from names, never from values).
+//!
+//! Must not import anything of the crate.
 
 use std::borrow::Cow;
 

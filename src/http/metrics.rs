@@ -1,5 +1,7 @@
 //! Prometheus metrics, declared in one place. Names follow `spillway_<noun>_<unit>[_total]`; labels
 //! are bounded (listener kind, outcome), never a token, hash or id.
+//!
+//! Must not run SQL: queue depths come from the intake and findings stores.
 
 use std::sync::Arc;
 

@@ -3,6 +3,8 @@
 //! and serving them under the ingress rules. Handlers of the sources live in `sources`; this module
 //! owns what every request shares (request ids, spans, JSON errors, body reading, deadlines).
 //! It starts no worker: the composition root (`service`) does.
+//!
+//! Must not run SQL.
 
 pub mod admin_api;
 mod api_error;

@@ -2,6 +2,8 @@
 //! `GET /installations/v1/{id}/revocations?after=&limit=` and
 //! `POST /installations/v1/{id}/revocations/{finding_id}/ack`, authenticated by
 //! `Authorization: Bearer <installation shared secret>`.
+//!
+//! Must not run SQL (`revocation::pull` reads and acknowledges).
 
 use std::sync::Arc;
 

@@ -7,6 +7,8 @@
 //! `webhook-timestamp`, `webhook-signature` with one `v1,` signature per live shared secret) and
 //! carries a deterministic `Idempotency-Key`. Tokens travel as `token_sha256` (lowercase hex);
 //! the raw `token` is added only for installations registered with delivery `raw`.
+//!
+//! Must not import anything but the secret type: the reference installation shares it.
 
 use serde::{Deserialize, Serialize, Serializer};
 

@@ -10,6 +10,8 @@
 //! fetched from a JWKS count only while fresh ([`FRESH_FOR`]); stale ones are fetched again first.
 //! An attacker who registers an installation reusing another's key id therefore can no longer make
 //! a genuine token look forged and be dropped.
+//!
+//! In memory (fetches go through `platform::outbound`): must not import storage or HTTP servers.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Mutex;

@@ -38,9 +38,8 @@ impl<'t> DecodedToken<'t> {
         self.decoded.key_id().unwrap_or_default()
     }
 
-    /// Whether the key id's one fresh owner signed it (what a caller checks before deciding to
-    /// refresh the keys).
-    pub fn verifies(&self, found: &KeyLookup) -> bool {
+    /// Whether the key id's one fresh owner signed it.
+    fn verifies(&self, found: &KeyLookup) -> bool {
         found.fresh_owner().is_some_and(|(_, keys)| {
             keys.iter()
                 .any(|key| jwt::verify(self.token.expose(), &self.decoded, key))

@@ -9,6 +9,8 @@
 //! commit between its slices.
 //!
 //! Owns the writes to `alerts`, `candidates`, `listener_events` and the `decide` work items.
+//!
+//! Must not import anything outside `platform`.
 
 use anyhow::Context as _;
 use sqlx::Row as _;

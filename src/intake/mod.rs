@@ -9,6 +9,8 @@
 //! Tokens arrive raw and leave this module only as fingerprints (HMAC under a key kept outside the
 //! database), sealed (AEAD, until decided) and, where a protocol asks for it, as `sha256(token)`
 //! on the wire.
+//!
+//! Must not import HTTP or the revocation engine.
 
 mod committer;
 pub mod queue;
@@ -39,6 +41,11 @@ pub struct ReportedToken {
 /// GitHub's feedback labels (a finding's label too).
 pub use crate::findings::Label;
 use crate::installations::verdict::{JwtVerdict, judge_jwt};
+
+/// The sealing owner of a candidate's token copy (the decision opens it).
+pub fn candidate_owner(fingerprint: &str) -> String {
+    format!("candidate:{fingerprint}")
+}
 
 /// One element of the feedback array GitHub reads from the response body.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -209,7 +216,7 @@ impl Intake {
                 let sealed = (label != Some(Label::FalsePositive)).then(|| {
                     crate::platform::seal::seal(
                         &self.keys.sealing,
-                        &crate::revocation::decide::candidate_owner(&fingerprint),
+                        &candidate_owner(&fingerprint),
                         &t.token,
                     )
                 });

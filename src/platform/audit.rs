@@ -8,6 +8,8 @@
 //!   matches a signed checkpoint. [`verify`] names the first bad entry.
 //!
 //! Every state change appends its entry inside the same transaction as the change itself.
+//!
+//! Owns the `audit_log` table and the checkpoint file. Must not import anything outside `platform`.
 
 use std::io::{BufRead as _, Write as _};
 use std::path::Path;

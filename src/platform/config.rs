@@ -8,6 +8,8 @@
 //! like for a service named spillway. Secrets are not settings (`keys`), except the database URL,
 //! which carries a password: it is held as a [`SecretSetting`]. Every secret read from the
 //! environment also has a `*_FILE` variant ([`secret_from_env`]).
+//!
+//! Must not import anything of the crate: every module reads its settings from here.
 
 use std::path::{Path, PathBuf};
 

@@ -2,6 +2,8 @@
 //! aborts there (no destructors, no flush: like SIGKILL at that instant); when `SPILLWAY_PANIC_AT`
 //! names it, the task running there panics (what a bug would do). Unset in production, where a
 //! check costs one comparison against a value read once.
+//!
+//! Must not import anything of the crate.
 
 use std::sync::OnceLock;
 

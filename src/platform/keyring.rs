@@ -5,6 +5,8 @@
 //! `SPILLWAY_AUDIT_SIGNING_KEY`, each 32 bytes as hex or standard base64), then a key file
 //! (`key_file` setting, JSON). When neither has them, a development start generates them into the
 //! key file with a loud warning: fine for a laptop, never for production.
+//!
+//! Must not import anything outside `platform`.
 
 use std::path::Path;
 

@@ -5,6 +5,8 @@
 //!
 //! Every line is one event: the formatter hands each event to one writer, which redacts and
 //! writes it whole when dropped.
+//!
+//! Must not import anything of the crate but the secret type.
 
 use std::io::Write;
 use std::sync::Arc;

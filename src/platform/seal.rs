@@ -2,6 +2,8 @@
 //! tokens for installations in `raw` mode) are encrypted with ChaCha20-Poly1305 under the sealing
 //! key, which is kept outside the database. The associated data binds a sealed value to its owner
 //! (e.g. the listener id), so a sealed value copied to another row does not open.
+//!
+//! Must not import anything outside `platform` but the secret type.
 
 use anyhow::Context as _;
 use base64::Engine as _;

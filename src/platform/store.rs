@@ -5,6 +5,9 @@
 //!
 //! Owns connections, transactions and migrations; the tables' meaning belongs to the modules that
 //! use them (audit, listeners, admin keys).
+//!
+//! Owns connections and transactions, not tables: each table family's statements live in its own
+//! module. Must not import anything of the crate.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 

@@ -1,6 +1,8 @@
 //! One signed call to an installation and what its answer means under the contract: only a 200
 //! with a specific JSON status counts; 429 and 503 honour `Retry-After`; anything else (another
 //! status, HTML, a timeout, a reset connection) is "unknown" and retried, never guessed.
+//!
+//! Must not touch storage: one call, its answer classified.
 
 use std::time::{Duration, SystemTime};
 

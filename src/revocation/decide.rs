@@ -120,11 +120,6 @@ async fn retry_or_fail(
     Ok(())
 }
 
-/// The sealing owner of a candidate's token copy.
-pub fn candidate_owner(fingerprint: &str) -> String {
-    format!("candidate:{fingerprint}")
-}
-
 /// The candidate's JWT verdict: decoded once; looked up, and when the key id is unknown, stale or
 /// does not verify, looked up again after a (rate-limited) refresh of the issuers' JWKS, so a
 /// forged-looking token is only ever judged against every claim on its key id.
@@ -137,18 +132,23 @@ async fn judge(
     let Some(decoded) = DecodedToken::decode(token) else {
         return JwtVerdict::NotJwt;
     };
-    let mut found = engine.key_cache.lookup(decoded.key_id());
-    if !matches!(found, KeyLookup::Ambiguous { .. }) && !decoded.verifies(&found) {
+    let found = engine.key_cache.lookup(decoded.key_id());
+    let mut verdict = decoded.judge(&found, now_ms());
+    // Verified at once is the common case: one signature check. Otherwise refresh, then judge
+    // against what the refresh found (a second check only against keys that changed).
+    if !matches!(found, KeyLookup::Ambiguous { .. })
+        && !matches!(verdict, JwtVerdict::Verified { .. })
+    {
         // Installations issuing this type first; any with a JWKS URL otherwise.
         let mut issuers = crate::installations::issuing(all, token_type);
         if issuers.is_empty() {
             issuers = all.iter().collect();
         }
         engine.key_cache.refresh(&issuers).await;
-        found = engine.key_cache.lookup(decoded.key_id());
+        verdict = decoded.judge(&engine.key_cache.lookup(decoded.key_id()), now_ms());
     }
     engine.report_key_conflicts().await;
-    decoded.judge(&found, now_ms())
+    verdict
 }
 
 /// A candidate with its decision, ready to be recorded.
@@ -164,7 +164,7 @@ async fn prepare(engine: &Engine, c: Candidate) -> anyhow::Result<Prepared> {
     let token = match &c.sealed_token {
         Some(sealed) => Some(crate::platform::seal::open(
             &engine.keys.sealing,
-            &candidate_owner(&c.fingerprint),
+            &crate::intake::candidate_owner(&c.fingerprint),
             sealed,
         )?),
         None => None,

@@ -1,6 +1,8 @@
 //! Per-installation limits, per replica: a GCRA rate limiter (governor) kept under the declared
 //! rate, a concurrency cap, and a circuit breaker that stops calls to an installation that keeps
 //! failing and lets one probe through after a cooldown.
+//!
+//! In memory only: must not import storage or HTTP.
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;

@@ -1,6 +1,8 @@
 //! Pull mode, for installations Spillway cannot reach: the installation authenticates with its
 //! shared secret, fetches pending revocations after a cursor, and acknowledges each with the same
 //! terminal answers a revoke call would give. Same state machine and audit trail as push mode.
+//!
+//! Must not import HTTP (the pull API in `http` calls it) or write SQL (the findings store does).
 
 use anyhow::Context as _;
 

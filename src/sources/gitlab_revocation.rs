@@ -8,6 +8,8 @@
 //!
 //! GitLab's names map to Spillway's token types through `patterns/integrations/gitlab-revocation.toml`
 //! ([`super::gitlab_types`]).
+//!
+//! Must not import the revocation engine or write SQL: tokens go to `intake`.
 
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};

@@ -2,6 +2,8 @@
 //! partner alerts send them) and the Spillway token types they stand for, from the shipped
 //! `patterns/integrations/gitlab-revocation.toml`; and [`classify`], which names a token's type by
 //! the rule that matches it whole. No HTTP here.
+//!
+//! Must not import anything but the scanner.
 
 use std::collections::BTreeMap;
 

@@ -2,6 +2,8 @@
 //! ECDSA P-256 signature over the raw body in `<Platform>-Public-Key-Signature`, the key named by
 //! `<Platform>-Public-Key-Identifier`. Verify the signature *before* parsing, record durably, then
 //! answer with the feedback array (GitHub reads it; for the others any 2xx acknowledges).
+//!
+//! Must not import the revocation engine or write SQL: tokens go to `intake`.
 
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};

@@ -4,6 +4,8 @@
 //!
 //! The signature is standard base64 of a DER ECDSA P-256 signature over SHA-256 of the raw body.
 //! High-S signatures occur and verify.
+//!
+//! Must not import anything outside `platform`.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};

@@ -4,6 +4,8 @@
 //! scans every decoded view, keeps a redacted copy as its output stream (each token replaced by its
 //! type and fingerprint, at the raw bytes that encode it) and feeds the tokens it found into the
 //! same intake as partner alerts. A body that does not decode as declared is kept as metadata only.
+//!
+//! Must not import the revocation engine or write SQL: tokens go to `intake`.
 
 use std::borrow::Cow;
 use std::io::Read as _;

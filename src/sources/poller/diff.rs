@@ -1,6 +1,8 @@
 //! The lines a unified-diff patch adds, as one buffer to scan and a map back to the new file's
 //! line numbers. GitHub's `patch` field is the hunks only (`@@ -a,b +c,d @@` onwards), without
 //! file headers.
+//!
+//! Pure: no I/O, nothing of the crate.
 
 /// Added lines joined with `\n`, and for each of them its 1-based line in the new file.
 #[derive(Debug, Default, PartialEq, Eq)]

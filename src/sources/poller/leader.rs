@@ -2,6 +2,8 @@
 //! connection taken out of the pool for as long as it polls; when its process dies the server
 //! drops the session and the lock with it, and another replica's next attempt (every
 //! `election_interval_ms`) takes over. SQLite has one process by construction.
+//!
+//! Must not import anything outside `platform`.
 
 use sqlx::{AnyConnection, Connection as _};
 

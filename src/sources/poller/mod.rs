@@ -10,6 +10,8 @@
 //! limits are obeyed by not sending ([`github`]).
 //!
 //! One replica polls ([`leader`]); the others wait to take over.
+//!
+//! Must not import HTTP servers or write findings: it records candidates through `intake`.
 
 pub mod diff;
 pub mod github;

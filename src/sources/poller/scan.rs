@@ -2,6 +2,8 @@
 //! the added lines of each file's patch, and blobs for files GitHub shows no patch for, bounded
 //! in size and count. A compare listing the maximum number of files may be truncated
 //! (`too_many_files`): then each of its commits is read too, page by page, within the budget.
+//!
+//! Must not import storage or HTTP.
 
 use std::collections::HashSet;
 

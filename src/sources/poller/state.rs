@@ -3,6 +3,8 @@
 //! transaction that queues its new pushes, and a push is finished only after its tokens are in
 //! the intake, so a crash anywhere neither loses a push nor (with the intake's replay check)
 //! records one twice.
+//!
+//! Must not import anything outside `platform`.
 
 use anyhow::Context as _;
 use sqlx::Row as _;
