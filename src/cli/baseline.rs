@@ -23,6 +23,9 @@ pub struct BaselineEntry {
     pub rule_id: String,
     pub path: String,
     pub line: usize,
+    /// How it was reached inside its file (see `ReportedFinding::decoded`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub decoded: Vec<String>,
 }
 
 impl Baseline {
@@ -34,6 +37,7 @@ impl Baseline {
                 rule_id: f.rule_id.clone(),
                 path: f.location.path.clone(),
                 line: f.line,
+                decoded: f.decoded.iter().map(|d| (*d).to_owned()).collect(),
             })
             .collect();
         Baseline {

@@ -17,9 +17,10 @@ use gix::ObjectId;
 use gix::revision::walk::Sorting;
 use gix::traverse::commit::simple::CommitTimeOrder;
 
-use super::report::{Location, ReportedFinding};
-use super::scan::{ScanStats, is_binary};
+use super::report::ReportedFinding;
+use super::scan::{Collect, ScanStats};
 use crate::scanner::RuleSet;
+use crate::scanner::{DecodeOptions, TreeLimits};
 
 /// A blob to scan and where it first appeared.
 struct BlobOrigin {
@@ -101,6 +102,7 @@ pub fn scan_history(
     threads: usize,
     max_file_size: u64,
     show_secrets: bool,
+    decode: &DecodeOptions,
     stats: &ScanStats,
 ) -> anyhow::Result<Vec<ReportedFinding>> {
     let repo =
@@ -142,27 +144,16 @@ pub fn scan_history(
                         stats.skipped_large.fetch_add(1, Ordering::Relaxed);
                         continue;
                     }
-                    if is_binary(&blob.data) {
-                        stats.skipped_binary.fetch_add(1, Ordering::Relaxed);
-                        continue;
-                    }
-                    stats.add_scanned(blob.data.len());
-                    let location = Location {
-                        path: origin.path.clone(),
-                        commit: Some(origin.commit.to_string()),
-                    };
-                    scanner.scan(
+                    let mut collect =
+                        Collect::new(stats, Some(origin.commit.to_string()), show_secrets);
+                    scanner.scan_tree(
                         &origin.path,
                         &blob.data,
-                        &mut |f: crate::scanner::Finding<'_>| {
-                            local.push(ReportedFinding::new(
-                                &f,
-                                location.clone(),
-                                &blob.data,
-                                show_secrets,
-                            ));
-                        },
+                        decode,
+                        &TreeLimits::default(),
+                        &mut collect,
                     );
+                    local.extend(collect.found);
                 }
                 found.lock().expect("no panics while locked").extend(local);
             });

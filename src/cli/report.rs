@@ -44,6 +44,10 @@ pub struct ReportedFinding {
     pub expires_at: Option<i64>,
     pub preview: String,
     pub fingerprint: String,
+    /// How the finding was reached inside its file, outermost first (`escape`, `percent`, `form`,
+    /// `base64`, `inflate`); a container is in the path instead (`a.tar.gz!inner`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub decoded: Vec<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub secret: Option<String>,
 }
@@ -71,6 +75,7 @@ impl ReportedFinding {
             expires_at: f.jwt.as_ref().and_then(|j| j.expires_at),
             preview: f.preview(),
             fingerprint: f.fingerprint(),
+            decoded: f.decoded.iter().map(|d| d.as_str()).collect(),
             secret: show_secret.then(|| f.secret().expose().to_owned()),
         }
     }
@@ -119,10 +124,15 @@ fn write_text(out: &mut impl Write, findings: &[ReportedFinding]) -> io::Result<
             .as_deref()
             .map(|c| format!(" (commit {c})"))
             .unwrap_or_default();
-        let detail = [f.subtype.as_deref(), f.invalid_reason.as_deref()]
-            .into_iter()
-            .flatten()
-            .collect::<Vec<_>>();
+        let via = (!f.decoded.is_empty()).then(|| format!("via {}", f.decoded.join(" > ")));
+        let detail = [
+            f.subtype.as_deref(),
+            f.invalid_reason.as_deref(),
+            via.as_deref(),
+        ]
+        .into_iter()
+        .flatten()
+        .collect::<Vec<_>>();
         let detail = if detail.is_empty() {
             String::new()
         } else {
@@ -167,10 +177,12 @@ pub fn sarif(findings: &[ReportedFinding], rules: &[Rule]) -> serde_json::Value 
                 "ruleId": f.rule_id,
                 "ruleIndex": index,
                 "level": if f.verdict == "invalid" { "note" } else { "error" },
-                "message": { "text": format!("{} found: {} ({})", f.rule_name, f.preview, f.verdict) },
+                "message": { "text": format!("{} found: {} ({}) in {}", f.rule_name, f.preview, f.verdict, f.location.path) },
                 "locations": [{
                     "physicalLocation": {
-                        "artifactLocation": { "uri": sarif_uri(&f.location.path) },
+                        // A member of an archive is located at the archive (code scanning opens
+                        // files, not members); the member path is in the properties.
+                        "artifactLocation": { "uri": sarif_uri(outer_file(&f.location.path)) },
                         "region": {
                             "startLine": f.line,
                             "startColumn": f.column_utf16,
@@ -181,8 +193,18 @@ pub fn sarif(findings: &[ReportedFinding], rules: &[Rule]) -> serde_json::Value 
                 }],
                 "partialFingerprints": { "spillwaySecret/v1": f.fingerprint }
             });
+            let mut properties = serde_json::Map::new();
             if let Some(commit) = &f.location.commit {
-                result["properties"] = json!({ "commitSha": commit });
+                properties.insert("commitSha".into(), json!(commit));
+            }
+            if f.location.path.contains('!') {
+                properties.insert("memberPath".into(), json!(f.location.path));
+            }
+            if !f.decoded.is_empty() {
+                properties.insert("decodeSteps".into(), json!(f.decoded));
+            }
+            if !properties.is_empty() {
+                result["properties"] = serde_json::Value::Object(properties);
             }
             result
         })
@@ -201,6 +223,11 @@ pub fn sarif(findings: &[ReportedFinding], rules: &[Rule]) -> serde_json::Value 
             "results": results
         }]
     })
+}
+
+/// The file a path names: the archive itself for a member (`a.tar.gz!inner` names `a.tar.gz`).
+fn outer_file(path: &str) -> &str {
+    path.split_once('!').map_or(path, |(outer, _)| outer)
 }
 
 /// A relative URI with forward slashes and percent-encoded spaces, as code scanning expects.

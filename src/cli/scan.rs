@@ -14,12 +14,12 @@ use anyhow::Context as _;
 
 use super::baseline::Baseline;
 use super::report::{self, Format, Location, ReportedFinding};
-use crate::scanner::{RuleSet, ScanOptions, rule};
+use crate::scanner::{
+    DecodeOptions, Finding, RuleSet, ScanOptions, Skip, TreeLimits, TreeSink, rule,
+};
 
 /// Files this large or larger are skipped unless `--max-file-size` says otherwise.
 const DEFAULT_MAX_FILE_SIZE: &str = "25M";
-/// The first bytes inspected for a NUL to call a file binary (as git and ripgrep do).
-const BINARY_SNIFF: usize = 8 << 10;
 
 #[derive(Debug, clap::Args)]
 pub struct ScanArgs {
@@ -58,6 +58,27 @@ pub struct ScanArgs {
     /// Write every finding of this scan to a baseline file (and exit 0 unless an error occurred).
     #[arg(long, value_name = "FILE")]
     pub write_baseline: Option<PathBuf>,
+    /// Match the raw bytes only: no escapes, percent-encoding or base64 decoded, no archive or
+    /// compressed file opened.
+    #[arg(long)]
+    pub no_decode: bool,
+    /// How deep decoders and containers nest (a base64 value in a JSON string in a zip in a tarball
+    /// is 4).
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    pub max_decode_depth: usize,
+}
+
+impl ScanArgs {
+    pub fn decode_options(&self) -> DecodeOptions {
+        DecodeOptions {
+            max_depth: if self.no_decode {
+                0
+            } else {
+                self.max_decode_depth
+            },
+            ..DecodeOptions::default()
+        }
+    }
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -82,6 +103,9 @@ pub struct ScanStats {
     pub bytes: AtomicU64,
     pub skipped_binary: AtomicUsize,
     pub skipped_large: AtomicUsize,
+    /// Archive members (or compressed files) not opened: over a cap, corrupt, too deep or in an
+    /// unsupported format. Each is named on stderr.
+    pub skipped_members: Mutex<Vec<String>>,
 }
 
 impl ScanStats {
@@ -91,8 +115,52 @@ impl ScanStats {
     }
 }
 
-pub fn is_binary(data: &[u8]) -> bool {
-    memchr::memchr(0, &data[..data.len().min(BINARY_SNIFF)]).is_some()
+/// Collects one file's findings (archive members included) as reported findings.
+pub struct Collect<'s> {
+    pub found: Vec<ReportedFinding>,
+    commit: Option<String>,
+    show_secrets: bool,
+    stats: &'s ScanStats,
+}
+
+impl<'s> Collect<'s> {
+    pub fn new(stats: &'s ScanStats, commit: Option<String>, show_secrets: bool) -> Collect<'s> {
+        Collect {
+            found: Vec::new(),
+            commit,
+            show_secrets,
+            stats,
+        }
+    }
+}
+
+impl<'r> TreeSink<'r> for Collect<'_> {
+    fn finding(&mut self, path: &str, data: &[u8], f: Finding<'r>) {
+        let location = Location {
+            path: path.to_owned(),
+            commit: self.commit.clone(),
+        };
+        self.found
+            .push(ReportedFinding::new(&f, location, data, self.show_secrets));
+    }
+
+    fn skipped(&mut self, path: &str, why: Skip) {
+        match why {
+            Skip::Binary => {
+                self.stats.skipped_binary.fetch_add(1, Ordering::Relaxed);
+            }
+            _ => self
+                .stats
+                .skipped_members
+                .lock()
+                .expect("no panics while locked")
+                .push(format!("{path}: {}", why.as_str())),
+        }
+    }
+
+    fn scanned(&mut self, bytes: usize) {
+        self.stats.add_scanned(bytes);
+    }
 }
 
 fn build_rules(args: &ScanArgs) -> anyhow::Result<RuleSet> {
@@ -199,6 +267,15 @@ fn run_inner(args: &ScanArgs) -> anyhow::Result<u8> {
             skipped.1
         );
     }
+    let mut members = stats
+        .skipped_members
+        .lock()
+        .expect("threads joined")
+        .clone();
+    members.sort();
+    for note in &members {
+        eprintln!("spillway scan: not opened: {note}");
+    }
     Ok(match (errors.is_empty(), findings.is_empty()) {
         (false, _) => 2,
         (true, true) => 0,
@@ -215,6 +292,7 @@ fn scan_paths(
     errors: &Mutex<Vec<String>>,
 ) -> anyhow::Result<Vec<ReportedFinding>> {
     let mut findings = Vec::new();
+    let decode = args.decode_options();
     if args.git {
         for path in paths {
             findings.extend(super::git_history::scan_history(
@@ -223,6 +301,7 @@ fn scan_paths(
                 threads,
                 args.max_file_size,
                 args.show_secrets,
+                &decode,
                 stats,
             )?);
         }
@@ -236,20 +315,10 @@ fn scan_paths(
             .lock()
             .read_to_end(&mut data)
             .context("-: cannot read stdin")?;
-        stats.add_scanned(data.len());
         let mut scanner = set.scanner();
-        let location = Location {
-            path: "-".into(),
-            commit: None,
-        };
-        scanner.scan("-", &data, &mut |f: crate::scanner::Finding<'_>| {
-            findings.push(ReportedFinding::new(
-                &f,
-                location.clone(),
-                &data,
-                args.show_secrets,
-            ));
-        });
+        let mut collect = Collect::new(stats, None, args.show_secrets);
+        scanner.scan_tree("-", &data, &decode, &TreeLimits::default(), &mut collect);
+        findings.extend(collect.found);
     }
     for p in &fs_paths {
         if !p.exists() {
@@ -277,6 +346,7 @@ fn scan_paths(
         .parents(!args.no_ignore)
         .filter_entry(|e| e.file_name() != ".git");
     let found = Mutex::new(findings);
+    let decode = &decode;
     walk.build_parallel().run(|| {
         let mut scanner = set.scanner();
         let mut buf = Vec::new();
@@ -297,27 +367,15 @@ fn scan_paths(
             }
             let path = entry.path();
             match read_candidate(path, args.max_file_size, &mut buf) {
-                Ok(ReadOutcome::Read) if is_binary(&buf) => {
-                    stats.skipped_binary.fetch_add(1, Ordering::Relaxed);
-                }
                 Ok(ReadOutcome::Read) => {
-                    stats.add_scanned(buf.len());
                     let label = path.display().to_string();
-                    let location = Location {
-                        path: label.clone(),
-                        commit: None,
-                    };
-                    let mut local = Vec::new();
-                    scanner.scan(&label, &buf, &mut |f: crate::scanner::Finding<'_>| {
-                        local.push(ReportedFinding::new(
-                            &f,
-                            location.clone(),
-                            &buf,
-                            args.show_secrets,
-                        ));
-                    });
-                    if !local.is_empty() {
-                        found.lock().expect("no panics while locked").extend(local);
+                    let mut collect = Collect::new(stats, None, args.show_secrets);
+                    scanner.scan_tree(&label, &buf, decode, &TreeLimits::default(), &mut collect);
+                    if !collect.found.is_empty() {
+                        found
+                            .lock()
+                            .expect("no panics while locked")
+                            .extend(collect.found);
                     }
                 }
                 Ok(ReadOutcome::TooLarge) => {

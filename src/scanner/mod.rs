@@ -13,6 +13,7 @@ pub mod rule;
 mod trigram_freq;
 pub mod validate;
 
+pub use decode::container::{Skip, TreeLimits, TreeSink};
 pub use decode::{DecodeOptions, DecodeStep};
 pub use engine::{PrefilterStats, RuleSet, ScanOptions, Scanner, Sink};
 pub use finding::{Finding, TokenSecret, Verdict, redacted_preview};

@@ -1,5 +1,6 @@
 //! The canary: fresh tokens, written in every encoding a sender uses (plain, after a JSON escape,
-//! spelled with `\u` escapes, JSON inside a JSON string, percent-encoded in a URL, form values
+//! spelled with `\u` escapes, JSON inside a JSON string, percent-encoded in a URL, base64 and gzip
+//! then base64 in a JSON value, form values
 //! after `%0A` / `%20`, GitHub's form `payload=`, gzip and deflate bodies, a body that does not
 //! parse as declared), are driven through every listener kind of a real `spillway serve`; then
 //! every file in its data directory (database, `-wal`, `-shm`, checkpoints), its logs, every
@@ -83,6 +84,26 @@ fn json_cases(t: &str) -> Vec<(&'static str, Vec<u8>, bool)> {
         (
             "percent-encoded url in json",
             format!(r#"{{"callback":"https://x.test/cb?note=%0A{t}"}}"#).into_bytes(),
+            true,
+        ),
+        (
+            "base64 in json (a Kubernetes Secret's data)",
+            json!({ "data": { "token": base64::Engine::encode(
+                &base64::engine::general_purpose::STANDARD,
+                format!("TOKEN={t}\n"),
+            ) } })
+            .to_string()
+            .into_bytes(),
+            true,
+        ),
+        (
+            "gzip then base64 in json",
+            json!({ "blob": base64::Engine::encode(
+                &base64::engine::general_purpose::STANDARD,
+                compress("gzip", format!("config:\n  token: {t}\n").as_bytes()),
+            ) })
+            .to_string()
+            .into_bytes(),
             true,
         ),
         (

@@ -473,3 +473,56 @@ async fn a_push_bigger_than_the_call_budget_is_scanned_as_far_as_it_goes_and_blo
         rig.stop().await;
     }
 }
+
+/// Seed 001: a data connector's deployment tarball, pushed to a public repository, carries its
+/// coordinator token. GitHub shows no patch for a binary file: the poller reads the blob, opens
+/// the tarball and revokes the token, locating it at `bundle.tar.gz!var/data/coordinator-token.json`.
+#[tokio::test]
+async fn a_token_in_a_pushed_tarball_is_found_and_revoked() {
+    use std::io::Write as _;
+    let (_, url, _dir) = crate::common::fresh_databases().await.remove(0);
+    let rig = Rig::start(&url, |_| {}, polling, |_| {}).await;
+    faults(&rig, json!({})).await;
+    let token = rig.mint("session", None).await;
+    let json = format!("{{\n  \"token\": \"{token}\"\n}}\n");
+    let mut tar = tar::Builder::new(Vec::new());
+    let mut header = tar::Header::new_gnu();
+    header.set_size(json.len() as u64);
+    header.set_mode(0o600);
+    header.set_cksum();
+    tar.append_data(
+        &mut header,
+        "var/data/coordinator-token.json",
+        json.as_bytes(),
+    )
+    .unwrap();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(&tar.into_inner().unwrap()).unwrap();
+    let tarball = gz.finish().unwrap();
+    let b64 = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &tarball);
+    fake(
+        &rig,
+        "/_fake/push",
+        json!({
+            "repo": "acme/connector",
+            "files": [{ "path": "deploy/bundle.tar.gz", "content_base64": b64 }],
+        }),
+    )
+    .await;
+    revoked(&rig, 1, Duration::from_secs(20)).await;
+    let audit = audit_actions(&rig).await;
+    let hit = audit
+        .iter()
+        .filter(|e| e["action"] == "poller.scanned")
+        .find_map(|e| e["details"]["hits"].as_array()?.first().cloned())
+        .expect("a hit in the audit log");
+    assert_eq!(
+        (hit["path"].as_str(), hit["line"].as_u64()),
+        (
+            Some("deploy/bundle.tar.gz!var/data/coordinator-token.json"),
+            Some(2)
+        )
+    );
+    assert!(!serde_json::to_string(&audit).unwrap().contains(&token));
+    rig.stop().await;
+}

@@ -449,3 +449,196 @@ fn rules_stats_cover_extra_rules_and_list_every_fingerprint() {
         stderr(&missing)
     );
 }
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    use std::io::Write as _;
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(data).unwrap();
+    gz.finish().unwrap()
+}
+
+fn tar_of(files: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (name, data) in files {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        b.append_data(&mut h, name, *data).unwrap();
+    }
+    b.into_inner().unwrap()
+}
+
+fn zip_of(files: &[(&str, &[u8])]) -> Vec<u8> {
+    use std::io::Write as _;
+    let mut z = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    for (name, data) in files {
+        z.start_file(*name, zip::write::SimpleFileOptions::default())
+            .unwrap();
+        z.write_all(data).unwrap();
+    }
+    z.finish().unwrap().into_inner()
+}
+
+#[test]
+fn tokens_inside_archives_and_encodings_are_found_and_say_how() {
+    let dir = tempfile::tempdir().unwrap();
+    // Seed 001: a data connector's deployment tarball carries its coordinator token.
+    let key = p256::ecdsa::SigningKey::random(&mut rand::rngs::OsRng);
+    let coordinator = spillway::platform::jwt::mint(
+        &key,
+        "Y29vcmRpbmF0b3I",
+        &serde_json::json!({"sub": "data-connector-agent", "exp": 4102444800u64}),
+    );
+    let json = format!("{{\n  \"token\": \"{coordinator}\"\n}}\n");
+    let tarball = gzip(&tar_of(&[
+        ("bootvisor/README", b"agent bundle"),
+        ("var/data/coordinator-token.json", json.as_bytes()),
+    ]));
+    std::fs::create_dir_all(dir.path().join("deploy")).unwrap();
+    std::fs::write(dir.path().join("deploy/bundle.tar.gz"), &tarball).unwrap();
+    // A Kubernetes Secret: the token base64-encoded in `data:`, inside a zip.
+    let gh = github_token(18);
+    let b64 = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &gh);
+    let secret = format!("apiVersion: v1\nkind: Secret\ndata:\n  token: {b64}\n");
+    std::fs::write(
+        dir.path().join("manifests.zip"),
+        zip_of(&[("k8s/secret.yaml", secret.as_bytes())]),
+    )
+    .unwrap();
+    // A JSON escape and a percent-encoded URL, in plain text.
+    let escaped_gh = github_token(19);
+    let url_gh = github_token(20);
+    write(
+        dir.path(),
+        "config.json",
+        &format!(
+            "{{\"a\":\"x\\n{escaped_gh}\"}}\nhttps://example.com/?t=%22{}%22\n",
+            url_gh
+        ),
+    );
+    // Token-free archives and random base64 produce nothing.
+    let noise: Vec<u8> = (0..600u32).map(|i| (i * 7919 % 251) as u8).collect();
+    let random = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &noise);
+    std::fs::write(
+        dir.path().join("clean.zip"),
+        zip_of(&[("a.txt", b"hello"), ("b.txt", random.as_bytes())]),
+    )
+    .unwrap();
+
+    let out = spillway(&["scan", "--format", "json", "."], dir.path());
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let found: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let mut seen: Vec<(String, String, serde_json::Value)> = found
+        .iter()
+        .map(|f| {
+            (
+                f["path"]
+                    .as_str()
+                    .unwrap()
+                    .trim_start_matches("./")
+                    .to_owned(),
+                f["token_type"].as_str().unwrap().to_owned(),
+                f.get("decoded").cloned().unwrap_or(serde_json::json!([])),
+            )
+        })
+        .collect();
+    seen.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        seen,
+        [
+            (
+                "config.json".into(),
+                "github_personal_access_token".into(),
+                serde_json::json!(["escape"])
+            ),
+            (
+                "config.json".into(),
+                "github_personal_access_token".into(),
+                serde_json::json!(["percent"])
+            ),
+            (
+                "deploy/bundle.tar.gz!var/data/coordinator-token.json".into(),
+                "palantir_jwt".into(),
+                serde_json::json!([])
+            ),
+            (
+                "manifests.zip!k8s/secret.yaml".into(),
+                "github_personal_access_token".into(),
+                serde_json::json!(["base64"])
+            ),
+        ],
+        "{}",
+        stdout(&out)
+    );
+    let coordinator_line = found
+        .iter()
+        .find(|f| f["token_type"] == "palantir_jwt")
+        .unwrap();
+    assert_eq!(coordinator_line["line"], 2);
+    // Nothing raw in the output.
+    for t in [&coordinator, &gh, &escaped_gh, &url_gh] {
+        assert!(!stdout(&out).contains(t.as_str()));
+    }
+
+    // Text and SARIF say how too; SARIF points code scanning at the archive.
+    let text = stdout(&spillway(&["scan", "manifests.zip"], dir.path()));
+    assert!(
+        text.starts_with("manifests.zip!k8s/secret.yaml:4:10: ") && text.contains("via base64"),
+        "{text}"
+    );
+    let sarif: serde_json::Value = serde_json::from_slice(
+        &spillway(&["scan", "--format", "sarif", "deploy"], dir.path()).stdout,
+    )
+    .unwrap();
+    let result = &sarif["runs"][0]["results"][0];
+    assert_eq!(
+        result["locations"][0]["physicalLocation"]["artifactLocation"]["uri"],
+        "deploy/bundle.tar.gz"
+    );
+    assert_eq!(
+        result["properties"]["memberPath"],
+        "deploy/bundle.tar.gz!var/data/coordinator-token.json"
+    );
+
+    // --no-decode: raw bytes only; --max-decode-depth 1: the zip is opened, base64 inside not.
+    let raw = spillway(
+        &["scan", "--format", "json", "--no-decode", "."],
+        dir.path(),
+    );
+    assert_eq!(raw.status.code(), Some(0), "{}", stdout(&raw));
+    let shallow = spillway(
+        &[
+            "scan",
+            "--format",
+            "json",
+            "--max-decode-depth",
+            "1",
+            "manifests.zip",
+        ],
+        dir.path(),
+    );
+    assert_eq!(shallow.status.code(), Some(0), "{}", stdout(&shallow));
+}
+
+#[test]
+fn a_decompression_bomb_is_skipped_with_a_note() {
+    let dir = tempfile::tempdir().unwrap();
+    let zeros = vec![0u8; 256 << 20];
+    let bomb = zip_of(&[
+        ("zeros.bin", &zeros),
+        ("ok.txt", github_token(21).as_bytes()),
+    ]);
+    drop(zeros);
+    std::fs::write(dir.path().join("bomb.zip"), &bomb).unwrap();
+    let out = spillway(&["scan", "--format", "json", "."], dir.path());
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("not opened: ./bomb.zip!zeros.bin: expansion_cap"),
+        "{}",
+        stderr(&out)
+    );
+    let found: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0]["path"], "./bomb.zip!ok.txt");
+}

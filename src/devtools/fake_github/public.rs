@@ -69,7 +69,11 @@ impl Default for Faults {
 #[serde(deny_unknown_fields)]
 struct PushFile {
     path: String,
+    #[serde(default)]
     content: String,
+    /// Binary content (a tarball), standard base64; replaces `content`.
+    #[serde(default)]
+    content_base64: Option<String>,
 }
 
 /// Body of `POST /_fake/push`.
@@ -653,10 +657,22 @@ async fn push(State(state): State<Arc<Public>>, body: Bytes) -> Response {
         .map(|b| w.commits[&(repo.clone(), b.clone())].tree.clone())
         .unwrap_or_default();
     for f in request.files {
-        let blob_sha = hex::encode(sha1::Sha1::digest(
-            format!("blob {}\0{}", f.content.len(), f.content).as_bytes(),
-        ));
-        w.blobs.insert(blob_sha.clone(), f.content.into_bytes());
+        let content = match &f.content_base64 {
+            Some(b64) => match base64::engine::general_purpose::STANDARD.decode(b64) {
+                Ok(bytes) => bytes,
+                Err(_) => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        "files[].content_base64: not standard base64",
+                    );
+                }
+            },
+            None => f.content.into_bytes(),
+        };
+        let mut object = format!("blob {}\0", content.len()).into_bytes();
+        object.extend_from_slice(&content);
+        let blob_sha = hex::encode(sha1::Sha1::digest(&object));
+        w.blobs.insert(blob_sha.clone(), content);
         tree.insert(f.path, blob_sha);
     }
     // A first push creates the branch: `before` is all zeros, and the base commit is empty.

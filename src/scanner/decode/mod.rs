@@ -10,6 +10,8 @@
 //!
 //! Pure: no I/O, async, database or HTTP; decoders take bytes and return views.
 
+mod base64;
+pub mod container;
 mod escape;
 mod percent;
 mod span_map;
@@ -31,6 +33,10 @@ pub enum DecodeStep {
     Percent,
     /// A whole `application/x-www-form-urlencoded` body.
     Form,
+    /// Base64, standard or URL-safe.
+    Base64,
+    /// gzip, zlib or raw deflate data, decompressed.
+    Inflate,
 }
 
 impl DecodeStep {
@@ -39,6 +45,8 @@ impl DecodeStep {
             DecodeStep::Escape => "escape",
             DecodeStep::Percent => "percent",
             DecodeStep::Form => "form",
+            DecodeStep::Base64 => "base64",
+            DecodeStep::Inflate => "inflate",
         }
     }
 }
@@ -89,16 +97,32 @@ impl DecodeOptions {
     }
 }
 
-type Decoder = fn(&[u8]) -> Option<ViewBuilder>;
-
-fn decoders(outer: Outer) -> &'static [(DecodeStep, Decoder)] {
+/// The decoded views of `buf`, each with the steps that made it (outermost first).
+fn views(outer: Outer, buf: &[u8]) -> Vec<(&'static [DecodeStep], ViewBuilder)> {
+    let mut out = Vec::new();
     match outer {
-        Outer::Text => &[
-            (DecodeStep::Escape, escape::decode),
-            (DecodeStep::Percent, percent::decode),
-        ],
-        Outer::Form => &[(DecodeStep::Form, percent::decode_form)],
+        Outer::Text => {
+            if let Some(v) = escape::decode(buf) {
+                out.push((&[DecodeStep::Escape][..], v));
+            }
+            if let Some(v) = percent::decode(buf) {
+                out.push((&[DecodeStep::Percent][..], v));
+            }
+            let (text, compressed) = base64::decode(buf);
+            if let Some(v) = text {
+                out.push((&[DecodeStep::Base64][..], v));
+            }
+            if let Some(v) = compressed {
+                out.push((&[DecodeStep::Base64, DecodeStep::Inflate][..], v));
+            }
+        }
+        Outer::Form => {
+            if let Some(v) = percent::decode_form(buf) {
+                out.push((&[DecodeStep::Form][..], v));
+            }
+        }
     }
+    out
 }
 
 impl<'r> Scanner<'r> {
@@ -172,10 +196,7 @@ impl<'r> Scanner<'r> {
         budget: &mut usize,
         out: &mut Vec<Finding<'r>>,
     ) {
-        for &(step, decode) in decoders(outer) {
-            let Some(view) = decode(buf) else {
-                continue;
-            };
+        for (steps, view) in views(outer, buf) {
             if view.len() > *budget {
                 continue;
             }
@@ -197,7 +218,7 @@ impl<'r> Scanner<'r> {
             for mut f in inner {
                 f.span = map.to_raw(f.span.clone());
                 f.match_span = map.to_raw(f.match_span.clone());
-                f.decoded.insert(0, step);
+                f.decoded.splice(0..0, steps.iter().copied());
                 out.push(f);
             }
         }

@@ -13,7 +13,7 @@ use super::diff;
 use super::github::{Blob, Commit, Compare, Error, FILES_PER_DIFF, File, GitHub, RateObserver};
 use super::state::Push;
 use crate::intake::hosts_near;
-use crate::scanner::{Finding, RuleSet, TokenSecret};
+use crate::scanner::{DecodeOptions, Finding, RuleSet, Skip, TokenSecret, TreeLimits, TreeSink};
 
 /// One token found in a push.
 pub struct Hit {
@@ -190,34 +190,81 @@ pub async fn scan_push(
                 out.skipped.push((file.filename.clone(), "blob_encoding"));
                 continue;
             };
-            if bytes.iter().take(8000).any(|b| *b == 0) {
-                out.skipped.push((file.filename.clone(), "binary"));
-                continue;
-            }
             (bytes, None)
         };
         out.bytes += text.len() as u64;
-        scanner.scan(&file.filename, &text, &mut |f: Finding<'_>| {
-            if f.verdict.is_invalid() {
-                return;
-            }
-            let line = match &lines {
-                Some(lines) => lines.get(f.line.wrapping_sub(1)).copied().unwrap_or(0),
-                None => f.line,
-            };
-            out.hits.push(Hit {
-                token: f.secret().clone(),
-                verdict: f.verdict.as_str(),
-                token_type: f.rule.token_type.clone(),
-                rule: f.rule.id.clone(),
-                path: file.filename.clone(),
-                line,
-                url: link(line),
-                hosts: hosts_near(&text, f.span.clone(), 256),
-            });
-        });
+        // A blob may be an archive or compressed (a deployment tarball): opened within the tree
+        // limits; added lines are text, decoded but never opened.
+        let mut sink = Hits {
+            out: &mut out,
+            top: &file.filename,
+            lines: lines.as_deref(),
+            link: &link,
+        };
+        scanner.scan_tree(
+            &file.filename,
+            &text,
+            &DecodeOptions::default(),
+            &blob_limits(limits.max_blob_bytes),
+            &mut sink,
+        );
     }
     Ok(out)
+}
+
+/// What a pushed blob may expand to: a few times the blob cap, never more than the CLI's limits.
+fn blob_limits(max_blob_bytes: u64) -> TreeLimits {
+    let defaults = TreeLimits::default();
+    TreeLimits {
+        max_member_bytes: defaults
+            .max_member_bytes
+            .min(max_blob_bytes.saturating_mul(4)),
+        max_total_bytes: defaults
+            .max_total_bytes
+            .min(max_blob_bytes.saturating_mul(8)),
+        ..defaults
+    }
+}
+
+/// Collects one file's hits (a blob's archive members included, as `path!member`).
+struct Hits<'a, L: Fn(usize) -> String> {
+    out: &'a mut Scanned,
+    top: &'a str,
+    /// For a patch: the file line of each added line.
+    lines: Option<&'a [usize]>,
+    link: &'a L,
+}
+
+impl<'r, L: Fn(usize) -> String> TreeSink<'r> for Hits<'_, L> {
+    fn finding(&mut self, path: &str, data: &[u8], f: Finding<'r>) {
+        if f.verdict.is_invalid() {
+            return;
+        }
+        let line = match self.lines {
+            Some(lines) => lines.get(f.line.wrapping_sub(1)).copied().unwrap_or(0),
+            None => f.line,
+        };
+        // A member's line is inside the member: the link points at the archive.
+        let url = if path == self.top {
+            (self.link)(line)
+        } else {
+            (self.link)(0).trim_end_matches("#L0").to_owned()
+        };
+        self.out.hits.push(Hit {
+            token: f.secret().clone(),
+            verdict: f.verdict.as_str(),
+            token_type: f.rule.token_type.clone(),
+            rule: f.rule.id.clone(),
+            path: path.to_owned(),
+            line,
+            url,
+            hosts: hosts_near(data, f.span.clone(), 256),
+        });
+    }
+
+    fn skipped(&mut self, path: &str, why: Skip) {
+        self.out.skipped.push((path.to_owned(), why.as_str()));
+    }
 }
 
 /// Every file of one commit, page by page (a commit lists up to 300 files per page).
