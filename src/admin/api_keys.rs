@@ -12,7 +12,6 @@ use anyhow::Context as _;
 use rand::Rng as _;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use sqlx::Row as _;
 
 use crate::platform::audit;
 use crate::platform::store::{Store, now_ms};
@@ -272,14 +271,14 @@ pub async fn authenticate(store: &Store, presented: &str) -> anyhow::Result<Opti
     if !is_well_formed(presented) {
         return Ok(None);
     }
-    let row = sqlx::query(&format!(
+    let row = sqlx::query_as::<_, AdminKeyRow>(&format!(
         "SELECT {COLUMNS} FROM admin_keys WHERE key_hash = $1"
     ))
     .bind(key_hash(presented))
     .fetch_optional(store.pool())
     .await?;
     let Some(row) = row else { return Ok(None) };
-    let key = from_row(&row)?;
+    let key = AdminKey::from(row);
     let now = now_ms();
     if key.expires_at <= now || key.revoked_at.is_some() {
         return Ok(None);
@@ -300,12 +299,12 @@ pub async fn authenticate(store: &Store, presented: &str) -> anyhow::Result<Opti
 /// Every admin key, expired and revoked ones included, oldest first (never the key itself: only
 /// its hash is stored).
 pub async fn list(store: &Store) -> anyhow::Result<Vec<AdminKey>> {
-    let rows = sqlx::query(&format!(
+    let rows = sqlx::query_as::<_, AdminKeyRow>(&format!(
         "SELECT {COLUMNS} FROM admin_keys ORDER BY created_at, id"
     ))
     .fetch_all(store.pool())
     .await?;
-    rows.iter().map(from_row).collect()
+    Ok(rows.into_iter().map(AdminKey::from).collect())
 }
 
 /// Revokes key `id` and every key it minted, recursively (no credential outlives the one that
@@ -406,25 +405,39 @@ pub async fn revoke_leaked(
     }
 }
 
-fn from_row(row: &sqlx::any::AnyRow) -> anyhow::Result<AdminKey> {
-    let scopes = row
-        .try_get::<String, _>("scopes")?
-        .split(',')
-        .filter_map(Scope::parse)
-        .collect();
-    Ok(AdminKey {
-        id: row.try_get("id")?,
-        name: row.try_get("name")?,
-        scopes,
-        created_at: row.try_get("created_at")?,
-        expires_at: row.try_get("expires_at")?,
-        created_by: row.try_get("created_by")?,
-        parent_id: row.try_get("parent_id")?,
-        last_used_at: row.try_get("last_used_at")?,
-        revoked_at: row.try_get("revoked_at")?,
-        revoked_by: row.try_get("revoked_by")?,
-        revoked_reason: row.try_get("revoked_reason")?,
-    })
+/// A key as stored ([`COLUMNS`]): its scopes a comma-separated list.
+#[derive(sqlx::FromRow)]
+struct AdminKeyRow {
+    id: String,
+    name: String,
+    scopes: String,
+    created_at: i64,
+    expires_at: i64,
+    created_by: String,
+    parent_id: Option<String>,
+    last_used_at: Option<i64>,
+    revoked_at: Option<i64>,
+    revoked_by: Option<String>,
+    revoked_reason: Option<String>,
+}
+
+/// Scope names this build does not know are dropped.
+impl From<AdminKeyRow> for AdminKey {
+    fn from(r: AdminKeyRow) -> AdminKey {
+        AdminKey {
+            id: r.id,
+            name: r.name,
+            scopes: r.scopes.split(',').filter_map(Scope::parse).collect(),
+            created_at: r.created_at,
+            expires_at: r.expires_at,
+            created_by: r.created_by,
+            parent_id: r.parent_id,
+            last_used_at: r.last_used_at,
+            revoked_at: r.revoked_at,
+            revoked_by: r.revoked_by,
+            revoked_reason: r.revoked_reason,
+        }
+    }
 }
 
 #[cfg(test)]

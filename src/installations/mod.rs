@@ -11,7 +11,6 @@ use std::collections::BTreeSet;
 
 use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
-use sqlx::Row as _;
 
 use crate::installations::contract::Jwks;
 use crate::platform::audit;
@@ -290,6 +289,14 @@ fn secret_or_new(secret: Option<TokenSecret>) -> Result<(TokenSecret, bool), Reg
     }
 }
 
+/// An installation that publishes keys inline, as [`check_key_ids`] reads it.
+#[derive(sqlx::FromRow)]
+struct InlineKeysRow {
+    id: String,
+    name: String,
+    inline_jwks: Option<String>,
+}
+
 /// Refuses inline keys whose key id another installation already publishes inline: a key id has
 /// one owner (DESIGN.md, trust rules), and a second claim could make a genuine token look forged.
 /// Key ids served by JWKS URLs are checked when fetched (`installation_keys`).
@@ -301,26 +308,22 @@ async fn check_key_ids(
     let Some(jwks) = &spec.inline_jwks else {
         return Ok(());
     };
-    let rows = sqlx::query(
+    let rows = sqlx::query_as::<_, InlineKeysRow>(
         "SELECT id, name, inline_jwks FROM installations WHERE inline_jwks IS NOT NULL",
     )
     .fetch_all(&mut **tx)
     .await
     .context("cannot read installations")?;
     for row in rows {
-        let id: String = row.try_get("id").map_err(anyhow::Error::from)?;
-        if Some(id.as_str()) == own_id {
+        if Some(row.id.as_str()) == own_id {
             continue;
         }
-        let theirs: Option<Jwks> = row
-            .try_get::<Option<String>, _>("inline_jwks")
-            .map_err(anyhow::Error::from)?
-            .and_then(|t| serde_json::from_str(&t).ok());
+        let theirs: Option<Jwks> = row.inline_jwks.and_then(|t| serde_json::from_str(&t).ok());
         let Some(theirs) = theirs else { continue };
         for (i, key) in jwks.keys.iter().enumerate() {
             let Some(kid) = &key.kid else { continue };
             if theirs.keys.iter().any(|k| k.kid.as_ref() == Some(kid)) {
-                let name: String = row.try_get("name").map_err(anyhow::Error::from)?;
+                let (name, id) = (&row.name, &row.id);
                 return Err(invalid(
                     &format!("inline_jwks.keys[{i}].kid"),
                     format!(
@@ -457,58 +460,80 @@ const COLUMNS: &str = "i.id, i.name, i.hostnames, i.token_types, i.jwks_url, i.i
     (SELECT MAX(s.created_at) FROM installation_secrets s WHERE s.installation_id = i.id) AS secret_created_at, \
     (SELECT COUNT(*) FROM installation_secrets s WHERE s.installation_id = i.id) AS live_secrets";
 
-fn from_row(row: &sqlx::any::AnyRow) -> anyhow::Result<Installation> {
-    let json_list = |col: &str| -> anyhow::Result<Vec<String>> {
-        Ok(serde_json::from_str(&row.try_get::<String, _>(col)?)?)
-    };
-    let delivery: String = row.try_get("delivery")?;
-    Ok(Installation {
-        id: row.try_get("id")?,
-        spec: Spec {
-            name: row.try_get("name")?,
-            hostnames: json_list("hostnames")?,
-            token_types: json_list("token_types")?,
-            jwks_url: row.try_get("jwks_url")?,
-            inline_jwks: row
-                .try_get::<Option<String>, _>("inline_jwks")?
-                .map(|s| serde_json::from_str(&s))
-                .transpose()?,
-            verify_url: row.try_get("verify_url")?,
-            revoke_url: row.try_get("revoke_url")?,
-            notify_url: row.try_get("notify_url")?,
-            pull_mode: row.try_get::<i64, _>("pull_mode")? != 0,
-            rate_per_sec: row.try_get("rate_per_sec")?,
-            burst: row.try_get::<i64, _>("burst")? as u32,
-            concurrency: row.try_get::<i64, _>("concurrency")? as u32,
-            delivery: if delivery == "raw" {
-                Delivery::Raw
-            } else {
-                Delivery::Sha256
+/// An installation as stored ([`COLUMNS`]): lists and inline keys as JSON text, `pull_mode` as
+/// 0/1, `delivery` as its name.
+#[derive(sqlx::FromRow)]
+struct InstallationRow {
+    id: String,
+    name: String,
+    hostnames: String,
+    token_types: String,
+    jwks_url: Option<String>,
+    inline_jwks: Option<String>,
+    verify_url: Option<String>,
+    revoke_url: Option<String>,
+    notify_url: Option<String>,
+    pull_mode: i64,
+    rate_per_sec: f64,
+    burst: i64,
+    concurrency: i64,
+    delivery: String,
+    created_at: i64,
+    updated_at: i64,
+    secret_created_at: Option<i64>,
+    live_secrets: i64,
+}
+
+impl TryFrom<InstallationRow> for Installation {
+    type Error = anyhow::Error;
+
+    fn try_from(r: InstallationRow) -> anyhow::Result<Installation> {
+        Ok(Installation {
+            id: r.id,
+            spec: Spec {
+                name: r.name,
+                hostnames: serde_json::from_str(&r.hostnames)?,
+                token_types: serde_json::from_str(&r.token_types)?,
+                jwks_url: r.jwks_url,
+                inline_jwks: r
+                    .inline_jwks
+                    .map(|s| serde_json::from_str(&s))
+                    .transpose()?,
+                verify_url: r.verify_url,
+                revoke_url: r.revoke_url,
+                notify_url: r.notify_url,
+                pull_mode: r.pull_mode != 0,
+                rate_per_sec: r.rate_per_sec,
+                burst: r.burst as u32,
+                concurrency: r.concurrency as u32,
+                delivery: if r.delivery == "raw" {
+                    Delivery::Raw
+                } else {
+                    Delivery::Sha256
+                },
             },
-        },
-        created_at: row.try_get("created_at")?,
-        updated_at: row.try_get("updated_at")?,
-        secret_created_at: row
-            .try_get::<Option<i64>, _>("secret_created_at")?
-            .unwrap_or(0),
-        live_secrets: row.try_get::<i64, _>("live_secrets")? as usize,
-    })
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+            secret_created_at: r.secret_created_at.unwrap_or(0),
+            live_secrets: r.live_secrets as usize,
+        })
+    }
 }
 
 /// Every installation, by name.
 pub async fn list(store: &Store) -> anyhow::Result<Vec<Installation>> {
-    let rows = sqlx::query(&format!(
+    let rows = sqlx::query_as::<_, InstallationRow>(&format!(
         "SELECT {COLUMNS} FROM installations i ORDER BY i.name"
     ))
     .fetch_all(store.pool())
     .await
     .context("cannot list installations")?;
-    rows.iter().map(from_row).collect()
+    rows.into_iter().map(Installation::try_from).collect()
 }
 
 /// One installation by id or name.
 pub async fn get(store: &Store, id_or_name: &str) -> Result<Installation, RegistryError> {
-    let row = sqlx::query(&format!(
+    let row = sqlx::query_as::<_, InstallationRow>(&format!(
         "SELECT {COLUMNS} FROM installations i WHERE i.id = $1 OR i.name = $1"
     ))
     .bind(id_or_name)
@@ -516,7 +541,7 @@ pub async fn get(store: &Store, id_or_name: &str) -> Result<Installation, Regist
     .await
     .context("cannot read installation")?;
     match row {
-        Some(row) => Ok(from_row(&row)?),
+        Some(row) => Ok(Installation::try_from(row)?),
         None => Err(RegistryError::NotFound(id_or_name.into())),
     }
 }
@@ -641,21 +666,16 @@ pub async fn secrets(
     sealing: &KeyBytes,
     installation_id: &str,
 ) -> anyhow::Result<Vec<TokenSecret>> {
-    let rows = sqlx::query(
+    let sealed: Vec<String> = sqlx::query_scalar(
         "SELECT sealed FROM installation_secrets WHERE installation_id = $1 ORDER BY created_at DESC, id DESC",
     )
     .bind(installation_id)
     .fetch_all(store.pool())
     .await
     .context("cannot read installation secrets")?;
-    rows.iter()
-        .map(|r| {
-            crate::platform::seal::open(
-                sealing,
-                &secret_owner(installation_id),
-                &r.try_get::<String, _>("sealed")?,
-            )
-        })
+    sealed
+        .iter()
+        .map(|s| crate::platform::seal::open(sealing, &secret_owner(installation_id), s))
         .collect()
 }
 

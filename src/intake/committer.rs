@@ -13,7 +13,6 @@
 //! Must not import anything outside `platform`.
 
 use anyhow::Context as _;
-use sqlx::Row as _;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{Label, ListenerEvent, PRIORITY_UNIT};
@@ -64,6 +63,41 @@ pub enum Opened {
         token_count: usize,
         recorded: usize,
     },
+}
+
+/// How far an existing alert was written.
+#[derive(sqlx::FromRow)]
+struct AlertProgress {
+    id: i64,
+    token_count: i64,
+    recorded_tokens: i64,
+}
+
+impl From<AlertProgress> for Opened {
+    fn from(p: AlertProgress) -> Opened {
+        Opened::Existing {
+            alert_id: p.id,
+            token_count: p.token_count as usize,
+            recorded: p.recorded_tokens as usize,
+        }
+    }
+}
+
+/// An alert [`open_many`] found by its dedupe key.
+#[derive(sqlx::FromRow)]
+struct KnownAlert {
+    listener_id: String,
+    dedupe_key: String,
+    #[sqlx(flatten)]
+    progress: AlertProgress,
+}
+
+/// An alert [`open_many`] created, with the id it was given.
+#[derive(sqlx::FromRow)]
+struct CreatedAlert {
+    id: i64,
+    listener_id: String,
+    dedupe_key: String,
 }
 
 pub enum Job {
@@ -263,19 +297,12 @@ async fn open_many(
              WHERE dedupe_key IN ({})",
             store.params().list(chunk.len())
         );
-        let mut q = sqlx::query(&sql);
+        let mut q = sqlx::query_as::<_, KnownAlert>(&sql);
         for (a, _) in chunk {
             q = q.bind(&a.dedupe_key);
         }
         for row in q.fetch_all(&mut **tx).await? {
-            known.insert(
-                (row.try_get("listener_id")?, row.try_get("dedupe_key")?),
-                Opened::Existing {
-                    alert_id: row.try_get("id")?,
-                    token_count: row.try_get::<i64, _>("token_count")? as usize,
-                    recorded: row.try_get::<i64, _>("recorded_tokens")? as usize,
-                },
-            );
+            known.insert((row.listener_id, row.dedupe_key), row.progress.into());
         }
     }
     // The first of each new key within the group is written; a repeat is a replay of it.
@@ -296,7 +323,7 @@ async fn open_many(
              key_current, token_count, recorded_tokens) VALUES {} RETURNING id, listener_id, dedupe_key",
             store.params().rows(chunk.len(), 8)
         );
-        let mut q = sqlx::query(&sql);
+        let mut q = sqlx::query_as::<_, CreatedAlert>(&sql);
         for &i in chunk {
             let (a, rows) = opens[i];
             q = q
@@ -314,10 +341,7 @@ async fn open_many(
             .await
             .context("cannot record alerts")?
         {
-            ids.insert(
-                (row.try_get("listener_id")?, row.try_get("dedupe_key")?),
-                row.try_get("id")?,
-            );
+            ids.insert((row.listener_id, row.dedupe_key), row.id);
         }
     }
     let alert_id = |a: &NewAlert| -> anyhow::Result<i64> {
@@ -464,22 +488,18 @@ fn received_details(a: &NewAlert, recorded: usize) -> serde_json::Value {
 
 /// Opens an alert with its first slice, unless its dedupe key was seen before.
 async fn open(tx: &mut Tx, store: &Store, a: &NewAlert, rows: &[Row]) -> anyhow::Result<Opened> {
-    let existing = sqlx::query(
+    let existing = sqlx::query_as::<_, AlertProgress>(
         "SELECT id, token_count, recorded_tokens FROM alerts WHERE listener_id = $1 AND dedupe_key = $2",
     )
     .bind(&a.listener_id)
     .bind(&a.dedupe_key)
     .fetch_optional(&mut **tx)
     .await?;
-    if let Some(row) = existing {
-        return Ok(Opened::Existing {
-            alert_id: row.try_get("id")?,
-            token_count: row.try_get::<i64, _>("token_count")? as usize,
-            recorded: row.try_get::<i64, _>("recorded_tokens")? as usize,
-        });
+    if let Some(progress) = existing {
+        return Ok(progress.into());
     }
     let now = now_ms();
-    let alert_id: i64 = sqlx::query(
+    let alert_id: i64 = sqlx::query_scalar(
         "INSERT INTO alerts (listener_id, dedupe_key, body_sha256, received_at, key_id, key_current, \
          token_count, recorded_tokens) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
     )
@@ -493,8 +513,7 @@ async fn open(tx: &mut Tx, store: &Store, a: &NewAlert, rows: &[Row]) -> anyhow:
     .bind(rows.len() as i64)
     .fetch_one(&mut **tx)
     .await
-    .context("cannot record alert")?
-    .try_get("id")?;
+    .context("cannot record alert")?;
     insert_rows(tx, store, alert_id, 0, rows, now).await?;
     if let Some(event) = &a.event {
         sqlx::query(

@@ -20,7 +20,6 @@ use base64::engine::general_purpose::STANDARD;
 use ed25519_dalek::{Signature, Signer as _, SigningKey, Verifier as _};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use sqlx::Row as _;
 
 use crate::platform::store::{Backend, Store, Tx, now_ms};
 
@@ -57,6 +56,26 @@ fn decode_hash(hex_str: &str) -> Option<[u8; 32]> {
     hex::decode(hex_str).ok()?.try_into().ok()
 }
 
+/// The newest entry's place in the chain.
+#[derive(sqlx::FromRow)]
+struct Head {
+    seq: i64,
+    chain_hash: String,
+}
+
+const HEAD: &str = "SELECT seq, chain_hash FROM audit_log ORDER BY seq DESC LIMIT 1";
+
+/// The sequence number and previous chain hash the next entry takes after `head`.
+fn next_after(head: Option<Head>) -> anyhow::Result<(i64, [u8; 32])> {
+    Ok(match head {
+        Some(head) => (
+            head.seq + 1,
+            decode_hash(&head.chain_hash).context("corrupt chain hash in audit log")?,
+        ),
+        None => (1, [0u8; 32]),
+    })
+}
+
 /// Appends an entry inside `tx` and returns its sequence number.
 pub async fn append(
     tx: &mut Tx,
@@ -72,19 +91,10 @@ pub async fn append(
             .execute(&mut **tx)
             .await?;
     }
-    let last = sqlx::query("SELECT seq, chain_hash FROM audit_log ORDER BY seq DESC LIMIT 1")
+    let last = sqlx::query_as::<_, Head>(HEAD)
         .fetch_optional(&mut **tx)
         .await?;
-    let (seq, previous) = match last {
-        Some(row) => {
-            let hash: String = row.try_get("chain_hash")?;
-            (
-                row.try_get::<i64, _>("seq")? + 1,
-                decode_hash(&hash).context("corrupt chain hash in audit log")?,
-            )
-        }
-        None => (1, [0u8; 32]),
-    };
+    let (seq, previous) = next_after(last)?;
     let entry = Entry {
         seq,
         at: now_ms(),
@@ -136,19 +146,10 @@ pub async fn append_many(
             .execute(&mut **tx)
             .await?;
     }
-    let last = sqlx::query("SELECT seq, chain_hash FROM audit_log ORDER BY seq DESC LIMIT 1")
+    let last = sqlx::query_as::<_, Head>(HEAD)
         .fetch_optional(&mut **tx)
         .await?;
-    let (mut seq, mut previous) = match last {
-        Some(row) => {
-            let hash: String = row.try_get("chain_hash")?;
-            (
-                row.try_get::<i64, _>("seq")? + 1,
-                decode_hash(&hash).context("corrupt chain hash in audit log")?,
-            )
-        }
-        None => (1, [0u8; 32]),
-    };
+    let (mut seq, mut previous) = next_after(last)?;
     let at = now_ms();
     let mut rows = Vec::with_capacity(entries.len());
     for e in entries {
@@ -190,6 +191,44 @@ pub async fn append_many(
     Ok(())
 }
 
+/// An entry as stored: its details as JSON text.
+#[derive(sqlx::FromRow)]
+struct EntryRow {
+    seq: i64,
+    at: i64,
+    actor: String,
+    action: String,
+    subject: String,
+    details: String,
+}
+
+impl EntryRow {
+    /// The entry, its details parsed (`unreadable` is what text that is not JSON becomes), and
+    /// the details text as stored.
+    fn into_entry(self, unreadable: impl FnOnce(&str) -> serde_json::Value) -> (Entry, String) {
+        let details =
+            serde_json::from_str(&self.details).unwrap_or_else(|_| unreadable(&self.details));
+        let entry = Entry {
+            seq: self.seq,
+            at: self.at,
+            actor: self.actor,
+            action: self.action,
+            subject: self.subject,
+            details,
+        };
+        (entry, self.details)
+    }
+}
+
+/// An entry as stored, with its hashes.
+#[derive(sqlx::FromRow)]
+struct StoredRow {
+    #[sqlx(flatten)]
+    entry: EntryRow,
+    leaf_hash: String,
+    chain_hash: String,
+}
+
 struct StoredEntry {
     entry: Entry,
     /// The details as stored, to check they are canonical JSON.
@@ -198,54 +237,41 @@ struct StoredEntry {
     chain_hash: String,
 }
 
+impl From<StoredRow> for StoredEntry {
+    fn from(r: StoredRow) -> StoredEntry {
+        let (entry, details_text) = r
+            .entry
+            .into_entry(|text| serde_json::Value::String(text.to_owned()));
+        StoredEntry {
+            entry,
+            details_text,
+            leaf_hash: r.leaf_hash,
+            chain_hash: r.chain_hash,
+        }
+    }
+}
+
 async fn load(store: &Store) -> anyhow::Result<Vec<StoredEntry>> {
-    let rows = sqlx::query(
+    let rows = sqlx::query_as::<_, StoredRow>(
         "SELECT seq, at, actor, action, subject, details, leaf_hash, chain_hash FROM audit_log ORDER BY seq",
     )
     .fetch_all(store.pool())
     .await?;
-    rows.into_iter()
-        .map(|row| {
-            let details: String = row.try_get("details")?;
-            Ok(StoredEntry {
-                entry: Entry {
-                    seq: row.try_get("seq")?,
-                    at: row.try_get("at")?,
-                    actor: row.try_get("actor")?,
-                    action: row.try_get("action")?,
-                    subject: row.try_get("subject")?,
-                    details: serde_json::from_str(&details)
-                        .unwrap_or_else(|_| serde_json::Value::String(details.clone())),
-                },
-                details_text: details,
-                leaf_hash: row.try_get("leaf_hash")?,
-                chain_hash: row.try_get("chain_hash")?,
-            })
-        })
-        .collect()
+    Ok(rows.into_iter().map(StoredEntry::from).collect())
 }
 
 /// Every entry recording `action`, oldest first.
 pub async fn with_action(store: &Store, action: &str) -> anyhow::Result<Vec<Entry>> {
-    let rows = sqlx::query(
+    let rows = sqlx::query_as::<_, EntryRow>(
         "SELECT seq, at, actor, action, subject, details FROM audit_log WHERE action = $1 ORDER BY seq",
     )
     .bind(action)
     .fetch_all(store.pool())
     .await?;
-    rows.into_iter()
-        .map(|row| {
-            let details: String = row.try_get("details")?;
-            Ok(Entry {
-                seq: row.try_get("seq")?,
-                at: row.try_get("at")?,
-                actor: row.try_get("actor")?,
-                action: row.try_get("action")?,
-                subject: row.try_get("subject")?,
-                details: serde_json::from_str(&details).unwrap_or(serde_json::Value::Null),
-            })
-        })
-        .collect()
+    Ok(rows
+        .into_iter()
+        .map(|r| r.into_entry(|_| serde_json::Value::Null).0)
+        .collect())
 }
 
 /// Prints every entry as one JSON object per line.
@@ -303,14 +329,12 @@ pub async fn write_checkpoint(
     path: &Path,
     key: &SigningKey,
 ) -> anyhow::Result<Option<Checkpoint>> {
-    let Some(row) = sqlx::query("SELECT seq, chain_hash FROM audit_log ORDER BY seq DESC LIMIT 1")
+    let Some(Head { seq, chain_hash }) = sqlx::query_as::<_, Head>(HEAD)
         .fetch_optional(store.pool())
         .await?
     else {
         return Ok(None);
     };
-    let seq: i64 = row.try_get("seq")?;
-    let chain_hash: String = row.try_get("chain_hash")?;
     let (path, key) = (path.to_owned(), key.clone());
     tokio::task::spawn_blocking(move || append_checkpoint(&path, &key, seq, chain_hash))
         .await

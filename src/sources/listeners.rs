@@ -16,7 +16,6 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use rand::RngCore as _;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use sqlx::Row as _;
 
 use crate::platform::audit;
 use crate::platform::keyring::KeyBytes;
@@ -167,7 +166,7 @@ impl From<sqlx::Error> for RotationError {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct Endpoint {
     pub id: String,
     pub listener_id: String,
@@ -182,12 +181,14 @@ impl Endpoint {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct Listener {
     pub id: String,
     pub kind: String,
     pub name: String,
     pub created_at: i64,
+    /// Read separately (`endpoints_of`).
+    #[sqlx(skip)]
     pub endpoints: Vec<Endpoint>,
 }
 
@@ -291,46 +292,27 @@ pub async fn create_with_secret(
 }
 
 async fn endpoints_of(tx: &mut Tx, listener_id: &str) -> Result<Vec<Endpoint>, RotationError> {
-    let rows = sqlx::query("SELECT id, listener_id, created_at, expires_at FROM listener_endpoints WHERE listener_id = $1 ORDER BY created_at, id")
+    Ok(sqlx::query_as::<_, Endpoint>("SELECT id, listener_id, created_at, expires_at FROM listener_endpoints WHERE listener_id = $1 ORDER BY created_at, id")
         .bind(listener_id)
         .fetch_all(&mut **tx)
-        .await?;
-    rows.iter()
-        .map(|r| {
-            Ok(Endpoint {
-                id: r.try_get("id")?,
-                listener_id: r.try_get("listener_id")?,
-                created_at: r.try_get("created_at")?,
-                expires_at: r.try_get("expires_at")?,
-            })
-        })
-        .collect::<Result<_, sqlx::Error>>()
-        .map_err(Into::into)
+        .await?)
 }
 
 /// All listeners with their endpoints.
 pub async fn list(store: &Store) -> anyhow::Result<Vec<Listener>> {
     let mut tx = store.begin().await?;
-    let rows =
-        sqlx::query("SELECT id, kind, name, created_at FROM listeners ORDER BY created_at, id")
-            .fetch_all(&mut *tx)
-            .await?;
-    let mut out = Vec::new();
-    for r in rows {
-        let id: String = r.try_get("id")?;
-        let endpoints = endpoints_of(&mut tx, &id)
+    let mut listeners = sqlx::query_as::<_, Listener>(
+        "SELECT id, kind, name, created_at FROM listeners ORDER BY created_at, id",
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    for listener in &mut listeners {
+        listener.endpoints = endpoints_of(&mut tx, &listener.id)
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))?;
-        out.push(Listener {
-            id,
-            kind: r.try_get("kind")?,
-            name: r.try_get("name")?,
-            created_at: r.try_get("created_at")?,
-            endpoints,
-        });
     }
     tx.commit().await?;
-    Ok(out)
+    Ok(listeners)
 }
 
 /// What happens to the old active endpoint on rotation.
@@ -398,19 +380,13 @@ pub async fn rotate(
 }
 
 async fn find_endpoint(tx: &mut Tx, endpoint_id: &str) -> Result<Endpoint, RotationError> {
-    let row = sqlx::query(
+    sqlx::query_as::<_, Endpoint>(
         "SELECT id, listener_id, created_at, expires_at FROM listener_endpoints WHERE id = $1",
     )
     .bind(endpoint_id)
     .fetch_optional(&mut **tx)
     .await?
-    .ok_or_else(|| RotationError::NoEndpoint(endpoint_id.to_owned()))?;
-    Ok(Endpoint {
-        id: row.try_get("id")?,
-        listener_id: row.try_get("listener_id")?,
-        created_at: row.try_get("created_at")?,
-        expires_at: row.try_get("expires_at")?,
-    })
+    .ok_or_else(|| RotationError::NoEndpoint(endpoint_id.to_owned()))
 }
 
 /// Moves an expiring endpoint's expiry to `until`, while it has not passed.
@@ -479,25 +455,30 @@ pub async fn delete_endpoint(
     Ok(())
 }
 
+/// What [`resolve`] reads of an endpoint and its listener.
+#[derive(sqlx::FromRow)]
+struct ResolvedRow {
+    id: String,
+    kind: String,
+    expires_at: Option<i64>,
+}
+
 /// The listener an endpoint secret routes to, if the endpoint exists and has not expired.
 pub async fn resolve(
     store: &Store,
     secret: &str,
 ) -> anyhow::Result<Option<(String, ListenerKind)>> {
-    let row = sqlx::query(
+    let row = sqlx::query_as::<_, ResolvedRow>(
         "SELECT l.id, l.kind, e.expires_at FROM listener_endpoints e JOIN listeners l ON l.id = e.listener_id WHERE e.path_hash = $1",
     )
     .bind(path_hash(secret))
     .fetch_optional(store.pool())
     .await?;
     let Some(row) = row else { return Ok(None) };
-    let expires_at: Option<i64> = row.try_get("expires_at")?;
-    if expires_at.is_some_and(|at| at <= now_ms()) {
+    if row.expires_at.is_some_and(|at| at <= now_ms()) {
         return Ok(None);
     }
-    let kind: String = row.try_get("kind")?;
-    let id: String = row.try_get("id")?;
-    Ok(ListenerKind::parse(&kind).map(|k| (id, k)))
+    Ok(ListenerKind::parse(&row.kind).map(|k| (row.id, k)))
 }
 
 /// Every endpoint with its listener: (path hash, expiry, listener id, kind, sealed secret). The
@@ -511,29 +492,37 @@ pub struct RouteRow {
     pub secret_sealed: Option<String>,
 }
 
+/// A route as stored: the kind still its name.
+#[derive(sqlx::FromRow)]
+struct StoredRoute {
+    path_hash: String,
+    expires_at: Option<i64>,
+    #[sqlx(rename = "id")]
+    listener_id: String,
+    kind: String,
+    secret_sealed: Option<String>,
+}
+
 /// All endpoint routes (see [`RouteRow`]); endpoints of an unknown kind are left out.
 pub async fn routes(store: &Store) -> anyhow::Result<Vec<RouteRow>> {
-    let rows = sqlx::query(
+    let rows = sqlx::query_as::<_, StoredRoute>(
         "SELECT e.path_hash, e.expires_at, l.id, l.kind, l.secret_sealed \
          FROM listener_endpoints e JOIN listeners l ON l.id = e.listener_id",
     )
     .fetch_all(store.pool())
     .await?;
-    let mut out = Vec::with_capacity(rows.len());
-    for r in rows {
-        let kind: String = r.try_get("kind")?;
-        let Some(kind) = ListenerKind::parse(&kind) else {
-            continue;
-        };
-        out.push(RouteRow {
-            path_hash: r.try_get("path_hash")?,
-            expires_at: r.try_get("expires_at")?,
-            listener_id: r.try_get("id")?,
-            kind,
-            secret_sealed: r.try_get("secret_sealed")?,
-        });
-    }
-    Ok(out)
+    Ok(rows
+        .into_iter()
+        .filter_map(|r| {
+            Some(RouteRow {
+                kind: ListenerKind::parse(&r.kind)?,
+                path_hash: r.path_hash,
+                expires_at: r.expires_at,
+                listener_id: r.listener_id,
+                secret_sealed: r.secret_sealed,
+            })
+        })
+        .collect())
 }
 
 /// Opens a listener's sealed secret (bound to its id).

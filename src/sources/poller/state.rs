@@ -7,24 +7,25 @@
 //! Must not import anything outside `platform`.
 
 use anyhow::Context as _;
-use sqlx::Row as _;
 
 use crate::platform::audit;
 use crate::platform::store::{Store, now_ms};
 
 /// A feed's cursor.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, sqlx::FromRow)]
 pub struct Cursor {
     pub etag: Option<String>,
     pub last_event_id: i64,
 }
 
 /// A push listed by a feed.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct Push {
     pub event_id: i64,
     pub repo: String,
+    #[sqlx(rename = "before_sha")]
     pub before: String,
+    #[sqlx(rename = "head_sha")]
     pub head: String,
     pub git_ref: Option<String>,
     pub pushed_at: i64,
@@ -32,18 +33,13 @@ pub struct Push {
 }
 
 pub async fn cursor(store: &Store, feed: &str) -> anyhow::Result<Cursor> {
-    let row = sqlx::query("SELECT etag, last_event_id FROM poller_feeds WHERE feed = $1")
-        .bind(feed)
-        .fetch_optional(store.pool())
-        .await
-        .context("cannot read the poller's cursor")?;
-    Ok(match row {
-        Some(r) => Cursor {
-            etag: r.try_get("etag")?,
-            last_event_id: r.try_get("last_event_id")?,
-        },
-        None => Cursor::default(),
-    })
+    let cursor =
+        sqlx::query_as::<_, Cursor>("SELECT etag, last_event_id FROM poller_feeds WHERE feed = $1")
+            .bind(feed)
+            .fetch_optional(store.pool())
+            .await
+            .context("cannot read the poller's cursor")?;
+    Ok(cursor.unwrap_or_default())
 }
 
 /// A feed answered 304: only the poll time changes.
@@ -124,7 +120,7 @@ pub async fn listed(
 
 /// Pushes due for scanning, oldest first.
 pub async fn due(store: &Store, limit: i64) -> anyhow::Result<Vec<Push>> {
-    let rows = sqlx::query(
+    sqlx::query_as::<_, Push>(
         "SELECT event_id, repo, before_sha, head_sha, git_ref, pushed_at, attempts FROM poller_pushes \
          WHERE state = 'pending' AND next_run_at <= $1 ORDER BY event_id LIMIT $2",
     )
@@ -132,20 +128,7 @@ pub async fn due(store: &Store, limit: i64) -> anyhow::Result<Vec<Push>> {
     .bind(limit)
     .fetch_all(store.pool())
     .await
-    .context("cannot read due pushes")?;
-    rows.iter()
-        .map(|r| {
-            Ok(Push {
-                event_id: r.try_get("event_id")?,
-                repo: r.try_get("repo")?,
-                before: r.try_get("before_sha")?,
-                head: r.try_get("head_sha")?,
-                git_ref: r.try_get("git_ref")?,
-                pushed_at: r.try_get("pushed_at")?,
-                attempts: r.try_get("attempts")?,
-            })
-        })
-        .collect()
+    .context("cannot read due pushes")
 }
 
 /// True when `sha` of `repo` was scanned already (listed by another feed, or re-pushed).
@@ -260,25 +243,20 @@ pub async fn retry_later(
 /// and which. Returns how many were skipped.
 pub async fn trim_backlog(store: &Store, max_backlog: i64) -> anyhow::Result<u64> {
     let waiting: i64 =
-        sqlx::query("SELECT COUNT(*) AS n FROM poller_pushes WHERE state = 'pending'")
+        sqlx::query_scalar("SELECT COUNT(*) AS n FROM poller_pushes WHERE state = 'pending'")
             .fetch_one(store.pool())
-            .await?
-            .try_get("n")?;
+            .await?;
     let excess = waiting - max_backlog;
     if excess <= 0 {
         return Ok(0);
     }
     let mut tx = store.begin().await?;
-    let rows = sqlx::query(
+    let ids: Vec<i64> = sqlx::query_scalar(
         "SELECT event_id FROM poller_pushes WHERE state = 'pending' ORDER BY event_id LIMIT $1",
     )
     .bind(excess)
     .fetch_all(&mut *tx)
     .await?;
-    let ids: Vec<i64> = rows
-        .iter()
-        .map(|r| r.try_get("event_id"))
-        .collect::<Result<_, _>>()?;
     for id in &ids {
         sqlx::query(
             "UPDATE poller_pushes SET state = 'skipped', outcome = 'skipped_budget' \
