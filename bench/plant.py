@@ -8,8 +8,13 @@ rule is planted N times (default 3), each into a different randomly chosen file,
 (.env assignment, JSON value, YAML value, shell export, source string). The ground truth lists
 (file, rule id, token type, the secret's line) per plant; the secret text itself is recovered by
 scanning the example alone, so this script needs no regex engine: it stores the example's index.
+
+Then, for every rule with a one-line example, that example is planted three more times, encoded as
+senders and deployments encode it: base64 in a Kubernetes Secret's `data:` (`"encoding": "base64"`),
+after a JSON string escape (`"escape"`), and in a zip archive of its own, `enc-N.zip!config/app.env`
+line 1 (`"zip"`, with `"member"` and `"line"`: the ground truth inside the archive).
 """
-import json, os, random, sys, tomllib
+import base64, io, json, os, random, sys, tomllib, zipfile
 
 def main():
     corpus, patterns, out = sys.argv[1:4]
@@ -48,8 +53,43 @@ def main():
                         f.write(data[:cut] + b"\n" + text.encode() + data[cut:])
                     truth.append({"file": target, "rule_id": rule["id"], "token_type": rule["token_type"], "text": text,
                                   "example": ex})
+    # Encoded plants.
+    encoded = 0
+    for name in sorted(os.listdir(patterns)):
+        if not name.endswith(".toml"):
+            continue
+        with open(os.path.join(patterns, name), "rb") as f:
+            rules = tomllib.load(f).get("rules", [])
+        for rule in rules:
+            ex = next((e for e in rule["examples"] if "\n" not in e), None)
+            if ex is None:
+                continue
+            base = {"rule_id": rule["id"], "token_type": rule["token_type"], "example": ex}
+            for encoding in ("base64", "escape"):
+                target = next(targets)
+                path = os.path.join(corpus, target)
+                with open(path, "rb") as f:
+                    data = f.read()
+                cut = data.rfind(b"\n", 0, rng.randrange(len(data) + 1)) + 1
+                if encoding == "base64":
+                    text = "  token: " + base64.b64encode(f"API_KEY={ex}\n".encode()).decode() + "\n"
+                else:
+                    text = '{"config": ' + json.dumps("[main]\n" + ex) + "}\n"
+                with open(path, "wb") as f:
+                    f.write(data[:cut] + b"\n" + text.encode() + data[cut:])
+                truth.append({"file": target, "text": text, "encoding": encoding, **base})
+                encoded += 1
+            archive = f"enc-{encoded:04d}.zip"
+            buf = io.BytesIO()
+            with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+                z.writestr("config/app.env", f"API_KEY={ex}\n")
+            with open(os.path.join(corpus, archive), "wb") as f:
+                f.write(buf.getvalue())
+            truth.append({"file": archive, "text": f"API_KEY={ex}\n", "encoding": "zip",
+                          "member": "config/app.env", "line": 1, **base})
+            encoded += 1
     with open(out, "w") as f:
         json.dump(truth, f)
-    print(f"planted {len(truth)} tokens ({len({t['rule_id'] for t in truth})} rules) into {corpus}")
+    print(f"planted {len(truth)} tokens ({encoded} of them encoded; {len({t['rule_id'] for t in truth})} rules) into {corpus}")
 
 main()
