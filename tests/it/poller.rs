@@ -485,17 +485,23 @@ async fn a_token_in_a_pushed_tarball_is_found_and_revoked() {
     faults(&rig, json!({})).await;
     let token = rig.mint("session", None).await;
     let json = format!("{{\n  \"token\": \"{token}\"\n}}\n");
+    // A second token, base64-encoded in a Kubernetes Secret beside it.
+    let other = rig.mint("user", None).await;
+    let secret = format!(
+        "kind: Secret\ndata:\n  token: {}\n",
+        base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &other)
+    );
     let mut tar = tar::Builder::new(Vec::new());
-    let mut header = tar::Header::new_gnu();
-    header.set_size(json.len() as u64);
-    header.set_mode(0o600);
-    header.set_cksum();
-    tar.append_data(
-        &mut header,
-        "var/data/coordinator-token.json",
-        json.as_bytes(),
-    )
-    .unwrap();
+    for (path, data) in [
+        ("var/data/coordinator-token.json", json.as_bytes()),
+        ("k8s/secret.yaml", secret.as_bytes()),
+    ] {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(data.len() as u64);
+        header.set_mode(0o600);
+        header.set_cksum();
+        tar.append_data(&mut header, path, data).unwrap();
+    }
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
     gz.write_all(&tar.into_inner().unwrap()).unwrap();
     let tarball = gz.finish().unwrap();
@@ -509,20 +515,37 @@ async fn a_token_in_a_pushed_tarball_is_found_and_revoked() {
         }),
     )
     .await;
-    revoked(&rig, 1, Duration::from_secs(20)).await;
+    revoked(&rig, 2, Duration::from_secs(20)).await;
     let audit = audit_actions(&rig).await;
-    let hit = audit
+    let mut hits: Vec<(String, u64, Value)> = audit
         .iter()
         .filter(|e| e["action"] == "poller.scanned")
-        .find_map(|e| e["details"]["hits"].as_array()?.first().cloned())
-        .expect("a hit in the audit log");
+        .flat_map(|e| e["details"]["hits"].as_array().cloned().unwrap_or_default())
+        .map(|h| {
+            (
+                h["path"].as_str().unwrap().to_owned(),
+                h["line"].as_u64().unwrap(),
+                h["decoded"].clone(),
+            )
+        })
+        .collect();
+    hits.sort_by(|a, b| a.0.cmp(&b.0));
     assert_eq!(
-        (hit["path"].as_str(), hit["line"].as_u64()),
-        (
-            Some("deploy/bundle.tar.gz!var/data/coordinator-token.json"),
-            Some(2)
-        )
+        hits,
+        [
+            (
+                "deploy/bundle.tar.gz!k8s/secret.yaml".to_owned(),
+                3,
+                json!(["base64"])
+            ),
+            (
+                "deploy/bundle.tar.gz!var/data/coordinator-token.json".to_owned(),
+                2,
+                json!([])
+            ),
+        ]
     );
-    assert!(!serde_json::to_string(&audit).unwrap().contains(&token));
+    let text = serde_json::to_string(&audit).unwrap();
+    assert!(!text.contains(&token) && !text.contains(&other));
     rig.stop().await;
 }

@@ -433,6 +433,7 @@ impl Poller {
                 "truncated": scanned.truncated,
                 "hits": scanned.hits.iter().map(|h| serde_json::json!({
                     "rule": h.rule, "path": h.path, "line": h.line, "url": h.url,
+                    "decoded": h.decoded,
                 })).collect::<Vec<_>>(),
                 "skipped": scanned.skipped.iter().take(100).map(|(path, reason)| serde_json::json!({
                     "path": path, "reason": reason,

@@ -21,10 +21,13 @@ pub struct Hit {
     pub verdict: &'static str,
     pub token_type: String,
     pub rule: String,
+    /// `outer!member` for a token inside an archive.
     pub path: String,
     pub line: usize,
     pub url: String,
     pub hosts: Vec<String>,
+    /// How it was reached inside the file (`base64`, `escape`, ...), outermost first.
+    pub decoded: Vec<&'static str>,
 }
 
 /// What scanning a push found and what it had to leave out.
@@ -259,6 +262,7 @@ impl<'r, L: Fn(usize) -> String> TreeSink<'r> for Hits<'_, L> {
             line,
             url,
             hosts: hosts_near(data, f.span.clone(), 256),
+            decoded: f.decoded.iter().map(|d| d.as_str()).collect(),
         });
     }
 
