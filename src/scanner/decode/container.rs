@@ -247,14 +247,16 @@ impl<'r> Scanner<'r> {
                     }
                     return;
                 }
-                match read_capped(decompressor(kind, data), cap) {
-                    Ok(inner) => {
-                        walk.budget = walk.budget.saturating_sub(inner.len() as u64);
-                        let name = format!("{path}!{}", stem(path));
-                        self.tree(&name, &inner, depth + 1, walk, sink);
-                    }
-                    Err(why) => sink.skipped(path, why),
-                }
+                let name = format!("{path}!{}", stem(path));
+                self.member(
+                    &name,
+                    decompressor(kind, data),
+                    None,
+                    cap,
+                    depth,
+                    walk,
+                    sink,
+                );
             }
             Kind::Text | Kind::Binary => unreachable!("handled above"),
         }
@@ -289,20 +291,8 @@ impl<'r> Scanner<'r> {
             }
             let name = format!("{path}!{}", entry.name());
             let cap = walk.cap(entry.compressed_size());
-            // The declared size is checked first (a bomb usually declares it), then every byte
-            // read is counted anyway (it may lie).
-            if entry.size() > cap {
-                sink.skipped(&name, Skip::Expansion);
-                continue;
-            }
-            match read_capped(&mut entry, cap) {
-                Ok(inner) => {
-                    walk.budget = walk.budget.saturating_sub(inner.len() as u64);
-                    drop(entry);
-                    self.tree(&name, &inner, depth + 1, walk, sink);
-                }
-                Err(why) => sink.skipped(&name, why),
-            }
+            let declared = entry.size();
+            self.member(&name, &mut entry, Some(declared), cap, depth, walk, sink);
         }
     }
 
@@ -336,17 +326,34 @@ impl<'r> Scanner<'r> {
                 .unwrap_or_else(|_| "(unnamed)".into());
             let name = format!("{path}!{member}");
             let cap = walk.limits.max_member_bytes.min(walk.budget);
-            if entry.size() > cap {
-                sink.skipped(&name, Skip::Expansion);
-                continue;
+            let declared = entry.size();
+            self.member(&name, &mut entry, Some(declared), cap, depth, walk, sink);
+        }
+    }
+
+    /// Reads one member through `cap` and scans it as a file named `name`, one level deeper. The
+    /// size a header declares is checked first (a bomb usually declares it); every byte read is
+    /// counted anyway (it may lie).
+    #[allow(clippy::too_many_arguments)]
+    fn member(
+        &mut self,
+        name: &str,
+        reader: impl Read,
+        declared: Option<u64>,
+        cap: u64,
+        depth: usize,
+        walk: &mut Walk<'_>,
+        sink: &mut impl TreeSink<'r>,
+    ) {
+        if declared.is_some_and(|size| size > cap) {
+            return sink.skipped(name, Skip::Expansion);
+        }
+        match read_capped(reader, cap) {
+            Ok(inner) => {
+                walk.budget = walk.budget.saturating_sub(inner.len() as u64);
+                self.tree(name, &inner, depth + 1, walk, sink);
             }
-            match read_capped(&mut entry, cap) {
-                Ok(inner) => {
-                    walk.budget = walk.budget.saturating_sub(inner.len() as u64);
-                    self.tree(&name, &inner, depth + 1, walk, sink);
-                }
-                Err(why) => sink.skipped(&name, why),
-            }
+            Err(why) => sink.skipped(name, why),
         }
     }
 }
