@@ -272,6 +272,23 @@ pub struct Change {
     pub decided: bool,
 }
 
+impl Change {
+    /// Giving up on a finding after `attempts`: it ends with `outcome` (a failure, or, for a
+    /// notification, the revoke's outcome), naming why.
+    pub fn given_up(outcome: Outcome, error: String, attempts: i64) -> Change {
+        Change {
+            to: FindingState::ending(outcome),
+            outcome: Some(outcome),
+            label: None,
+            error: Some(error),
+            attempts,
+            sealed_token: None,
+            lease_until: None,
+            decided: false,
+        }
+    }
+}
+
 /// Applies a worker's step inside `tx`, fenced by its lease and the state it claimed. False when
 /// the lease lapsed and another worker owns the finding now (it repeats the step with the same
 /// idempotency key, so nothing is lost or doubled).

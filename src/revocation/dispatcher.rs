@@ -221,16 +221,7 @@ impl Engine {
                     FindingState::Notifying => item.outcome.unwrap_or(Outcome::Revoked),
                     _ => Outcome::Failed(step),
                 };
-                let change = Change {
-                    to: FindingState::ending(outcome),
-                    outcome: Some(outcome),
-                    label: None,
-                    error: Some(reason.clone()),
-                    attempts,
-                    sealed_token: None,
-                    lease_until: None,
-                    decided: false,
-                };
+                let change = Change::given_up(outcome, reason.clone(), attempts);
                 if !findings::advance(&mut tx, item, &self.worker_id, &change, now).await? {
                     tx.rollback().await?;
                     return anyhow::Ok(());

@@ -268,28 +268,14 @@ impl Engine {
                 if item.state == FindingState::Notifying {
                     // The token is revoked; only the notification gave up. Keep the outcome.
                     let outcome = item.outcome.unwrap_or(Outcome::Revoked);
-                    Change {
-                        to: FindingState::ending(outcome),
-                        outcome: Some(outcome),
-                        label: None,
-                        error: Some(format!("notification abandoned: {reason}")),
+                    Change::given_up(
+                        outcome,
+                        format!("notification abandoned: {reason}"),
                         attempts,
-                        sealed_token: None,
-                        lease_until: None,
-                        decided: false,
-                    }
+                    )
                 } else {
                     self.observer.failed(&installation.id, step.as_str());
-                    Change {
-                        to: FindingState::Failed,
-                        outcome: Some(Outcome::Failed(step)),
-                        label: None,
-                        error: Some(reason.clone()),
-                        attempts,
-                        sealed_token: None,
-                        lease_until: None,
-                        decided: false,
-                    }
+                    Change::given_up(Outcome::Failed(step), reason.clone(), attempts)
                 }
             }
         };
