@@ -397,6 +397,58 @@ mod tests {
     }
 
     #[test]
+    fn every_long_run_is_visited_once_as_a_byte_loop_finds_them() {
+        // Alphabet characters, superset-only ones (`.`, `:`, `<`) and separators, in runs of
+        // random lengths around the block size.
+        let pieces: [&[u8]; 6] = [b"aZ09+/", b"-_xY", b".:<", b" ", b"\n\"", b"\xc3\xa9"];
+        let mut seed = 0x1234_5678_9abc_def1_u64;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for _ in 0..3000 {
+            let mut buf = Vec::new();
+            while buf.len() < 300 {
+                let piece = pieces[(next() % 6) as usize];
+                let len = (next() % 70) as usize;
+                buf.extend((0..len).map(|k| piece[k % piece.len()]));
+            }
+            let mut expected = Vec::new();
+            let mut i = 0;
+            while i < buf.len() {
+                let start = i;
+                while i < buf.len() && CLASS[buf[i] as usize] != 0 {
+                    i += 1;
+                }
+                if i - start >= MIN_RUN {
+                    expected.push((start, i));
+                }
+                i = i.max(start + 1);
+            }
+            let mut seen = Vec::new();
+            each_long_run(&buf, |at| {
+                if CLASS[buf[at] as usize] == 0 {
+                    return at + 1;
+                }
+                let (mut start, mut end) = (at, at);
+                while start > 0 && CLASS[buf[start - 1] as usize] != 0 {
+                    start -= 1;
+                }
+                while end < buf.len() && CLASS[buf[end] as usize] != 0 {
+                    end += 1;
+                }
+                if end - start >= MIN_RUN {
+                    seen.push((start, end));
+                }
+                end
+            });
+            assert_eq!(seen, expected, "{:?}", String::from_utf8_lossy(&buf));
+        }
+    }
+
+    #[test]
     fn runs_are_found_wherever_they_start_and_end() {
         let encoded = STANDARD.encode("the key is in here, as text, long enough");
         // Across every offset in and around the 64-byte blocks, and after a long run of alphabet
