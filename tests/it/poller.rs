@@ -479,7 +479,6 @@ async fn a_push_bigger_than_the_call_budget_is_scanned_as_far_as_it_goes_and_blo
 /// the tarball and revokes the token, locating it at `bundle.tar.gz!var/data/coordinator-token.json`.
 #[tokio::test]
 async fn a_token_in_a_pushed_tarball_is_found_and_revoked() {
-    use std::io::Write as _;
     let (_, url, _dir) = crate::common::fresh_databases().await.remove(0);
     let rig = Rig::start(&url, |_| {}, polling, |_| {}).await;
     faults(&rig, json!({})).await;
@@ -491,20 +490,10 @@ async fn a_token_in_a_pushed_tarball_is_found_and_revoked() {
         "kind: Secret\ndata:\n  token: {}\n",
         base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &other)
     );
-    let mut tar = tar::Builder::new(Vec::new());
-    for (path, data) in [
+    let tarball = crate::common::archives::gzip(&crate::common::archives::tar_of(&[
         ("var/data/coordinator-token.json", json.as_bytes()),
         ("k8s/secret.yaml", secret.as_bytes()),
-    ] {
-        let mut header = tar::Header::new_gnu();
-        header.set_size(data.len() as u64);
-        header.set_mode(0o600);
-        header.set_cksum();
-        tar.append_data(&mut header, path, data).unwrap();
-    }
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-    gz.write_all(&tar.into_inner().unwrap()).unwrap();
-    let tarball = gz.finish().unwrap();
+    ]));
     let b64 = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &tarball);
     fake(
         &rig,

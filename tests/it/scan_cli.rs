@@ -3,6 +3,7 @@
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
+use crate::common::archives::{gzip, tar_of, zip_of};
 use spillway::scanner::validate::crc32_base62;
 
 /// A format-valid GitHub classic token built from `seed` (synthetic: never issued by GitHub).
@@ -448,36 +449,6 @@ fn rules_stats_cover_extra_rules_and_list_every_fingerprint() {
         "{}",
         stderr(&missing)
     );
-}
-
-fn gzip(data: &[u8]) -> Vec<u8> {
-    use std::io::Write as _;
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-    gz.write_all(data).unwrap();
-    gz.finish().unwrap()
-}
-
-fn tar_of(files: &[(&str, &[u8])]) -> Vec<u8> {
-    let mut b = tar::Builder::new(Vec::new());
-    for (name, data) in files {
-        let mut h = tar::Header::new_gnu();
-        h.set_size(data.len() as u64);
-        h.set_mode(0o644);
-        h.set_cksum();
-        b.append_data(&mut h, name, *data).unwrap();
-    }
-    b.into_inner().unwrap()
-}
-
-fn zip_of(files: &[(&str, &[u8])]) -> Vec<u8> {
-    use std::io::Write as _;
-    let mut z = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
-    for (name, data) in files {
-        z.start_file(*name, zip::write::SimpleFileOptions::default())
-            .unwrap();
-        z.write_all(data).unwrap();
-    }
-    z.finish().unwrap().into_inner()
 }
 
 #[test]
