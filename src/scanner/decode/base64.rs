@@ -7,8 +7,7 @@
 //! Each 4-character quantum maps to its 3 decoded bytes ([`ViewBuilder::atomic`]), so a finding is
 //! reported at exactly the characters that encode it.
 
-use std::io::Read as _;
-
+use super::container::{self, compression};
 use super::span_map::ViewBuilder;
 
 /// Shortest run decoded: 32 characters are 24 bytes, as short as a token with its key name gets
@@ -232,8 +231,7 @@ fn starts_printable(chars: &[u8]) -> bool {
     let head = &bytes[2..8];
     head.iter()
         .all(|&b| (0x20..0x7f).contains(&b) || matches!(b, b'\t' | b'\n' | b'\r'))
-        || head.starts_with(&[0x1f, 0x8b])
-        || (head[0] == 0x78 && matches!(head[1], 0x01 | 0x5e | 0x9c | 0xda))
+        || compression(head).is_some()
 }
 
 /// Whether decoded bytes read as text a token could stand in: valid UTF-8, and nearly all of it
@@ -251,21 +249,9 @@ pub(super) fn is_text(bytes: &[u8]) -> bool {
 
 /// Decompresses gzip or zlib data, within [`MAX_INFLATED`] and [`MAX_RATIO`]; None when it is
 /// neither, is corrupt, or expands past either cap.
-pub(super) fn inflate(data: &[u8]) -> Option<Vec<u8>> {
+fn inflate(data: &[u8]) -> Option<Vec<u8>> {
     let cap = MAX_INFLATED.min(data.len().saturating_mul(MAX_RATIO));
-    let mut out = Vec::new();
-    let read = if data.starts_with(&[0x1f, 0x8b]) {
-        flate2::read::GzDecoder::new(data)
-            .take(cap as u64 + 1)
-            .read_to_end(&mut out)
-    } else if data.len() >= 2 && data[0] == 0x78 && matches!(data[1], 0x01 | 0x5e | 0x9c | 0xda) {
-        flate2::read::ZlibDecoder::new(data)
-            .take(cap as u64 + 1)
-            .read_to_end(&mut out)
-    } else {
-        return None;
-    };
-    (read.is_ok() && out.len() <= cap).then_some(out)
+    container::inflate(compression(data)?, data, cap as u64).ok()
 }
 
 /// What the base64 runs of `buf` decode to: the runs that are text (step `base64`), and the runs

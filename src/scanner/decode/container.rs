@@ -82,32 +82,52 @@ pub trait TreeSink<'r> {
     fn scanned(&mut self, _bytes: usize) {}
 }
 
+/// A compressed stream, by its magic bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Compression {
+    Gzip,
+    Zlib,
+}
+
+/// The compression `head` starts with: gzip's `1f 8b`, or a zlib header (whose two bytes can be
+/// ordinary characters, `x^` or `x\xda`: callers try it only on data that is not text).
+pub(super) fn compression(head: &[u8]) -> Option<Compression> {
+    match head {
+        [0x1f, 0x8b, ..] => Some(Compression::Gzip),
+        [0x78, 0x01 | 0x5e | 0x9c | 0xda, ..] => Some(Compression::Zlib),
+        _ => None,
+    }
+}
+
+/// Decompresses `data` within `cap` bytes: `Expansion` past it, `Corrupt` when unreadable (the
+/// base64 decoder's compressed runs; a compressed file is read as a member).
+pub(super) fn inflate(how: Compression, data: &[u8], cap: u64) -> Result<Vec<u8>, Skip> {
+    read_capped(decompressor(how, data), cap)
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
     Zip,
     Tar,
-    Gzip,
-    Zlib,
+    Compressed(Compression),
     Binary,
     Text,
 }
 
 fn kind(data: &[u8]) -> Kind {
+    let binary = || memchr::memchr(0, &data[..data.len().min(BINARY_SNIFF)]).is_some();
     if data.starts_with(b"PK\x03\x04") || data.starts_with(b"PK\x05\x06") {
         Kind::Zip
     } else if data.len() >= 262 && &data[257..262] == b"ustar" {
         Kind::Tar
-    } else if data.starts_with(&[0x1f, 0x8b]) {
-        Kind::Gzip
-    } else if memchr::memchr(0, &data[..data.len().min(BINARY_SNIFF)]).is_some() {
-        // A zlib header is two ordinary characters (`x^`, `x\xda`): only binary data is tried.
-        if data.len() >= 2 && data[0] == 0x78 && matches!(data[1], 0x01 | 0x5e | 0x9c | 0xda) {
-            Kind::Zlib
-        } else {
-            Kind::Binary
-        }
-    } else {
+    } else if compression(data) == Some(Compression::Gzip) {
+        Kind::Compressed(Compression::Gzip)
+    } else if !binary() {
         Kind::Text
+    } else if let Some(how) = compression(data) {
+        Kind::Compressed(how)
+    } else {
+        Kind::Binary
     }
 }
 
@@ -230,14 +250,14 @@ impl<'r> Scanner<'r> {
         match kind {
             Kind::Zip => self.zip(path, data, depth, walk, sink),
             Kind::Tar => self.tar(path, Cursor::new(data), depth, walk, sink),
-            Kind::Gzip | Kind::Zlib => {
+            Kind::Compressed(how) => {
                 let cap = walk.cap(data.len() as u64);
                 // A tar inside is read as a stream; anything else is one member.
                 let mut head = Vec::new();
-                let _ = decompressor(kind, data).take(512).read_to_end(&mut head);
+                let _ = decompressor(how, data).take(512).read_to_end(&mut head);
                 if head.len() >= 262 && &head[257..262] == b"ustar" {
                     let mut capped = Capped {
-                        inner: decompressor(kind, data),
+                        inner: decompressor(how, data),
                         left: cap,
                         hit: false,
                     };
@@ -248,15 +268,7 @@ impl<'r> Scanner<'r> {
                     return;
                 }
                 let name = format!("{path}!{}", stem(path));
-                self.member(
-                    &name,
-                    decompressor(kind, data),
-                    None,
-                    cap,
-                    depth,
-                    walk,
-                    sink,
-                );
+                self.member(&name, decompressor(how, data), None, cap, depth, walk, sink);
             }
             Kind::Text | Kind::Binary => unreachable!("handled above"),
         }
@@ -358,10 +370,10 @@ impl<'r> Scanner<'r> {
     }
 }
 
-fn decompressor(kind: Kind, data: &[u8]) -> Box<dyn Read + '_> {
-    match kind {
-        Kind::Zlib => Box::new(flate2::read::ZlibDecoder::new(data)),
-        _ => Box::new(flate2::read::MultiGzDecoder::new(data)),
+fn decompressor(how: Compression, data: &[u8]) -> Box<dyn Read + '_> {
+    match how {
+        Compression::Zlib => Box::new(flate2::read::ZlibDecoder::new(data)),
+        Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(data)),
     }
 }
 
