@@ -297,6 +297,19 @@ struct InlineKeysRow {
     inline_jwks: Option<String>,
 }
 
+/// `NameTaken` when an installation is already registered as `name`.
+async fn name_free(tx: &mut crate::platform::store::Tx, name: &str) -> Result<(), RegistryError> {
+    let taken = sqlx::query("SELECT 1 FROM installations WHERE name = $1")
+        .bind(name)
+        .fetch_optional(&mut **tx)
+        .await
+        .context("cannot read installations")?;
+    match taken {
+        Some(_) => Err(RegistryError::NameTaken(name.to_owned())),
+        None => Ok(()),
+    }
+}
+
 /// Refuses inline keys whose key id another installation already publishes inline: a key id has
 /// one owner (DESIGN.md, trust rules), and a second claim could make a genuine token look forged.
 /// Key ids served by JWKS URLs are checked when fetched (`installation_keys`).
@@ -352,14 +365,7 @@ pub async fn register(
     let id = new_id("ins");
     let now = now_ms();
     let mut tx = store.begin().await?;
-    let taken = sqlx::query("SELECT 1 FROM installations WHERE name = $1")
-        .bind(&spec.name)
-        .fetch_optional(&mut *tx)
-        .await
-        .context("cannot read installations")?;
-    if taken.is_some() {
-        return Err(RegistryError::NameTaken(spec.name));
-    }
+    name_free(&mut tx, &spec.name).await?;
     check_key_ids(&mut tx, &spec, None).await?;
     write_spec(&mut tx, &id, &spec, now, true).await?;
     add_secret(&mut tx, sealing, &id, &secret, now).await?;
@@ -561,14 +567,7 @@ pub async fn update(
     spec.validate(policy)?;
     let mut tx = store.begin().await?;
     if spec.name != current.spec.name {
-        let taken = sqlx::query("SELECT 1 FROM installations WHERE name = $1")
-            .bind(&spec.name)
-            .fetch_optional(&mut *tx)
-            .await
-            .context("cannot read installations")?;
-        if taken.is_some() {
-            return Err(RegistryError::NameTaken(spec.name));
-        }
+        name_free(&mut tx, &spec.name).await?;
     }
     check_key_ids(&mut tx, &spec, Some(&current.id)).await?;
     let now = now_ms();

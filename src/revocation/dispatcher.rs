@@ -211,11 +211,11 @@ impl Engine {
         let now = now_ms();
         let attempts = item.attempts + 1;
         let reason = format!("worker panicked: {message}");
+        let step = item.state.step().unwrap_or(Step::Notify);
         let recorded = async {
             let mut tx = self.store.begin().await?;
             let failed = attempts >= i64::from(self.tuning.max_attempts);
             if failed {
-                let step = item.state.step().unwrap_or(Step::Notify);
                 let outcome = match item.state {
                     // Revoked already; only the notification is given up.
                     FindingState::Notifying => item.outcome.unwrap_or(Outcome::Revoked),
@@ -244,10 +244,7 @@ impl Engine {
             .await?;
             tx.commit().await?;
             if failed {
-                self.observer.failed(
-                    &item.installation_id,
-                    item.state.step().unwrap_or(Step::Notify).as_str(),
-                );
+                self.observer.failed(&item.installation_id, step.as_str());
             } else {
                 let delay = limits::backoff(attempts as u32, None);
                 findings::retry_at(

@@ -6,6 +6,8 @@
 
 use std::time::Duration;
 
+use anyhow::Context as _;
+
 use super::calls::{self, Answer};
 use super::{Engine, limits};
 use crate::findings::store::{self as findings, Change, Claimed};
@@ -342,8 +344,6 @@ impl Engine {
         }))
     }
 }
-
-use anyhow::Context as _;
 
 /// A classified answer: known (to be mapped by the step), or already a [`Next`].
 pub(super) enum Classified<T> {
