@@ -356,29 +356,7 @@ async fn open_many(
         let id = alert_id(a)?;
         batch.extend(rows.iter().enumerate().map(|(p, r)| (id, p, r)));
     }
-    for chunk in batch.chunks(CANDIDATE_ROWS) {
-        let sql = format!(
-            "INSERT INTO candidates (alert_id, position, fingerprint, token_type, url, source, label, \
-             sealed_token, context_hosts) VALUES {}",
-            store.params().rows(chunk.len(), 9)
-        );
-        let mut q = sqlx::query(&sql);
-        for (id, position, r) in chunk {
-            q = q
-                .bind(*id)
-                .bind(*position as i64)
-                .bind(&r.fingerprint)
-                .bind(&r.token_type)
-                .bind(&r.url)
-                .bind(&r.source)
-                .bind(r.label.map(|l| l.as_str()))
-                .bind(&r.sealed)
-                .bind(&r.hosts);
-        }
-        q.execute(&mut **tx)
-            .await
-            .context("cannot record candidates")?;
-    }
+    insert_candidates(tx, store, &batch).await?;
     let new_ids: Vec<i64> = fresh
         .iter()
         .map(|&i| alert_id(opens[i].0))
@@ -585,28 +563,24 @@ async fn slice(
     Ok(())
 }
 
-/// Candidates at positions `start..` and the work to decide them. A work item's priority is the
-/// part of its alert it came in (`position / PRIORITY_UNIT`): claims take lower priorities first,
-/// so the first tokens of every alert are decided before the rest of a huge one.
-async fn insert_rows(
+/// Inserts candidates given as (alert id, position, row), in as few statements as the parameter
+/// limits allow.
+async fn insert_candidates(
     tx: &mut Tx,
     store: &Store,
-    alert_id: i64,
-    start: usize,
-    rows: &[Row],
-    now: i64,
+    batch: &[(i64, usize, &Row)],
 ) -> anyhow::Result<()> {
-    for (chunk_index, chunk) in rows.chunks(CANDIDATE_ROWS).enumerate() {
+    for chunk in batch.chunks(CANDIDATE_ROWS) {
         let sql = format!(
             "INSERT INTO candidates (alert_id, position, fingerprint, token_type, url, source, label, \
              sealed_token, context_hosts) VALUES {}",
             store.params().rows(chunk.len(), 9)
         );
         let mut q = sqlx::query(&sql);
-        for (i, r) in chunk.iter().enumerate() {
+        for (id, position, r) in chunk {
             q = q
-                .bind(alert_id)
-                .bind((start + chunk_index * CANDIDATE_ROWS + i) as i64)
+                .bind(*id)
+                .bind(*position as i64)
                 .bind(&r.fingerprint)
                 .bind(&r.token_type)
                 .bind(&r.url)
@@ -619,6 +593,26 @@ async fn insert_rows(
             .await
             .context("cannot record candidates")?;
     }
+    Ok(())
+}
+
+/// Candidates at positions `start..` and the work to decide them. A work item's priority is the
+/// part of its alert it came in (`position / PRIORITY_UNIT`): claims take lower priorities first,
+/// so the first tokens of every alert are decided before the rest of a huge one.
+async fn insert_rows(
+    tx: &mut Tx,
+    store: &Store,
+    alert_id: i64,
+    start: usize,
+    rows: &[Row],
+    now: i64,
+) -> anyhow::Result<()> {
+    let batch: Vec<(i64, usize, &Row)> = rows
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (alert_id, start + i, r))
+        .collect();
+    insert_candidates(tx, store, &batch).await?;
     // Every candidate not already known false is queued for attribution and revocation.
     sqlx::query(
         "INSERT INTO work_queue (kind, candidate_id, state, attempts, run_at, priority) \
