@@ -144,8 +144,9 @@ pub fn scan_history(
                         stats.skipped_large.fetch_add(1, Ordering::Relaxed);
                         continue;
                     }
-                    let mut collect =
-                        Collect::new(stats, Some(origin.commit.to_string()), show_secrets);
+                    let commit = origin.commit.to_string();
+                    scanner.set_commit(Some(&commit));
+                    let mut collect = Collect::new(stats, Some(commit), show_secrets);
                     scanner.scan_tree(
                         &origin.path,
                         &blob.data,

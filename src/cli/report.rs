@@ -54,13 +54,19 @@ pub struct ReportedFinding {
 
 impl ReportedFinding {
     pub fn new(f: &Finding<'_>, location: Location, haystack: &[u8], show_secret: bool) -> Self {
-        let line_start = f.span.start + 1 - f.column;
-        let prefix = String::from_utf8_lossy(&haystack[line_start..f.span.start]);
+        // Line and column describe `located_at` (a path rule's finding has neither: 0 and 0).
+        let at = f.located_at();
+        let line_start = (at + 1).saturating_sub(f.column).min(at);
+        let prefix = String::from_utf8_lossy(&haystack[line_start..at]);
         ReportedFinding {
             location,
             line: f.line,
             column: f.column,
-            column_utf16: prefix.encode_utf16().count() + 1,
+            column_utf16: if f.line == 0 {
+                0
+            } else {
+                prefix.encode_utf16().count() + 1
+            },
             start: f.span.start,
             end: f.span.end,
             rule_id: f.rule.id.clone(),
@@ -173,6 +179,15 @@ pub fn sarif(findings: &[ReportedFinding], rules: &[Rule]) -> serde_json::Value 
         .iter()
         .map(|f| {
             let index = used.iter().position(|r| r.id == f.rule_id).unwrap_or(0);
+            // A path rule reports a whole file (line 0): no region, which SARIF wants 1-based.
+            let region = (f.line > 0).then(|| {
+                json!({
+                    "startLine": f.line,
+                    "startColumn": f.column_utf16,
+                    "endLine": f.line,
+                    "endColumn": f.column_utf16 + f.end - f.start
+                })
+            });
             let mut result = json!({
                 "ruleId": f.rule_id,
                 "ruleIndex": index,
@@ -183,17 +198,18 @@ pub fn sarif(findings: &[ReportedFinding], rules: &[Rule]) -> serde_json::Value 
                         // A member of an archive is located at the archive (code scanning opens
                         // files, not members); the member path is in the properties.
                         "artifactLocation": { "uri": sarif_uri(outer_file(&f.location.path)) },
-                        "region": {
-                            "startLine": f.line,
-                            "startColumn": f.column_utf16,
-                            "endLine": f.line,
-                            "endColumn": f.column_utf16 + f.end - f.start
-                        }
+                        "region": region
                     }
                 }],
                 "partialFingerprints": { "spillwaySecret/v1": f.fingerprint }
             });
             let mut properties = serde_json::Map::new();
+            if region.is_none() {
+                result["locations"][0]["physicalLocation"]
+                    .as_object_mut()
+                    .expect("an object")
+                    .remove("region");
+            }
             if let Some(commit) = &f.location.commit {
                 properties.insert("commitSha".into(), json!(commit));
             }

@@ -19,15 +19,17 @@
 //! No async, database or HTTP here: the core takes bytes and hands [`Finding`]s to a [`Sink`].
 
 use std::ops::Range;
+use std::sync::Arc;
 
 use aho_corasick::packed;
 use memchr::memmem;
 use regex_automata::util::iter::Searcher;
 use regex_automata::{Anchored, Input, meta};
 
+use super::allowlist::{self, Allowlist};
 use super::finding::{Finding, TokenSecret, Verdict};
 use super::fingerprint;
-use super::rule::{AllowTarget, Pass, Rule, RuleError, check_unique_ids};
+use super::rule::{Dialect, Pass, Rule, RuleError, check_unique_ids};
 use super::validate::{self, Validator};
 
 /// Bytes lower-cased and searched at a time: small enough to stay in L2.
@@ -122,6 +124,13 @@ pub struct RuleSet {
     /// Longest keyword: how far chunks overlap so a keyword across a chunk edge is still seen whole.
     max_keyword: usize,
     unanchored: Option<CombinedPass>,
+    /// Rules without a regex that report a source by its path alone.
+    path_rules: Vec<usize>,
+    /// Allowlists every rule has (a Gitleaks file's global allowlist): a source one of them lets go
+    /// whole is not scanned at all.
+    shared_allowlists: Vec<Arc<Allowlist>>,
+    /// Whether Gitleaks' generic-finding filter runs (a Gitleaks `generic` rule is in the set).
+    gitleaks_generic: bool,
     options: ScanOptions,
 }
 
@@ -175,6 +184,24 @@ impl RuleSet {
             .filter(|&i| rules[i].pass == Pass::Unanchored)
             .collect();
         let unanchored = CombinedPass::build(&rules, unanchored_rules)?;
+        let path_rules = (0..rules.len())
+            .filter(|&i| rules[i].pass == Pass::Path)
+            .collect();
+        let shared_allowlists = match rules.split_first() {
+            Some((first, rest)) => first
+                .allowlists
+                .iter()
+                .filter(|a| {
+                    rest.iter()
+                        .all(|r| r.allowlists.iter().any(|b| Arc::ptr_eq(a, b)))
+                })
+                .cloned()
+                .collect(),
+            None => Vec::new(),
+        };
+        let gitleaks_generic = rules
+            .iter()
+            .any(|r| r.dialect == Dialect::Gitleaks && is_generic(r));
         tracing::debug!(
             rules = rules.len(),
             keywords = keywords.len(),
@@ -191,6 +218,9 @@ impl RuleSet {
             estimated_candidates_per_mb: layout.candidates_per_mb,
             max_keyword,
             unanchored,
+            path_rules,
+            shared_allowlists,
+            gitleaks_generic,
             options,
         })
     }
@@ -240,8 +270,14 @@ impl RuleSet {
             lower: Vec::new(),
             hits: Vec::new(),
             candidates: Vec::new(),
+            commit: None,
         }
     }
+}
+
+/// Gitleaks' test for a generic rule, whose findings give way to a specific rule's.
+fn is_generic(rule: &Rule) -> bool {
+    rule.token_type.to_ascii_lowercase().contains("generic")
 }
 
 /// A candidate before confirmation: which rule, where its regex matched.
@@ -266,14 +302,53 @@ pub struct Scanner<'r> {
     /// Keyword hits in the current chunk: (absolute start, keyword index).
     hits: Vec<(usize, usize)>,
     candidates: Vec<Candidate>,
+    /// The commit the buffers being scanned belong to (`scan --git`), for commit allowlists.
+    commit: Option<String>,
 }
 
 impl<'r> Scanner<'r> {
+    /// Sets the commit the next buffers come from (`None` outside git history), for allowlists
+    /// that name commits.
+    pub fn set_commit(&mut self, commit: Option<&str>) {
+        self.commit = commit.map(str::to_owned);
+    }
+
+    /// Reports `path` to every path-only rule (Gitleaks' `path` without `regex`) that matches it:
+    /// such a rule reports the file itself, whatever it holds, with an empty secret at line 0.
+    pub fn scan_path(&mut self, path: &str, sink: &mut impl Sink<'r>) {
+        let set = self.set;
+        for &r in &set.path_rules {
+            let rule = &set.rules[r];
+            let matches = rule.path.as_ref().is_some_and(|p| p.is_match(path));
+            let allowed = rule
+                .allowlists
+                .iter()
+                .any(|a| a.allows_whole_source(path, self.commit.as_deref()));
+            if matches && !allowed {
+                sink.finding(Finding::new(
+                    rule,
+                    0..0,
+                    0..0,
+                    Verdict::Unvalidated,
+                    None,
+                    TokenSecret::new(""),
+                ));
+            }
+        }
+    }
+
     /// Scans `haystack` (from `source`, a label such as a path, used by path allowlists) and hands
     /// every finding to `sink`, in order of position.
     pub fn scan(&mut self, source: &str, haystack: &[u8], sink: &mut impl Sink<'r>) {
         self.candidates.clear();
         let set = self.set;
+        if set
+            .shared_allowlists
+            .iter()
+            .any(|a| a.allows_whole_source(source, self.commit.as_deref()))
+        {
+            return;
+        }
         if !set.groups.is_empty() {
             self.keyword_pass(haystack);
         }
@@ -288,11 +363,19 @@ impl<'r> Scanner<'r> {
         self.candidates.dedup_by_key(|c| (c.start, c.end, c.rule));
 
         let mut lines = LineCounter::default();
+        let mut found = Vec::new();
+        let commit = self.commit.as_deref();
         for c in std::mem::take(&mut self.candidates) {
-            if let Some(mut finding) = confirm(set, c, source, haystack) {
-                (finding.line, finding.column) = lines.position(haystack, finding.span.start);
-                sink.finding(finding);
+            if let Some(mut finding) = confirm(set, c, source, commit, haystack) {
+                (finding.line, finding.column) = lines.position(haystack, finding.located_at());
+                found.push(finding);
             }
+        }
+        if set.gitleaks_generic {
+            drop_generic_inside_specific(&mut found);
+        }
+        for finding in found {
+            sink.finding(finding);
         }
     }
 
@@ -427,9 +510,22 @@ fn confirm<'r>(
     set: &'r RuleSet,
     c: Candidate,
     source: &str,
+    commit: Option<&str>,
     haystack: &[u8],
 ) -> Option<Finding<'r>> {
     let rule = &set.rules[c.rule];
+    if rule.path.as_ref().is_some_and(|p| !p.is_match(source)) {
+        return None;
+    }
+    let gitleaks = rule.dialect == Dialect::Gitleaks;
+    let line = if gitleaks || !rule.allowlists.is_empty() {
+        line_around(haystack, c.start..c.end)
+    } else {
+        &[]
+    };
+    if gitleaks && memmem::find(line, b"gitleaks:allow").is_some() {
+        return None;
+    }
     let mut caps = rule.regex.create_captures();
     rule.regex.search_captures(
         &Input::new(haystack)
@@ -437,16 +533,46 @@ fn confirm<'r>(
             .anchored(Anchored::Yes),
         &mut caps,
     );
-    let span = caps.get_group(rule.secret_group)?.range();
+    let mut span = if rule.secret_group == 0 {
+        // Gitleaks without `secretGroup`: the first group that matched something.
+        (1..caps.group_len())
+            .filter_map(|g| caps.get_group(g))
+            .find(|s| !s.is_empty())?
+            .range()
+    } else {
+        caps.get_group(rule.secret_group)?.range()
+    };
+    if gitleaks {
+        // Gitleaks trims newlines off the match.
+        while span.start < span.end && haystack[span.start] == b'\n' {
+            span.start += 1;
+        }
+        while span.end > span.start && haystack[span.end - 1] == b'\n' {
+            span.end -= 1;
+        }
+    }
     let secret = std::str::from_utf8(&haystack[span.clone()]).ok()?;
-    if secret.is_empty() || is_allowlisted(rule, source, haystack, secret, c.start..c.end) {
+    if secret.is_empty() {
         return None;
     }
-    if rule
-        .min_entropy
-        .is_some_and(|min| validate::shannon_entropy(secret.as_bytes()) < min)
-    {
-        return None;
+    if !rule.allowlists.is_empty() {
+        let candidate = allowlist::Candidate {
+            source,
+            commit,
+            secret,
+            matched: &haystack[c.start..c.end],
+            line,
+        };
+        if rule.allowlists.iter().any(|a| a.allows(&candidate)) {
+            return None;
+        }
+    }
+    if let Some(min) = rule.min_entropy {
+        let entropy = validate::shannon_entropy(secret.as_bytes());
+        // Gitleaks wants the entropy above its threshold; Spillway's rules at least at it.
+        if entropy < min || (gitleaks && entropy <= min) {
+            return None;
+        }
     }
     if let Some(ctx) = &rule.context {
         let near =
@@ -492,35 +618,34 @@ fn confirm<'r>(
     ))
 }
 
-fn is_allowlisted(
-    rule: &Rule,
-    source: &str,
-    haystack: &[u8],
-    secret: &str,
-    m: Range<usize>,
-) -> bool {
-    let list = &rule.allowlist;
-    if list.is_empty() {
-        return false;
-    }
-    let lower = secret.to_ascii_lowercase();
-    if list.stopwords.iter().any(|w| lower.contains(w.as_str())) {
-        return true;
-    }
-    if list.paths.iter().any(|p| p.is_match(source)) {
-        return true;
-    }
-    let target = match list.target {
-        AllowTarget::Secret => secret.as_bytes(),
-        AllowTarget::Match => &haystack[m],
-        AllowTarget::Line => {
-            let start = memchr::memrchr(b'\n', &haystack[..m.start]).map_or(0, |i| i + 1);
-            let end =
-                memchr::memchr(b'\n', &haystack[m.end..]).map_or(haystack.len(), |i| m.end + i);
-            &haystack[start..end]
-        }
-    };
-    list.regexes.iter().any(|r| r.is_match(target))
+/// The line(s) holding `m`, without their line ends.
+fn line_around(haystack: &[u8], m: Range<usize>) -> &[u8] {
+    let start = memchr::memrchr(b'\n', &haystack[..m.start]).map_or(0, |i| i + 1);
+    let end = memchr::memchr(b'\n', &haystack[m.end..]).map_or(haystack.len(), |i| m.end + i);
+    &haystack[start..end]
+}
+
+/// Gitleaks' filter: a generic rule's finding is dropped when a specific rule's finding on the same
+/// line holds its secret (the specific rule names the token better).
+fn drop_generic_inside_specific(found: &mut Vec<Finding<'_>>) {
+    let dropped: Vec<bool> = found
+        .iter()
+        .map(|f| {
+            f.rule.dialect == Dialect::Gitleaks
+                && is_generic(f.rule)
+                && found.iter().any(|g| {
+                    !is_generic(g.rule)
+                        && g.line == f.line
+                        && g.rule.id != f.rule.id
+                        && g.secret().expose().contains(f.secret().expose())
+                })
+        })
+        .collect();
+    let mut i = 0;
+    found.retain(|_| {
+        i += 1;
+        !dropped[i - 1]
+    });
 }
 
 /// Turns increasing byte offsets into 1-based (line, column) without rescanning from the start.

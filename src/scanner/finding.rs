@@ -141,6 +141,15 @@ impl<'r> Finding<'r> {
         }
     }
 
+    /// The offset its line and column describe: the secret's first byte, or for a rule imported from
+    /// Gitleaks the match's, as Gitleaks reports it.
+    pub fn located_at(&self) -> usize {
+        match self.rule.dialect {
+            super::rule::Dialect::Spillway => self.span.start,
+            super::rule::Dialect::Gitleaks => self.match_span.start,
+        }
+    }
+
     /// The raw secret (see [`TokenSecret::expose`]).
     pub fn secret(&self) -> &TokenSecret {
         &self.secret

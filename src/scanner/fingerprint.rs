@@ -21,6 +21,7 @@
 //! detail: were it to change, the search would stay exact and only get slower, which the engine
 //! benchmark shows.
 
+use std::collections::HashMap;
 use std::sync::LazyLock;
 
 use memchr::memmem;
@@ -36,6 +37,8 @@ pub(super) type Fingerprint = (Trigram, Vec<(usize, usize)>);
 
 /// Most fingerprints per Teddy searcher: above 32 patterns aho-corasick picks fat Teddy on AVX2.
 pub(super) const MAX_GROUP: usize = 32;
+/// Above this many fingerprints the layout search is cut short (see [`pack`]).
+const LARGE_LAYOUT: usize = 4 * MAX_GROUP;
 /// Buckets of slim Teddy (and of every Teddy without AVX2).
 const BUCKETS: usize = 8;
 /// One more pass over the input costs about as much as this many bucket candidates per MB
@@ -78,6 +81,19 @@ pub(super) fn frequency(t: Trigram) -> u32 {
 /// in real code low, e.g. `_v1` for `dop_v1_`, `doo_v1_` and `dor_v1_`, not the common `dop`, `doo`,
 /// `dor`. Returns (fingerprint, [(keyword, offset)]) sorted by fingerprint.
 pub(super) fn choose(keywords: &[&[u8]]) -> Vec<Fingerprint> {
+    // Which keywords hold each sequence, found once (a rescan per round was quadratic in keywords).
+    let mut holders: HashMap<Trigram, Vec<usize>> = HashMap::new();
+    for (k, keyword) in keywords.iter().enumerate() {
+        for w in keyword.windows(MIN_KEYWORD_LEN) {
+            let list = holders
+                .entry(w.try_into().expect("windows of three"))
+                .or_default();
+            if list.last() != Some(&k) {
+                list.push(k);
+            }
+        }
+    }
+    let mut covered = vec![false; keywords.len()];
     let mut uncovered: Vec<usize> = (0..keywords.len()).collect();
     let mut chosen: Vec<Fingerprint> = Vec::new();
     while !uncovered.is_empty() {
@@ -85,10 +101,7 @@ pub(super) fn choose(keywords: &[&[u8]]) -> Vec<Fingerprint> {
         for &k in &uncovered {
             for w in keywords[k].windows(MIN_KEYWORD_LEN) {
                 let t: Trigram = w.try_into().expect("windows of three");
-                let covers = uncovered
-                    .iter()
-                    .filter(|&&u| memmem::find(keywords[u], &t).is_some())
-                    .count();
+                let covers = holders[&t].iter().filter(|&&u| !covered[u]).count();
                 let cost = u64::from(frequency(t)) + FINGERPRINT_COST_PER_MB;
                 // Compare cost/covers without division: a/b < c/d <=> a*d < c*b.
                 let better =
@@ -103,6 +116,7 @@ pub(super) fn choose(keywords: &[&[u8]]) -> Vec<Fingerprint> {
         uncovered.retain(|&u| match memmem::find(keywords[u], &t) {
             Some(offset) => {
                 members.push((u, offset));
+                covered[u] = true;
                 false
             }
             None => true,
@@ -259,9 +273,18 @@ fn pack(fingerprints: &[Trigram], own: &[u64], groups: usize) -> Layout {
         .iter()
         .map(|&(_, cap)| rest.by_ref().take(cap).collect())
         .collect();
-    let buckets = [by_order, greedy_fill(own, &capacities, &cost_of)]
+    // Beyond a few searchers the greedy start and repeated sweeps cost more at start-up (a second
+    // for Gitleaks' 267 fingerprints) than they can save in a scan: sorted order, one sweep.
+    let large = n > LARGE_LAYOUT;
+    let starts = if large {
+        vec![by_order]
+    } else {
+        vec![by_order, greedy_fill(own, &capacities, &cost_of)]
+    };
+    let sweeps = if large { 1 } else { usize::MAX };
+    let buckets = starts
         .into_iter()
-        .map(|start| improve(start, own, &cost_of))
+        .map(|start| improve(start, own, &cost_of, sweeps))
         .min_by_key(|(_, cost)| *cost)
         .map(|(buckets, _)| buckets)
         .expect("two starts");
@@ -350,11 +373,14 @@ fn improve(
     mut buckets: Vec<Vec<usize>>,
     own: &[u64],
     cost_of: &impl Fn(&[usize]) -> u64,
+    max_sweeps: usize,
 ) -> (Vec<Vec<usize>>, u64) {
     let mut costs: Vec<u64> = buckets.iter().map(|b| cost_of(b)).collect();
     let mut improved = true;
-    while improved {
+    let mut sweeps = 0;
+    while improved && sweeps < max_sweeps {
         improved = false;
+        sweeps += 1;
         for a in 0..buckets.len() {
             for b in a + 1..buckets.len() {
                 for i in 0..buckets[a].len() {

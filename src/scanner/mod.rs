@@ -4,11 +4,13 @@
 //! Everything else in Spillway feeds text through here. This module has no async, database, HTTP or
 //! CLI imports; callers pass byte buffers and receive [`Finding`]s through a [`Sink`].
 
+pub mod allowlist;
 pub mod decode;
 pub mod engine;
 pub mod finding;
 mod fingerprint;
 pub mod gitleaks;
+mod literals;
 pub mod rule;
 mod trigram_freq;
 pub mod validate;

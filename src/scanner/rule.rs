@@ -4,11 +4,13 @@
 //! Owns loading and checking rule files. It does not scan: the engine decides how rules run together.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use regex_automata::meta;
 use regex_syntax::hir::literal::{ExtractKind, Extractor};
 use serde::Deserialize;
 
+use super::allowlist::Allowlist;
 use super::validate::{JwtSpec, Validator};
 
 include!(concat!(env!("OUT_DIR"), "/default_rules.rs"));
@@ -17,6 +19,11 @@ include!(concat!(env!("OUT_DIR"), "/default_rules.rs"));
 pub const DEFAULT_WINDOW: usize = 256;
 /// Largest window derived from a bounded regex's longest match; larger needs an explicit `window`.
 const MAX_AUTO_WINDOW: usize = 16 << 10;
+/// Most memory one rule's lazy DFA may take per thread before it starts over. regex's 2 MB default
+/// kept Gitleaks' generic rules (bounded repeats under `(?i)`) rebuilding states: 8 MB scanned the
+/// corpus with Gitleaks' config in 1.1-1.3 s instead of 2.0 s; peak RSS stayed near 100 MB. It is a
+/// ceiling, reached only by regexes that need it.
+const HYBRID_CACHE: usize = 8 << 20;
 /// Keywords are found by their first this-many bytes (the prefilter's fingerprint), so none may be
 /// shorter.
 pub const MIN_KEYWORD_LEN: usize = 3;
@@ -83,8 +90,26 @@ pub struct RawRule {
     /// Imported rules only: which capture group holds the secret (default: the only one).
     #[serde(skip)]
     pub secret_group: Option<usize>,
+    /// Imported rules only: matches not to report.
     #[serde(skip)]
-    pub allowlist: Allowlist,
+    pub allowlists: Vec<Arc<Allowlist>>,
+    /// Imported rules only: the rule applies only to sources (paths) this regex matches.
+    #[serde(skip)]
+    pub path: Option<String>,
+    #[serde(skip)]
+    pub dialect: Dialect,
+}
+
+/// Whose semantics a rule follows where Spillway and Gitleaks differ.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Dialect {
+    #[default]
+    Spillway,
+    /// Imported from a Gitleaks file, judged as Gitleaks 8.30 does: keywords shorter than three bytes
+    /// are grown from the regex, with no `secretGroup` the first non-empty group is the secret, the
+    /// entropy must exceed (not reach) the threshold, a `gitleaks:allow` on the line silences it, and
+    /// a generic rule's finding inside another rule's secret on the same line is dropped.
+    Gitleaks,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -94,32 +119,6 @@ pub struct RawContext {
     pub within: usize,
 }
 
-/// Matches to ignore (from imported Gitleaks rules).
-#[derive(Debug, Clone, Default)]
-pub struct Allowlist {
-    /// Regexes tested against [`AllowTarget`].
-    pub regexes: Vec<meta::Regex>,
-    pub target: AllowTarget,
-    /// Case-insensitive substrings of the secret.
-    pub stopwords: Vec<String>,
-    /// Regexes over the source label (a path).
-    pub paths: Vec<meta::Regex>,
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum AllowTarget {
-    #[default]
-    Secret,
-    Match,
-    Line,
-}
-
-impl Allowlist {
-    pub fn is_empty(&self) -> bool {
-        self.regexes.is_empty() && self.stopwords.is_empty() && self.paths.is_empty()
-    }
-}
-
 /// How the engine runs a rule.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pass {
@@ -127,6 +126,8 @@ pub enum Pass {
     Keyword,
     /// No keywords at all (imported rules only): a separate whole-buffer pass.
     Unanchored,
+    /// No regex: a finding on every source whose path matches (Gitleaks path-only rules).
+    Path,
 }
 
 /// A keyword that must appear near a match.
@@ -146,6 +147,7 @@ pub struct Rule {
     pub description: String,
     pub pattern: String,
     pub(crate) regex: meta::Regex,
+    /// The capture group holding the secret; 0: the first group that matched something.
     pub(crate) secret_group: usize,
     pub keywords: Vec<String>,
     pub validators: Vec<Validator>,
@@ -156,7 +158,10 @@ pub struct Rule {
     pub(crate) follows: Option<meta::Regex>,
     pub context: Option<Context>,
     pub jwt: JwtSpec,
-    pub allowlist: Allowlist,
+    pub allowlists: Vec<Arc<Allowlist>>,
+    /// Applies only to sources (paths) this matches.
+    pub path: Option<meta::Regex>,
+    pub dialect: Dialect,
     pub pass: Pass,
     /// Length of the shortest literal every match starts with (0 if none); shown in previews.
     pub prefix_len: usize,
@@ -199,22 +204,43 @@ impl RawRule {
         if self.token_type.trim().is_empty() {
             return Err(invalid("token_type is empty".into()));
         }
-        if let Some(k) = self
-            .keywords
-            .iter()
-            .find(|k| k.len() < MIN_KEYWORD_LEN || !k.is_ascii())
-        {
-            return Err(invalid(format!(
-                "keyword {k:?} must be ASCII and at least {MIN_KEYWORD_LEN} bytes"
-            )));
-        }
         let hir = regex_syntax::ParserBuilder::new()
             .build()
             .parse(&self.regex)
             .map_err(|e| invalid(format!("regex does not parse: {e}")))?;
+        let mut keywords = Vec::with_capacity(self.keywords.len());
+        for k in &self.keywords {
+            if !k.is_ascii() || k.is_empty() {
+                return Err(invalid(format!(
+                    "keyword {k:?} must be ASCII and not empty"
+                )));
+            }
+            if k.len() >= MIN_KEYWORD_LEN {
+                keywords.push(k.clone());
+                continue;
+            }
+            // Gitleaks accepts any keyword; a short one is grown from where the regex spells it.
+            let grown = (self.dialect == Dialect::Gitleaks)
+                .then(|| super::literals::extend_short_keyword(&hir, k, MIN_KEYWORD_LEN))
+                .flatten()
+                .ok_or_else(|| {
+                    invalid(format!(
+                        "keyword {k:?} is shorter than {MIN_KEYWORD_LEN} bytes{}",
+                        if self.dialect == Dialect::Gitleaks {
+                            " and the regex has no fixed bytes next to it to lengthen it with"
+                        } else {
+                            ""
+                        }
+                    ))
+                })?;
+            keywords.extend(grown);
+        }
+        keywords.sort();
+        keywords.dedup();
         let groups = hir.properties().explicit_captures_len();
         let secret_group = match self.secret_group {
             Some(g) if g <= groups => g,
+            None if self.dialect == Dialect::Gitleaks => 0,
             Some(g) => {
                 return Err(invalid(format!(
                     "secretGroup {g} but the regex has {groups} groups"
@@ -227,16 +253,33 @@ impl RawRule {
                 )));
             }
         };
-        let regex = meta::Regex::new(&self.regex)
+        let regex = meta::Builder::new()
+            .configure(meta::Config::new().hybrid_cache_capacity(HYBRID_CACHE))
+            .build(&self.regex)
             .map_err(|e| invalid(format!("regex does not compile: {e}")))?;
-        let follows = self
+        // An imported rule names only keywords: where its regex puts them bounds the search around a
+        // hit, and what must follow one is checked first.
+        let anchor = (self.dialect == Dialect::Gitleaks && self.follows.is_none())
+            .then(|| super::literals::keyword_anchor(&hir, &keywords))
+            .flatten();
+        let follows_text = self
             .follows
+            .clone()
+            .or_else(|| anchor.as_ref().and_then(|a| a.follows.clone()));
+        let follows = follows_text
             .as_deref()
             .map(|f| {
                 meta::Regex::new(f).map_err(|e| invalid(format!("follows does not compile: {e}")))
             })
             .transpose()?;
-        if follows.is_some() && self.keywords.is_empty() {
+        let path = self
+            .path
+            .as_deref()
+            .map(|p| {
+                meta::Regex::new(p).map_err(|e| invalid(format!("path does not compile: {e}")))
+            })
+            .transpose()?;
+        if follows.is_some() && keywords.is_empty() {
             return Err(invalid("follows needs keywords to follow".into()));
         }
         if self.validators.contains(&Validator::Jwt) != self.jwt.is_some() {
@@ -246,12 +289,25 @@ impl RawRule {
         }
         let prefix_len = literal_prefix_len(&hir);
         // A bounded regex gets a window that fits its longest match.
+        // Gitleaks runs a rule over the whole file once a keyword is in it: an unbounded imported
+        // regex gets the largest window.
+        let unbounded = match self.dialect {
+            Dialect::Spillway => DEFAULT_WINDOW,
+            Dialect::Gitleaks => MAX_AUTO_WINDOW,
+        };
         let window = self.window.unwrap_or_else(|| {
             hir.properties()
                 .maximum_len()
-                .map_or(DEFAULT_WINDOW, |m| m.clamp(DEFAULT_WINDOW, MAX_AUTO_WINDOW))
+                .map_or(unbounded, |m| m.clamp(DEFAULT_WINDOW, MAX_AUTO_WINDOW))
         });
-        let pass = if self.keywords.is_empty() {
+        let (window, window_before) = match &anchor {
+            Some(a) => (
+                a.after.map_or(window, |m| m.min(MAX_AUTO_WINDOW)),
+                a.before.map_or(window, |m| m.min(MAX_AUTO_WINDOW)),
+            ),
+            None => (window, self.window_before.unwrap_or(window)),
+        };
+        let pass = if keywords.is_empty() {
             Pass::Unanchored
         } else {
             Pass::Keyword
@@ -268,15 +324,17 @@ impl RawRule {
             pattern: self.regex,
             regex,
             secret_group,
-            keywords: self.keywords,
+            keywords,
             validators: self.validators,
             min_entropy: self.min_entropy,
             window,
-            window_before: self.window_before.unwrap_or(window),
+            window_before,
             follows,
             context,
             jwt: self.jwt.unwrap_or_default(),
-            allowlist: self.allowlist,
+            allowlists: self.allowlists,
+            path,
+            dialect: self.dialect,
             pass,
             prefix_len,
             examples: self.examples,
@@ -390,7 +448,9 @@ mod tests {
             examples: vec![],
             negative_examples: vec![],
             secret_group: None,
-            allowlist: Allowlist::default(),
+            allowlists: vec![],
+            path: None,
+            dialect: Dialect::Spillway,
         }
     }
 
@@ -408,7 +468,7 @@ mod tests {
             .compile("f")
             .unwrap_err()
             .to_string();
-        assert!(err.contains("at least 3 bytes"), "{err}");
+        assert!(err.contains("shorter than 3 bytes"), "{err}");
     }
 
     #[test]

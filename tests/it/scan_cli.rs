@@ -613,3 +613,169 @@ fn a_decompression_bomb_is_skipped_with_a_note() {
     assert_eq!(found.len(), 1);
     assert_eq!(found[0]["path"], "./bomb.zip!ok.txt");
 }
+
+/// (rule id, path, line) of every finding in a JSON report.
+pub(crate) fn located(out: &Output) -> Vec<(String, String, u64)> {
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut found: Vec<(String, String, u64)> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            (
+                f["rule_id"].as_str().unwrap().to_owned(),
+                f["path"]
+                    .as_str()
+                    .unwrap()
+                    .trim_start_matches("./")
+                    .to_owned(),
+                f["line"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    found.sort();
+    found
+}
+
+/// Files that exercise Gitleaks' default config where it differs from a plain regex scan: short
+/// keywords (`ey`, `sk`), a path-only rule (`*.p12`), the global allowlist's paths
+/// (`node_modules`), `gitleaks:allow`, a generic finding giving way to a specific one on its line.
+/// What Gitleaks 8.30.1 itself reports on them is [`GITLEAKS_FIXTURE_FINDINGS`] (the conformance
+/// tests run Gitleaks on the same files).
+pub(crate) fn write_gitleaks_fixture(dir: &Path) {
+    let pat = "ghp_Zq8W7e6R5t4Y3u2I1o0PaSdFgHjKlMnBvCxZ";
+    let jwt = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIiwibmFtZSI6IkpvaG4ifQ.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U";
+    write(
+        dir,
+        "src/app.py",
+        &format!(
+            "import os\n\
+             github = \"{pat}\"\n\
+             ignored = \"ghp_Aq8W7e6R5t4Y3u2I1o0PaSdFgHjKlMnBvCxQ\"  # gitleaks:allow\n\
+             session = \"{jwt}\"\n\
+             twilio = \"SK0123456789abcdef0123456789abcdef\"\n\
+             api_key = \"{pat}\"\n\
+             db_password = \"Kq9dLx2mZ7vB4nR8\"\n"
+        ),
+    );
+    write(
+        dir,
+        "node_modules/dep/index.js",
+        &format!("t = \"{pat}\"\n"),
+    );
+    std::fs::create_dir_all(dir.join("certs")).unwrap();
+    std::fs::write(
+        dir.join("certs/client.p12"),
+        [0x30u8, 0x82, 0x0a, 0x01, 0, 7],
+    )
+    .unwrap();
+}
+
+/// (Gitleaks rule id, path, line) of what Gitleaks 8.30.1 reports on [`write_gitleaks_fixture`].
+pub(crate) const GITLEAKS_FIXTURE_FINDINGS: [(&str, &str, u64); 6] = [
+    ("pkcs12-file", "certs/client.p12", 0),
+    ("github-pat", "src/app.py", 2),
+    ("jwt", "src/app.py", 4),
+    ("twilio-api-key", "src/app.py", 5),
+    // `api_key = "ghp_…"`: the generic match gives way to github-pat.
+    ("github-pat", "src/app.py", 6),
+    ("generic-api-key", "src/app.py", 7),
+];
+
+/// `spillway scan --rules gitleaks` (Gitleaks' own default config, vendored in patterns/gitleaks)
+/// on the fixture, then the same config through `[extend] useDefault` with disabled rules and a
+/// rule of the team's own.
+#[test]
+fn gitleaks_default_config_runs_as_gitleaks_runs_it() {
+    let dir = tempfile::tempdir().unwrap();
+    write_gitleaks_fixture(dir.path());
+    let out = spillway(
+        &[
+            "scan",
+            "--no-default-rules",
+            "--rules",
+            "gitleaks",
+            "--format",
+            "json",
+            ".",
+        ],
+        dir.path(),
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let expect = |items: &[(&str, &str, u64)]| -> Vec<(String, String, u64)> {
+        let mut v: Vec<_> = items
+            .iter()
+            .map(|(r, p, l)| (format!("gitleaks.{r}"), p.to_string(), *l))
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(located(&out), expect(&GITLEAKS_FIXTURE_FINDINGS));
+
+    write(
+        dir.path(),
+        "team.toml",
+        r#"
+title = "team"
+[extend]
+useDefault = true
+disabledRules = ["github-pat", "generic-api-key"]
+
+[[rules]]
+id = "myco-key"
+regex = '''\b(myco_[a-z0-9]{16})\b'''
+keywords = ["myco_"]
+"#,
+    );
+    write(dir.path(), "src/more.txt", "k = myco_q8w7e6r5t4y3u2i1\n");
+    let out = spillway(
+        &[
+            "scan",
+            "--no-default-rules",
+            "--rules",
+            "team.toml",
+            "--format",
+            "json",
+            "src",
+        ],
+        dir.path(),
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert_eq!(
+        located(&out),
+        expect(&[
+            ("jwt", "src/app.py", 4),
+            ("twilio-api-key", "src/app.py", 5),
+            ("myco-key", "src/more.txt", 1),
+        ])
+    );
+}
+
+#[test]
+fn a_gitleaks_file_spillway_cannot_honour_is_refused_by_rule_and_field() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "a.txt", "nothing\n");
+    for (text, expected) in [
+        (
+            "[[rules]]\nid = \"x\"\nregex = \"x\"\nkeyword = [\"abc\"]\n",
+            "unknown field `keyword`",
+        ),
+        (
+            "[[rules]]\nid = \"combo\"\nregex = \"x\"\n[[rules.required]]\nid = \"y\"\n",
+            "rule `gitleaks.combo`: [[rules.required]] (composite rules) is not supported",
+        ),
+        (
+            "[[rules]]\nid = \"x\"\nregex = \"x\"\n[[allowlists]]\ntargetRules = [\"nope\"]\nstopwords = [\"s\"]\n",
+            "targetRules names \"nope\"",
+        ),
+    ] {
+        write(dir.path(), "bad.toml", text);
+        let out = spillway(
+            &["scan", "--no-default-rules", "--rules", "bad.toml", "a.txt"],
+            dir.path(),
+        );
+        assert_eq!(out.status.code(), Some(2));
+        let err = stderr(&out);
+        assert!(err.contains("bad.toml") && err.contains(expected), "{err}");
+    }
+}

@@ -226,6 +226,7 @@ impl<'r> Scanner<'r> {
         walk: &mut Walk<'_>,
         sink: &mut impl TreeSink<'r>,
     ) {
+        self.scan_path(path, &mut |f: Finding<'r>| sink.finding(path, data, f));
         let kind = kind(data);
         if kind == Kind::Text {
             sink.scanned(data.len());

@@ -180,7 +180,7 @@ impl<'r> Scanner<'r> {
         kept.sort_by_key(|f| (f.span.start, f.span.end));
         let mut lines = LineCounter::default();
         for mut f in kept {
-            (f.line, f.column) = lines.position(haystack, f.span.start);
+            (f.line, f.column) = lines.position(haystack, f.located_at());
             sink.finding(f);
         }
     }
