@@ -3,13 +3,14 @@
 //! The corpus is real source already on the machine: `SPILLWAY_BENCH_CORPUS` (a directory, e.g. the
 //! one `bench/make-corpus` builds), else the cargo registry's crate sources, read up to
 //! `SPILLWAY_BENCH_MB` (default 64) MiB into memory, one buffer per file. Single-threaded: this is the
-//! per-core figure. Three rule sets show that weak-prefix and generic keyword rules do not slow the
-//! strong-prefix pass.
+//! per-core figure. The rule sets show that weak-prefix and generic keyword rules do not slow the
+//! strong-prefix pass, and what Gitleaks' default config and a thousand rules cost.
 
 use std::path::{Path, PathBuf};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use spillway::scanner::rule::{RawRuleFile, default_rules};
+use spillway::scanner::gitleaks::default_config_rules;
+use spillway::scanner::rule::{RawRule, RawRuleFile, Rule, default_rules, load_rules_dir};
 use spillway::scanner::{Finding, RuleSet, ScanOptions};
 
 fn collect(dir: &Path, budget: &mut usize, out: &mut Vec<Vec<u8>>) {
@@ -64,6 +65,56 @@ keywords = ["key", "secret", "token", "passw"]
 min_entropy = 4.0
 "#;
 
+/// A thousand rules: the default and extended sets, and rules for made-up token formats built from
+/// the real prefixes of those rules and of Gitleaks' config (`ghp_` -> `ghp_live_`, `xoxb-` ->
+/// `xoxb-v2_`, ...): as many distinct prefixes as a large real rule set has, of real shape.
+fn thousand_rules(mut rules: Vec<Rule>, more_prefixes: &[Rule]) -> Vec<Rule> {
+    let mut prefixes: Vec<String> = rules
+        .iter()
+        .chain(more_prefixes)
+        .flat_map(|r| r.keywords.iter())
+        .filter(|k| {
+            k.len() >= 4
+                && k.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        })
+        .map(|k| k.to_ascii_lowercase())
+        .collect();
+    prefixes.sort();
+    prefixes.dedup();
+    let suffixes = [
+        "live_", "test_", "v2_", "pat_", "sk_", "org_", "svc_", "app_",
+    ];
+    let mut n = 0;
+    'fill: for suffix in suffixes {
+        for p in &prefixes {
+            if rules.len() >= 1000 {
+                break 'fill;
+            }
+            let prefix = format!("{p}{suffix}");
+            let raw = RawRule {
+                regex: format!(
+                    r"(?-u:\b)({}[A-Za-z0-9]{{32}})(?-u:\b)",
+                    regex_syntax::escape(&prefix)
+                ),
+                keywords: vec![prefix],
+                ..synthetic_template(n)
+            };
+            rules.push(raw.compile("synthetic").unwrap());
+            n += 1;
+        }
+    }
+    rules
+}
+
+fn synthetic_template(n: usize) -> RawRule {
+    let text = format!(
+        "[[rules]]\nid = \"synthetic.r{n}\"\nname = \"synthetic {n}\"\ntoken_type = \"synthetic_{n}\"\nregex = \"(x)\"\n"
+    );
+    let mut raw: RawRuleFile = toml::from_str(&text).unwrap();
+    raw.rules.remove(0)
+}
+
 fn bench(c: &mut Criterion) {
     let files = corpus();
     let bytes: usize = files.iter().map(Vec::len).sum();
@@ -72,10 +123,17 @@ fn bench(c: &mut Criterion) {
     let mut with_generic = full.clone();
     let raw: RawRuleFile = toml::from_str(GENERIC).unwrap();
     with_generic.extend(raw.rules.into_iter().map(|r| r.compile("bench").unwrap()));
+    let gitleaks = default_config_rules().expect("Gitleaks' default config");
+    let mut everything = full.clone();
+    everything.extend(load_rules_dir(Path::new("patterns/extended")).expect("extended rules"));
+    let thousand = thousand_rules(everything, &gitleaks);
+    assert_eq!(thousand.len(), 1000);
     let sets = [
         ("prefix-rules-only", strong),
         ("default", full),
         ("default+generic", with_generic),
+        ("gitleaks-default-config", gitleaks),
+        ("thousand-rules", thousand),
     ];
 
     let mut group = c.benchmark_group("engine");
@@ -84,6 +142,11 @@ fn bench(c: &mut Criterion) {
     for (name, rules) in sets {
         let set = RuleSet::new(rules, ScanOptions::default()).unwrap();
         let mut scanner = set.scanner();
+        let name = if how.is_empty() {
+            name.to_owned()
+        } else {
+            format!("{name}/{how}")
+        };
         group.bench_function(name, |b| {
             b.iter(|| {
                 let mut n = 0usize;
