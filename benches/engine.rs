@@ -142,11 +142,6 @@ fn bench(c: &mut Criterion) {
     for (name, rules) in sets {
         let set = RuleSet::new(rules, ScanOptions::default()).unwrap();
         let mut scanner = set.scanner();
-        let name = if how.is_empty() {
-            name.to_owned()
-        } else {
-            format!("{name}/{how}")
-        };
         group.bench_function(name, |b| {
             b.iter(|| {
                 let mut n = 0usize;

@@ -28,8 +28,8 @@ pub struct ScanArgs {
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
-    /// Extra rule files or directories (Spillway or Gitleaks TOML; `gitleaks` alone: Gitleaks' own
-    /// default config, built in). Repeatable.
+    /// Extra rule files or directories (Spillway or Gitleaks TOML; `builtin:gitleaks`: Gitleaks'
+    /// own default config). Repeatable.
     #[arg(long = "rules", value_name = "DIR")]
     pub rules: Vec<PathBuf>,
     /// Use only the rules given with --rules.
@@ -186,7 +186,7 @@ pub fn rule_set(
         rule::default_rules()?
     };
     for path in extra {
-        let more = if path.as_os_str() == "gitleaks" && !path.exists() {
+        let more = if path.as_os_str() == "builtin:gitleaks" {
             crate::scanner::gitleaks::default_config_rules()?
         } else if path.is_dir() {
             rule::load_rules_dir(path)?

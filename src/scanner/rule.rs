@@ -19,6 +19,11 @@ include!(concat!(env!("OUT_DIR"), "/default_rules.rs"));
 pub const DEFAULT_WINDOW: usize = 256;
 /// Largest window derived from a bounded regex's longest match; larger needs an explicit `window`.
 const MAX_AUTO_WINDOW: usize = 16 << 10;
+/// How far past a keyword an imported rule whose regex puts its keyword at a fixed place, with no
+/// bound after it, is searched: Gitleaks' generic rule ends in an unbounded base64 run, and 16 KB
+/// after every `key = ` cost (docs/BENCHMARKS.md). A secret longer than this after its keyword is
+/// not found; none is on the benchmark corpus.
+const ANCHORED_UNBOUNDED_AFTER: usize = 1 << 10;
 /// Most memory one rule's lazy DFA may take per thread before it starts over. regex's 2 MB default
 /// kept Gitleaks' generic rules (bounded repeats under `(?i)`) rebuilding states: 8 MB scanned the
 /// corpus with Gitleaks' config in 1.1-1.3 s instead of 2.0 s; peak RSS stayed near 100 MB. It is a
@@ -204,7 +209,13 @@ impl RawRule {
         if self.token_type.trim().is_empty() {
             return Err(invalid("token_type is empty".into()));
         }
+        // Gitleaks rules match bytes with ASCII case folding: Unicode `(?i)` would add the Kelvin sign
+        // and the long s to every `k` and `s` class, and with them multi-byte states that made
+        // generic-api-key's lazy DFA rebuild states all through a scan.
+        let bytes = self.dialect == Dialect::Gitleaks;
         let hir = regex_syntax::ParserBuilder::new()
+            .unicode(!bytes)
+            .utf8(!bytes)
             .build()
             .parse(&self.regex)
             .map_err(|e| invalid(format!("regex does not parse: {e}")))?;
@@ -253,8 +264,17 @@ impl RawRule {
                 )));
             }
         };
-        let regex = meta::Builder::new()
-            .configure(meta::Config::new().hybrid_cache_capacity(HYBRID_CACHE))
+        let builder = || {
+            let mut b = meta::Builder::new();
+            b.configure(meta::Config::new().hybrid_cache_capacity(HYBRID_CACHE))
+                .syntax(
+                    regex_automata::util::syntax::Config::new()
+                        .unicode(!bytes)
+                        .utf8(!bytes),
+                );
+            b
+        };
+        let regex = builder()
             .build(&self.regex)
             .map_err(|e| invalid(format!("regex does not compile: {e}")))?;
         // An imported rule names only keywords: where its regex puts them bounds the search around a
@@ -269,7 +289,9 @@ impl RawRule {
         let follows = follows_text
             .as_deref()
             .map(|f| {
-                meta::Regex::new(f).map_err(|e| invalid(format!("follows does not compile: {e}")))
+                builder()
+                    .build(f)
+                    .map_err(|e| invalid(format!("follows does not compile: {e}")))
             })
             .transpose()?;
         let path = self
@@ -302,7 +324,8 @@ impl RawRule {
         });
         let (window, window_before) = match &anchor {
             Some(a) => (
-                a.after.map_or(window, |m| m.min(MAX_AUTO_WINDOW)),
+                a.after
+                    .map_or(ANCHORED_UNBOUNDED_AFTER, |m| m.min(MAX_AUTO_WINDOW)),
                 a.before.map_or(window, |m| m.min(MAX_AUTO_WINDOW)),
             ),
             None => (window, self.window_before.unwrap_or(window)),

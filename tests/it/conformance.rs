@@ -391,7 +391,7 @@ fn gitleaks_itself_reports_what_spillway_reports_with_its_config() {
             "scan",
             "--no-default-rules",
             "--rules",
-            "gitleaks",
+            "builtin:gitleaks",
             "--format",
             "json",
             ".",

@@ -682,7 +682,7 @@ pub(crate) const GITLEAKS_FIXTURE_FINDINGS: [(&str, &str, u64); 6] = [
     ("generic-api-key", "src/app.py", 7),
 ];
 
-/// `spillway scan --rules gitleaks` (Gitleaks' own default config, vendored in patterns/gitleaks)
+/// `spillway scan --rules builtin:gitleaks` (Gitleaks' own default config, vendored in patterns/gitleaks)
 /// on the fixture, then the same config through `[extend] useDefault` with disabled rules and a
 /// rule of the team's own.
 #[test]
@@ -694,7 +694,7 @@ fn gitleaks_default_config_runs_as_gitleaks_runs_it() {
             "scan",
             "--no-default-rules",
             "--rules",
-            "gitleaks",
+            "builtin:gitleaks",
             "--format",
             "json",
             ".",

@@ -21,7 +21,7 @@ use super::allowlist::{AllowTarget, Allowlist, Condition};
 use super::rule::{Dialect, Pass, RawRule, Rule, RuleError};
 
 /// Gitleaks' own default configuration (v8.30.1, MIT licence in `patterns/gitleaks/LICENSE`): what
-/// `[extend] useDefault = true` extends, and `--rules gitleaks` loads.
+/// `[extend] useDefault = true` extends, and `--rules builtin:gitleaks` loads.
 pub const DEFAULT_CONFIG: &str = include_str!("../../../patterns/gitleaks/gitleaks.toml");
 /// The name `DEFAULT_CONFIG` goes by in messages.
 pub const DEFAULT_CONFIG_NAME: &str = "gitleaks-default.toml";
