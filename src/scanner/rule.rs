@@ -66,7 +66,7 @@ pub struct RawRuleFile {
 }
 
 /// One rule as written, before compilation.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawRule {
     pub id: String,
@@ -458,22 +458,9 @@ mod tests {
             id: "t".into(),
             name: "t".into(),
             token_type: "t".into(),
-            description: String::new(),
             regex: regex.into(),
             keywords: keywords.iter().map(|s| s.to_string()).collect(),
-            validators: vec![],
-            min_entropy: None,
-            window: None,
-            window_before: None,
-            follows: None,
-            context: None,
-            jwt: None,
-            examples: vec![],
-            negative_examples: vec![],
-            secret_group: None,
-            allowlists: vec![],
-            path: None,
-            dialect: Dialect::Spillway,
+            ..RawRule::default()
         }
     }
 

@@ -386,19 +386,7 @@ fn gitleaks_itself_reports_what_spillway_reports_with_its_config() {
         })
         .collect();
     theirs.sort();
-    let ours = Command::new(env!("CARGO_BIN_EXE_spillway"))
-        .args([
-            "scan",
-            "--no-default-rules",
-            "--rules",
-            "builtin:gitleaks",
-            "--format",
-            "json",
-            ".",
-        ])
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
+    let ours = crate::scan_cli::scan_with_gitleaks_config(dir.path());
     assert_eq!(
         ours.status.code(),
         Some(1),

@@ -682,14 +682,9 @@ pub(crate) const GITLEAKS_FIXTURE_FINDINGS: [(&str, &str, u64); 6] = [
     ("generic-api-key", "src/app.py", 7),
 ];
 
-/// `spillway scan --rules builtin:gitleaks` (Gitleaks' own default config, vendored in patterns/gitleaks)
-/// on the fixture, then the same config through `[extend] useDefault` with disabled rules and a
-/// rule of the team's own.
-#[test]
-fn gitleaks_default_config_runs_as_gitleaks_runs_it() {
-    let dir = tempfile::tempdir().unwrap();
-    write_gitleaks_fixture(dir.path());
-    let out = spillway(
+/// `spillway scan --rules builtin:gitleaks --format json .` in `dir`.
+pub(crate) fn scan_with_gitleaks_config(dir: &Path) -> Output {
+    spillway(
         &[
             "scan",
             "--no-default-rules",
@@ -699,8 +694,18 @@ fn gitleaks_default_config_runs_as_gitleaks_runs_it() {
             "json",
             ".",
         ],
-        dir.path(),
-    );
+        dir,
+    )
+}
+
+/// `spillway scan --rules builtin:gitleaks` (Gitleaks' own default config, vendored in patterns/gitleaks)
+/// on the fixture, then the same config through `[extend] useDefault` with disabled rules and a
+/// rule of the team's own.
+#[test]
+fn gitleaks_default_config_runs_as_gitleaks_runs_it() {
+    let dir = tempfile::tempdir().unwrap();
+    write_gitleaks_fixture(dir.path());
+    let out = scan_with_gitleaks_config(dir.path());
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     let expect = |items: &[(&str, &str, u64)]| -> Vec<(String, String, u64)> {
         let mut v: Vec<_> = items

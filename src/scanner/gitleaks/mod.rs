@@ -471,19 +471,12 @@ fn compile(file: &str, merged: Merged) -> Result<Vec<Rule>, RuleError> {
                 description: g.description.clone(),
                 regex,
                 keywords: g.keywords.iter().map(|k| k.to_lowercase()).collect(),
-                validators: vec![],
                 min_entropy: (g.entropy != 0.0).then_some(g.entropy),
-                window: None,
-                window_before: None,
-                follows: None,
-                context: None,
-                jwt: None,
-                examples: vec![],
-                negative_examples: vec![],
                 secret_group: (g.secret_group != 0).then_some(g.secret_group),
                 allowlists,
                 path,
                 dialect: Dialect::Gitleaks,
+                ..RawRule::default()
             }
             .compile(file)?;
             if path_only {

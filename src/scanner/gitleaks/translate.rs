@@ -38,37 +38,15 @@ pub fn translate(go: &str) -> String {
                 i = (end + 2).min(chars.len());
                 continue;
             }
-            ('\\', None) => {
+            ('\\', _) => {
                 match chars.get(i + 1) {
-                    Some('w') => out.push_str(&format!("[{WORD}]")),
-                    Some('W') => out.push_str(&format!("[^{WORD}]")),
-                    Some('d') => out.push_str(&format!("[{DIGIT}]")),
-                    Some('D') => out.push_str(&format!("[^{DIGIT}]")),
-                    Some('s') => out.push_str(&format!("[{SPACE}]")),
-                    Some('S') => out.push_str(&format!("[^{SPACE}]")),
-                    Some('b') => out.push_str(r"(?-u:\b)"),
-                    Some('B') => out.push_str(r"(?-u:\B)"),
-                    Some(&other) => {
-                        out.push('\\');
-                        out.push(other);
-                    }
-                    None => out.push('\\'),
-                }
-                i += 2;
-                continue;
-            }
-            ('\\', Some(_)) => {
-                match chars.get(i + 1) {
-                    Some('w') => out.push_str(WORD),
-                    Some('d') => out.push_str(DIGIT),
-                    Some('s') => out.push_str(SPACE),
-                    Some('W') => out.push_str(&format!("[^{WORD}]")),
-                    Some('D') => out.push_str(&format!("[^{DIGIT}]")),
-                    Some('S') => out.push_str(&format!("[^{SPACE}]")),
-                    Some(&other) => {
-                        out.push('\\');
-                        out.push(other);
-                    }
+                    Some(&c) => match perl_class(c, class_items_from.is_some()) {
+                        Some(replacement) => out.push_str(&replacement),
+                        None => {
+                            out.push('\\');
+                            out.push(c);
+                        }
+                    },
                     None => out.push('\\'),
                 }
                 i += 2;
@@ -107,6 +85,22 @@ pub fn translate(go: &str) -> String {
         i += 1;
     }
     out
+}
+
+/// Go's ASCII meaning of `\c` for a Perl class or word boundary, inside a bracketed class or out.
+fn perl_class(c: char, in_class: bool) -> Option<String> {
+    let (set, negated) = match c {
+        'w' | 'W' => (WORD, c == 'W'),
+        'd' | 'D' => (DIGIT, c == 'D'),
+        's' | 'S' => (SPACE, c == 'S'),
+        'b' | 'B' if !in_class => return Some(format!(r"(?-u:\{c})")),
+        _ => return None,
+    };
+    Some(match (in_class, negated) {
+        (true, false) => set.to_owned(),
+        (_, true) => format!("[^{set}]"),
+        (false, false) => format!("[{set}]"),
+    })
 }
 
 fn push_class_literal(out: &mut String, c: char) {
