@@ -16,6 +16,14 @@ line 1 (`"zip"`, with `"member"` and `"line"`: the ground truth inside the archi
 """
 import base64, io, json, os, random, sys, tomllib, zipfile
 
+def default_rules(patterns):
+    """Every rule of the default rule files (patterns/*.toml), file by file in name order."""
+    for name in sorted(os.listdir(patterns)):
+        if name.endswith(".toml"):
+            with open(os.path.join(patterns, name), "rb") as f:
+                yield from tomllib.load(f).get("rules", [])
+
+
 def main():
     corpus, patterns, out = sys.argv[1:4]
     per_rule = int(sys.argv[sys.argv.index("--per-rule") + 1]) if "--per-rule" in sys.argv else 3
@@ -32,12 +40,7 @@ def main():
     truth = []
     # Each plant goes to a different file, so no plant lands inside another (a PEM block, say).
     targets = iter(rng.sample(files, len(files)))
-    for name in sorted(os.listdir(patterns)):
-        if not name.endswith(".toml"):
-            continue
-        with open(os.path.join(patterns, name), "rb") as f:
-            rules = tomllib.load(f).get("rules", [])
-        for rule in rules:
+    for rule in default_rules(patterns):
             for i, ex in enumerate(rule["examples"]):
                 for _ in range(per_rule):
                     target = next(targets)
@@ -55,12 +58,7 @@ def main():
                                   "example": ex})
     # Encoded plants.
     encoded = 0
-    for name in sorted(os.listdir(patterns)):
-        if not name.endswith(".toml"):
-            continue
-        with open(os.path.join(patterns, name), "rb") as f:
-            rules = tomllib.load(f).get("rules", [])
-        for rule in rules:
+    for rule in default_rules(patterns):
             ex = next((e for e in rule["examples"] if "\n" not in e), None)
             if ex is None:
                 continue

@@ -6,11 +6,12 @@
 //! are unauthenticated where their purpose is to be driven by a test. Bind them to loopback.
 //!
 //! [`process`] launches the real `spillway` binary for the integration tests and the end-to-end
-//! benches alike.
+//! benches alike; [`archives`] builds the zips, tarballs and gzip data the decoding tests scan.
 //!
 //! This module owns what the tools share: binding an address (port 0 works, so tests get free
 //! ports), serving until told to stop, and waiting for SIGINT/SIGTERM.
 
+pub mod archives;
 pub mod fake_github;
 pub mod process;
 pub mod reference_installation;

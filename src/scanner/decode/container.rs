@@ -380,9 +380,8 @@ fn decompressor(how: Compression, data: &[u8]) -> Box<dyn Read + '_> {
 
 #[cfg(test)]
 mod tests {
-    use std::io::Write as _;
-
     use super::*;
+    use crate::devtools::archives::{gzip, tar_of, zip_of};
     use crate::scanner::{DecodeStep, RuleSet, ScanOptions};
 
     fn token() -> String {
@@ -419,34 +418,6 @@ mod tests {
         let mut out = Collected::default();
         scanner.scan_tree(path, data, &options, &limits, &mut out);
         out
-    }
-
-    fn tar_of(files: &[(&str, &[u8])]) -> Vec<u8> {
-        let mut b = tar::Builder::new(Vec::new());
-        for (name, data) in files {
-            let mut h = tar::Header::new_gnu();
-            h.set_size(data.len() as u64);
-            h.set_mode(0o644);
-            h.set_cksum();
-            b.append_data(&mut h, name, *data).unwrap();
-        }
-        b.into_inner().unwrap()
-    }
-
-    fn gzip(data: &[u8]) -> Vec<u8> {
-        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-        gz.write_all(data).unwrap();
-        gz.finish().unwrap()
-    }
-
-    fn zip_of(files: &[(&str, &[u8])]) -> Vec<u8> {
-        let mut z = zip::ZipWriter::new(Cursor::new(Vec::new()));
-        for (name, data) in files {
-            z.start_file(*name, zip::write::SimpleFileOptions::default())
-                .unwrap();
-            z.write_all(data).unwrap();
-        }
-        z.finish().unwrap().into_inner()
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! missing PostgreSQL fails the run instead of passing silently.
 #![allow(dead_code)]
 
-pub mod archives;
+pub use spillway::devtools::archives;
 pub mod process;
 pub mod revocation;
 pub mod senders;

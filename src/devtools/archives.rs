@@ -1,5 +1,5 @@
-//! Archives and compressed data for the decoding tests, built with the same crates the scanner reads
-//! them with.
+//! Archives and compressed data for the decoding tests (the scanner's unit tests and the integration
+//! tests alike), built with the same crates the scanner reads them with.
 
 use std::io::Write as _;
 
