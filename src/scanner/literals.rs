@@ -176,15 +176,14 @@ const MAX_LITERALS: usize = 64;
 pub fn keyword_anchor(hir: &Hir, keywords: &[String]) -> Option<Anchor> {
     let mut parts = Vec::new();
     sequence(hir, &mut parts);
-    let i = parts.iter().position(|part| {
-        lowercase_literals(part).is_some_and(|lits| {
-            !lits.is_empty()
-                && lits
-                    .iter()
-                    .all(|l| keywords.iter().any(|k| k.as_bytes() == l))
-        })
+    let (i, longest) = parts.iter().enumerate().find_map(|(i, part)| {
+        let lits = lowercase_literals(part)?;
+        let keywords_only = !lits.is_empty()
+            && lits
+                .iter()
+                .all(|l| keywords.iter().any(|k| k.as_bytes() == l));
+        keywords_only.then(|| (i, lits.iter().map(Vec::len).max().unwrap_or(0)))
     })?;
-    let longest = lowercase_literals(&parts[i])?.iter().map(Vec::len).max()?;
     let max_len = |parts: &[Hir]| -> Option<usize> {
         parts
             .iter()

@@ -287,23 +287,19 @@ fn join_patterns(
     if patterns.is_empty() {
         return Ok(None);
     }
+    let mut translated = Vec::with_capacity(patterns.len());
     for p in patterns {
-        regex_syntax::parse(&translate::translate(p)).map_err(|e| {
+        let rust = translate::translate(p);
+        regex_syntax::parse(&rust).map_err(|e| {
             invalid(
                 file,
                 id,
                 format!("allowlist {what} {p:?} does not compile: {e}"),
             )
         })?;
+        translated.push(rust);
     }
-    let joined = format!(
-        "(?:{})",
-        patterns
-            .iter()
-            .map(|p| translate::translate(p))
-            .collect::<Vec<_>>()
-            .join("|")
-    );
+    let joined = format!("(?:{})", translated.join("|"));
     meta::Regex::new(&joined).map(Some).map_err(|e| {
         invalid(
             file,
