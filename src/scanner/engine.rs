@@ -165,7 +165,7 @@ pub struct RuleSet {
     /// whole is not scanned at all.
     shared_allowlists: Vec<Arc<Allowlist>>,
     /// Whether Gitleaks' generic-finding filter runs (a Gitleaks `generic` rule is in the set).
-    gitleaks_generic: bool,
+    any_generic: bool,
     options: ScanOptions,
 }
 
@@ -231,9 +231,7 @@ impl RuleSet {
                 .collect(),
             None => Vec::new(),
         };
-        let gitleaks_generic = rules
-            .iter()
-            .any(|r| r.dialect == Dialect::Gitleaks && is_generic(r));
+        let any_generic = rules.iter().any(|r| r.generic);
         tracing::debug!(
             rules = rules.len(),
             keywords = keywords.len(),
@@ -252,7 +250,7 @@ impl RuleSet {
             unanchored,
             path_rules,
             shared_allowlists,
-            gitleaks_generic,
+            any_generic,
             options,
         })
     }
@@ -305,11 +303,6 @@ impl RuleSet {
             commit: None,
         }
     }
-}
-
-/// Gitleaks' test for a generic rule, whose findings give way to a specific rule's.
-fn is_generic(rule: &Rule) -> bool {
-    rule.token_type.to_ascii_lowercase().contains("generic")
 }
 
 /// A candidate before confirmation: which rule, where its regex matched.
@@ -403,7 +396,7 @@ impl<'r> Scanner<'r> {
                 found.push(finding);
             }
         }
-        if set.gitleaks_generic {
+        if set.any_generic {
             drop_generic_inside_specific(&mut found);
         }
         for finding in found {
@@ -655,16 +648,15 @@ fn line_around(haystack: &[u8], m: Range<usize>) -> &[u8] {
     &haystack[start..end]
 }
 
-/// Gitleaks' filter: a generic rule's finding is dropped when a specific rule's finding on the same
+/// Gitleaks' filter, for every generic rule: a generic rule's finding is dropped when a specific rule's finding on the same
 /// line holds its secret (the specific rule names the token better).
 fn drop_generic_inside_specific(found: &mut Vec<Finding<'_>>) {
     let dropped: Vec<bool> = found
         .iter()
         .map(|f| {
-            f.rule.dialect == Dialect::Gitleaks
-                && is_generic(f.rule)
+            f.rule.generic
                 && found.iter().any(|g| {
-                    !is_generic(g.rule)
+                    !g.rule.generic
                         && g.line == f.line
                         && g.rule.id != f.rule.id
                         && g.secret().expose().contains(f.secret().expose())

@@ -12,6 +12,7 @@ mod fingerprint;
 pub mod gitleaks;
 mod literals;
 pub mod rule;
+pub mod rule_check;
 mod trigram_freq;
 pub mod validate;
 

@@ -88,6 +88,10 @@ pub struct RawRule {
     pub follows: Option<String>,
     pub context: Option<RawContext>,
     pub jwt: Option<JwtSpec>,
+    /// A rule for credentials of any issuer (URL passwords, generic assignments): its finding gives
+    /// way to a specific rule's on the same line whose secret holds it, so a token names one issuer.
+    #[serde(default)]
+    pub generic: bool,
     #[serde(default)]
     pub examples: Vec<String>,
     #[serde(default)]
@@ -167,6 +171,9 @@ pub struct Rule {
     /// Applies only to sources (paths) this matches.
     pub path: Option<meta::Regex>,
     pub dialect: Dialect,
+    /// Gives way to a specific rule's finding that holds its secret (see [`RawRule::generic`];
+    /// Gitleaks rules whose id says "generic" are generic, as Gitleaks judges them).
+    pub generic: bool,
     pub pass: Pass,
     /// Length of the shortest literal every match starts with (0 if none); shown in previews.
     pub prefix_len: usize,
@@ -339,6 +346,9 @@ impl RawRule {
             keywords: c.keywords.iter().map(|k| k.to_ascii_lowercase()).collect(),
             within: c.within,
         });
+        let generic = self.generic
+            || (self.dialect == Dialect::Gitleaks
+                && self.token_type.to_ascii_lowercase().contains("generic"));
         Ok(Rule {
             id: self.id,
             name: self.name,
@@ -357,6 +367,7 @@ impl RawRule {
             jwt: self.jwt.unwrap_or_default(),
             allowlists: self.allowlists,
             path,
+            generic,
             dialect: self.dialect,
             pass,
             prefix_len,
