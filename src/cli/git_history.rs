@@ -22,6 +22,36 @@ use super::scan::{Collect, ScanStats};
 use crate::scanner::RuleSet;
 use crate::scanner::{DecodeOptions, TreeLimits};
 
+/// Where the repository at `path` comes from, for SARIF's `versionControlProvenance`: the `origin`
+/// remote (its credentials removed) or the repository's own `file://` URI, and what HEAD names.
+pub fn provenance(path: &Path) -> Option<super::report::Provenance> {
+    let repo = gix::discover(path).ok()?;
+    let remote = repo
+        .find_remote("origin")
+        .ok()
+        .and_then(|r| r.url(gix::remote::Direction::Fetch).cloned())
+        .map(|mut url| {
+            url.user = None;
+            url.password = None;
+            url.to_bstring().to_string()
+        });
+    let repository_uri = remote.unwrap_or_else(|| {
+        let dir = repo.workdir().unwrap_or_else(|| repo.git_dir());
+        let abs = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+        format!("file://{}", abs.display())
+    });
+    Some(super::report::Provenance {
+        repository_uri,
+        revision_id: repo.head_id().ok().map(|id| id.to_string()),
+        branch: repo
+            .head_name()
+            .ok()
+            .flatten()
+            .map(|name| name.as_bstr().to_string()),
+        mapped_to: serde_json::json!({ "uriBaseId": super::report::SRCROOT }),
+    })
+}
+
 /// A blob to scan and where it first appeared.
 struct BlobOrigin {
     blob: ObjectId,

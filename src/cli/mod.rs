@@ -21,12 +21,26 @@ pub struct Cli {
     /// Settings file (default: ./spillway.toml when present). Environment variables override it.
     #[arg(long, global = true, value_name = "FILE")]
     pub config: Option<std::path::PathBuf>,
+    /// More log lines on stderr: -v info, -vv debug (each file scanned or skipped), -vvv trace.
+    /// Default: warnings and errors only (`serve`: SPILLWAY_LOG, else info).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Log level (error, warn, info, debug, trace); overrides -v and SPILLWAY_LOG.
+    #[arg(long, global = true, value_name = "LEVEL",
+          value_parser = ["error", "warn", "info", "debug", "trace"])]
+    pub log_level: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) to stdout, e.g.
+    /// `spillway completions bash > /etc/bash_completion.d/spillway`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
     /// Run the service: listener endpoints on SPILLWAY_LISTEN_ADDR, health and metrics on
     /// SPILLWAY_ADMIN_ADDR (embedded SQLite by default).
     Serve,
@@ -89,8 +103,31 @@ pub enum DoctorFormat {
 /// Parses the command line and runs it; returns the process exit code.
 pub fn run() -> u8 {
     let cli = Cli::parse();
+    let level = cli.log_level.clone().or(match cli.verbose {
+        0 => None,
+        1 => Some("info".into()),
+        2 => Some("debug".into()),
+        _ => Some("trace".into()),
+    });
+    let level = level.as_deref();
+    if !matches!(
+        cli.command,
+        Command::Serve | Command::ReferenceInstallation(_) | Command::FakeGithub(_)
+    ) {
+        use crate::platform::logging::{Style, init};
+        if let Err(e) = init(level, "warn", Style::Text) {
+            eprintln!("spillway: error: {e:#}");
+            return 2;
+        }
+    }
     match cli.command {
-        Command::Serve => serve(cli.config.as_ref()),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            let mut out = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "spillway", &mut out);
+            print_quietly(&out)
+        }
+        Command::Serve => serve(cli.config.as_ref(), level),
         Command::Doctor { format } => doctor(cli.config.as_ref(), format),
         Command::Scan(args) => scan::run(args),
         Command::Listener(c) => admin::listener(cli.config.as_ref(), c),
@@ -99,11 +136,14 @@ pub fn run() -> u8 {
         Command::Installation(c) => installation::installation(cli.config.as_ref(), c),
         Command::ReferenceInstallation(args) => devtool(
             "reference-installation",
+            level,
             crate::devtools::reference_installation::run(args),
         ),
-        Command::FakeGithub(args) => {
-            devtool("fake-github", crate::devtools::fake_github::run(args))
-        }
+        Command::FakeGithub(args) => devtool(
+            "fake-github",
+            level,
+            crate::devtools::fake_github::run(args),
+        ),
         Command::Rules {
             stats,
             check,
@@ -112,26 +152,37 @@ pub fn run() -> u8 {
         } => match scan::rule_set(&rules, no_default_rules, Default::default()) {
             Ok(set) if check => check_rules(&set, !rules.is_empty() && !no_default_rules),
             Ok(set) if stats => {
+                use std::fmt::Write as _;
                 let p = set.prefilter_stats();
-                println!(
-                    "rules={} fingerprints={} searchers={} estimated_candidates_per_mb={}",
+                let mut out = format!(
+                    "rules={} fingerprints={} searchers={} estimated_candidates_per_mb={}\n",
                     set.rules().len(),
                     p.fingerprints,
                     p.searchers,
                     p.estimated_candidates_per_mb
                 );
                 for (i, group) in set.prefilter_fingerprints().iter().enumerate() {
-                    let shown: Vec<String> =
-                        group.iter().map(|f| f.escape_ascii().to_string()).collect();
-                    println!("searcher {i}: {}", shown.join(" "));
+                    let shown: Vec<String> = group
+                        .iter()
+                        .map(|f| f.escape_ascii().to_string().replace(' ', "\\x20"))
+                        .collect();
+                    let _ = writeln!(out, "searcher {i}: {}", shown.join(" "));
                 }
-                0
+                print_quietly(out.as_bytes())
             }
             Ok(set) => {
+                let mut out = String::new();
                 for r in set.rules() {
-                    println!("{}\t{}\t{:?}\t{}", r.id, r.token_type, r.pass, r.name);
+                    out.push_str(&format!(
+                        "{}\t{}\t{:?}\t{}\t{}\n",
+                        r.id,
+                        r.token_type,
+                        r.pass,
+                        r.severity.as_str(),
+                        r.name
+                    ));
                 }
-                0
+                print_quietly(out.as_bytes())
             }
             Err(e) => {
                 eprintln!("spillway rules: error: {e:#}");
@@ -156,20 +207,35 @@ fn check_rules(set: &crate::scanner::RuleSet, only_extra: bool) -> u8 {
         .filter(|r| !defaults.contains(&r.id))
         .count();
     let problems = crate::scanner::rule_check::check(set, |r| !defaults.contains(&r.id));
-    for p in &problems {
-        println!("{p}");
-    }
+    let listed: String = problems.iter().map(|p| format!("{p}\n")).collect();
+    let code = print_quietly(listed.as_bytes());
     eprintln!("{checked} rules checked, {} problems", problems.len());
-    u8::from(!problems.is_empty())
+    code.max(u8::from(!problems.is_empty()))
+}
+
+/// Writes `bytes` to stdout; a reader that went away (`spillway rules | head`) ends it quietly.
+/// Returns the exit code: 0, or 2 when stdout fails otherwise.
+fn print_quietly(bytes: &[u8]) -> u8 {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(bytes).and_then(|()| out.flush()) {
+        Ok(()) => 0,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => 0,
+        Err(e) => {
+            eprintln!("spillway: error: cannot write output: {e}");
+            2
+        }
+    }
 }
 
 /// JSON logs on stderr, redacted by the scanner (see [`crate::platform::logging`]).
-fn init_tracing() -> anyhow::Result<()> {
-    crate::platform::logging::init()
+fn init_tracing(level: Option<&str>) -> anyhow::Result<()> {
+    use crate::platform::logging::{Style, init};
+    init(level, "info", Style::Json)
 }
 
-fn serve(config: Option<&std::path::PathBuf>) -> u8 {
-    let result = init_tracing()
+fn serve(config: Option<&std::path::PathBuf>, level: Option<&str>) -> u8 {
+    let result = init_tracing(level)
         .and_then(|()| crate::platform::config::Settings::load(config.map(|p| p.as_path())))
         .and_then(|settings| {
             tokio::runtime::Builder::new_multi_thread()
@@ -238,8 +304,12 @@ fn doctor(config: Option<&std::path::PathBuf>, format: DoctorFormat) -> u8 {
 }
 
 /// Runs a development tool's future on a multi-thread runtime; returns the exit code.
-fn devtool(name: &str, tool: impl std::future::Future<Output = anyhow::Result<()>>) -> u8 {
-    let result = init_tracing()
+fn devtool(
+    name: &str,
+    level: Option<&str>,
+    tool: impl std::future::Future<Output = anyhow::Result<()>>,
+) -> u8 {
+    let result = init_tracing(level)
         .and_then(|()| {
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()

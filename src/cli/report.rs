@@ -103,11 +103,38 @@ pub enum Format {
     Sarif,
 }
 
+/// What a SARIF run says about itself beyond its results.
+#[derive(Debug, Clone, Default)]
+pub struct RunContext {
+    /// `automationDetails.id`: `spillway/files/` or `spillway/git/`, so code scanning keeps the two
+    /// kinds of scan apart.
+    pub category: &'static str,
+    /// `versionControlProvenance`, for `--git`: one entry per repository.
+    pub provenance: Vec<Provenance>,
+}
+
+/// One repository a `--git` scan read.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Provenance {
+    /// The `origin` remote's URL, or the repository's `file://` URI when it has none.
+    pub repository_uri: String,
+    /// The commit HEAD names.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub revision_id: Option<String>,
+    /// The branch HEAD names (`refs/heads/...`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub branch: Option<String>,
+    /// `{"uriBaseId": "SRCROOT"}`: result paths are relative to the repository's root.
+    pub mapped_to: serde_json::Value,
+}
+
 pub fn write(
-    out: &mut impl Write,
+    out: &mut dyn Write,
     format: Format,
     findings: &[ReportedFinding],
     rules: &[Rule],
+    context: &RunContext,
 ) -> io::Result<()> {
     match format {
         Format::Text => write_text(out, findings),
@@ -116,13 +143,13 @@ pub fn write(
             writeln!(out)
         }
         Format::Sarif => {
-            serde_json::to_writer_pretty(&mut *out, &sarif(findings, rules))?;
+            serde_json::to_writer_pretty(&mut *out, &sarif(findings, rules, context))?;
             writeln!(out)
         }
     }
 }
 
-fn write_text(out: &mut impl Write, findings: &[ReportedFinding]) -> io::Result<()> {
+fn write_text(out: &mut dyn Write, findings: &[ReportedFinding]) -> io::Result<()> {
     for f in findings {
         let commit = f
             .location
@@ -154,9 +181,70 @@ fn write_text(out: &mut impl Write, findings: &[ReportedFinding]) -> io::Result<
     Ok(())
 }
 
-/// SARIF 2.1.0 with what GitHub code scanning reads: rules, `ruleId`/`ruleIndex`, a message,
-/// `physicalLocation` with `artifactLocation.uri` and a 1-based `region`, and `partialFingerprints`.
-pub fn sarif(findings: &[ReportedFinding], rules: &[Rule]) -> serde_json::Value {
+/// Where the rules are published, for `helpUri`.
+const RULES_URI: &str = "https://github.com/spillway/spillway/blob/main/patterns";
+
+/// A rule's `help`: what the token is and what to do about a leak, as text and Markdown.
+fn rule_help(r: &Rule) -> serde_json::Value {
+    let what = if r.description.is_empty() {
+        &r.name
+    } else {
+        &r.description
+    };
+    let todo = "Revoke or rotate it at its issuer now, then replace it with a secret from a secret \
+                store. Deleting it from the file is not enough: it stays in the history, in clones \
+                and in caches.";
+    json!({
+        "text": format!("{} ({}). {what}\n\n{todo}\n\nRule {} ({}), severity {}.",
+            r.name, r.token_type, r.id, r.origin, r.severity.as_str()),
+        "markdown": format!("**{}** (`{}`)\n\n{what}\n\n**What to do.** {todo}\n\nRule `{}` (`{}`), severity {}.",
+            r.name, r.token_type, r.id, r.origin, r.severity.as_str()),
+    })
+}
+
+/// A link to the rule's definition when it is one of Spillway's shipped rule files.
+fn rule_help_uri(r: &Rule) -> Option<String> {
+    let file = r.origin.rsplit('/').next()?;
+    if r.dialect == crate::scanner::rule::Dialect::Gitleaks {
+        return Some(format!("{RULES_URI}/gitleaks/gitleaks.toml"));
+    }
+    let shipped = crate::scanner::rule::default_rule_file_names().any(|n| n == file)
+        || r.origin.contains("patterns/extended/");
+    let dir = if r.origin.contains("extended/") {
+        "extended/"
+    } else {
+        ""
+    };
+    shipped.then(|| format!("{RULES_URI}/{dir}{file}"))
+}
+
+/// A fingerprint of where a finding is (rule, file, commit, line) and what it is, so the same token
+/// in two files is two alerts, and a moved line keeps its secret fingerprint.
+fn location_fingerprint(f: &ReportedFinding) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for part in [
+        f.rule_id.as_str(),
+        f.location.path.as_str(),
+        f.location.commit.as_deref().unwrap_or(""),
+        &f.line.to_string(),
+        f.fingerprint.as_str(),
+    ] {
+        h.update(part.as_bytes());
+        h.update([0]);
+    }
+    hex::encode(&h.finalize()[..16])
+}
+
+/// SARIF 2.1.0 with what GitHub code scanning reads: rules with `help`, `helpUri` and
+/// `security-severity`, `ruleId`/`ruleIndex`, a message, `physicalLocation` with
+/// `artifactLocation.uri` and a 1-based `region`, `partialFingerprints` (the secret, and the secret
+/// at its location), `automationDetails` and, for `--git`, `versionControlProvenance`.
+pub fn sarif(
+    findings: &[ReportedFinding],
+    rules: &[Rule],
+    context: &RunContext,
+) -> serde_json::Value {
     let mut used: Vec<&Rule> = rules
         .iter()
         .filter(|r| findings.iter().any(|f| f.rule_id == r.id))
@@ -165,14 +253,23 @@ pub fn sarif(findings: &[ReportedFinding], rules: &[Rule]) -> serde_json::Value 
     let sarif_rules: Vec<_> = used
         .iter()
         .map(|r| {
-            json!({
+            let mut rule = json!({
                 "id": r.id,
                 "name": r.token_type,
                 "shortDescription": { "text": r.name },
                 "fullDescription": { "text": if r.description.is_empty() { &r.name } else { &r.description } },
+                "help": rule_help(r),
                 "defaultConfiguration": { "level": "error" },
-                "properties": { "tags": ["security", "secret"], "security-severity": "9.0" }
-            })
+                "properties": {
+                    "tags": ["security", "secret", r.token_type],
+                    "precision": if r.validators.is_empty() { "high" } else { "very-high" },
+                    "security-severity": r.severity.score()
+                }
+            });
+            if let Some(uri) = rule_help_uri(r) {
+                rule["helpUri"] = json!(uri);
+            }
+            rule
         })
         .collect();
     let results: Vec<_> = findings
@@ -197,11 +294,14 @@ pub fn sarif(findings: &[ReportedFinding], rules: &[Rule]) -> serde_json::Value 
                     "physicalLocation": {
                         // A member of an archive is located at the archive (code scanning opens
                         // files, not members); the member path is in the properties.
-                        "artifactLocation": { "uri": sarif_uri(outer_file(&f.location.path)) },
+                        "artifactLocation": artifact_location(&f.location.path, context),
                         "region": region
                     }
                 }],
-                "partialFingerprints": { "spillwaySecret/v1": f.fingerprint }
+                "partialFingerprints": {
+                    "spillwaySecret/v1": f.fingerprint,
+                    "spillwaySecretLocation/v1": location_fingerprint(f)
+                }
             });
             let mut properties = serde_json::Map::new();
             if region.is_none() {
@@ -225,21 +325,40 @@ pub fn sarif(findings: &[ReportedFinding], rules: &[Rule]) -> serde_json::Value 
             result
         })
         .collect();
+    let mut run = json!({
+        "tool": { "driver": {
+            "name": "spillway",
+            "version": env!("CARGO_PKG_VERSION"),
+            "semanticVersion": env!("CARGO_PKG_VERSION"),
+            "informationUri": "https://github.com/spillway/spillway",
+            "rules": sarif_rules
+        }},
+        "automationDetails": { "id": if context.category.is_empty() { "spillway/files/" } else { context.category } },
+        "columnKind": "utf16CodeUnits",
+        "results": results
+    });
+    if !context.provenance.is_empty() {
+        run["versionControlProvenance"] = json!(context.provenance);
+    }
     json!({
         "$schema": "https://json.schemastore.org/sarif-2.1.0.json",
         "version": "2.1.0",
-        "runs": [{
-            "tool": { "driver": {
-                "name": "spillway",
-                "version": env!("CARGO_PKG_VERSION"),
-                "informationUri": "https://github.com/spillway/spillway",
-                "rules": sarif_rules
-            }},
-            "columnKind": "utf16CodeUnits",
-            "results": results
-        }]
+        "runs": [run]
     })
 }
+
+/// A result's file; in a `--git` scan relative to the repository root, named `SRCROOT`.
+fn artifact_location(path: &str, context: &RunContext) -> serde_json::Value {
+    let uri = sarif_uri(outer_file(path));
+    if context.provenance.is_empty() {
+        json!({ "uri": uri })
+    } else {
+        json!({ "uri": uri, "uriBaseId": SRCROOT })
+    }
+}
+
+/// The `uriBaseId` of a repository's root.
+pub const SRCROOT: &str = "SRCROOT";
 
 /// The file a path names: the archive itself for a member (`a.tar.gz!inner` names `a.tar.gz`).
 fn outer_file(path: &str) -> &str {

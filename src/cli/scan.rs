@@ -1,6 +1,8 @@
 //! `spillway scan`: files, directories (parallel walk honouring `.gitignore`), stdin and git history.
 //!
-//! Exit status: 0 nothing found, 1 findings, 2 an error (the message names the path).
+//! Exit status: 0 nothing found, 1 findings (or `--exit-code N`), 2 an error (the message names the
+//! path). A one-line summary and any notes go to stderr (`-q` silences them); a reader that closes
+//! the pipe early ends the output quietly.
 //!
 //! Must not import anything but the scanner: the scan CLI needs no database.
 
@@ -21,13 +23,29 @@ use crate::scanner::{
 /// Files this large or larger are skipped unless `--max-file-size` says otherwise.
 const DEFAULT_MAX_FILE_SIZE: &str = "25M";
 
+/// Exit codes, shown by `spillway scan --help`.
+pub const EXIT_CODES: &str = "Exit codes:
+  0  nothing found
+  1  findings (set another code with --exit-code)
+  2  an error: a path that cannot be read, rules that do not load, output that cannot be written";
+
 #[derive(Debug, clap::Args)]
+#[command(after_help = EXIT_CODES)]
 pub struct ScanArgs {
     /// Files or directories to scan; `-` reads stdin. With --git: repositories. Default: `.`.
     pub paths: Vec<PathBuf>,
     /// Output format.
-    #[arg(long, value_enum, default_value_t = Format::Text)]
+    #[arg(long, short = 'f', value_enum, default_value_t = Format::Text)]
     pub format: Format,
+    /// Write the report to this file instead of stdout.
+    #[arg(long, short = 'o', value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// Exit code when anything is found (0 reports without failing the build).
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub exit_code: u8,
+    /// No summary or notes on stderr (errors are still printed).
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
     /// Extra rule files or directories (Spillway or Gitleaks TOML; `builtin:gitleaks`: Gitleaks'
     /// own default config). Repeatable.
     #[arg(long = "rules", value_name = "DIR")]
@@ -104,6 +122,8 @@ pub struct ScanStats {
     pub bytes: AtomicU64,
     pub skipped_binary: AtomicUsize,
     pub skipped_large: AtomicUsize,
+    /// Files the directory walk handed over (read, too large or unreadable).
+    pub considered: AtomicUsize,
     /// Archive members (or compressed files) not opened: over a cap, corrupt, too deep or in an
     /// unsupported format. Each is named on stderr.
     pub skipped_members: Mutex<Vec<String>>,
@@ -213,8 +233,18 @@ pub fn run(args: ScanArgs) -> u8 {
     }
 }
 
+/// Whether a write failed because the reader went away (`spillway scan | head`): stop quietly.
+pub fn reader_gone(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
 fn run_inner(args: &ScanArgs) -> anyhow::Result<u8> {
+    let started = std::time::Instant::now();
     let set = build_rules(args)?;
+    tracing::info!(rules = set.rules().len(), "rules loaded");
     let baseline = args.baseline.as_deref().map(Baseline::load).transpose()?;
     let threads = args
         .threads
@@ -229,12 +259,17 @@ fn run_inner(args: &ScanArgs) -> anyhow::Result<u8> {
     let errors = Mutex::new(Vec::<String>::new());
     let done = AtomicBool::new(false);
 
+    let ignored = IgnoredCount::default();
     let mut findings = std::thread::scope(|s| {
-        if std::io::stderr().is_terminal() {
+        if std::io::stderr().is_terminal() && !args.quiet {
             s.spawn(|| progress(&stats, &done));
+        }
+        if !args.git && !args.no_ignore && !args.quiet {
+            s.spawn(|| ignored.count(&paths));
         }
         let result = scan_paths(args, &set, &paths, threads, &stats, &errors);
         done.store(true, Ordering::Relaxed);
+        ignored.give_up_after(started.elapsed() / 4 + Duration::from_millis(250));
         result
     })?;
 
@@ -257,9 +292,25 @@ fn run_inner(args: &ScanArgs) -> anyhow::Result<u8> {
         findings.retain(|f| !known.contains(f.fingerprint.as_str()));
     }
     report::sort(&mut findings);
-    let mut out = std::io::stdout().lock();
-    report::write(&mut out, args.format, &findings, set.rules()).context("cannot write output")?;
-    out.flush().context("cannot write output")?;
+    let context = report::RunContext {
+        category: if args.git {
+            "spillway/git/"
+        } else {
+            "spillway/files/"
+        },
+        provenance: if args.git {
+            paths
+                .iter()
+                .filter_map(|p| super::git_history::provenance(p))
+                .collect()
+        } else {
+            Vec::new()
+        },
+    };
+    match write_report(args, &findings, &set, &context) {
+        Err(e) if reader_gone(&e) => {}
+        other => other?,
+    }
     let skipped = (
         stats.skipped_binary.load(Ordering::Relaxed),
         stats.skipped_large.load(Ordering::Relaxed),
@@ -279,11 +330,119 @@ fn run_inner(args: &ScanArgs) -> anyhow::Result<u8> {
     for note in &members {
         eprintln!("spillway scan: not opened: {note}");
     }
+    if !args.quiet {
+        if let Some(n) = ignored.skipped(&stats) {
+            eprintln!(
+                "spillway scan: {n} files skipped by .gitignore, .ignore or git excludes (--no-ignore scans them)"
+            );
+        }
+        eprintln!(
+            "spillway scan: {} files, {}, {} findings in {:.2} s",
+            stats.files.load(Ordering::Relaxed),
+            human_bytes(stats.bytes.load(Ordering::Relaxed)),
+            findings.len(),
+            started.elapsed().as_secs_f64()
+        );
+    }
     Ok(match (errors.is_empty(), findings.is_empty()) {
         (false, _) => 2,
         (true, true) => 0,
-        (true, false) => 1,
+        (true, false) => args.exit_code,
     })
+}
+
+/// The report, on stdout or (`-o`) in a file.
+fn write_report(
+    args: &ScanArgs,
+    findings: &[ReportedFinding],
+    set: &RuleSet,
+    context: &report::RunContext,
+) -> anyhow::Result<()> {
+    let write = |out: &mut dyn Write| -> std::io::Result<()> {
+        report::write(out, args.format, findings, set.rules(), context)?;
+        out.flush()
+    };
+    match &args.output {
+        Some(path) => {
+            let mut file = std::io::BufWriter::new(
+                std::fs::File::create(path)
+                    .with_context(|| format!("{}: cannot create the report", path.display()))?,
+            );
+            write(&mut file).with_context(|| format!("{}: cannot write the report", path.display()))
+        }
+        None => write(&mut std::io::stdout().lock()).context("cannot write output"),
+    }
+}
+
+fn human_bytes(n: u64) -> String {
+    match n {
+        0..1_000_000 => format!("{:.1} KB", n as f64 / 1e3),
+        1_000_000..1_000_000_000 => format!("{:.1} MB", n as f64 / 1e6),
+        _ => format!("{:.2} GB", n as f64 / 1e9),
+    }
+}
+
+/// Counts the files an ignore-free walk sees, beside the scan, so the summary can say how many the
+/// ignore files kept out. It walks directory entries only (no reads) and gives up a little after the
+/// scan is done (a quarter of the scan's time more, at least 250 ms), so a huge ignored tree never
+/// holds the scan up for long; then no count is reported.
+#[derive(Debug, Default)]
+struct IgnoredCount {
+    files: AtomicUsize,
+    finished: AtomicBool,
+    deadline: Mutex<Option<std::time::Instant>>,
+}
+
+impl IgnoredCount {
+    fn give_up_after(&self, grace: Duration) {
+        *self.deadline.lock().expect("no panics while locked") =
+            Some(std::time::Instant::now() + grace);
+    }
+
+    fn past_deadline(&self) -> bool {
+        self.deadline
+            .lock()
+            .expect("no panics while locked")
+            .is_some_and(|d| std::time::Instant::now() > d)
+    }
+
+    fn count(&self, paths: &[PathBuf]) {
+        let fs: Vec<&PathBuf> = paths
+            .iter()
+            .filter(|p| p.as_os_str() != "-" && p.exists())
+            .collect();
+        let Some((first, rest)) = fs.split_first() else {
+            return;
+        };
+        let mut walk = ignore::WalkBuilder::new(first);
+        for p in rest {
+            walk.add(p);
+        }
+        walk.standard_filters(false)
+            .filter_entry(|e| e.file_name() != ".git");
+        for (i, entry) in walk.build().enumerate() {
+            if i % 256 == 0 && self.past_deadline() {
+                return;
+            }
+            if entry.is_ok_and(|e| e.file_type().is_some_and(|t| t.is_file())) {
+                self.files.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.finished.store(true, Ordering::Relaxed);
+    }
+
+    /// Files the ignore-free walk saw that the scan did not consider, if both walks finished.
+    fn skipped(&self, stats: &ScanStats) -> Option<usize> {
+        if !self.finished.load(Ordering::Relaxed) {
+            return None;
+        }
+        let considered = stats.considered.load(Ordering::Relaxed);
+        let n = self
+            .files
+            .load(Ordering::Relaxed)
+            .saturating_sub(considered);
+        (n > 0).then_some(n)
+    }
 }
 
 fn scan_paths(
@@ -369,11 +528,13 @@ fn scan_paths(
                 return ignore::WalkState::Continue;
             }
             let path = entry.path();
+            stats.considered.fetch_add(1, Ordering::Relaxed);
             match read_candidate(path, args.max_file_size, &mut buf) {
                 Ok(ReadOutcome::Read) => {
                     let label = path.display().to_string();
                     let mut collect = Collect::new(stats, None, args.show_secrets);
                     scanner.scan_tree(&label, &buf, decode, &TreeLimits::default(), &mut collect);
+                    tracing::debug!(path = %label, bytes = buf.len(), findings = collect.found.len(), "scanned");
                     if !collect.found.is_empty() {
                         found
                             .lock()
@@ -382,12 +543,15 @@ fn scan_paths(
                     }
                 }
                 Ok(ReadOutcome::TooLarge) => {
+                    tracing::debug!(path = %path.display(), "skipped: over --max-file-size");
                     stats.skipped_large.fetch_add(1, Ordering::Relaxed);
                 }
-                Err(e) => errors
-                    .lock()
-                    .expect("no panics while locked")
-                    .push(format!("{}: {e}", path.display())),
+                Err(e) => {
+                    errors
+                        .lock()
+                        .expect("no panics while locked")
+                        .push(format!("{}: {e}", path.display()))
+                }
             }
             ignore::WalkState::Continue
         })

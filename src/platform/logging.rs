@@ -21,26 +21,49 @@ pub type Sink = Arc<dyn Fn(&[u8]) + Send + Sync>;
 /// A `MakeWriter` whose writers redact what they are given.
 #[derive(Clone)]
 pub struct Redacting {
-    rules: Arc<RuleSet>,
+    /// Compiled when the first line is written, so a command that logs nothing pays nothing.
+    rules: Arc<std::sync::OnceLock<Arc<RuleSet>>>,
     sink: Sink,
 }
 
 impl Redacting {
     pub fn new(rules: Arc<RuleSet>, sink: Sink) -> Redacting {
-        Redacting { rules, sink }
+        Redacting {
+            rules: Arc::new(std::sync::OnceLock::from(rules)),
+            sink,
+        }
     }
 
     /// To stderr, with the default rules (invalid candidates included).
-    pub fn stderr() -> anyhow::Result<Redacting> {
-        let rules = RuleSet::default_rules(ScanOptions {
-            include_invalid: true,
-        })?;
-        Ok(Redacting::new(
-            Arc::new(rules),
-            Arc::new(|line: &[u8]| {
+    pub fn stderr() -> Redacting {
+        Redacting {
+            rules: Arc::default(),
+            sink: Arc::new(|line: &[u8]| {
                 let _ = std::io::stderr().lock().write_all(line);
             }),
-        ))
+        }
+    }
+
+    /// The rules, compiled on first use. Fails closed: without the rules there are no logs and
+    /// the process exits (the rule tests make this unreachable in practice).
+    fn rules(&self) -> &RuleSet {
+        self.rules.get_or_init(|| {
+            // Compiling logs too: with no subscriber here, or it would wait on this very lock.
+            let compiled = tracing::dispatcher::with_default(&tracing::Dispatch::none(), || {
+                RuleSet::default_rules(ScanOptions {
+                    include_invalid: true,
+                })
+            });
+            match compiled {
+                Ok(rules) => Arc::new(rules),
+                Err(e) => {
+                    eprintln!(
+                        "spillway: cannot compile rules for log redaction, so cannot log safely: {e:#}"
+                    );
+                    std::process::exit(2);
+                }
+            }
+        })
     }
 }
 
@@ -63,7 +86,7 @@ impl Write for LineWriter {
 impl Drop for LineWriter {
     fn drop(&mut self) {
         if !self.buf.is_empty() {
-            (self.owner.sink)(&redact(&self.owner.rules, &self.buf));
+            (self.owner.sink)(&redact(self.owner.rules(), &self.buf));
         }
     }
 }
@@ -109,32 +132,35 @@ pub fn redact(rules: &RuleSet, text: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Installs the JSON subscriber on stderr with redaction. `SPILLWAY_LOG` (a tracing filter,
-/// default `info`) that does not parse stops start-up, naming it. Fails closed: without the rules
-/// there are no logs and the process exits (the rule tests make this unreachable in practice).
-pub fn init() -> anyhow::Result<()> {
-    let filter = match std::env::var("SPILLWAY_LOG") {
-        Ok(text) => tracing_subscriber::EnvFilter::try_new(&text)
+/// How log lines look.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Style {
+    /// One JSON object a line (the service).
+    Json,
+    /// `LEVEL target: message key=value` (the command line).
+    Text,
+}
+
+/// Installs the subscriber on stderr with redaction. The filter is `level` when given (the CLI's
+/// `--log-level`/`-v`), else `SPILLWAY_LOG` (a tracing filter), else `default`; one that does not
+/// parse stops start-up, naming it.
+pub fn init(level: Option<&str>, default: &str, style: Style) -> anyhow::Result<()> {
+    let filter = match (level, std::env::var("SPILLWAY_LOG")) {
+        (Some(level), _) => tracing_subscriber::EnvFilter::try_new(level)
+            .map_err(|e| anyhow::anyhow!("--log-level: not a log level ({e})"))?,
+        (None, Ok(text)) => tracing_subscriber::EnvFilter::try_new(&text)
             .map_err(|e| anyhow::anyhow!("SPILLWAY_LOG: not a log filter ({e})"))?,
-        Err(std::env::VarError::NotPresent) => "info".into(),
-        Err(std::env::VarError::NotUnicode(_)) => anyhow::bail!("SPILLWAY_LOG: not UTF-8"),
+        (None, Err(std::env::VarError::NotPresent)) => default.into(),
+        (None, Err(std::env::VarError::NotUnicode(_))) => anyhow::bail!("SPILLWAY_LOG: not UTF-8"),
     };
-    match Redacting::stderr() {
-        Ok(writer) => {
-            let _ = tracing_subscriber::fmt()
-                .json()
-                .with_env_filter(filter)
-                .with_writer(writer)
-                .try_init();
-            Ok(())
-        }
-        Err(e) => {
-            eprintln!(
-                "spillway: cannot compile rules for log redaction, so cannot log safely: {e:#}"
-            );
-            std::process::exit(2);
-        }
-    }
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(Redacting::stderr());
+    let _ = match style {
+        Style::Json => builder.json().try_init(),
+        Style::Text => builder.without_time().with_ansi(false).try_init(),
+    };
+    Ok(())
 }
 
 #[cfg(test)]

@@ -79,6 +79,9 @@ pub struct RawRule {
     pub keywords: Vec<String>,
     #[serde(default)]
     pub validators: Vec<Validator>,
+    /// What a leak of this token puts at risk (default: judged from the token type, see
+    /// [`Severity::judge`]).
+    pub severity: Option<Severity>,
     pub min_entropy: Option<f64>,
     pub window: Option<usize>,
     /// How far before a keyword hit a match may start (default: `window`).
@@ -107,6 +110,85 @@ pub struct RawRule {
     pub path: Option<String>,
     #[serde(skip)]
     pub dialect: Dialect,
+}
+
+/// What a leaked token puts at risk, as code scanning ranks alerts (`security-severity`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// Whole accounts, clouds or money: cloud root keys, private keys, live payment keys, admin keys.
+    Critical,
+    /// An account's or service's data and actions (most API tokens).
+    High,
+    /// Test or sandbox environments, send-only webhooks, scoped read access.
+    Medium,
+    /// Identifiers and public parts that help an attack but grant nothing alone.
+    Low,
+}
+
+impl Severity {
+    /// The default from a rule's id and token type.
+    pub fn judge(id: &str, token_type: &str) -> Severity {
+        let words = format!("{id} {token_type}").to_ascii_lowercase();
+        let has = |parts: &[&str]| parts.iter().any(|p| words.contains(p));
+        if has(&[
+            "client_id",
+            "client-id",
+            "public",
+            "publishable",
+            "recipient",
+            "account_id",
+            "account-id",
+        ]) {
+            Severity::Low
+        } else if has(&[
+            "test",
+            "sandbox",
+            "staging",
+            "webhook",
+            "feed",
+            "read_only",
+            "read-only",
+        ]) {
+            Severity::Medium
+        } else if has(&[
+            "private_key",
+            "private-key",
+            "secret_access_key",
+            "secret-access-key",
+            "admin",
+            "root",
+            "service_account",
+            "service-account",
+            "live",
+            "production",
+            "org_",
+            "organization",
+        ]) {
+            Severity::Critical
+        } else {
+            Severity::High
+        }
+    }
+
+    /// GitHub's `security-severity`: over 9.0 critical, 7.0 to 8.9 high, 4.0 to 6.9 medium, below low.
+    pub fn score(self) -> &'static str {
+        match self {
+            Severity::Critical => "9.5",
+            Severity::High => "8.0",
+            Severity::Medium => "5.5",
+            Severity::Low => "3.0",
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Critical => "critical",
+            Severity::High => "high",
+            Severity::Medium => "medium",
+            Severity::Low => "low",
+        }
+    }
 }
 
 /// Whose semantics a rule follows where Spillway and Gitleaks differ.
@@ -160,6 +242,7 @@ pub struct Rule {
     pub(crate) secret_group: usize,
     pub keywords: Vec<String>,
     pub validators: Vec<Validator>,
+    pub severity: Severity,
     pub min_entropy: Option<f64>,
     pub window: usize,
     pub window_before: usize,
@@ -346,6 +429,9 @@ impl RawRule {
             keywords: c.keywords.iter().map(|k| k.to_ascii_lowercase()).collect(),
             within: c.within,
         });
+        let severity = self
+            .severity
+            .unwrap_or_else(|| Severity::judge(&self.id, &self.token_type));
         let generic = self.generic
             || (self.dialect == Dialect::Gitleaks
                 && self.token_type.to_ascii_lowercase().contains("generic"));
@@ -358,6 +444,7 @@ impl RawRule {
             regex,
             secret_group,
             keywords,
+            severity,
             validators: self.validators,
             min_entropy: self.min_entropy,
             window,
@@ -385,6 +472,11 @@ pub fn parse_rule_file(file: &str, text: &str) -> Result<Vec<Rule>, RuleError> {
         message: e.to_string(),
     })?;
     raw.rules.into_iter().map(|r| r.compile(file)).collect()
+}
+
+/// The names of the rule files compiled into the binary (`stripe.toml`...).
+pub fn default_rule_file_names() -> impl Iterator<Item = &'static str> {
+    DEFAULT_RULE_FILES.iter().map(|(name, _)| *name)
 }
 
 /// The rules compiled into the binary from `patterns/`.

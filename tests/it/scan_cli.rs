@@ -7,7 +7,7 @@ use crate::common::archives::{gzip, tar_of, zip_of};
 use spillway::scanner::validate::crc32_base62;
 
 /// A format-valid GitHub classic token built from `seed` (synthetic: never issued by GitHub).
-fn github_token(seed: u64) -> String {
+pub(crate) fn github_token(seed: u64) -> String {
     const ALNUM: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
     let mut x = seed
         .wrapping_mul(6364136223846793005)
@@ -23,7 +23,7 @@ fn github_token(seed: u64) -> String {
     format!("ghp_{body}{}", crc32_base62(body.as_bytes()))
 }
 
-fn spillway(args: &[&str], dir: &Path) -> Output {
+pub(crate) fn spillway(args: &[&str], dir: &Path) -> Output {
     Command::new(env!("CARGO_BIN_EXE_spillway"))
         .args(args)
         .current_dir(dir)
@@ -31,15 +31,15 @@ fn spillway(args: &[&str], dir: &Path) -> Output {
         .expect("spillway runs")
 }
 
-fn stdout(o: &Output) -> String {
+pub(crate) fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
-fn stderr(o: &Output) -> String {
+pub(crate) fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-fn write(dir: &Path, rel: &str, text: &str) {
+pub(crate) fn write(dir: &Path, rel: &str, text: &str) {
     let path = dir.join(rel);
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     std::fs::write(path, text).unwrap();
@@ -116,7 +116,7 @@ fn sarif_output_has_what_github_code_scanning_reads() {
     );
     let out = spillway(&["scan", "--format", "sarif", "."], dir.path());
     assert_eq!(out.status.code(), Some(1));
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("valid JSON");
+    let v = crate::common::sarif::validated(&out.stdout);
     assert_eq!(v["version"], "2.1.0");
     let run = &v["runs"][0];
     let rule_ids: Vec<&str> = run["tool"]["driver"]["rules"]
@@ -144,6 +144,47 @@ fn sarif_output_has_what_github_code_scanning_reads() {
             .as_str()
             .unwrap()
             .contains("ghp_…")
+    );
+    // Rules carry what a reader needs: help (text and Markdown), a link, a severity by what the
+    // token grants; fingerprints of the secret and of the secret where it is.
+    let rule = &run["tool"]["driver"]["rules"][rule_index];
+    assert!(rule["help"]["text"].as_str().unwrap().contains("Revoke"));
+    assert!(
+        rule["help"]["markdown"]
+            .as_str()
+            .unwrap()
+            .contains("**What to do.**")
+    );
+    assert_eq!(
+        rule["helpUri"],
+        "https://github.com/spillway/spillway/blob/main/patterns/github.toml"
+    );
+    assert_eq!(rule["properties"]["security-severity"], "8.0");
+    assert_eq!(run["automationDetails"]["id"], "spillway/files/");
+    let fingerprints = result["partialFingerprints"].as_object().unwrap();
+    assert_eq!(fingerprints.len(), 2);
+    // The same token in a second file: same secret fingerprint, another location fingerprint.
+    write(
+        dir.path(),
+        "other.ts",
+        &format!("const k = \"{}\";\n", github_token(3)),
+    );
+    let out = spillway(&["scan", "--format", "sarif", "."], dir.path());
+    let v = crate::common::sarif::validated(&out.stdout);
+    let prints: Vec<&serde_json::Value> = v["runs"][0]["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| &r["partialFingerprints"])
+        .collect();
+    assert_eq!(prints.len(), 2);
+    assert_eq!(
+        prints[0]["spillwaySecret/v1"],
+        prints[1]["spillwaySecret/v1"]
+    );
+    assert_ne!(
+        prints[0]["spillwaySecretLocation/v1"],
+        prints[1]["spillwaySecretLocation/v1"]
     );
 }
 
@@ -355,6 +396,32 @@ fn git_history_reports_the_commit_and_path_that_introduced_a_deleted_token() {
     assert_eq!(findings[0]["commit"], leak.as_str());
     assert_eq!(findings[0]["path"], "deploy/settings.yml");
     assert_eq!(findings[0]["line"], 1);
+
+    // SARIF names the repository and revision, with credentials stripped from the remote's URL,
+    // and keeps history scans apart from working-tree scans.
+    git(
+        repo,
+        &[
+            "remote",
+            "add",
+            "origin",
+            "https://ci:hunter2hunter2@git.example.com/acme/app.git",
+        ],
+    );
+    let out = spillway(&["scan", "--git", "--format", "sarif", "."], repo);
+    let run = &crate::common::sarif::validated(&out.stdout)["runs"][0];
+    assert_eq!(run["automationDetails"]["id"], "spillway/git/");
+    let provenance = &run["versionControlProvenance"][0];
+    assert_eq!(
+        provenance["repositoryUri"],
+        "https://git.example.com/acme/app.git"
+    );
+    assert_eq!(
+        provenance["revisionId"],
+        git(repo, &["rev-parse", "HEAD"]).as_str()
+    );
+    assert_eq!(provenance["branch"], "refs/heads/main");
+    assert_eq!(run["results"][0]["properties"]["commitSha"], leak.as_str());
 }
 
 #[test]
@@ -558,10 +625,9 @@ fn tokens_inside_archives_and_encodings_are_found_and_say_how() {
         text.starts_with("manifests.zip!k8s/secret.yaml:4:10: ") && text.contains("via base64"),
         "{text}"
     );
-    let sarif: serde_json::Value = serde_json::from_slice(
+    let sarif = crate::common::sarif::validated(
         &spillway(&["scan", "--format", "sarif", "deploy"], dir.path()).stdout,
-    )
-    .unwrap();
+    );
     let result = &sarif["runs"][0]["results"][0];
     assert_eq!(
         result["locations"][0]["physicalLocation"]["artifactLocation"]["uri"],

@@ -8,6 +8,7 @@
 pub use spillway::devtools::archives;
 pub mod process;
 pub mod revocation;
+pub mod sarif;
 pub mod senders;
 
 use spillway::platform::store::Store;
