@@ -176,7 +176,7 @@ fn completions_are_printed_for_each_shell() {
         assert_eq!(out.status.code(), Some(0));
         let script = stdout(&out);
         assert!(
-            script.contains(marker) && script.contains("--exit-code"),
+            script.contains(marker) && script.contains("exit-code"),
             "{shell}"
         );
     }
@@ -213,4 +213,35 @@ negative_examples = ['''acme_Zq8wTn3vLp2xRk5mYb7cHd9fJg4sNa6e''']
     // The shipped defaults pass.
     let defaults = spillway(&["rules", "--check"], dir.path());
     assert_eq!(defaults.status.code(), Some(0), "{}", stdout(&defaults));
+}
+
+/// The image's ENTRYPOINT is the binary alone, so `docker run IMAGE scan /src` runs a scan and
+/// `docker run IMAGE` still serves. No Docker daemon here: the test reads the final stage's exec
+/// form and runs what Docker would run, with this build standing in for the image's binary.
+#[test]
+fn the_image_runs_any_subcommand() {
+    let dockerfile =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/Dockerfile")).unwrap();
+    let last = |instruction: &str| -> Vec<String> {
+        let line = dockerfile
+            .lines()
+            .rev()
+            .find(|l| l.starts_with(instruction))
+            .unwrap_or_else(|| panic!("no {instruction}"));
+        serde_json::from_str(line[instruction.len()..].trim())
+            .unwrap_or_else(|e| panic!("{instruction} is not in exec form: {e}"))
+    };
+    let entrypoint = last("ENTRYPOINT ");
+    let cmd = last("CMD ");
+    assert_eq!(entrypoint, ["spillway"]);
+    assert_eq!(cmd, ["serve"], "the default is the service");
+    let dir = leaky_tree();
+    let src = dir.path().join("app");
+    let out = Command::new(env!("CARGO_BIN_EXE_spillway"))
+        .args(&entrypoint[1..])
+        .args(["scan", src.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stdout(&out).contains("github.pat-classic"));
 }
