@@ -208,14 +208,15 @@ fn rule_help_uri(r: &Rule) -> Option<String> {
     if r.dialect == crate::scanner::rule::Dialect::Gitleaks {
         return Some(format!("{RULES_URI}/gitleaks/gitleaks.toml"));
     }
-    let shipped = crate::scanner::rule::default_rule_file_names().any(|n| n == file)
-        || r.origin.contains("patterns/extended/");
-    let dir = if r.origin.contains("extended/") {
-        "extended/"
-    } else {
-        ""
-    };
-    shipped.then(|| format!("{RULES_URI}/{dir}{file}"))
+    let dir = ["extended/", "generic/"]
+        .into_iter()
+        .find(|d| r.origin.contains(&format!("patterns/{d}")));
+    match dir {
+        Some(dir) => Some(format!("{RULES_URI}/{dir}{file}")),
+        None => crate::scanner::rule::default_rule_file_names()
+            .any(|n| n == file)
+            .then(|| format!("{RULES_URI}/{file}")),
+    }
 }
 
 /// A fingerprint of where a finding is (rule, file, commit, line) and what it is, so the same token

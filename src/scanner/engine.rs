@@ -398,6 +398,9 @@ impl<'r> Scanner<'r> {
         }
         if set.any_generic {
             drop_generic_inside_specific(&mut found);
+            if !set.options.include_invalid {
+                found.retain(|f| !f.verdict.is_invalid());
+            }
         }
         for finding in found {
             sink.finding(finding);
@@ -628,7 +631,9 @@ fn confirm<'r>(
             break;
         }
     }
-    if verdict.is_invalid() && !set.options.include_invalid {
+    // With generic rules in the set an invalid finding is kept until they have been judged: a
+    // token its own rule recognised and found fake must not come back as a generic secret.
+    if verdict.is_invalid() && !set.options.include_invalid && !set.any_generic {
         return None;
     }
     Some(Finding::new(
@@ -648,18 +653,29 @@ fn line_around(haystack: &[u8], m: Range<usize>) -> &[u8] {
     &haystack[start..end]
 }
 
-/// Gitleaks' filter, for every generic rule: a generic rule's finding is dropped when a specific rule's finding on the same
-/// line holds its secret (the specific rule names the token better).
+/// Gitleaks' filter, for every generic rule: a generic rule's finding is dropped when a specific
+/// rule's finding on the same line holds its secret (the specific rule names the token better; an
+/// invalid one says it is no token at all).
+/// Among Spillway's own generic rules, one finding of a secret on a line is enough: a later generic
+/// rule reporting the same secret there is dropped too (Gitleaks reports both, so its rules keep
+/// doing so).
 fn drop_generic_inside_specific(found: &mut Vec<Finding<'_>>) {
     let dropped: Vec<bool> = found
         .iter()
-        .map(|f| {
+        .enumerate()
+        .map(|(i, f)| {
             f.rule.generic
-                && found.iter().any(|g| {
-                    !g.rule.generic
-                        && g.line == f.line
+                && found.iter().enumerate().any(|(j, g)| {
+                    g.line == f.line
                         && g.rule.id != f.rule.id
-                        && g.secret().expose().contains(f.secret().expose())
+                        && if g.rule.generic {
+                            j < i
+                                && f.rule.dialect == Dialect::Spillway
+                                && g.rule.dialect == Dialect::Spillway
+                                && g.secret().expose() == f.secret().expose()
+                        } else {
+                            g.secret().expose().contains(f.secret().expose())
+                        }
                 })
         })
         .collect();

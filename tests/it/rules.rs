@@ -1,6 +1,7 @@
 //! Every shipped rule is data, and the data is tested: ids, examples (alone and wrapped in the file
 //! formats secrets live in), negative examples, and the whole set compiling together. "Shipped" is
-//! the default set (compiled in) plus `patterns/extended/` (loaded with `--rules`).
+//! the default set (compiled in) plus `patterns/extended/` and `patterns/generic/` (loaded with
+//! `--rules`).
 
 use std::path::Path;
 
@@ -8,8 +9,10 @@ use spillway::scanner::{Finding, Rule, RuleSet, ScanOptions, rule, rule_check};
 
 fn all_rules() -> Vec<Rule> {
     let mut rules = rule::default_rules().expect("the default rules parse");
-    let extended = Path::new(env!("CARGO_MANIFEST_DIR")).join("patterns/extended");
-    rules.extend(rule::load_rules_dir(&extended).expect("the extended rules parse"));
+    for dir in ["patterns/extended", "patterns/generic"] {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
+        rules.extend(rule::load_rules_dir(&dir).expect("the opt-in rules parse"));
+    }
     rules
 }
 

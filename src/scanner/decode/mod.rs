@@ -17,7 +17,6 @@ mod percent;
 mod span_map;
 
 use std::collections::HashMap;
-use std::hash::{Hash as _, Hasher as _};
 
 pub use span_map::{SpanMap, ViewBuilder};
 
@@ -127,8 +126,8 @@ fn views(outer: Outer, buf: &[u8]) -> Vec<(&'static [DecodeStep], ViewBuilder)> 
 
 impl<'r> Scanner<'r> {
     /// Scans `haystack` and its decoded views; hands every finding to `sink` in order of position,
-    /// spans in `haystack`. A decoded finding of a secret already found at the same raw bytes is
-    /// left out (the raw one stands).
+    /// spans in `haystack`. A decoded finding of a rule that already found something at the same raw
+    /// bytes is left out (the raw one, or the one fewest decodings reached, stands).
     pub fn scan_decoded(
         &mut self,
         source: &str,
@@ -160,21 +159,31 @@ impl<'r> Scanner<'r> {
         }
         // Fewer steps first, so the raw (or least decoded) finding of a secret is the one kept.
         found.sort_by_key(|f| f.decoded.len());
+        // One finding per rule and place: a view that decodes the same bytes again (an escaped PEM
+        // block, a percent-encoded password) finds the same token spelled another way. The same
+        // secret keeps its rawest finding; a different spelling is the decoded value, the one the
+        // issuer knows, so the more decoded finding replaces the rawer one.
         let mut kept: Vec<Finding<'r>> = Vec::with_capacity(found.len());
-        let mut by_secret: HashMap<u64, Vec<usize>> = HashMap::new();
+        let mut by_rule: HashMap<&'r str, Vec<usize>> = HashMap::new();
         for f in found {
-            let mut h = std::collections::hash_map::DefaultHasher::new();
-            f.secret().expose().hash(&mut h);
-            let slot = by_secret.entry(h.finish()).or_default();
-            let duplicate = slot.iter().any(|&k| {
+            let slot = by_rule.entry(f.rule.id.as_str()).or_default();
+            let same_place = slot.iter().copied().find(|&k| {
                 let g = &kept[k];
-                g.span.start < f.span.end
-                    && f.span.start < g.span.end
-                    && g.secret().expose() == f.secret().expose()
+                g.span.start < f.span.end && f.span.start < g.span.end
             });
-            if !duplicate {
-                slot.push(kept.len());
-                kept.push(f);
+            match same_place {
+                None => {
+                    slot.push(kept.len());
+                    kept.push(f);
+                }
+                Some(k) => {
+                    let g = &kept[k];
+                    if g.secret().expose() != f.secret().expose()
+                        && f.decoded.len() > g.decoded.len()
+                    {
+                        kept[k] = f;
+                    }
+                }
             }
         }
         kept.sort_by_key(|f| (f.span.start, f.span.end));
