@@ -39,11 +39,9 @@ async fn run() {
     let alerts: usize = env("SPILLWAY_BENCH_ALERTS", 500);
     let rate: f64 = env("SPILLWAY_BENCH_RATE", 100.0);
     let installation_rate: f64 = env("SPILLWAY_BENCH_INSTALLATION_RATE", 1000.0);
-    let github = fake_github::start(&fake_github::Args {
-        listen: "127.0.0.1:0".into(),
-    })
-    .await
-    .unwrap();
+    let github = fake_github::start(&fake_github::Args::default())
+        .await
+        .unwrap();
     let mut service = Setup::new(
         github.keys_url(),
         std::env::var("SPILLWAY_BENCH_DATABASE_URL").ok().as_deref(),

@@ -24,6 +24,7 @@ pub mod findings;
 pub mod http;
 pub mod installations;
 pub mod intake;
+pub mod issuers;
 pub mod platform;
 pub mod revocation;
 pub mod scanner;

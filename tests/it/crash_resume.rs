@@ -26,11 +26,9 @@ enum Fault {
 
 async fn run_to(point: &str, online: bool, fault: Fault) {
     for (backend, url, _db_dir) in crate::common::fresh_databases().await {
-        let github = fake_github::start(&fake_github::Args {
-            listen: "127.0.0.1:0".into(),
-        })
-        .await
-        .unwrap();
+        let github = fake_github::start(&fake_github::Args::default())
+            .await
+            .unwrap();
         let mut setup = Setup::new(github.keys_url(), Some(&url));
         let secret_file = setup.dir.path().join("ri.whsec");
         let installation = reference_installation::start(&reference_installation::Args {

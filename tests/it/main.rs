@@ -15,6 +15,7 @@ mod generic_listeners;
 mod hostile;
 mod installations;
 mod intake;
+mod issuers;
 mod operations;
 mod outside_examples;
 mod poller;

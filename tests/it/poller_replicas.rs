@@ -47,11 +47,9 @@ async fn one_replica_polls_and_another_takes_over_when_it_dies() {
         if backend != "postgres" {
             continue;
         }
-        let github = fake_github::start(&fake_github::Args {
-            listen: "127.0.0.1:0".into(),
-        })
-        .await
-        .unwrap();
+        let github = fake_github::start(&fake_github::Args::default())
+            .await
+            .unwrap();
         let client = reqwest::Client::new();
         client
             .post(format!("{}/_fake/faults", github.api_url()))

@@ -7,7 +7,8 @@
 //! `Github-Public-Key-Signature`, with the key's id in `Github-Public-Key-Identifier`.
 //!
 //! It also serves GitHub's public REST side for the poller (event feeds, compares, commits,
-//! blobs), with pushes and faults driven by a test: see [`public`].
+//! blobs), with pushes and faults driven by a test: see [`public`]; and the Credential Revocation
+//! API with its batch size and hourly limit: see [`revocation`].
 //!
 //! **A test tool:** `/send-alert` is unauthenticated and posts wherever it is told. Bind it to
 //! loopback. It never logs the alerts it forwards (they carry raw tokens).
@@ -32,6 +33,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 pub mod public;
+pub mod revocation;
 
 use super::Served;
 use crate::http::error;
@@ -48,6 +50,9 @@ pub struct Args {
     /// Address to listen on (port 0 picks a free one).
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
     pub listen: String,
+    /// Calls to POST /credentials/revoke allowed in an hour (GitHub's limit is 60).
+    #[arg(long, value_name = "N", default_value_t = 60)]
+    pub revocation_limit: usize,
 }
 
 impl Default for Args {
@@ -153,6 +158,8 @@ pub struct Running {
     pub key_identifier: String,
     key: SigningKey,
     served: Served,
+    /// What `POST /credentials/revoke` was sent.
+    pub revocation: Arc<revocation::Revocation>,
 }
 
 impl Running {
@@ -182,6 +189,7 @@ pub async fn start(args: &Args) -> anyhow::Result<Running> {
     let mut id = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut id);
     let key_identifier = hex::encode(id);
+    let revocations = Arc::new(revocation::Revocation::new(args.revocation_limit));
     let state = Arc::new(FakeGithub {
         key_list: key_list(&key, &key_identifier)?,
         key: key.clone(),
@@ -197,6 +205,7 @@ pub async fn start(args: &Args) -> anyhow::Result<Running> {
         .route("/sign", post(sign))
         .with_state(state)
         .merge(public::routes(Arc::new(public::Public::new())))
+        .merge(revocation::routes(revocations.clone()))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint") });
     let served = Served::bind(&args.listen, app).await?;
     Ok(Running {
@@ -204,6 +213,7 @@ pub async fn start(args: &Args) -> anyhow::Result<Running> {
         key_identifier,
         key,
         served,
+        revocation: revocations,
     })
 }
 

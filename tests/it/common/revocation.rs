@@ -113,11 +113,9 @@ impl Rig {
         tune_server: impl FnOnce(&mut spillway::platform::config::Settings),
         tune_spec: impl FnOnce(&mut Spec),
     ) -> Rig {
-        let github = fake_github::start(&fake_github::Args {
-            listen: "127.0.0.1:0".into(),
-        })
-        .await
-        .unwrap();
+        let github = fake_github::start(&fake_github::Args::default())
+            .await
+            .unwrap();
         let dir = tempfile::tempdir().unwrap();
         let mut args = reference_installation::Args {
             secret_file: dir.path().join("ri.whsec"),
