@@ -1,20 +1,40 @@
-//! Embeds the default rule files (`patterns/*.toml`) into the binary, so `spillway scan` needs no
-//! data directory at run time and the rules the tests check are the rules that ship.
+//! Embeds the default rule files (`patterns/*.toml`) and the issuers' self-revocation files
+//! (`patterns/issuers/*.toml`) into the binary, so `spillway` needs no data directory at run time
+//! and the files the tests check are the files that ship.
 use std::{env, fs, path::PathBuf};
 
 fn main() {
-    let dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"))
-        .join("patterns");
+    let root =
+        PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"))
+            .join("patterns");
+    embed(
+        &root,
+        "DEFAULT_RULE_FILES",
+        "every default rule file",
+        "default_rules.rs",
+    );
+    embed(
+        &root.join("issuers"),
+        "ISSUER_FILES",
+        "every issuer's self-revocation file",
+        "issuer_files.rs",
+    );
+}
+
+/// Writes `OUT_DIR/dest` declaring `pub static NAME: &[(&str, &str)]`: (file name, contents) of
+/// every `.toml` in `dir`.
+fn embed(dir: &PathBuf, name: &str, what: &str, dest: &str) {
+    let mut out = String::new();
     println!("cargo:rerun-if-changed={}", dir.display());
-    let mut files: Vec<PathBuf> = fs::read_dir(&dir)
-        .expect("patterns/ exists")
+    let mut files: Vec<PathBuf> = fs::read_dir(dir)
+        .expect("the directory exists")
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|x| x == "toml"))
         .collect();
     files.sort();
-    let mut out = String::from(
-        "/// (file name, contents) of every default rule file, sorted by name.\npub static DEFAULT_RULE_FILES: &[(&str, &str)] = &[\n",
-    );
+    out.push_str(&format!(
+        "/// (file name, contents) of {what}, sorted by name.\npub static {name}: &[(&str, &str)] = &[\n"
+    ));
     for f in &files {
         println!("cargo:rerun-if-changed={}", f.display());
         let name = f
@@ -27,7 +47,6 @@ fn main() {
         ));
     }
     out.push_str("];\n");
-    let dest =
-        PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR")).join("default_rules.rs");
-    fs::write(dest, out).expect("write default_rules.rs");
+    let dest = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR")).join(dest);
+    fs::write(dest, out).expect("write the embedded file list");
 }

@@ -237,3 +237,306 @@ fn the_budget_allows_a_sixth_at_once_and_no_more() {
         assert_eq!(now, burst, "limit {limit}");
     }
 }
+
+// --- Tokens that revoke themselves (patterns/issuers/) -------------------------------------------
+
+use spillway::issuers::self_revoke::{Call, Liveness, Spec};
+
+/// The request a published curl command makes: method, URL path, headers, basic user, body.
+#[derive(Debug, Default)]
+struct Curl {
+    method: String,
+    path: String,
+    headers: Vec<(String, String)>,
+    user: Option<String>,
+    data: Option<String>,
+}
+
+fn parse_curl(command: &str) -> Curl {
+    let words = shlex::split(&command.replace("\\\n", " ")).expect("a shell command");
+    assert_eq!(words.first().map(String::as_str), Some("curl"), "{command}");
+    let mut c = Curl::default();
+    let mut method = None;
+    let mut words = words.into_iter().skip(1);
+    while let Some(w) = words.next() {
+        match w.as_str() {
+            "-X" | "--request" => method = words.next(),
+            "-H" | "--header" => {
+                let h = words.next().expect("a header");
+                let (name, value) = h.split_once(':').expect("name: value");
+                c.headers
+                    .push((name.trim().to_ascii_lowercase(), value.trim().to_owned()));
+            }
+            "-u" | "--user" => c.user = words.next(),
+            "-d" | "--data" | "--data-raw" | "--data-urlencode" | "--data-binary" => {
+                c.data = words.next()
+            }
+            "-L" | "--location" | "-s" | "--silent" | "-i" | "-v" | "-f" | "--fail" => {}
+            w if w.starts_with("http://") || w.starts_with("https://") => {
+                let url = url::Url::parse(w).expect("a URL");
+                c.path = url.path().to_owned();
+            }
+            w if w.starts_with('-') => {
+                panic!("curl option {w} not understood in {command}")
+            }
+            _ => {}
+        }
+    }
+    c.method = method.unwrap_or_else(|| if c.data.is_some() { "POST" } else { "GET" }.into());
+    c
+}
+
+/// Every shipped issuer file parses, serves token types Spillway's rules report, and declares the
+/// very request its issuer's documentation shows.
+#[test]
+fn every_issuer_declares_the_request_its_documentation_shows() {
+    let specs = Spec::shipped().expect("issuer files parse and check");
+    assert!(!specs.is_empty());
+    let mut rules = spillway::scanner::rule::default_rules().unwrap();
+    rules.extend(
+        spillway::scanner::rule::load_rules_dir(std::path::Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/patterns/extended"
+        )))
+        .unwrap(),
+    );
+    let types: std::collections::BTreeSet<&str> =
+        rules.iter().map(|r| r.token_type.as_str()).collect();
+    for spec in &specs {
+        for t in &spec.token_types {
+            assert!(
+                types.contains(t.as_str()),
+                "{}: no rule reports {t}",
+                spec.name
+            );
+        }
+        let doc = parse_curl(&spec.documented_request);
+        let call = &spec.revoke;
+        assert_eq!(doc.method, call.method, "{}: method", spec.name);
+        assert!(
+            doc.path.ends_with(&call.path),
+            "{}: documented path {} is not {}",
+            spec.name,
+            doc.path,
+            call.path
+        );
+        if let Some(h) = &call.header {
+            assert!(
+                doc.headers
+                    .iter()
+                    .any(|(name, _)| *name == h.name.to_ascii_lowercase()),
+                "{}: the documentation sends no {} header",
+                spec.name,
+                h.name
+            );
+            if let Some((prefix, _)) = h.value.split_once("{token}") {
+                let documented = doc
+                    .headers
+                    .iter()
+                    .find(|(name, _)| *name == h.name.to_ascii_lowercase())
+                    .map(|(_, v)| v.as_str())
+                    .unwrap_or_default();
+                assert!(
+                    documented.starts_with(prefix),
+                    "{}: documented {documented:?}, declared {:?}",
+                    spec.name,
+                    h.value
+                );
+            }
+        }
+        if call.basic.is_some() {
+            assert!(
+                doc.user.is_some(),
+                "{}: the documentation uses no -u",
+                spec.name
+            );
+        }
+        if let Some(body) = &call.body {
+            let documented = doc.data.clone().unwrap_or_default();
+            let (before, _) = body.split_once("{token}").unwrap_or((body, ""));
+            assert!(
+                documented.starts_with(before),
+                "{}: documented body {documented:?}, declared {body:?}",
+                spec.name
+            );
+        }
+    }
+}
+
+/// Where `call` puts the token, read back from a request the fake received.
+fn token_in(call: &Call, headers: &axum::http::HeaderMap, body: &[u8]) -> Option<String> {
+    if let Some(h) = &call.header {
+        let value = headers.get(h.name.as_str())?.to_str().ok()?;
+        let (prefix, suffix) = h.value.split_once("{token}")?;
+        return value
+            .strip_prefix(prefix)?
+            .strip_suffix(suffix)
+            .map(str::to_owned);
+    }
+    if let Some(b) = &call.basic {
+        use base64::Engine as _;
+        let value = headers.get("authorization")?.to_str().ok()?;
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(value.strip_prefix("Basic ")?)
+            .ok()?;
+        let (user, password) = String::from_utf8(decoded)
+            .ok()?
+            .split_once(':')
+            .map(|(u, p)| (u.to_owned(), p.to_owned()))?;
+        return Some(if b.user.contains("{token}") {
+            user
+        } else {
+            password
+        });
+    }
+    let template = call.body.as_ref()?;
+    let (before, after) = template.split_once("{token}")?;
+    let text = std::str::from_utf8(body).ok()?;
+    text.strip_prefix(before)?
+        .strip_suffix(after)
+        .map(str::to_owned)
+}
+
+/// The answer a documented "revoked" looks like, for `ok_json`.
+fn revoked_body(call: &Call) -> String {
+    match &call.ok_json {
+        // {"ok": true, <pointer>: true}, built from the pointer's segments.
+        Some(pointer) => {
+            let mut value = serde_json::Value::Bool(true);
+            for part in pointer.trim_start_matches('/').split('/').rev() {
+                value = serde_json::json!({ part: value });
+            }
+            if let Some(map) = value.as_object_mut() {
+                map.entry("ok").or_insert(serde_json::Value::Bool(true));
+            }
+            value.to_string()
+        }
+        None => String::new(),
+    }
+}
+
+/// Every issuer's driver, against a fake that answers as the issuer documents: the live token is
+/// revoked (then gone), a wrong token is gone, and "who am I" says live, then dead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_issuer_driver_sends_the_token_where_declared_and_reads_the_answers() {
+    use std::sync::{Arc, Mutex};
+    for spec in Spec::shipped().unwrap() {
+        let live = format!("{}_live_token_8f3a2c", spec.name);
+        let revoked: Arc<Mutex<bool>> = Arc::default();
+        let s = spec.clone();
+        let (live2, revoked2) = (live.clone(), revoked.clone());
+        let app = axum::Router::new().fallback(
+            move |method: axum::http::Method,
+                  uri: axum::http::Uri,
+                  headers: axum::http::HeaderMap,
+                  body: axum::body::Bytes| {
+                let (s, live, revoked) = (s.clone(), live2.clone(), revoked2.clone());
+                async move {
+                    let status = |code: u16| axum::http::StatusCode::from_u16(code).unwrap();
+                    for (call, is_revoke) in [(Some(&s.revoke), true), (s.whoami.as_ref(), false)] {
+                        let Some(call) = call else { continue };
+                        if method.as_str() != call.method || uri.path() != call.path {
+                            continue;
+                        }
+                        let sent = token_in(call, &headers, &body);
+                        let valid =
+                            sent.as_deref() == Some(live.as_str()) && !*revoked.lock().unwrap();
+                        return match (is_revoke, valid) {
+                            (true, true) => {
+                                *revoked.lock().unwrap() = true;
+                                (status(call.revoked[0]), revoked_body(call))
+                            }
+                            (true, false) => {
+                                (status(*call.gone.first().unwrap_or(&401)), String::new())
+                            }
+                            (false, true) => (status(call.live[0]), String::new()),
+                            (false, false) => (status(call.dead[0]), String::new()),
+                        };
+                    }
+                    (axum::http::StatusCode::NOT_FOUND, "no such call".to_owned())
+                }
+            },
+        );
+        let served = spillway::devtools::Served::bind("127.0.0.1:0", app)
+            .await
+            .unwrap();
+        let base = format!("http://{}", served.addr);
+        let out = outbound();
+        let token = TokenSecret::new(live.clone());
+        if spec.whoami.is_some() {
+            assert_eq!(
+                spec.whoami(&out, &base, &token).await,
+                Some(Liveness::Live),
+                "{}",
+                spec.name
+            );
+        }
+        assert_eq!(
+            spec.revoke(&out, &base, &token).await,
+            Outcome::Accepted,
+            "{}",
+            spec.name
+        );
+        if !spec.revoke.gone.is_empty() {
+            assert_eq!(
+                spec.revoke(&out, &base, &token).await,
+                Outcome::Gone,
+                "{}: again",
+                spec.name
+            );
+        }
+        if spec.whoami.is_some() {
+            assert_eq!(
+                spec.whoami(&out, &base, &token).await,
+                Some(Liveness::Dead),
+                "{}",
+                spec.name
+            );
+        }
+        // A refused target is named by the issuer's setting.
+        let strict = Outbound::new(Policy::default(), Duration::from_secs(5)).unwrap();
+        match spec.revoke(&strict, &base, &token).await {
+            Outcome::Refused { reason } => {
+                assert!(
+                    reason.contains(&format!("issuers.{}.base_url", spec.name)),
+                    "{reason}"
+                )
+            }
+            other => panic!("{}: {other:?}", spec.name),
+        }
+        served.shutdown().await;
+    }
+}
+
+/// A spec that would put the token in a URL, or nowhere, is refused by field.
+#[test]
+fn an_issuer_file_that_misplaces_the_token_is_refused() {
+    let file = |revoke: &str| {
+        format!(
+            "[issuer]\nname = \"x\"\ndescription = \"d\"\nsource = \"https://example.com\"\n\
+             token_types = [\"t\"]\nbase_url = \"https://example.com\"\ndocumented_request = \"curl\"\n\
+             [issuer.revoke]\n{revoke}\nrevoked = [204]\n"
+        )
+    };
+    let in_url = Spec::parse(
+        "x.toml",
+        &file("method = \"POST\"\npath = \"/revoke?token={token}\""),
+    )
+    .unwrap_err();
+    assert!(
+        in_url.contains("issuer.revoke.path") && in_url.contains("URL"),
+        "{in_url}"
+    );
+    let nowhere =
+        Spec::parse("x.toml", &file("method = \"POST\"\npath = \"/revoke\"")).unwrap_err();
+    assert!(
+        nowhere.contains("exactly one of header, basic or body"),
+        "{nowhere}"
+    );
+    let named = Spec::parse(
+        "y.toml",
+        &file("method = \"POST\"\npath = \"/r\"\nheader = { name = \"A\", value = \"{token}\" }"),
+    )
+    .unwrap_err();
+    assert!(named.contains("issuer.name must be \"y\""), "{named}");
+}
