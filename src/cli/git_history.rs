@@ -22,24 +22,29 @@ use super::scan::{Collect, ScanStats};
 use crate::scanner::RuleSet;
 use crate::scanner::{DecodeOptions, TreeLimits};
 
-/// Where the repository at `path` comes from, for SARIF's `versionControlProvenance`: the `origin`
-/// remote (its credentials removed) or the repository's own `file://` URI, and what HEAD names.
+/// Where the repository at `path` comes from, for SARIF's `versionControlProvenance`: its `origin`
+/// remote as a URI with no credentials, query or fragment (an scp-like `git@host:path` becomes
+/// `ssh://host/path`), and what HEAD names. None without a usable remote: a local path is no
+/// repository URI worth uploading.
 pub fn provenance(path: &Path) -> Option<super::report::Provenance> {
     let repo = gix::discover(path).ok()?;
-    let remote = repo
-        .find_remote("origin")
-        .ok()
-        .and_then(|r| r.url(gix::remote::Direction::Fetch).cloned())
-        .map(|mut url| {
-            url.user = None;
-            url.password = None;
-            url.to_bstring().to_string()
-        });
-    let repository_uri = remote.unwrap_or_else(|| {
-        let dir = repo.workdir().unwrap_or_else(|| repo.git_dir());
-        let abs = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
-        format!("file://{}", abs.display())
-    });
+    let remote = repo.find_remote("origin").ok()?;
+    let url = remote.url(gix::remote::Direction::Fetch)?;
+    let host = url.host()?;
+    let repo_path = url.path.to_string();
+    let repo_path = repo_path
+        .split(['?', '#'])
+        .next()
+        .unwrap_or_default()
+        .trim_start_matches('/');
+    let port = url.port.map(|p| format!(":{p}")).unwrap_or_default();
+    let repository_uri = match url.scheme {
+        gix::url::Scheme::Https => format!("https://{host}{port}/{repo_path}"),
+        gix::url::Scheme::Http => format!("http://{host}{port}/{repo_path}"),
+        gix::url::Scheme::Ssh => format!("ssh://{host}{port}/{repo_path}"),
+        gix::url::Scheme::Git => format!("git://{host}{port}/{repo_path}"),
+        _ => return None,
+    };
     Some(super::report::Provenance {
         repository_uri,
         revision_id: repo.head_id().ok().map(|id| id.to_string()),

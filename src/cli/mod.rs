@@ -65,7 +65,8 @@ pub enum Command {
         #[arg(long, value_enum, default_value = "text")]
         format: DoctorFormat,
     },
-    /// List the rules (id, token type, engine pass, name): the default ones plus any --rules.
+    /// List the rules (id, token type, engine pass, name, severity): the default ones plus any
+    /// --rules.
     Rules {
         /// Print the keyword prefilter's cost instead: fingerprints, SIMD passes (searchers) and
         /// their fingerprints, estimated stops per MB of code.
@@ -178,8 +179,8 @@ pub fn run() -> u8 {
                         r.id,
                         r.token_type,
                         r.pass,
-                        r.severity.as_str(),
-                        r.name
+                        r.name,
+                        r.severity.as_str()
                     ));
                 }
                 print_quietly(out.as_bytes())

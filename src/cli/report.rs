@@ -219,17 +219,18 @@ fn rule_help_uri(r: &Rule) -> Option<String> {
     }
 }
 
-/// A fingerprint of where a finding is (rule, file, commit, line) and what it is, so the same token
-/// in two files is two alerts, and a moved line keeps its secret fingerprint.
-fn location_fingerprint(f: &ReportedFinding) -> String {
+/// A fingerprint of where a finding is (rule, file, commit) and what it is, with its occurrence
+/// among the same secret's in that file: the same token in two files is two alerts, and an edit
+/// that moves the line keeps the alert (code scanning reopens an alert whose fingerprint changes).
+fn location_fingerprint(f: &ReportedFinding, occurrence: usize) -> String {
     use sha2::{Digest, Sha256};
     let mut h = Sha256::new();
     for part in [
         f.rule_id.as_str(),
         f.location.path.as_str(),
         f.location.commit.as_deref().unwrap_or(""),
-        &f.line.to_string(),
         f.fingerprint.as_str(),
+        &occurrence.to_string(),
     ] {
         h.update(part.as_bytes());
         h.update([0]);
@@ -273,10 +274,24 @@ pub fn sarif(
             rule
         })
         .collect();
+    let mut seen: std::collections::HashMap<(&str, &str, Option<&str>, &str), usize> =
+        std::collections::HashMap::new();
     let results: Vec<_> = findings
         .iter()
         .map(|f| {
             let index = used.iter().position(|r| r.id == f.rule_id).unwrap_or(0);
+            let occurrence = {
+                let n = seen
+                    .entry((
+                        f.rule_id.as_str(),
+                        f.location.path.as_str(),
+                        f.location.commit.as_deref(),
+                        f.fingerprint.as_str(),
+                    ))
+                    .or_default();
+                *n += 1;
+                *n
+            };
             // A path rule reports a whole file (line 0): no region, which SARIF wants 1-based.
             let region = (f.line > 0).then(|| {
                 json!({
@@ -301,7 +316,7 @@ pub fn sarif(
                 }],
                 "partialFingerprints": {
                     "spillwaySecret/v1": f.fingerprint,
-                    "spillwaySecretLocation/v1": location_fingerprint(f)
+                    "spillwaySecretLocation/v1": location_fingerprint(f, occurrence)
                 }
             });
             let mut properties = serde_json::Map::new();
@@ -366,9 +381,14 @@ fn outer_file(path: &str) -> &str {
     path.split_once('!').map_or(path, |(outer, _)| outer)
 }
 
-/// A relative URI with forward slashes and percent-encoded spaces, as code scanning expects.
+/// A relative URI with forward slashes and percent-encoded spaces, as code scanning expects; an
+/// absolute path (`scan /src`) becomes a `file://` URI, which SARIF requires of absolute ones.
 fn sarif_uri(path: &str) -> String {
     let path = path.strip_prefix("./").unwrap_or(path).replace('\\', "/");
+    let (scheme, path) = match path.strip_prefix('/') {
+        Some(rest) => ("file:///", rest.to_owned()),
+        None => ("", path),
+    };
     let mut out = String::with_capacity(path.len());
     for b in path.bytes() {
         match b {
@@ -378,7 +398,7 @@ fn sarif_uri(path: &str) -> String {
             _ => out.push_str(&format!("%{b:02X}")),
         }
     }
-    out
+    format!("{scheme}{out}")
 }
 
 #[cfg(test)]
@@ -389,5 +409,6 @@ mod tests {
     fn sarif_uris_are_relative_and_escaped() {
         assert_eq!(sarif_uri("./src/a b.rs"), "src/a%20b.rs");
         assert_eq!(sarif_uri("dir\\x.env"), "dir/x.env");
+        assert_eq!(sarif_uri("/src/a b.rs"), "file:///src/a%20b.rs");
     }
 }

@@ -315,7 +315,7 @@ fn run_inner(args: &ScanArgs) -> anyhow::Result<u8> {
         stats.skipped_binary.load(Ordering::Relaxed),
         stats.skipped_large.load(Ordering::Relaxed),
     );
-    if skipped.1 > 0 {
+    if skipped.1 > 0 && !args.quiet {
         eprintln!(
             "spillway scan: skipped {} files over --max-file-size",
             skipped.1
@@ -327,7 +327,7 @@ fn run_inner(args: &ScanArgs) -> anyhow::Result<u8> {
         .expect("threads joined")
         .clone();
     members.sort();
-    for note in &members {
+    for note in members.iter().filter(|_| !args.quiet) {
         eprintln!("spillway scan: not opened: {note}");
     }
     if !args.quiet {
@@ -364,8 +364,16 @@ fn write_report(
     };
     match &args.output {
         Some(path) => {
+            // A report with secrets in full is readable by its owner only.
+            let mut options = std::fs::OpenOptions::new();
+            options.write(true).create(true).truncate(true);
+            if args.show_secrets {
+                use std::os::unix::fs::OpenOptionsExt as _;
+                options.mode(0o600);
+            }
             let mut file = std::io::BufWriter::new(
-                std::fs::File::create(path)
+                options
+                    .open(path)
                     .with_context(|| format!("{}: cannot create the report", path.display()))?,
             );
             write(&mut file).with_context(|| format!("{}: cannot write the report", path.display()))

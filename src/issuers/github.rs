@@ -9,8 +9,10 @@
 //! [`Client`] makes one call and classifies the answer; [`Batcher`] is how the rest of Spillway
 //! reports tokens: each caller submits one token and awaits the outcome of the batch it joined. A
 //! batch is sent when it holds 1,000 tokens or when the first token in it has waited `linger`, and
-//! only within an hourly budget that can never exceed the API's limit in any hour; over budget a
-//! caller is told at once when to come back, so no one holds work while waiting.
+//! only within an hourly budget that can never exceed the API's limit in any hour; over budget, or
+//! after GitHub said to wait, a caller is told at once when to come back, so no one holds work
+//! while waiting. The budget lives in the process: replicas sharing an address must share one
+//! batcher (run it where the poller runs) or split the limit between them.
 //!
 //! Must not import storage or the revocation engine.
 
@@ -217,11 +219,17 @@ impl Batcher {
     /// hourly budget is spent or too many tokens are waiting).
     pub async fn submit(&self, token: TokenSecret) -> Outcome {
         let (reply, answer) = oneshot::channel();
-        if self.tx.try_send(Request { token, reply }).is_err() {
-            return retry(
-                "too many tokens waiting for a batch",
-                Some(Duration::from_secs(1)),
-            );
+        match self.tx.try_send(Request { token, reply }) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                return retry(
+                    "too many tokens waiting for a batch",
+                    Some(Duration::from_secs(1)),
+                );
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                return retry("the batcher stopped", None);
+            }
         }
         answer
             .await
@@ -231,7 +239,18 @@ impl Batcher {
 
 async fn run(client: Client, options: BatchOptions, mut rx: mpsc::Receiver<Request>) {
     let budget = hourly_budget(options.hourly_limit);
+    // When GitHub said when to come back (its rate limit, a 422 for spam), nobody calls before.
+    let mut paused_until: Option<tokio::time::Instant> = None;
     while let Some(first) = rx.recv().await {
+        if let Some(until) = paused_until.filter(|u| *u > tokio::time::Instant::now()) {
+            let wait = until - tokio::time::Instant::now();
+            let paused = || retry("GitHub asked to wait", Some(wait));
+            let _ = first.reply.send(paused());
+            while let Ok(next) = rx.try_recv() {
+                let _ = next.reply.send(paused());
+            }
+            continue;
+        }
         if let Err(not_until) = budget.check() {
             let wait = not_until.wait_time_from(governor::clock::Clock::now(
                 &governor::clock::DefaultClock::default(),
@@ -253,6 +272,13 @@ async fn run(client: Client, options: BatchOptions, mut rx: mpsc::Receiver<Reque
         }
         let tokens: Vec<TokenSecret> = batch.iter().map(|r| r.token.clone()).collect();
         let outcome = client.revoke(&tokens).await;
+        if let Outcome::RetryLater {
+            retry_after: Some(wait),
+            ..
+        } = &outcome
+        {
+            paused_until = Some(tokio::time::Instant::now() + *wait);
+        }
         for request in batch {
             let _ = request.reply.send(outcome.clone());
         }

@@ -277,6 +277,15 @@ impl Spec {
         token: &TokenSecret,
     ) -> Option<Liveness> {
         let call = self.whoami.as_ref()?;
+        let url = format!("{}{}", base_url.trim_end_matches('/'), call.path);
+        if let Err(e) = outbound
+            .policy
+            .check(&format!("issuers.{}.base_url", self.name), &url)
+        {
+            return Some(Liveness::Unknown {
+                reason: e.to_string(),
+            });
+        }
         Some(match call.send(outbound, base_url, token).await {
             Ok((status, _, _)) if call.live.contains(&status) => Liveness::Live,
             Ok((status, _, _)) if call.dead.contains(&status) => Liveness::Dead,

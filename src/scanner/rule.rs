@@ -127,44 +127,31 @@ pub enum Severity {
 }
 
 impl Severity {
-    /// The default from a rule's id and token type.
+    /// The default from a rule's id and token type, read as words (`delivery` is not `live`).
     pub fn judge(id: &str, token_type: &str) -> Severity {
-        let words = format!("{id} {token_type}").to_ascii_lowercase();
-        let has = |parts: &[&str]| parts.iter().any(|p| words.contains(p));
-        if has(&[
-            "client_id",
-            "client-id",
-            "public",
-            "publishable",
-            "recipient",
-            "account_id",
-            "account-id",
-        ]) {
+        let words: Vec<String> = format!("{id} {token_type}")
+            .to_ascii_lowercase()
+            .split(|c: char| !c.is_ascii_alphanumeric())
+            .filter(|w| !w.is_empty())
+            .map(str::to_owned)
+            .collect();
+        let has = |w: &str| words.iter().any(|x| x == w);
+        let pair = |a: &str, b: &str| words.windows(2).any(|p| p[0] == a && p[1] == b);
+        let identifier = words.last().is_some_and(|w| w == "id")
+            || pair("client", "id")
+            || pair("account", "id")
+            || pair("key", "id");
+        if identifier || has("public") || has("publishable") || has("recipient") {
             Severity::Low
-        } else if has(&[
-            "test",
-            "sandbox",
-            "staging",
-            "webhook",
-            "feed",
-            "read_only",
-            "read-only",
-        ]) {
+        } else if has("test") || has("sandbox") || has("staging") || has("webhook") || has("feed") {
             Severity::Medium
-        } else if has(&[
-            "private_key",
-            "private-key",
-            "secret_access_key",
-            "secret-access-key",
-            "admin",
-            "root",
-            "service_account",
-            "service-account",
-            "live",
-            "production",
-            "org_",
-            "organization",
-        ]) {
+        } else if pair("private", "key")
+            || pair("access", "key") && has("secret")
+            || pair("service", "account")
+            || ["admin", "root", "live", "production", "organization", "org"]
+                .iter()
+                .any(|w| has(w))
+        {
             Severity::Critical
         } else {
             Severity::High
@@ -553,6 +540,50 @@ mod tests {
         assert!(is_valid_id("aws"));
         for bad in ["", "GitHub", "a..b", "a-", "-a", "a_b", "a b"] {
             assert!(!is_valid_id(bad), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn severity_is_judged_from_whole_words() {
+        for (id, token_type, expected) in [
+            (
+                "stripe.secret-key-live",
+                "stripe_api_key",
+                Severity::Critical,
+            ),
+            (
+                "contentful.delivery-api-token",
+                "contentful_delivery_api_token",
+                Severity::High,
+            ),
+            (
+                "dropbox.short-lived-token",
+                "dropbox_short_lived_access_token",
+                Severity::High,
+            ),
+            (
+                "google.service-account-key-id",
+                "google_cloud_private_key_id",
+                Severity::Low,
+            ),
+            ("private-key.pem", "private_key", Severity::Critical),
+            (
+                "aws.secret-access-key-assigned",
+                "aws_secret_access_key",
+                Severity::Critical,
+            ),
+            (
+                "stripe.secret-key-test",
+                "stripe_test_secret_key",
+                Severity::Medium,
+            ),
+            (
+                "github.pat-classic",
+                "github_personal_access_token",
+                Severity::High,
+            ),
+        ] {
+            assert_eq!(Severity::judge(id, token_type), expected, "{id}");
         }
     }
 

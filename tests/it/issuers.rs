@@ -147,6 +147,45 @@ async fn githubs_rate_limit_answer_says_when_to_return() {
     github.shutdown().await;
 }
 
+/// After GitHub says to wait, the batcher calls nobody until then, whatever its own budget says.
+#[tokio::test]
+async fn once_github_says_wait_no_call_is_made_before() {
+    let github = fake(1).await;
+    let batcher = Batcher::spawn(
+        Client::new(outbound(), &github.api_url()),
+        BatchOptions {
+            linger: Duration::from_millis(5),
+            ..BatchOptions::default()
+        },
+    );
+    assert_eq!(batcher.submit(token(1)).await, Outcome::Accepted);
+    assert!(matches!(
+        batcher.submit(token(2)).await,
+        Outcome::RetryLater {
+            retry_after: Some(_),
+            ..
+        }
+    ));
+    for i in 3..10 {
+        match batcher.submit(token(i)).await {
+            Outcome::RetryLater {
+                reason,
+                retry_after: Some(wait),
+            } => {
+                assert_eq!(reason, "GitHub asked to wait");
+                assert!(wait > Duration::from_secs(3500), "{wait:?}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(
+        github.revocation.received().rate_limited,
+        1,
+        "one refused call, no more"
+    );
+    github.shutdown().await;
+}
+
 /// The fake holds GitHub's rules (so the tests above could fail): more than 1,000 credentials or
 /// an authenticated call are refused. The client refuses to build such a call at all.
 #[tokio::test]

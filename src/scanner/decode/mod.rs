@@ -167,9 +167,11 @@ impl<'r> Scanner<'r> {
         let mut by_rule: HashMap<&'r str, Vec<usize>> = HashMap::new();
         for f in found {
             let slot = by_rule.entry(f.rule.id.as_str()).or_default();
+            // Findings of one view are distinct tokens even where their raw spans overlap (every
+            // token inside one base64+gzip blob maps to the whole blob).
             let same_place = slot.iter().copied().find(|&k| {
                 let g = &kept[k];
-                g.span.start < f.span.end && f.span.start < g.span.end
+                g.decoded != f.decoded && g.span.start < f.span.end && f.span.start < g.span.end
             });
             match same_place {
                 None => {
@@ -279,6 +281,32 @@ mod tests {
         let body = format!(r#"{{"k":"{spelled}"}}"#);
         let found = findings(body.as_bytes(), DecodeOptions::default());
         assert_eq!(found, vec![(spelled, vec![DecodeStep::Escape], 1)]);
+    }
+
+    fn token_of(body: &str) -> String {
+        format!(
+            "ghp_{body}{}",
+            crate::scanner::validate::crc32_base62(body.as_bytes())
+        )
+    }
+
+    /// Two tokens inside one base64+gzip value both map to the whole value: both are reported.
+    #[test]
+    fn two_tokens_in_one_compressed_blob_are_two_findings() {
+        use ::base64::Engine as _;
+        use std::io::Write as _;
+        let (a, b) = (
+            token_of("R7mKq2VxT9pL4sN8wYc3Hd6Fj1Zb5A"),
+            token_of("Zq8wTn3vLp2xRk5mYb7cHd9fJg4sNa"),
+        );
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(format!("A={a}\nB={b}\n").as_bytes()).unwrap();
+        let blob = ::base64::engine::general_purpose::STANDARD.encode(gz.finish().unwrap());
+        let found = findings(
+            format!("release: {blob}\n").as_bytes(),
+            DecodeOptions::default(),
+        );
+        assert_eq!(found.len(), 2, "{found:?}");
     }
 
     #[test]
