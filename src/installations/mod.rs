@@ -725,11 +725,25 @@ pub async fn remove(store: &Store, id_or_name: &str, actor: &str) -> Result<usiz
     Ok(stopped)
 }
 
-/// The installations that issue `token_type`.
+/// Ids of the issuers the engine adds beside registered installations (`issuer:github`).
+pub const ISSUER_PREFIX: &str = "issuer:";
+
+/// Whether `i` is an issuer (a company whose tokens Spillway did not issue), not a registration.
+pub fn is_issuer(i: &Installation) -> bool {
+    i.id.starts_with(ISSUER_PREFIX)
+}
+
+/// The installations that issue `token_type` (issuers apart: they are the fallback).
 pub fn issuing<'a>(all: &'a [Installation], token_type: &str) -> Vec<&'a Installation> {
     all.iter()
-        .filter(|i| i.spec.token_types.iter().any(|t| t == token_type))
+        .filter(|i| !is_issuer(i) && i.spec.token_types.iter().any(|t| t == token_type))
         .collect()
+}
+
+/// The issuer that can revoke `token_type`, when no installation claims a token of it.
+pub fn issuer_of<'a>(all: &'a [Installation], token_type: &str) -> Option<&'a Installation> {
+    all.iter()
+        .find(|i| is_issuer(i) && i.spec.token_types.iter().any(|t| t == token_type))
 }
 
 /// The installations one of whose hostnames is `host` or a parent domain of it.

@@ -150,6 +150,27 @@ pub struct Settings {
     pub poller: PollerSettings,
     /// Bounds on what internet clients may make the public address hold (`[ingress]`).
     pub ingress: IngressSettings,
+    /// Issuers whose tokens Spillway revokes where they were issued (`[issuers.NAME]`): `github`
+    /// (the Credential Revocation API, on unless `enabled = false`) and the self-revocation
+    /// families of `patterns/issuers/` (off unless `enabled = true`).
+    pub issuers: std::collections::BTreeMap<String, IssuerSettings>,
+}
+
+/// `[issuers.NAME]`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct IssuerSettings {
+    /// Unset: GitHub on, every other issuer off.
+    #[serde(deserialize_with = "lenient_opt_bool")]
+    pub enabled: Option<bool>,
+    /// The issuer's API base (GitHub Enterprise Server, a self-hosted GitLab, a test's fake).
+    pub base_url: Option<String>,
+    /// GitHub only: calls an hour, at most (60 by default, GitHub's limit).
+    pub hourly_limit: Option<u32>,
+}
+
+fn lenient_opt_bool<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error> {
+    lenient_bool(d).map(Some)
 }
 
 /// `[ingress]`: everything a client controls on the public address is bounded before it is
@@ -274,6 +295,7 @@ impl Default for Settings {
             replicas: 1,
             poller: PollerSettings::default(),
             ingress: IngressSettings::default(),
+            issuers: Default::default(),
         }
     }
 }
@@ -293,6 +315,11 @@ const ENV: &[(&str, &str)] = &[
         "audit_checkpoint_interval_ms",
     ),
     ("SPILLWAY_PUBLIC_URL", "public_url"),
+    ("SPILLWAY_ISSUERS_GITHUB_ENABLED", "issuers.github.enabled"),
+    (
+        "SPILLWAY_ISSUERS_GITHUB_BASE_URL",
+        "issuers.github.base_url",
+    ),
     (
         "SPILLWAY_HEADER_READ_TIMEOUT_SECS",
         "header_read_timeout_secs",

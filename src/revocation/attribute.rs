@@ -23,6 +23,8 @@ pub enum Method {
     TokenType,
     /// This Spillway's own admin key.
     Spillway,
+    /// No installation claims it: the company that issued it revokes it (`issuer:NAME`).
+    Issuer,
     None,
 }
 
@@ -33,6 +35,7 @@ impl Method {
             Method::Hostname => "hostname",
             Method::TokenType => "token_type",
             Method::Spillway => "spillway",
+            Method::Issuer => "issuer",
             Method::None => "none",
         }
     }
@@ -145,6 +148,11 @@ pub fn attribute(
     }
     let issuing = installations::issuing(all, token_type);
     match issuing.len() {
+        0 if let Some(issuer) = installations::issuer_of(all, token_type) => Decision {
+            method: Method::Issuer,
+            targets: vec![(issuer.clone(), First::Revoke)],
+            reason: None,
+        },
         0 => Decision::nobody(
             Method::None,
             Some(format!("no installation issues token type {token_type}")),

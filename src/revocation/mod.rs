@@ -21,6 +21,7 @@ pub mod attribute;
 pub(crate) mod calls;
 pub mod decide;
 mod dispatcher;
+pub mod issuers;
 pub mod limits;
 pub mod pull;
 mod worker;
@@ -105,6 +106,8 @@ pub struct Engine {
     /// Opened shared secrets by installation, keyed also by (newest secret time, live count) so a
     /// rotation is seen on the next round.
     secrets: Mutex<std::collections::HashMap<String, CachedSecrets>>,
+    /// Issuers the settings enable, scheduled like installations (`issuer:NAME`).
+    pub(super) issuers: issuers::Issuers,
 }
 
 /// (newest secret's creation time, live count, the opened secrets).
@@ -120,7 +123,9 @@ impl Engine {
     ) -> anyhow::Result<Engine> {
         let tuning = Tuning::from_settings(settings);
         let outbound = Outbound::new(policy, tuning.call_timeout)?;
+        let issuers = issuers::Issuers::from_settings(settings, &outbound)?;
         Ok(Engine {
+            issuers,
             store,
             keys,
             key_cache: KeyCache::new(outbound.clone()),
@@ -205,7 +210,9 @@ impl Engine {
                 return Ok(self.installations());
             }
         }
-        let all = Arc::new(installations::list(&self.store).await?);
+        let mut listed = installations::list(&self.store).await?;
+        listed.extend(self.issuers.installations().cloned());
+        let all = Arc::new(listed);
         *self
             .installations_read_at
             .lock()

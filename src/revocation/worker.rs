@@ -94,6 +94,10 @@ impl Engine {
             &payload::owner(&item.installation_id, &item.fingerprint),
             sealed,
         )?;
+        if crate::installations::is_issuer(installation) {
+            let next = self.issuer_step(installation, &limits, &payload).await;
+            return self.commit(item, installation, next).await;
+        }
         let secrets = self.secrets_of(installation).await?;
         let started = std::time::Instant::now();
         let finding_id = format!("fnd_{}", item.id);
@@ -160,6 +164,40 @@ impl Engine {
             }
         };
         self.commit(item, installation, next).await
+    }
+
+    /// An issuer's finding: the issuer's driver revokes the token (GitHub's API batches it with
+    /// others); its answer moves the finding as a contract revoke's would. Issuers get no
+    /// notification call.
+    async fn issuer_step(
+        &self,
+        installation: &Installation,
+        limits: &limits::InstallationLimits,
+        payload: &Payload,
+    ) -> Next {
+        let Some(token) = payload.raw() else {
+            return Next::Refused("no raw token to send to the issuer".into());
+        };
+        let started = std::time::Instant::now();
+        crate::platform::failpoint::hit("revoke.before_call");
+        let answer = match self.issuers.revoke(&installation.id, token).await {
+            Some(crate::issuers::Outcome::Accepted) => Answer::Known(RevokeStatus::Revoked),
+            Some(crate::issuers::Outcome::Gone) => Answer::Known(RevokeStatus::AlreadyRevoked),
+            Some(crate::issuers::Outcome::RetryLater {
+                reason,
+                retry_after,
+            }) => Answer::Unknown {
+                reason,
+                retry_after,
+            },
+            Some(crate::issuers::Outcome::Refused { reason }) => Answer::Refused { reason },
+            None => Answer::Refused {
+                reason: format!("{} is not enabled", installation.id),
+            },
+        };
+        crate::platform::failpoint::hit("revoke.after_call");
+        self.classify(Step::Revoke, installation, limits, started, answer)
+            .map_known(|status| after_revoke(status, false))
     }
 
     /// Records the answer with the installation's breaker and the metrics.

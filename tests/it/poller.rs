@@ -233,6 +233,57 @@ async fn pushed_tokens_are_found_revoked_and_located() {
     }
 }
 
+/// A GitHub token pushed to a public repository is reported to GitHub's Credential Revocation API
+/// (the fake enforces its batch size and hourly limit): no installation claims it, so its issuer
+/// revokes it, through the same durable steps, audit and metrics.
+#[tokio::test]
+async fn a_pushed_github_token_is_reported_to_githubs_revocation_api() {
+    use sha2::Digest as _;
+    for (backend, url, _dir) in crate::common::fresh_databases().await {
+        let rig = Rig::start(&url, |_| {}, polling, |_| {}).await;
+        faults(&rig, json!({})).await;
+        let token = crate::common::senders::fresh_github_token();
+        let pushed = std::time::Instant::now();
+        push(
+            &rig,
+            "acme/site",
+            &[("deploy/ci.env", format!("GH_TOKEN={token}\n"))],
+            false,
+        )
+        .await;
+        let findings = rig.settled(1, Duration::from_secs(20)).await;
+        let elapsed = pushed.elapsed();
+        assert_eq!(findings.len(), 1, "{backend}: {findings:#?}");
+        let f = &findings[0];
+        assert_eq!(
+            f.installation_id.as_deref(),
+            Some("issuer:github"),
+            "{backend}"
+        );
+        assert_eq!(
+            (f.state.as_str(), f.attribution.as_str()),
+            ("revoked", "issuer"),
+            "{backend}: {f:#?}"
+        );
+        let received = rig.github.revocation.received();
+        assert_eq!(received.batches, [1], "{backend}");
+        assert_eq!(
+            received.sha256,
+            [hex::encode(sha2::Sha256::digest(token.as_bytes()))]
+        );
+        assert_eq!((received.authenticated, received.rate_limited), (0, 0));
+        eprintln!("{backend}: pushed to reported and revoked in {elapsed:?}");
+        let audit = serde_json::to_string(&audit_actions(&rig).await).unwrap();
+        assert!(
+            audit.contains("issuer:github") && !audit.contains(&token),
+            "{backend}"
+        );
+        let m = metrics(&rig).await;
+        assert!(m.contains("issuer:github"), "{m}");
+        rig.stop().await;
+    }
+}
+
 #[tokio::test]
 async fn rate_limits_are_obeyed_not_hammered() {
     let _ = tracing_subscriber::fmt()

@@ -128,8 +128,16 @@ impl Rig {
         let (server, server_dir) =
             super::start_server_tuned(database_url, &github.keys_url(), |s| {
                 local(s);
-                // The fake GitHub's public side, for tests that enable the poller.
+                // The fake GitHub's public side, for tests that enable the poller, and its
+                // Credential Revocation API for the GitHub issuer.
                 s.poller.api_url = github.api_url();
+                s.issuers.insert(
+                    "github".into(),
+                    spillway::platform::config::IssuerSettings {
+                        base_url: Some(github.api_url()),
+                        ..Default::default()
+                    },
+                );
                 tune_server(s);
             })
             .await;
