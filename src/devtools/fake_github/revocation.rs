@@ -27,6 +27,8 @@ pub struct Received {
     pub batches: Vec<usize>,
     /// SHA-256 (hex) of every credential accepted.
     pub sha256: Vec<String>,
+    /// When each of those was accepted (Unix milliseconds), in the same order.
+    pub at_ms: Vec<i64>,
     /// Calls refused: over the hourly limit, authenticated, or invalid.
     pub rate_limited: usize,
     pub authenticated: usize,
@@ -138,6 +140,10 @@ async fn revoke(State(r): State<Arc<Revocation>>, headers: HeaderMap, body: Byte
     }
     let mut received = r.received.lock().expect("not poisoned");
     received.batches.push(credentials.len());
+    let now = crate::devtools::now_ms();
+    received
+        .at_ms
+        .extend(std::iter::repeat_n(now, credentials.len()));
     received.sha256.extend(
         credentials
             .iter()
