@@ -136,7 +136,13 @@ impl Engine {
             limits::BreakerState::HalfOpen => return Ok(()),
             limits::BreakerState::Closed => limits.concurrency.available_permits(),
         };
-        slots = slots.min(self.in_flight.available_permits());
+        // An issuer's tasks wait on its driver (GitHub's batches up to 1,000 tokens), bounded by the
+        // issuer's own concurrency: they do not take the process-wide call slots, which would cap
+        // a batch at max_in_flight.
+        let issuer = crate::installations::is_issuer(installation);
+        if !issuer {
+            slots = slots.min(self.in_flight.available_permits());
+        }
         if slots == 0 {
             return Ok(());
         }
@@ -154,11 +160,17 @@ impl Engine {
             limits.release_probe();
         }
         for item in claimed {
-            let (Ok(permit), Ok(global)) = (
-                limits.concurrency.clone().try_acquire_owned(),
-                self.in_flight.clone().try_acquire_owned(),
-            ) else {
-                // Another task took the slot meanwhile: the lease lapses and a later round runs it.
+            let global = if issuer {
+                None
+            } else {
+                match self.in_flight.clone().try_acquire_owned() {
+                    Ok(g) => Some(g),
+                    // Another task took the slot meanwhile: the lease lapses and a later round
+                    // runs it.
+                    Err(_) => continue,
+                }
+            };
+            let Ok(permit) = limits.concurrency.clone().try_acquire_owned() else {
                 continue;
             };
             let engine = self.clone();
