@@ -300,3 +300,117 @@ async fn crash_after_the_notify_call_before_its_commit() {
 async fn crash_after_the_verify_call_before_its_commit() {
     crash_and_resume("verify.after_call", true).await;
 }
+
+/// An issuer's finding resumes like an installation's: the real binary aborts right after GitHub's
+/// Credential Revocation API accepted the token, a second run finishes the finding (reporting the
+/// token again is harmless at GitHub: it is already revoked), with one finding, an intact audit
+/// log and no raw token in any file.
+#[tokio::test]
+async fn a_crash_after_reporting_to_github_resumes_to_one_revoked_finding() {
+    use sha2::Digest as _;
+    for (backend, url, _db_dir) in crate::common::fresh_databases().await {
+        let github = fake_github::start(&fake_github::Args::default())
+            .await
+            .unwrap();
+        let mut setup = Setup::new(github.keys_url(), Some(&url));
+        setup.env = vec![
+            ("SPILLWAY_OUTBOUND_ALLOW_HTTP".into(), "true".into()),
+            ("SPILLWAY_OUTBOUND_ALLOW_PRIVATE".into(), "true".into()),
+            ("SPILLWAY_CALL_TIMEOUT_MS".into(), "1000".into()),
+            ("SPILLWAY_ISSUERS_GITHUB_BASE_URL".into(), github.api_url()),
+        ];
+        spillway::platform::keyring::Keys::load(&setup.dir.path().join("spillway.keys"), true)
+            .unwrap();
+        let out = setup
+            .command(&["listener", "create", "--kind", "github"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let endpoint = String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .last()
+            .unwrap()
+            .trim()
+            .to_owned();
+        let token = crate::common::senders::fresh_github_token();
+        let mut child = setup.start_with(0, &[("SPILLWAY_CRASH_AT", "revoke.after_call")]);
+        let body = serde_json::to_vec(&json!([{
+            "token": token, "type": "github_personal_access_token", "url": "https://github.com/o/r"
+        }]))
+        .unwrap();
+        let r = reqwest::Client::new()
+            .post(&endpoint)
+            .header("Github-Public-Key-Identifier", &github.key_identifier)
+            .header("Github-Public-Key-Signature", github.sign(&body))
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{backend}");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "{backend}: never reported");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert_eq!(
+            status.signal(),
+            Some(6),
+            "{backend}: aborted after the call"
+        );
+        let reported = github.revocation.received();
+        assert_eq!(
+            reported.batches,
+            [1],
+            "{backend}: reported before the crash"
+        );
+
+        let mut child = setup.start(1);
+        let store = spillway::platform::store::Store::connect(&url)
+            .await
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let all = loop {
+            let all = findings::list(&store, None, None, 0, 10).await.unwrap();
+            if all.iter().any(|f| f.state == "revoked") {
+                break all;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{backend}: not resumed: {all:#?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert_eq!(all.len(), 1, "{backend}: one finding");
+        assert_eq!(all[0].installation_id.as_deref(), Some("issuer:github"));
+        let received = github.revocation.received();
+        let hash = hex::encode(sha2::Sha256::digest(token.as_bytes()));
+        assert!(
+            received.sha256.iter().all(|h| *h == hash) && received.sha256.len() <= 2,
+            "{backend}: {received:?}"
+        );
+        assert_eq!((received.rate_limited, received.authenticated), (0, 0));
+        let _ = child.kill();
+        let _ = child.wait();
+        let verify = setup.command(&["audit", "verify"]).output().unwrap();
+        assert!(
+            verify.status.success(),
+            "{backend}: {}",
+            String::from_utf8_lossy(&verify.stdout)
+        );
+        for (name, bytes) in setup.files() {
+            assert!(
+                !bytes.windows(token.len()).any(|w| w == token.as_bytes()),
+                "{backend}: raw token in {name}"
+            );
+        }
+        github.shutdown().await;
+    }
+}
