@@ -415,19 +415,11 @@ impl IgnoredCount {
     }
 
     fn count(&self, paths: &[PathBuf]) {
-        let fs: Vec<&PathBuf> = paths
-            .iter()
-            .filter(|p| p.as_os_str() != "-" && p.exists())
-            .collect();
-        let Some((first, rest)) = fs.split_first() else {
+        let roots: Vec<&PathBuf> = paths.iter().filter(|p| p.as_os_str() != "-").collect();
+        let Some(mut walk) = walker(&roots) else {
             return;
         };
-        let mut walk = ignore::WalkBuilder::new(first);
-        for p in rest {
-            walk.add(p);
-        }
-        walk.standard_filters(false)
-            .filter_entry(|e| e.file_name() != ".git");
+        walk.standard_filters(false);
         for (i, entry) in walk.build().enumerate() {
             if i % 256 == 0 && self.past_deadline() {
                 return;
@@ -498,14 +490,9 @@ fn scan_paths(
                 .push(format!("{}: no such file or directory", p.display()));
         }
     }
-    let fs_paths: Vec<&PathBuf> = fs_paths.into_iter().filter(|p| p.exists()).collect();
-    let Some((first, rest)) = fs_paths.split_first() else {
+    let Some(mut walk) = walker(&fs_paths) else {
         return Ok(findings);
     };
-    let mut walk = ignore::WalkBuilder::new(first);
-    for p in rest {
-        walk.add(p);
-    }
     walk.threads(threads)
         .hidden(false)
         .require_git(false)
@@ -513,8 +500,7 @@ fn scan_paths(
         .git_exclude(!args.no_ignore)
         .git_global(!args.no_ignore)
         .ignore(!args.no_ignore)
-        .parents(!args.no_ignore)
-        .filter_entry(|e| e.file_name() != ".git");
+        .parents(!args.no_ignore);
     let found = Mutex::new(findings);
     let decode = &decode;
     walk.build_parallel().run(|| {
@@ -565,6 +551,18 @@ fn scan_paths(
         })
     });
     Ok(found.into_inner().expect("walk finished"))
+}
+
+/// A walk of the `roots` that exist, `.git` directories left out; None when none exists.
+fn walker(roots: &[&PathBuf]) -> Option<ignore::WalkBuilder> {
+    let roots: Vec<&&PathBuf> = roots.iter().filter(|p| p.exists()).collect();
+    let (first, rest) = roots.split_first()?;
+    let mut walk = ignore::WalkBuilder::new(first);
+    for p in rest {
+        walk.add(p);
+    }
+    walk.filter_entry(|e| e.file_name() != ".git");
+    Some(walk)
 }
 
 enum ReadOutcome {

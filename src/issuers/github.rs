@@ -22,7 +22,9 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::sync::{mpsc, oneshot};
 
 use super::Outcome;
-use crate::platform::outbound::{Outbound, read_capped};
+use crate::platform::outbound::{
+    Outbound, SendError, read_capped, retry_after as retry_after_header,
+};
 use crate::scanner::TokenSecret;
 
 /// The API's path under the REST base (`https://api.github.com`, or `https://HOST/api/v3`).
@@ -97,14 +99,14 @@ impl Client {
             .await;
         let response = match sent {
             Ok(r) => r,
-            Err(e) if e.is_timeout() => return retry("timed out", None),
-            Err(ref e) if let Some(refused) = crate::platform::outbound::refusal(e) => {
-                return Outcome::Refused {
-                    reason: format!("issuers.github.base_url: {refused}"),
+            Err(e) => {
+                return match crate::platform::outbound::send_error(&e) {
+                    SendError::Refused(refused) => Outcome::Refused {
+                        reason: format!("issuers.github.base_url: {refused}"),
+                    },
+                    SendError::Transient(why) => retry(why, None),
                 };
             }
-            Err(e) if e.is_connect() => return retry("cannot connect", None),
-            Err(_) => return retry("request failed", None),
         };
         let status = response.status().as_u16();
         let headers = response.headers().clone();
@@ -140,10 +142,10 @@ fn retry(reason: &str, retry_after: Option<Duration>) -> Outcome {
 /// How long GitHub's rate-limit headers say to wait: `retry-after`, or `x-ratelimit-reset` (epoch
 /// seconds) when `x-ratelimit-remaining` is 0; at most an hour.
 pub fn rate_limit_wait(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
-    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    if let Some(secs) = text("retry-after").and_then(|v| v.trim().parse::<u64>().ok()) {
-        return Some(Duration::from_secs(secs).min(Duration::from_secs(3600)));
+    if let Some(wait) = retry_after_header(headers) {
+        return Some(wait);
     }
+    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     if text("x-ratelimit-remaining").map(str::trim) != Some("0") {
         return None;
     }

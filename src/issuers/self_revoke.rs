@@ -13,7 +13,7 @@ use base64::Engine as _;
 use serde::Deserialize;
 
 use super::Outcome;
-use crate::platform::outbound::{Outbound, read_capped};
+use crate::platform::outbound::{Outbound, SendError, read_capped, send_error};
 use crate::scanner::TokenSecret;
 
 include!(concat!(env!("OUT_DIR"), "/issuer_files.rs"));
@@ -134,15 +134,23 @@ impl Call {
         Ok(())
     }
 
+    /// Makes the call at `base_url` for the issuer `issuer` (named in a refusal): the outbound
+    /// policy first, then the request with the token where declared; the answer read bounded.
     async fn send(
         &self,
+        issuer: &str,
         outbound: &Outbound,
         base_url: &str,
         token: &TokenSecret,
-    ) -> Result<(u16, Option<Duration>, axum::body::Bytes), String> {
+    ) -> Result<(u16, Option<Duration>, axum::body::Bytes), SendError> {
+        let field = format!("issuers.{issuer}.base_url");
         let url = format!("{}{}", base_url.trim_end_matches('/'), self.path);
+        outbound
+            .policy
+            .check(&field, &url)
+            .map_err(|e| SendError::Refused(e.to_string()))?;
         let method = reqwest::Method::from_bytes(self.method.as_bytes())
-            .map_err(|_| "an invalid method".to_owned())?;
+            .map_err(|_| SendError::Refused(format!("{field}: an invalid method")))?;
         let fill = |template: &str| template.replace(TOKEN, token.expose());
         let mut request = outbound.client.request(method, &url);
         if let Some(h) = &self.header {
@@ -158,15 +166,10 @@ impl Call {
                 .header("content-type", content_type.as_str())
                 .body(fill(body));
         }
-        let response = match request.send().await {
-            Ok(r) => r,
-            Err(e) if e.is_timeout() => return Err("timed out".into()),
-            Err(ref e) if let Some(refused) = crate::platform::outbound::refusal(e) => {
-                return Err(format!("refused: {refused}"));
-            }
-            Err(e) if e.is_connect() => return Err("cannot connect".into()),
-            Err(_) => return Err("request failed".into()),
-        };
+        let response = request.send().await.map_err(|e| match send_error(&e) {
+            SendError::Refused(refused) => SendError::Refused(format!("{field}: {refused}")),
+            transient => transient,
+        })?;
         let status = response.status().as_u16();
         let wait = crate::issuers::github::rate_limit_wait(response.headers());
         let body = read_capped(response, ANSWER_CAP).await.unwrap_or_default();
@@ -220,19 +223,16 @@ impl Spec {
         base_url: &str,
         token: &TokenSecret,
     ) -> Outcome {
-        let field = format!("issuers.{}.base_url", self.name);
-        let url = format!("{}{}", base_url.trim_end_matches('/'), self.revoke.path);
-        if let Err(e) = outbound.policy.check(&field, &url) {
-            return Outcome::Refused {
-                reason: e.to_string(),
-            };
-        }
-        let (status, wait, body) = match self.revoke.send(outbound, base_url, token).await {
+        let sent = self
+            .revoke
+            .send(&self.name, outbound, base_url, token)
+            .await;
+        let (status, wait, body) = match sent {
             Ok(answer) => answer,
-            Err(reason) if reason.starts_with("refused") => return Outcome::Refused { reason },
-            Err(reason) => {
+            Err(SendError::Refused(reason)) => return Outcome::Refused { reason },
+            Err(SendError::Transient(why)) => {
                 return Outcome::RetryLater {
-                    reason,
+                    reason: why.to_owned(),
                     retry_after: None,
                 };
             }
@@ -277,22 +277,18 @@ impl Spec {
         token: &TokenSecret,
     ) -> Option<Liveness> {
         let call = self.whoami.as_ref()?;
-        let url = format!("{}{}", base_url.trim_end_matches('/'), call.path);
-        if let Err(e) = outbound
-            .policy
-            .check(&format!("issuers.{}.base_url", self.name), &url)
-        {
-            return Some(Liveness::Unknown {
-                reason: e.to_string(),
-            });
-        }
-        Some(match call.send(outbound, base_url, token).await {
-            Ok((status, _, _)) if call.live.contains(&status) => Liveness::Live,
-            Ok((status, _, _)) if call.dead.contains(&status) => Liveness::Dead,
-            Ok((status, _, _)) => Liveness::Unknown {
-                reason: format!("answered {status}"),
+        Some(
+            match call.send(&self.name, outbound, base_url, token).await {
+                Ok((status, _, _)) if call.live.contains(&status) => Liveness::Live,
+                Ok((status, _, _)) if call.dead.contains(&status) => Liveness::Dead,
+                Ok((status, _, _)) => Liveness::Unknown {
+                    reason: format!("answered {status}"),
+                },
+                Err(SendError::Refused(reason)) => Liveness::Unknown { reason },
+                Err(SendError::Transient(why)) => Liveness::Unknown {
+                    reason: why.to_owned(),
+                },
             },
-            Err(reason) => Liveness::Unknown { reason },
-        })
+        )
     }
 }

@@ -215,6 +215,45 @@ pub struct InternalOnly {
     pub host: String,
 }
 
+/// Why a request got no answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SendError {
+    /// The outbound policy refused the target (after DNS): retrying cannot help.
+    Refused(String),
+    /// Something a later try may cure, named briefly (safe to store: never a body or a URL).
+    Transient(&'static str),
+}
+
+/// What a failed `send` means: a timeout, a policy refusal, a connection that failed, or other.
+pub fn send_error(e: &reqwest::Error) -> SendError {
+    if e.is_timeout() {
+        SendError::Transient("timed out")
+    } else if let Some(refused) = refusal(e) {
+        SendError::Refused(refused.to_string())
+    } else if e.is_connect() {
+        SendError::Transient("cannot connect")
+    } else {
+        SendError::Transient("request failed")
+    }
+}
+
+/// `Retry-After` as seconds or an HTTP-date, capped at an hour.
+pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let value = headers
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim();
+    let wait = match value.parse::<u64>() {
+        Ok(secs) => Duration::from_secs(secs),
+        Err(_) => httpdate::parse_http_date(value)
+            .ok()?
+            .duration_since(std::time::SystemTime::now())
+            .unwrap_or_default(),
+    };
+    Some(wait.min(Duration::from_secs(3600)))
+}
+
 /// The policy refusal behind a failed request, if that is why it failed.
 pub fn refusal<'e>(error: &'e (dyn std::error::Error + 'static)) -> Option<&'e InternalOnly> {
     let mut next = Some(error);

@@ -4,14 +4,14 @@
 //!
 //! Must not touch storage: one call, its answer classified.
 
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 
 use crate::installations::contract::{
     self, RevokeResponse, RevokeStatus, VerifyResponse, VerifyStatus,
 };
-use crate::platform::outbound::Outbound;
+use crate::platform::outbound::{Outbound, SendError, retry_after};
 use crate::scanner::TokenSecret;
 
 /// The answer to a call, classified.
@@ -51,23 +51,6 @@ impl<T> Answer<T> {
             retry_after: None,
         }
     }
-}
-
-/// `Retry-After` as seconds or an HTTP-date, capped at an hour.
-pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
-    let value = headers
-        .get(reqwest::header::RETRY_AFTER)?
-        .to_str()
-        .ok()?
-        .trim();
-    let wait = match value.parse::<u64>() {
-        Ok(secs) => Duration::from_secs(secs),
-        Err(_) => httpdate::parse_http_date(value)
-            .ok()?
-            .duration_since(SystemTime::now())
-            .unwrap_or_default(),
-    };
-    Some(wait.min(Duration::from_secs(3600)))
 }
 
 /// An installation's reply with a 200 or 204 status.
@@ -115,16 +98,14 @@ async fn post_signed(
         .await;
     let response = match sent {
         Ok(r) => r,
-        Err(e) if e.is_timeout() => return Err(Answer::unknown(format!("{field}: timed out"))),
-        Err(ref e) if let Some(refused) = crate::platform::outbound::refusal(e) => {
-            return Err(Answer::Refused {
-                reason: format!("{field}: {refused}"),
+        Err(e) => {
+            return Err(match crate::platform::outbound::send_error(&e) {
+                SendError::Refused(refused) => Answer::Refused {
+                    reason: format!("{field}: {refused}"),
+                },
+                SendError::Transient(why) => Answer::unknown(format!("{field}: {why}")),
             });
         }
-        Err(e) if e.is_connect() => {
-            return Err(Answer::unknown(format!("{field}: cannot connect")));
-        }
-        Err(_) => return Err(Answer::unknown(format!("{field}: request failed"))),
     };
     let status = response.status();
     if status == reqwest::StatusCode::TOO_MANY_REQUESTS

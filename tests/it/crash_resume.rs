@@ -24,6 +24,63 @@ enum Fault {
     Panic,
 }
 
+/// Creates a GitHub listener with the CLI; returns its endpoint URL.
+fn github_listener(setup: &Setup) -> String {
+    let out = setup
+        .command(&["listener", "create", "--kind", "github"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .last()
+        .unwrap()
+        .trim()
+        .to_owned()
+}
+
+/// Waits until `child` aborted (SIGABRT, as `SPILLWAY_CRASH_AT` makes it).
+async fn aborted(child: &mut std::process::Child, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: never reached the crash point"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(
+        status.signal(),
+        Some(6),
+        "{what}: aborted at the crash point"
+    );
+}
+
+/// The audit log verifies and `token` is in no file or log the runs wrote (database, WAL,
+/// checkpoints, stdout, stderr).
+fn audit_intact_and_no_raw_token(setup: &Setup, token: &str, what: &str) {
+    let verify = setup.command(&["audit", "verify"]).output().unwrap();
+    assert!(
+        verify.status.success(),
+        "{what}: {}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
+    for (name, bytes) in setup.files() {
+        assert!(
+            !bytes.windows(token.len()).any(|w| w == token.as_bytes()),
+            "{what}: raw token in {name}"
+        );
+    }
+}
+
 async fn run_to(point: &str, online: bool, fault: Fault) {
     for (backend, url, _db_dir) in crate::common::fresh_databases().await {
         let github = fake_github::start(&fake_github::Args::default())
@@ -49,22 +106,7 @@ async fn run_to(point: &str, online: bool, fault: Fault) {
         spillway::platform::keyring::Keys::load(&setup.dir.path().join("spillway.keys"), true)
             .unwrap();
 
-        let out = setup
-            .command(&["listener", "create", "--kind", "github"])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let endpoint = String::from_utf8(out.stdout)
-            .unwrap()
-            .lines()
-            .last()
-            .unwrap()
-            .trim()
-            .to_owned();
+        let endpoint = github_listener(&setup);
         let base = installation.url();
         let (jwks, verify) = (format!("{base}/jwks.json"), format!("{base}/verify"));
         let (revoke, notify) = (format!("{base}/revoke"), format!("{base}/notify"));
@@ -138,18 +180,7 @@ async fn run_to(point: &str, online: bool, fault: Fault) {
             github.shutdown().await;
             continue;
         }
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let status = loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                break status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{backend}: never reached {point}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
-        assert_eq!(status.signal(), Some(6), "{backend}: aborted at {point}");
+        aborted(&mut child, &format!("{backend} {point}")).await;
 
         // Run 1 resumes.
         let mut child = setup.start(1);
@@ -185,19 +216,7 @@ async fn run_to(point: &str, online: bool, fault: Fault) {
 
         let _ = child.kill();
         let _ = child.wait();
-        let verify = setup.command(&["audit", "verify"]).output().unwrap();
-        assert!(
-            verify.status.success(),
-            "{backend} {point}: {}",
-            String::from_utf8_lossy(&verify.stdout)
-        );
-        // Canary: the token is in no file or log (database, WAL, checkpoints, stdout, stderr).
-        for (name, bytes) in setup.files() {
-            assert!(
-                !bytes.windows(token.len()).any(|w| w == token.as_bytes()),
-                "{backend} {point}: raw token in {name}"
-            );
-        }
+        audit_intact_and_no_raw_token(&setup, &token, &format!("{backend} {point}"));
         installation.shutdown().await;
         github.shutdown().await;
     }
@@ -321,22 +340,7 @@ async fn a_crash_after_reporting_to_github_resumes_to_one_revoked_finding() {
         ];
         spillway::platform::keyring::Keys::load(&setup.dir.path().join("spillway.keys"), true)
             .unwrap();
-        let out = setup
-            .command(&["listener", "create", "--kind", "github"])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let endpoint = String::from_utf8(out.stdout)
-            .unwrap()
-            .lines()
-            .last()
-            .unwrap()
-            .trim()
-            .to_owned();
+        let endpoint = github_listener(&setup);
         let token = crate::common::senders::fresh_github_token();
         let mut child = setup.start_with(0, &[("SPILLWAY_CRASH_AT", "revoke.after_call")]);
         let body = serde_json::to_vec(&json!([{
@@ -352,19 +356,7 @@ async fn a_crash_after_reporting_to_github_resumes_to_one_revoked_finding() {
             .await
             .unwrap();
         assert_eq!(r.status(), 200, "{backend}");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let status = loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                break status;
-            }
-            assert!(Instant::now() < deadline, "{backend}: never reported");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
-        assert_eq!(
-            status.signal(),
-            Some(6),
-            "{backend}: aborted after the call"
-        );
+        aborted(&mut child, &format!("{backend}: after the call")).await;
         let reported = github.revocation.received();
         assert_eq!(
             reported.batches,
@@ -399,18 +391,7 @@ async fn a_crash_after_reporting_to_github_resumes_to_one_revoked_finding() {
         assert_eq!((received.rate_limited, received.authenticated), (0, 0));
         let _ = child.kill();
         let _ = child.wait();
-        let verify = setup.command(&["audit", "verify"]).output().unwrap();
-        assert!(
-            verify.status.success(),
-            "{backend}: {}",
-            String::from_utf8_lossy(&verify.stdout)
-        );
-        for (name, bytes) in setup.files() {
-            assert!(
-                !bytes.windows(token.len()).any(|w| w == token.as_bytes()),
-                "{backend}: raw token in {name}"
-            );
-        }
+        audit_intact_and_no_raw_token(&setup, &token, &backend);
         github.shutdown().await;
     }
 }

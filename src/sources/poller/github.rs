@@ -171,7 +171,7 @@ impl GitHub {
         };
         let remaining = number("x-ratelimit-remaining");
         let reset_at = number("x-ratelimit-reset").map(instant_of_epoch);
-        let retry_after = crate::revocation::calls::retry_after(headers);
+        let retry_after = crate::platform::outbound::retry_after(headers);
         {
             let mut rate = self.rate.lock().expect("rate state");
             if let Some(r) = remaining {
