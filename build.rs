@@ -19,6 +19,39 @@ fn main() {
         "every issuer's self-revocation file",
         "issuer_files.rs",
     );
+    revision();
+}
+
+/// `SPILLWAY_REVISION` for `spillway_build_info`: as given to the build (release pipelines), else
+/// the checkout's commit, else `unknown` (a source archive without git).
+fn revision() {
+    println!("cargo:rerun-if-env-changed=SPILLWAY_REVISION");
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+    };
+    let revision = env::var("SPILLWAY_REVISION").ok().or_else(|| {
+        // Rebuilt when the checkout moves: HEAD itself, and the branch it points at.
+        for path in ["HEAD", "packed-refs"] {
+            if let Some(p) = git(&["rev-parse", "--git-path", path]) {
+                println!("cargo:rerun-if-changed={p}");
+            }
+        }
+        if let Some(branch) = git(&["symbolic-ref", "-q", "HEAD"])
+            && let Some(p) = git(&["rev-parse", "--git-path", &branch])
+        {
+            println!("cargo:rerun-if-changed={p}");
+        }
+        git(&["rev-parse", "--short=12", "HEAD"])
+    });
+    println!(
+        "cargo:rustc-env=SPILLWAY_REVISION={}",
+        revision.unwrap_or_else(|| "unknown".into())
+    );
 }
 
 /// Writes `OUT_DIR/dest` declaring `pub static NAME: &[(&str, &str)]`: (file name, contents) of

@@ -160,7 +160,7 @@ async fn run() {
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(600);
     let all = loop {
-        let all = findings::list(&store, None, None, 0, 1_000_000)
+        let all = findings::list(&store, &Default::default(), 0, 1_000_000)
             .await
             .unwrap();
         let settled = all.len() >= alerts

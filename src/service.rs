@@ -88,6 +88,7 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
         depsdev_keys: optional(&settings.depsdev_keys_url),
         metrics,
         public_url: settings.public_url.clone(),
+        audit_checkpoints: settings.audit_checkpoint_file.clone(),
         policy,
         engine: engine.clone(),
         gitlab_types,
@@ -127,6 +128,7 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
     )));
     tasks.push(tokio::spawn(sample_metrics(state.clone(), watch.clone())));
     if settings.poller.enabled {
+        state.metrics.poller_enabled();
         let poller = Arc::new(crate::sources::poller::Poller::new(
             state.store.clone(),
             engine.clone(),

@@ -296,6 +296,20 @@ pub async fn authenticate(store: &Store, presented: &str) -> anyhow::Result<Opti
     Ok(Some(key))
 }
 
+/// Key `id`, if it is known, not expired and not revoked (a console session checks its key on
+/// every request this way, so revoking a key ends its sessions).
+pub async fn valid_by_id(store: &Store, id: &str) -> anyhow::Result<Option<AdminKey>> {
+    let row = sqlx::query_as::<_, AdminKeyRow>(&format!(
+        "SELECT {COLUMNS} FROM admin_keys WHERE id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(store.pool())
+    .await?;
+    Ok(row
+        .map(AdminKey::from)
+        .filter(|key| key.expires_at > now_ms() && key.revoked_at.is_none()))
+}
+
 /// Every admin key, expired and revoked ones included, oldest first (never the key itself: only
 /// its hash is stored).
 pub async fn list(store: &Store) -> anyhow::Result<Vec<AdminKey>> {

@@ -5,3 +5,4 @@
 
 pub mod api_keys;
 pub mod doctor;
+pub mod sessions;

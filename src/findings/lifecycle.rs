@@ -92,6 +92,9 @@ impl FindingState {
         FindingState::Notifying,
     ];
     /// The states still in progress (a worker's or the installation's move next).
+    /// Every state, in the lifecycle's order.
+    pub const ALL: [FindingState; 12] = ALL_STATES;
+
     pub const IN_PROGRESS: [FindingState; 4] = [
         FindingState::Verifying,
         FindingState::Revoking,

@@ -595,32 +595,101 @@ pub struct FindingView {
     pub last_error: Option<String>,
 }
 
-/// Findings after id `after`, oldest first, optionally filtered by state and installation.
+/// Which findings a listing shows; `None` shows all.
+#[derive(Debug, Default, Clone)]
+pub struct Filter<'a> {
+    pub state: Option<&'a str>,
+    pub installation: Option<&'a str>,
+    pub source: Option<&'a str>,
+}
+
+const VIEW_COLUMNS: &str = "id, candidate_id, installation_id, fingerprint, token_type, attribution, \
+     state, outcome, label, found_at, source, received_at, decided_at, attempts, last_error";
+
+fn with_id(mut f: FindingView) -> FindingView {
+    f.id = format!("fnd_{}", f.row_id);
+    f
+}
+
+/// Findings after id `after`, oldest first, as `filter` says.
 pub async fn list(
     store: &Store,
-    state: Option<&str>,
-    installation: Option<&str>,
+    filter: &Filter<'_>,
     after: i64,
     limit: i64,
 ) -> anyhow::Result<Vec<FindingView>> {
-    let rows: Vec<FindingView> = sqlx::query_as(
-        "SELECT id, candidate_id, installation_id, fingerprint, token_type, attribution, state, outcome, \
-         label, found_at, source, received_at, decided_at, attempts, last_error FROM findings \
+    let rows: Vec<FindingView> = sqlx::query_as(&format!(
+        "SELECT {VIEW_COLUMNS} FROM findings \
          WHERE id > $1 AND ($2 IS NULL OR state = $2) AND ($3 IS NULL OR installation_id = $3) \
-         ORDER BY id LIMIT $4",
-    )
+         AND ($4 IS NULL OR source = $4) ORDER BY id LIMIT $5"
+    ))
     .bind(after)
-    .bind(state)
-    .bind(installation)
+    .bind(filter.state)
+    .bind(filter.installation)
+    .bind(filter.source)
     .bind(limit)
     .fetch_all(store.pool())
     .await
     .context("cannot list findings")?;
-    Ok(rows
-        .into_iter()
-        .map(|mut f| {
-            f.id = format!("fnd_{}", f.row_id);
-            f
-        })
-        .collect())
+    Ok(rows.into_iter().map(with_id).collect())
+}
+
+/// The newest findings first (before id `before`, when given), as `filter` says.
+pub async fn newest(
+    store: &Store,
+    filter: &Filter<'_>,
+    before: Option<i64>,
+    limit: i64,
+) -> anyhow::Result<Vec<FindingView>> {
+    let rows: Vec<FindingView> = sqlx::query_as(&format!(
+        "SELECT {VIEW_COLUMNS} FROM findings \
+         WHERE id < $1 AND ($2 IS NULL OR state = $2) AND ($3 IS NULL OR installation_id = $3) \
+         AND ($4 IS NULL OR source = $4) ORDER BY id DESC LIMIT $5"
+    ))
+    .bind(before.unwrap_or(i64::MAX))
+    .bind(filter.state)
+    .bind(filter.installation)
+    .bind(filter.source)
+    .bind(limit)
+    .fetch_all(store.pool())
+    .await
+    .context("cannot list findings")?;
+    Ok(rows.into_iter().map(with_id).collect())
+}
+
+/// Finding `row_id`, if there is one.
+pub async fn get(store: &Store, row_id: i64) -> anyhow::Result<Option<FindingView>> {
+    let row: Option<FindingView> = sqlx::query_as(&format!(
+        "SELECT {VIEW_COLUMNS} FROM findings WHERE id = $1"
+    ))
+    .bind(row_id)
+    .fetch_optional(store.pool())
+    .await
+    .context("cannot read finding")?;
+    Ok(row.map(with_id))
+}
+
+/// The sources findings came from.
+pub async fn sources(store: &Store) -> anyhow::Result<Vec<String>> {
+    let rows: Vec<(String,)> =
+        sqlx::query_as("SELECT DISTINCT source FROM findings ORDER BY source")
+            .fetch_all(store.pool())
+            .await
+            .context("cannot list finding sources")?;
+    Ok(rows.into_iter().map(|(s,)| s).collect())
+}
+
+/// The newest finding error of installation `id`, with the finding's row id.
+pub async fn last_error(
+    store: &Store,
+    installation: &str,
+) -> anyhow::Result<Option<(i64, String)>> {
+    sqlx::query_as(
+        "SELECT id, last_error FROM findings WHERE installation_id = $1 AND last_error IS NOT NULL \
+         ORDER BY id DESC LIMIT 1",
+    )
+    .bind(installation)
+    .fetch_optional(store.pool())
+    .await
+    .context("cannot read an installation's last error")
 }

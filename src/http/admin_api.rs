@@ -638,14 +638,13 @@ async fn list_findings(
             format!("state: unknown finding state {state:?}"),
         ));
     }
-    let rows = crate::findings::list(
-        &state.store,
-        q.state.as_deref(),
-        q.installation.as_deref(),
-        q.after,
-        q.limit,
-    )
-    .await
-    .map_err(|e| unavailable("listing findings", e))?;
+    let filter = crate::findings::Filter {
+        state: q.state.as_deref(),
+        installation: q.installation.as_deref(),
+        source: None,
+    };
+    let rows = crate::findings::list(&state.store, &filter, q.after, q.limit)
+        .await
+        .map_err(|e| unavailable("listing findings", e))?;
     Ok(Json(rows).into_response())
 }

@@ -412,12 +412,12 @@ pub async fn json_errors(
     }
     let response = next.run(request).await;
     let status = response.status();
-    let is_json = response
+    let already_formatted = response
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|t| t.starts_with("application/json"));
-    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        .is_some_and(|t| t.starts_with("application/json") || t.starts_with("text/html"));
+    if !(status.is_client_error() || status.is_server_error()) || already_formatted {
         return response;
     }
     let (parts, body) = response.into_parts();

@@ -80,6 +80,12 @@ pub struct FindingOutcomeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BuildLabels {
+    pub version: &'static str,
+    pub revision: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct QueueLabels {
     pub queue: &'static str,
     pub state: &'static str,
@@ -100,6 +106,54 @@ const QUEUE_STATES: [(&str, &str); 5] = [
     ("findings", "awaiting_pull"),
 ];
 
+/// Known label values, created at zero when the process starts (or, per installation, when it
+/// is first seen), so `rate()` and `increase()` see the first event rather than a series that
+/// starts at 1. Kept in step with docs/OPERATIONS.md.
+const ALERT_OUTCOMES: [&str; 5] = [
+    "accepted",
+    "replay",
+    "malformed",
+    "bad_signature",
+    "unavailable",
+];
+const SIGNATURE_REASONS: [&str; 5] = [
+    "missing_header",
+    "malformed_header",
+    "unknown_key",
+    "bad_signature",
+    "stale_timestamp",
+];
+const INGRESS_REASONS: [&str; 8] = [
+    "unknown_endpoint",
+    "too_large",
+    "over_budget",
+    "too_slow",
+    "broken",
+    "max_connections",
+    "max_connections_per_ip",
+    "accept_error",
+];
+const LEAKED_KEY_OUTCOMES: [&str; 3] = ["revoked", "already_revoked", "unknown_token"];
+const SCAN_SOURCES: [&str; 2] = ["poller", "listener"];
+const CALL_STEPS: [&str; 3] = ["verify", "revoke", "notify"];
+const CALL_OUTCOMES: [&str; 2] = ["answered", "unknown"];
+const POLLER_PUSH_OUTCOMES: [&str; 5] = [
+    "scanned",
+    "duplicate",
+    "skipped_budget",
+    "skipped_size",
+    "failed",
+];
+const POLLER_SKIP_REASONS: [&str; 6] = [
+    "no_blob",
+    "blob_count",
+    "budget",
+    "blob_size",
+    "blob_encoding",
+    "binary",
+];
+const GITHUB_LIMIT_KINDS: [&str; 2] = ["primary", "secondary"];
+
 /// The public-events poller's metrics.
 #[derive(Default)]
 struct PollerMetrics {
@@ -115,6 +169,10 @@ struct PollerMetrics {
 
 pub struct Metrics {
     registry: Registry,
+    /// The `process_*` metrics, unprefixed as every exporter names them.
+    process: Registry,
+    /// Installations whose series were created at zero.
+    initialised: std::sync::Mutex<std::collections::HashSet<String>>,
     alerts: Family<AlertLabels, Counter>,
     calls: Family<CallLabels, Counter>,
     call_seconds: Family<StepLabels, Histogram>,
@@ -328,7 +386,23 @@ impl Default for Metrics {
              back or failed)",
             worker_panics.clone(),
         );
-        Metrics {
+        let build_info = Family::<BuildLabels, Gauge>::default();
+        registry.register(
+            "build_info",
+            "1, labelled with the running build's version and git revision",
+            build_info.clone(),
+        );
+        build_info
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION"),
+                revision: env!("SPILLWAY_REVISION"),
+            })
+            .set(1);
+        let mut process = Registry::default();
+        process.register_collector(Box::new(ProcessCollector));
+        let metrics = Metrics {
+            process,
+            initialised: std::sync::Mutex::default(),
             worker_panics,
             key_conflicts,
             admin_keys_leaked,
@@ -349,11 +423,109 @@ impl Default for Metrics {
             time_to_revoke,
             failed,
             rate_limit_waits,
-        }
+        };
+        metrics.initialise_known_labels();
+        metrics
     }
 }
 
 impl Metrics {
+    /// Creates every series whose labels are known in advance, at zero.
+    fn initialise_known_labels(&self) {
+        let kinds = <crate::sources::listeners::ListenerKind as clap::ValueEnum>::value_variants()
+            .iter()
+            .map(|k| k.as_str())
+            .chain([crate::sources::poller::LISTENER]);
+        for listener_kind in kinds {
+            for outcome in ALERT_OUTCOMES {
+                let _ = self.alerts.get_or_create(&AlertLabels {
+                    listener_kind,
+                    outcome,
+                });
+            }
+            for reason in SIGNATURE_REASONS {
+                let _ = self.signature_failures.get_or_create(&SignatureLabels {
+                    listener_kind,
+                    reason,
+                });
+            }
+        }
+        for reason in INGRESS_REASONS {
+            let _ = self
+                .ingress
+                .refusals
+                .get_or_create(&ReasonLabels { reason });
+        }
+        for outcome in LEAKED_KEY_OUTCOMES {
+            let _ = self
+                .admin_keys_leaked
+                .get_or_create(&OutcomeLabels { outcome });
+        }
+        for source in SCAN_SOURCES {
+            let _ = self.scanned_bytes.get_or_create(&SourceLabels { source });
+        }
+    }
+
+    /// Creates the poller's labelled series at zero: called when this process runs a poller, so
+    /// a deployment without one shows no poller counters rather than zeros.
+    pub fn poller_enabled(&self) {
+        for outcome in POLLER_PUSH_OUTCOMES {
+            let _ = self.poller.pushes.get_or_create(&OutcomeLabels { outcome });
+        }
+        for reason in POLLER_SKIP_REASONS {
+            let _ = self
+                .poller
+                .skipped_files
+                .get_or_create(&ReasonLabels { reason });
+        }
+        for kind in GITHUB_LIMIT_KINDS {
+            let _ = self
+                .poller
+                .rate_limit_waits
+                .get_or_create(&KindLabels { kind });
+        }
+    }
+
+    /// Creates an installation's (or issuer's) series at zero, once.
+    fn initialise_installation(&self, installation: &str) {
+        if !self
+            .initialised
+            .lock()
+            .expect("initialised lock")
+            .insert(installation.to_owned())
+        {
+            return;
+        }
+        let owned = || installation.to_owned();
+        for step in CALL_STEPS {
+            for outcome in CALL_OUTCOMES {
+                let _ = self.calls.get_or_create(&CallLabels {
+                    installation: owned(),
+                    step,
+                    outcome,
+                });
+            }
+            let _ = self.failed.get_or_create(&StepLabels {
+                installation: owned(),
+                step,
+            });
+        }
+        for state in crate::findings::FindingState::ALL {
+            if state.is_terminal() && state != crate::findings::FindingState::Unattributed {
+                let _ = self.outcomes.get_or_create(&FindingOutcomeLabels {
+                    installation: owned(),
+                    outcome: state.as_str().to_owned(),
+                });
+            }
+        }
+        let _ = self.rate_limit_waits.get_or_create(&InstallationLabels {
+            installation: owned(),
+        });
+        let _ = self.worker_panics.get_or_create(&InstallationLabels {
+            installation: owned(),
+        });
+    }
+
     /// Counts an alert: outcome is accepted, replay, malformed, bad_signature or unavailable.
     pub fn alert(&self, listener_kind: &'static str, outcome: &'static str) {
         self.alerts
@@ -422,6 +594,9 @@ impl Metrics {
                 .get_or_create(&QueueLabels { queue, state })
                 .set(n);
         }
+        for installation in engine.installations().iter() {
+            self.initialise_installation(&installation.id);
+        }
         for (installation, state) in engine.limits.breaker_states() {
             let value = match state {
                 crate::revocation::limits::BreakerState::Closed => 0,
@@ -450,7 +625,10 @@ impl Metrics {
                 .load(std::sync::atomic::Ordering::Relaxed);
         self.checkpoint_age.set(since.max(0) as f64 / 1000.0);
         let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+        use prometheus_client::encoding::text::{encode_eof, encode_registry};
+        encode_registry(&mut out, &self.registry)
+            .and_then(|()| encode_registry(&mut out, &self.process))
+            .and_then(|()| encode_eof(&mut out))
             .expect("writing to a String");
         out
     }
@@ -669,6 +847,87 @@ pub fn to_prometheus_text(openmetrics: &str) -> String {
     out
 }
 
+/// The `process_*` metrics every Prometheus client library exports (CPU seconds, memory, file
+/// descriptors, start time, threads), read from procfs at each scrape. Elsewhere than Linux, or
+/// when procfs cannot be read, they are left out rather than reported as zero.
+#[derive(Debug)]
+struct ProcessCollector;
+
+impl prometheus_client::collector::Collector for ProcessCollector {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric as _;
+        use prometheus_client::metrics::counter::ConstCounter;
+        use prometheus_client::metrics::gauge::ConstGauge;
+        let Ok(me) = procfs::process::Process::myself() else {
+            return Ok(());
+        };
+        let Ok(stat) = me.stat() else { return Ok(()) };
+        let ticks = procfs::ticks_per_second() as f64;
+        let page = procfs::page_size();
+        let cpu = ConstCounter::new((stat.utime + stat.stime) as f64 / ticks);
+        cpu.encode(encoder.encode_descriptor(
+            "process_cpu_seconds",
+            "Total user and system CPU time spent in seconds.",
+            None,
+            cpu.metric_type(),
+        )?)?;
+        let gauges: [(&str, &str, Option<f64>); 6] = [
+            (
+                "process_resident_memory_bytes",
+                "Resident memory size in bytes.",
+                Some((stat.rss * page) as f64),
+            ),
+            (
+                "process_virtual_memory_bytes",
+                "Virtual memory size in bytes.",
+                Some(stat.vsize as f64),
+            ),
+            (
+                "process_start_time_seconds",
+                "Start time of the process since unix epoch in seconds.",
+                procfs::boot_time_secs()
+                    .ok()
+                    .map(|boot| boot as f64 + stat.starttime as f64 / ticks),
+            ),
+            (
+                "process_open_fds",
+                "Number of open file descriptors.",
+                me.fd_count().ok().map(|n| n as f64),
+            ),
+            (
+                "process_max_fds",
+                "Maximum number of open file descriptors.",
+                me.limits()
+                    .ok()
+                    .and_then(|l| match l.max_open_files.soft_limit {
+                        procfs::process::LimitValue::Value(v) => Some(v as f64),
+                        procfs::process::LimitValue::Unlimited => None,
+                    }),
+            ),
+            (
+                "process_threads",
+                "Number of OS threads in the process.",
+                Some(stat.num_threads as f64),
+            ),
+        ];
+        for (name, help, value) in gauges {
+            if let Some(value) = value {
+                let gauge = ConstGauge::new(value);
+                gauge.encode(encoder.encode_descriptor(
+                    name,
+                    help,
+                    None,
+                    gauge.metric_type(),
+                )?)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 impl crate::intake::GroupObserver for Metrics {
     fn group(&self, jobs: usize, _rows: usize, elapsed: std::time::Duration, _ok: bool) {
         self.ingress.group_jobs.observe(jobs as f64);
@@ -688,6 +947,80 @@ impl super::ingress::ConnectionObserver for Metrics {
 
 #[cfg(test)]
 mod tests {
+    use super::Metrics;
+
+    #[test]
+    fn known_series_start_at_zero_and_the_pollers_only_when_it_runs() {
+        let metrics = Metrics::default();
+        let text = metrics.encode();
+        for series in [
+            "spillway_alerts_received_total{listener_kind=\"github\",outcome=\"accepted\"} 0",
+            "spillway_alerts_received_total{listener_kind=\"poller\",outcome=\"replay\"} 0",
+            "spillway_signature_failures_total{listener_kind=\"twilio\",reason=\"bad_signature\"} 0",
+            "spillway_ingress_refusals_total{reason=\"too_slow\"} 0",
+            "spillway_admin_keys_leaked_total{outcome=\"revoked\"} 0",
+        ] {
+            assert!(text.contains(series), "{series} missing:\n{text}");
+        }
+        assert!(!text.contains("spillway_poller_pushes_total{"), "{text}");
+        metrics.poller_enabled();
+        let text = metrics.encode();
+        assert!(text.contains("spillway_poller_pushes_total{outcome=\"scanned\"} 0"));
+        assert!(text.contains("spillway_github_rate_limit_waits_total{kind=\"secondary\"} 0"));
+        metrics.initialise_installation("ins_1");
+        let text = metrics.encode();
+        for series in [
+            "spillway_installation_calls_total{installation=\"ins_1\",step=\"revoke\",outcome=\"answered\"} 0",
+            "spillway_findings_outcomes_total{installation=\"ins_1\",outcome=\"revoked\"} 0",
+            "spillway_findings_failed_total{installation=\"ins_1\",step=\"notify\"} 0",
+            "spillway_worker_panics_total{installation=\"ins_1\"} 0",
+        ] {
+            assert!(text.contains(series), "{series} missing:\n{text}");
+        }
+        // A counter that moved keeps its count: initialising again touches nothing.
+        crate::revocation::Observer::failed(&metrics, "ins_1", "verify");
+        metrics.initialise_installation("ins_1");
+        assert!(
+            metrics.encode().contains(
+                "spillway_findings_failed_total{installation=\"ins_1\",step=\"verify\"} 1"
+            )
+        );
+    }
+
+    #[test]
+    fn build_info_and_process_metrics_are_exported() {
+        let text = Metrics::default().encode();
+        let build = format!(
+            "spillway_build_info{{version=\"{}\",revision=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION"),
+            env!("SPILLWAY_REVISION")
+        );
+        assert!(text.contains(&build), "{text}");
+        assert!(!env!("SPILLWAY_REVISION").is_empty());
+        let value = |name: &str| -> f64 {
+            let line = text
+                .lines()
+                .find(|l| l.starts_with(&format!("{name} ")))
+                .unwrap_or_else(|| panic!("{name} missing:\n{text}"));
+            line.rsplit(' ').next().unwrap().parse().unwrap()
+        };
+        assert!(value("process_resident_memory_bytes") > 1e6);
+        assert!(value("process_open_fds") >= 3.0);
+        assert!(value("process_threads") >= 1.0);
+        assert!(value("process_cpu_seconds_total") >= 0.0);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64();
+        let started = value("process_start_time_seconds");
+        assert!(
+            started <= now + 1.0 && started > now - 3600.0,
+            "{started} vs {now}"
+        );
+        // One exposition: the process registry comes before the single end marker.
+        assert_eq!(text.matches("# EOF").count(), 1);
+        assert!(text.trim_end().ends_with("# EOF"));
+    }
     #[test]
     fn counters_are_named_by_their_total_series_in_prometheus_text() {
         let om = "# HELP spillway_x Things.\n# TYPE spillway_x counter\nspillway_x_total 3\n# HELP spillway_g G.\n# TYPE spillway_g gauge\nspillway_g 1\n# EOF\n";

@@ -8,6 +8,7 @@
 
 pub mod admin_api;
 mod api_error;
+mod console;
 pub mod ingress;
 pub mod metrics;
 mod pull_api;
@@ -58,6 +59,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Base URL for endpoint URLs handed out by the admin API.
     pub public_url: String,
+    /// The signed audit checkpoints (the console shows the log's verdict).
+    pub audit_checkpoints: std::path::PathBuf,
     /// Which installation URLs may be registered and called.
     pub policy: Policy,
     /// Deciding, verifying, revoking and notifying.
@@ -132,6 +135,7 @@ pub fn routers(state: Arc<AppState>) -> (Router, Router) {
         .route("/openapi.json", get(openapi_admin))
         .route("/openapi/installation.json", get(openapi_installation))
         .merge(admin_api::routes(state.clone()))
+        .merge(console::routes())
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route") })
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(request_span())

@@ -274,6 +274,20 @@ pub async fn with_action(store: &Store, action: &str) -> anyhow::Result<Vec<Entr
         .collect())
 }
 
+/// Every entry about `subject` (its subject, as `finding:12` or `admin-key:...`), oldest first.
+pub async fn about(store: &Store, subject: &str) -> anyhow::Result<Vec<Entry>> {
+    let rows = sqlx::query_as::<_, EntryRow>(
+        "SELECT seq, at, actor, action, subject, details FROM audit_log WHERE subject = $1 ORDER BY seq",
+    )
+    .bind(subject)
+    .fetch_all(store.pool())
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| r.into_entry(|_| serde_json::Value::Null).0)
+        .collect())
+}
+
 /// Prints every entry as one JSON object per line.
 pub async fn export_jsonl(store: &Store, out: &mut impl std::io::Write) -> anyhow::Result<usize> {
     let entries = load(store).await?;

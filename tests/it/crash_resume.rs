@@ -189,7 +189,9 @@ async fn run_to(point: &str, online: bool, fault: Fault) {
             .unwrap();
         let deadline = Instant::now() + Duration::from_secs(30);
         let finding = loop {
-            let all = findings::list(&store, None, None, 0, 10).await.unwrap();
+            let all = findings::list(&store, &Default::default(), 0, 10)
+                .await
+                .unwrap();
             if let Some(f) = all.iter().find(|f| f.state == "revoked") {
                 break f.clone();
             }
@@ -200,7 +202,7 @@ async fn run_to(point: &str, online: bool, fault: Fault) {
             tokio::time::sleep(Duration::from_millis(50)).await;
         };
         assert_eq!(
-            findings::list(&store, None, None, 0, 10)
+            findings::list(&store, &Default::default(), 0, 10)
                 .await
                 .unwrap()
                 .len(),
@@ -237,7 +239,9 @@ async fn panicked(
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     let finding = loop {
-        let all = findings::list(&store, None, None, 0, 10).await.unwrap();
+        let all = findings::list(&store, &Default::default(), 0, 10)
+            .await
+            .unwrap();
         if let Some(f) = all.iter().find(|f| f.state == "failed") {
             break f.clone();
         }
@@ -370,7 +374,9 @@ async fn a_crash_after_reporting_to_github_resumes_to_one_revoked_finding() {
             .unwrap();
         let deadline = Instant::now() + Duration::from_secs(30);
         let all = loop {
-            let all = findings::list(&store, None, None, 0, 10).await.unwrap();
+            let all = findings::list(&store, &Default::default(), 0, 10)
+                .await
+                .unwrap();
             if all.iter().any(|f| f.state == "revoked") {
                 break all;
             }

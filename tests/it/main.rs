@@ -8,6 +8,7 @@ mod admin_cli;
 mod canary;
 mod common;
 mod conformance;
+mod console;
 mod crash_resume;
 mod doctor;
 mod fake_github;

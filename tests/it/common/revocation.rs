@@ -243,7 +243,7 @@ impl Rig {
     }
 
     pub async fn findings(&self) -> Vec<FindingView> {
-        findings::list(&self.server.state.store, None, None, 0, 1000)
+        findings::list(&self.server.state.store, &Default::default(), 0, 1000)
             .await
             .unwrap()
     }

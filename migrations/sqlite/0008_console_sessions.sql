@@ -1,0 +1,10 @@
+-- Console sign-ins: an admin key presented once at the sign-in form becomes a session cookie. Only
+-- the cookie's SHA-256 is stored; the session ends at its expiry, at sign-out, or with its key.
+CREATE TABLE console_sessions (
+    id_hash     TEXT PRIMARY KEY,
+    key_id      TEXT NOT NULL,
+    created_at  INTEGER NOT NULL,
+    expires_at  INTEGER NOT NULL,
+    revoked_at  INTEGER
+);
+CREATE INDEX console_sessions_by_expiry ON console_sessions(expires_at);
