@@ -574,8 +574,11 @@ async fn browser(driver: &Driver) -> fantoccini::Client {
         .expect("a WebDriver session in headless Chromium")
 }
 
-/// Saves a screenshot of the page as `name`.png where the environment asks; checks it is a PNG.
+/// Saves a screenshot of the page as `name`.png where the environment asks; checks it is a PNG,
+/// and that the page keeps the console's accessibility habits ([`accessibility_problems`]).
 async fn screenshot(client: &fantoccini::Client, name: &str) {
+    let problems = accessibility_problems(client).await;
+    assert!(problems.is_empty(), "{name}: {problems:?}");
     let png = client.screenshot().await.unwrap();
     assert!(
         png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 1000,
@@ -586,6 +589,36 @@ async fn screenshot(client: &fantoccini::Client, name: &str) {
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join(format!("{name}.png")), png).unwrap();
     }
+}
+
+/// What the page gets wrong of the console's habits: a visible control without a label (its own
+/// `<label for>`, or an `aria-label` / text for a button), a page without exactly one `h1`, a
+/// table without header cells, or no `lang`. Run in the page by WebDriver (the page itself runs no
+/// script).
+async fn accessibility_problems(client: &fantoccini::Client) -> Vec<String> {
+    let found = client
+        .execute(
+            r#"
+            const problems = [];
+            for (const c of document.querySelectorAll('input:not([type=hidden]), select, textarea')) {
+              const labelled = (c.id && document.querySelector(`label[for="${c.id}"]`)) || c.getAttribute('aria-label');
+              if (!labelled) problems.push(`unlabelled ${c.outerHTML}`);
+            }
+            for (const b of document.querySelectorAll('button, a')) {
+              if (!(b.textContent.trim() || b.getAttribute('aria-label'))) problems.push(`nameless ${b.outerHTML}`);
+            }
+            if (document.querySelectorAll('h1').length !== 1) problems.push('not exactly one h1');
+            for (const t of document.querySelectorAll('table')) {
+              if (!t.querySelector('th')) problems.push('table without header cells');
+            }
+            if (!document.documentElement.lang) problems.push('no lang');
+            return problems;
+            "#,
+            vec![],
+        )
+        .await
+        .unwrap();
+    serde_json::from_value(found).unwrap()
 }
 
 async fn text_of(client: &fantoccini::Client, css: &str) -> String {

@@ -454,7 +454,14 @@ pub fn installations(session: &Session, all: &[Health], done: Option<&str>) -> M
                         tr {
                             th scope="row" { (i.spec.name) br; code { (i.id) } }
                             td { (i.spec.token_types.join(", ")) }
-                            td { (i.spec.rate_per_sec) "/s, burst " (i.spec.burst) ", " (i.spec.concurrency) " at once" }
+                            td {
+                                @if installations::is_issuer(i) {
+                                    "the issuer's own (an hourly budget for GitHub: "
+                                    code { "[issuers.NAME] hourly_limit" } ")"
+                                } @else {
+                                    (i.spec.rate_per_sec) "/s, burst " (i.spec.burst) ", " (i.spec.concurrency) " at once"
+                                }
+                            }
                             td {
                                 span.state.ok[h.breaker == "closed"] .bad[h.breaker != "closed"] { (h.breaker) }
                                 @if let Some(secs) = h.open_for_secs { " (calls resume in " (secs) " s)" }
