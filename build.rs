@@ -36,15 +36,17 @@ fn revision() {
     };
     let revision = env::var("SPILLWAY_REVISION").ok().or_else(|| {
         // Rebuilt when the checkout moves: HEAD itself, and the branch it points at.
-        for path in ["HEAD", "packed-refs"] {
-            if let Some(p) = git(&["rev-parse", "--git-path", path]) {
+        // Only paths that exist: cargo counts a missing one as always changed.
+        let watch = |p: String| {
+            if std::path::Path::new(&p).exists() {
                 println!("cargo:rerun-if-changed={p}");
             }
+        };
+        for path in ["HEAD", "packed-refs"] {
+            git(&["rev-parse", "--git-path", path]).map(watch);
         }
-        if let Some(branch) = git(&["symbolic-ref", "-q", "HEAD"])
-            && let Some(p) = git(&["rev-parse", "--git-path", &branch])
-        {
-            println!("cargo:rerun-if-changed={p}");
+        if let Some(branch) = git(&["symbolic-ref", "-q", "HEAD"]) {
+            git(&["rev-parse", "--git-path", &branch]).map(watch);
         }
         git(&["rev-parse", "--short=12", "HEAD"])
     });

@@ -89,6 +89,15 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
         metrics,
         public_url: settings.public_url.clone(),
         audit_checkpoints: settings.audit_checkpoint_file.clone(),
+        console: http::console::ConsoleState::new(
+            settings.console_secure_cookies,
+            settings
+                .admin_addr
+                .parse::<std::net::SocketAddr>()
+                .map_or(settings.admin_addr.starts_with("localhost:"), |a| {
+                    a.ip().is_loopback()
+                }),
+        ),
         policy,
         engine: engine.clone(),
         gitlab_types,

@@ -8,3 +8,5 @@ CREATE TABLE console_sessions (
     revoked_at  BIGINT
 );
 CREATE INDEX console_sessions_by_expiry ON console_sessions(expires_at);
+-- A finding's timeline in the console reads the entries about it.
+CREATE INDEX audit_log_by_subject ON audit_log(subject, seq);

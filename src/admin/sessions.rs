@@ -25,12 +25,38 @@ fn hash(secret: &str) -> String {
     hex::encode(Sha256::digest(secret.as_bytes()))
 }
 
+/// A session's public name: the first 16 hex digits of its stored hash (in audit entries and the
+/// console's list; it opens nothing).
+const HANDLE_LEN: usize = 16;
+
 /// A signed-in session: its key, as valid now, and when it ends.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Session {
     pub key: AdminKey,
     pub expires_at: i64,
+    /// Its public name.
+    pub handle: String,
     csrf: String,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("key", &self.key.id)
+            .field("handle", &self.handle)
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Whether `a` and `b` are equal, in time that depends only on their lengths.
+pub fn same(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn handle_of(id_hash: &str) -> String {
+    id_hash[..HANDLE_LEN].to_owned()
 }
 
 impl Session {
@@ -41,8 +67,7 @@ impl Session {
 
     /// Whether `presented` is this session's CSRF token (compared in constant time).
     pub fn csrf_matches(&self, presented: &str) -> bool {
-        let (a, b) = (self.csrf.as_bytes(), presented.as_bytes());
-        a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+        same(&self.csrf, presented)
     }
 }
 
@@ -63,6 +88,7 @@ pub fn random_secret() -> TokenSecret {
 /// and the session. Audited.
 pub async fn start(store: &Store, key: &AdminKey) -> anyhow::Result<(TokenSecret, Session)> {
     let secret = random_secret();
+    let id_hash = hash(secret.expose());
     let now = now_ms();
     let expires_at = (now + TTL_MS).min(key.expires_at);
     let mut tx = store.begin().await?;
@@ -73,7 +99,7 @@ pub async fn start(store: &Store, key: &AdminKey) -> anyhow::Result<(TokenSecret
     sqlx::query(
         "INSERT INTO console_sessions (id_hash, key_id, created_at, expires_at) VALUES ($1, $2, $3, $4)",
     )
-    .bind(hash(secret.expose()))
+    .bind(&id_hash)
     .bind(&key.id)
     .bind(now)
     .bind(expires_at)
@@ -85,7 +111,7 @@ pub async fn start(store: &Store, key: &AdminKey) -> anyhow::Result<(TokenSecret
         &key.actor(),
         "console.signed_in",
         &key.actor(),
-        serde_json::json!({ "expires_at": expires_at }),
+        serde_json::json!({ "session": handle_of(&id_hash), "expires_at": expires_at }),
     )
     .await?;
     tx.commit().await?;
@@ -95,6 +121,7 @@ pub async fn start(store: &Store, key: &AdminKey) -> anyhow::Result<(TokenSecret
         Session {
             key: key.clone(),
             expires_at,
+            handle: handle_of(&id_hash),
             csrf,
         },
     ))
@@ -113,10 +140,11 @@ pub async fn open(store: &Store, secret: &str) -> anyhow::Result<Option<Session>
     if secret.len() != 64 || !secret.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Ok(None);
     }
+    let id_hash = hash(secret);
     let row = sqlx::query_as::<_, Row>(
         "SELECT key_id, expires_at, revoked_at FROM console_sessions WHERE id_hash = $1",
     )
-    .bind(hash(secret))
+    .bind(&id_hash)
     .fetch_optional(store.pool())
     .await?;
     let Some(row) = row else { return Ok(None) };
@@ -129,29 +157,79 @@ pub async fn open(store: &Store, secret: &str) -> anyhow::Result<Option<Session>
     Ok(Some(Session {
         key,
         expires_at: row.expires_at,
+        handle: handle_of(&id_hash),
         csrf: csrf_of(secret),
     }))
 }
 
-/// Signs the session out: it cannot be used again, even with the cookie. Audited.
-pub async fn end(store: &Store, secret: &str, session: &Session) -> anyhow::Result<()> {
-    let mut tx = store.begin().await?;
-    sqlx::query(
-        "UPDATE console_sessions SET revoked_at = $1 WHERE id_hash = $2 AND revoked_at IS NULL",
+/// Signs the session out: it cannot be used again, even with the cookie. Audited when it was
+/// live.
+pub async fn end(store: &Store, session: &Session) -> anyhow::Result<()> {
+    revoke(
+        store,
+        &session.handle,
+        &session.key.actor(),
+        "console.signed_out",
     )
-    .bind(now_ms())
-    .bind(hash(secret))
-    .execute(&mut *tx)
     .await?;
+    Ok(())
+}
+
+/// Ends the live session named `handle` (any key's); `action` is the audit entry's. Answers
+/// whether there was one.
+pub async fn revoke(
+    store: &Store,
+    handle: &str,
+    actor: &str,
+    action: &str,
+) -> anyhow::Result<bool> {
+    if handle.len() != HANDLE_LEN || !handle.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Ok(false);
+    }
+    let now = now_ms();
+    let mut tx = store.begin().await?;
+    let key_id: Option<String> = sqlx::query_scalar(
+        "UPDATE console_sessions SET revoked_at = $1 \
+         WHERE substr(id_hash, 1, 16) = $2 AND revoked_at IS NULL AND expires_at > $1 \
+         RETURNING key_id",
+    )
+    .bind(now)
+    .bind(handle)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(key_id) = key_id else {
+        return Ok(false);
+    };
     audit::append(
         &mut tx,
         store.backend(),
-        &session.key.actor(),
-        "console.signed_out",
-        &session.key.actor(),
-        serde_json::json!({}),
+        actor,
+        action,
+        &format!("admin-key:{key_id}"),
+        serde_json::json!({ "session": handle }),
     )
     .await?;
     tx.commit().await?;
-    Ok(())
+    Ok(true)
+}
+
+/// A live session as the console lists it (never its secret or hash).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Listed {
+    pub handle: String,
+    pub key_id: String,
+    pub created_at: i64,
+    pub expires_at: i64,
+}
+
+/// Every live session, newest first.
+pub async fn live(store: &Store) -> anyhow::Result<Vec<Listed>> {
+    Ok(sqlx::query_as(
+        "SELECT substr(id_hash, 1, 16) AS handle, key_id, created_at, expires_at \
+         FROM console_sessions WHERE revoked_at IS NULL AND expires_at > $1 \
+         ORDER BY created_at DESC",
+    )
+    .bind(now_ms())
+    .fetch_all(store.pool())
+    .await?)
 }

@@ -91,10 +91,10 @@ impl FindingState {
         FindingState::Revoking,
         FindingState::Notifying,
     ];
-    /// The states still in progress (a worker's or the installation's move next).
     /// Every state, in the lifecycle's order.
     pub const ALL: [FindingState; 12] = ALL_STATES;
 
+    /// The states still in progress (a worker's or the installation's move next).
     pub const IN_PROGRESS: [FindingState; 4] = [
         FindingState::Verifying,
         FindingState::Revoking,

@@ -10,4 +10,4 @@ pub mod store;
 
 pub use lifecycle::{FindingState, Label, Outcome, Step};
 pub use payload::Payload;
-pub use store::{Filter, FindingView, get, last_error, list, newest, sources};
+pub use store::{Filter, FindingView, get, last_error, list, newest};

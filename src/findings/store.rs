@@ -669,23 +669,19 @@ pub async fn get(store: &Store, row_id: i64) -> anyhow::Result<Option<FindingVie
     Ok(row.map(with_id))
 }
 
-/// The sources findings came from.
-pub async fn sources(store: &Store) -> anyhow::Result<Vec<String>> {
-    let rows: Vec<(String,)> =
-        sqlx::query_as("SELECT DISTINCT source FROM findings ORDER BY source")
-            .fetch_all(store.pool())
-            .await
-            .context("cannot list finding sources")?;
-    Ok(rows.into_iter().map(|(s,)| s).collect())
-}
-
-/// The newest finding error of installation `id`, with the finding's row id.
+/// The newest error among installation `installation`'s recent findings (its newest 1,000) that are
+/// still in progress or failed: (finding row id, when it was received, the error). An error a
+/// finding got past is not reported.
 pub async fn last_error(
     store: &Store,
     installation: &str,
-) -> anyhow::Result<Option<(i64, String)>> {
+) -> anyhow::Result<Option<(i64, i64, String)>> {
     sqlx::query_as(
-        "SELECT id, last_error FROM findings WHERE installation_id = $1 AND last_error IS NOT NULL \
+        "SELECT id, received_at, last_error FROM \
+         (SELECT id, received_at, last_error, state FROM findings WHERE installation_id = $1 \
+          ORDER BY id DESC LIMIT 1000) recent \
+         WHERE last_error IS NOT NULL \
+         AND state IN ('verifying', 'revoking', 'notifying', 'awaiting_pull', 'failed') \
          ORDER BY id DESC LIMIT 1",
     )
     .bind(installation)

@@ -398,6 +398,11 @@ pub async fn serve(
 
 /// JSON for the errors layers and routing answer by themselves (404, 405, 408, 413, 414, ...),
 /// which would otherwise be plain text or empty; also refuses overlong URIs (414) before routing.
+/// Marks a response whose error is already a page for a person (the console's), so
+/// [`json_errors`] leaves it alone; every other error is JSON.
+#[derive(Debug, Clone, Copy)]
+pub struct OwnErrorPage;
+
 pub async fn json_errors(
     request: axum::extract::Request,
     next: axum::middleware::Next,
@@ -412,12 +417,13 @@ pub async fn json_errors(
     }
     let response = next.run(request).await;
     let status = response.status();
-    let already_formatted = response
+    let is_json = response
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|t| t.starts_with("application/json") || t.starts_with("text/html"));
-    if !(status.is_client_error() || status.is_server_error()) || already_formatted {
+        .is_some_and(|t| t.starts_with("application/json"));
+    let own_page = response.extensions().get::<OwnErrorPage>().is_some();
+    if !(status.is_client_error() || status.is_server_error()) || is_json || own_page {
         return response;
     }
     let (parts, body) = response.into_parts();

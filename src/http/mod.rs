@@ -8,7 +8,7 @@
 
 pub mod admin_api;
 mod api_error;
-mod console;
+pub mod console;
 pub mod ingress;
 pub mod metrics;
 mod pull_api;
@@ -61,6 +61,8 @@ pub struct AppState {
     pub public_url: String,
     /// The signed audit checkpoints (the console shows the log's verdict).
     pub audit_checkpoints: std::path::PathBuf,
+    /// The console's cookie and audit-verdict settings and cache.
+    pub console: console::ConsoleState,
     /// Which installation URLs may be registered and called.
     pub policy: Policy,
     /// Deciding, verifying, revoking and notifying.

@@ -406,7 +406,7 @@ fn read_checkpoints(path: &Path) -> anyhow::Result<Vec<Checkpoint>> {
 }
 
 /// What `audit verify` found.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
     /// Every entry chains, and every checkpoint matches. `unwitnessed`: the newest entries no
     /// signed checkpoint covers yet (appended within the last checkpoint interval, or after a

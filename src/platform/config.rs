@@ -154,6 +154,21 @@ pub struct Settings {
     /// (the Credential Revocation API, on unless `enabled = false`) and the self-revocation
     /// families of `patterns/issuers/` (off unless `enabled = true`).
     pub issuers: std::collections::BTreeMap<String, IssuerSettings>,
+    /// When the console's cookies carry `Secure`: `auto` (default) unless the admin address is a
+    /// loopback one reached over plain http, `always`, or `never` (plain http on a private network).
+    pub console_secure_cookies: CookieSecurity,
+}
+
+/// `console_secure_cookies`.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum CookieSecurity {
+    /// `Secure` when the request came over https (a proxy's `X-Forwarded-Proto` or `Forwarded`
+    /// says so) or the admin address is not loopback.
+    #[default]
+    Auto,
+    Always,
+    Never,
 }
 
 /// `[issuers.NAME]`.
@@ -296,6 +311,7 @@ impl Default for Settings {
             poller: PollerSettings::default(),
             ingress: IngressSettings::default(),
             issuers: Default::default(),
+            console_secure_cookies: CookieSecurity::Auto,
         }
     }
 }
@@ -315,6 +331,7 @@ const ENV: &[(&str, &str)] = &[
         "audit_checkpoint_interval_ms",
     ),
     ("SPILLWAY_PUBLIC_URL", "public_url"),
+    ("SPILLWAY_CONSOLE_SECURE_COOKIES", "console_secure_cookies"),
     ("SPILLWAY_ISSUERS_GITHUB_ENABLED", "issuers.github.enabled"),
     (
         "SPILLWAY_ISSUERS_GITHUB_BASE_URL",

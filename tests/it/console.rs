@@ -161,6 +161,12 @@ async fn console_sessions_csrf_and_scopes() {
         let base = format!("http://{}", rig.server.admin_addr);
         let all = admin_key(store, &Scope::ALL).await;
         let readonly = admin_key(store, &[Scope::ListenersRead]).await;
+        // A revoked finding (before the installation's secret is rotated below).
+        let token = rig.mint("session", None).await;
+        rig.alert(&json!([{"token": token, "type": "palantir_jwt", "url": ""}]))
+            .await;
+        let finding = rig.settled(1, Duration::from_secs(20)).await.remove(0);
+        assert_eq!(finding.state, "revoked", "{backend}");
 
         // Not signed in: every screen sends the browser to the sign-in page.
         let mut anonymous = Console::new(base.clone());
@@ -185,6 +191,16 @@ async fn console_sessions_csrf_and_scopes() {
             .unwrap();
         assert_eq!(forged.status(), 403, "{backend}");
         assert!(forged.text().await.unwrap().contains("form_token:"));
+        // ...and so is one whose cookie is present but another form's.
+        let mismatched = anonymous
+            .http
+            .post(format!("{base}/console/login"))
+            .header(COOKIE, format!("spillway_signin={}", "ab".repeat(32)))
+            .form(&[("form_token", token.as_str()), ("admin_key", all.as_str())])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(mismatched.status(), 403, "{backend}");
         let (status, _, page) = anonymous
             .post(
                 "/console/login",
@@ -214,31 +230,65 @@ async fn console_sessions_csrf_and_scopes() {
             .parse()
             .unwrap();
         assert!((16 * 3600 - 5..=16 * 3600).contains(&max_age), "{line}");
-        assert!(!line.contains("Secure"), "plain http: no Secure attribute");
+        assert!(
+            !line.contains("Secure"),
+            "plain http on loopback: no Secure attribute"
+        );
+        let secret = console
+            .cookies
+            .iter()
+            .find(|(n, _)| n == "spillway_session")
+            .unwrap()
+            .1
+            .clone();
+        let stored: Vec<String> = sqlx::query_scalar("SELECT id_hash FROM console_sessions")
+            .fetch_all(store.pool())
+            .await
+            .unwrap();
+        let hashed = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(secret.as_bytes()));
+        assert_eq!(
+            stored,
+            vec![hashed],
+            "{backend}: only the cookie's SHA-256 is stored"
+        );
         let (status, _, page) = console.get("/console/listeners").await;
         assert_eq!(status, 200, "{backend}: {page}");
         assert!(!page.contains(&all));
-        // Behind https (a proxy says so), the cookie is Secure.
+        // Behind https (a proxy says so, in either header; the browser's hop is the first), the
+        // cookie is Secure.
         let mut proxied = Console::new(base.clone());
-        let (_, _, page) = proxied.get("/console/login").await;
-        let token = hidden(&page, "form_token");
-        let r = proxied
-            .http
-            .post(format!("{base}/console/login"))
-            .header(COOKIE, proxied.cookie_header())
-            .header("x-forwarded-proto", "https")
-            .form(&[("form_token", token.as_str()), ("admin_key", all.as_str())])
-            .send()
-            .await
-            .unwrap();
-        assert!(
-            r.headers().get_all(SET_COOKIE).iter().any(|v| v
-                .to_str()
-                .unwrap()
-                .starts_with("spillway_session=")
-                && v.to_str().unwrap().ends_with("; Secure")),
-            "{backend}"
-        );
+        for (header, value, secure) in [
+            ("x-forwarded-proto", "https", true),
+            ("x-forwarded-proto", "https, http", true),
+            ("x-forwarded-proto", "http, https", false),
+            ("forwarded", "for=192.0.2.1;proto=https", true),
+            ("forwarded", "for=192.0.2.1;proto=http", false),
+        ] {
+            let (_, _, page) = proxied.get("/console/login").await;
+            let token = hidden(&page, "form_token");
+            let r = proxied
+                .http
+                .post(format!("{base}/console/login"))
+                .header(COOKIE, proxied.cookie_header())
+                .header(header, value)
+                .form(&[("form_token", token.as_str()), ("admin_key", all.as_str())])
+                .send()
+                .await
+                .unwrap();
+            let line = proxied
+                .keep(&r)
+                .into_iter()
+                .find(|l| l.starts_with("spillway_session="))
+                .unwrap();
+            assert_eq!(
+                line.ends_with("; Secure"),
+                secure,
+                "{header}: {value}: {line}"
+            );
+        }
+        // A second session's valid token is not this session's.
+        let (_, _, page) = proxied.get("/console/listeners").await;
+        let other_csrf = hidden(&page, "csrf");
         // The console's headers: no caching, no framing, no script.
         let r = console
             .http
@@ -254,19 +304,29 @@ async fn console_sessions_csrf_and_scopes() {
         // A form without this session's CSRF token changes nothing.
         let listener = &listeners::list(store).await.unwrap()[0];
         let rotate = format!("/console/listeners/{}/rotate", listener.id);
+        let active = listener.endpoints[0].id.clone();
+        for wrong in ["0".repeat(64), other_csrf.clone()] {
+            let (status, _, page) = console
+                .post(
+                    &rotate,
+                    &[
+                        ("csrf", &wrong),
+                        ("expected_active", &active),
+                        ("old", "delete"),
+                    ],
+                )
+                .await;
+            assert_eq!(status, 403, "{backend}: {page}");
+            assert!(page.contains("csrf:"));
+        }
         let (status, _, page) = console
-            .post(
-                &rotate,
-                &[("csrf", "0".repeat(64).as_str()), ("old", "delete")],
-            )
+            .post(&rotate, &[("expected_active", &active), ("old", "delete")])
             .await;
-        assert_eq!(status, 403, "{backend}: {page}");
-        assert!(page.contains("csrf:"));
-        let (status, _, _) = console.post(&rotate, &[("old", "delete")]).await;
         assert_eq!(
             status, 422,
             "{backend}: a form without its token is refused"
         );
+        assert!(page.contains("form:") && page.contains("csrf"), "{page}");
         assert_eq!(listeners::list(store).await.unwrap()[0].endpoints.len(), 1);
         // Bad input names the field.
         let csrf = console.csrf().await;
@@ -275,6 +335,7 @@ async fn console_sessions_csrf_and_scopes() {
                 &rotate,
                 &[
                     ("csrf", &csrf),
+                    ("expected_active", &active),
                     ("old", "expire"),
                     ("expires_at", "tomorrow"),
                 ],
@@ -290,6 +351,7 @@ async fn console_sessions_csrf_and_scopes() {
                 &rotate,
                 &[
                     ("csrf", &csrf),
+                    ("expected_active", &active),
                     ("old", "expire"),
                     ("expires_at", "2001-01-01T00:00"),
                 ],
@@ -310,7 +372,7 @@ async fn console_sessions_csrf_and_scopes() {
                 &[
                     ("csrf", &csrf),
                     ("kind", "standard-webhooks"),
-                    ("name", "ops hooks"),
+                    ("name", "ops hooks \"><script>alert(1)</script>"),
                     ("secret", ""),
                 ],
             )
@@ -325,35 +387,51 @@ async fn console_sessions_csrf_and_scopes() {
             .await
             .unwrap()
             .into_iter()
-            .find(|l| l.name == "ops hooks")
+            .find(|l| l.name.starts_with("ops hooks"))
             .expect("the listener exists");
         let (_, _, listing) = console.get("/console/listeners").await;
+        assert!(
+            listing.contains("ops hooks &quot;&gt;&lt;script&gt;alert(1)&lt;/script&gt;")
+                && !listing.contains("<script>"),
+            "a hostile name is text: {listing}"
+        );
         assert!(
             !listing.contains("whsec_"),
             "shown once: the list never shows a secret"
         );
         // Rotate with "delete it now": one endpoint again, the old one gone.
-        let (status, _, page) = console
-            .post(
-                &format!("/console/listeners/{}/rotate", made.id),
-                &[("csrf", &csrf), ("old", "delete")],
-            )
-            .await;
+        let rotate_made = format!("/console/listeners/{}/rotate", made.id);
+        let delete_now = [
+            ("csrf", csrf.as_str()),
+            ("expected_active", made.endpoints[0].id.as_str()),
+            ("old", "delete"),
+        ];
+        let (status, _, page) = console.post(&rotate_made, &delete_now).await;
         assert_eq!(status, 200, "{backend}: {page}");
+        // The same form sent again (a reload) finds another endpoint active and changes nothing:
+        // the endpoint just shown once is not deleted.
+        let (status, _, page) = console.post(&rotate_made, &delete_now).await;
+        assert_eq!(status, 409, "{backend}: {page}");
+        assert!(page.contains("expected_active:"), "{page}");
         let after = listeners::list(store)
             .await
             .unwrap()
             .into_iter()
             .find(|l| l.id == made.id)
             .unwrap();
-        assert_eq!(after.endpoints.len(), 1);
+        assert_eq!(
+            after.endpoints.len(),
+            1,
+            "{backend}: the reload deleted nothing"
+        );
         assert_ne!(after.endpoints[0].id, made.endpoints[0].id);
         // Rotate with an expiry, then delete the expiring endpoint from the table.
         let (status, _, _) = console
             .post(
-                &format!("/console/listeners/{}/rotate", made.id),
+                &rotate_made,
                 &[
                     ("csrf", &csrf),
+                    ("expected_active", &after.endpoints[0].id),
                     ("old", "expire"),
                     ("expires_at", "2030-01-01T00:00"),
                 ],
@@ -425,22 +503,153 @@ async fn console_sessions_csrf_and_scopes() {
         let (status, _, page) = reader.get(&rotate).await;
         assert_eq!(status, 403, "{backend}");
         assert!(page.contains("lacks scope listeners:write"), "{page}");
+        let active_now = listeners::list(store).await.unwrap()[0].endpoints[0]
+            .id
+            .clone();
         let (status, _, _) = reader
-            .post(&rotate, &[("csrf", &csrf_reader), ("old", "delete")])
+            .post(
+                &rotate,
+                &[
+                    ("csrf", &csrf_reader),
+                    ("expected_active", &active_now),
+                    ("old", "delete"),
+                ],
+            )
             .await;
         assert_eq!(status, 403);
-        let (status, _, page) = reader.get("/console/keys").await;
+        for (path, scope) in [
+            ("/console/keys", "keys:read"),
+            ("/console/findings", "installations:read"),
+            ("/console/installations", "installations:read"),
+            ("/console/audit", "audit:read"),
+        ] {
+            let (status, _, page) = reader.get(path).await;
+            assert_eq!(
+                (
+                    status.as_u16(),
+                    page.contains(&format!("lacks scope {scope}"))
+                ),
+                (403, true),
+                "{backend} {path}"
+            );
+        }
+        let installation = &rig.installation_id;
+        let before = spillway::installations::get(store, installation)
+            .await
+            .unwrap();
+        let (status, _, _) = reader
+            .post(
+                &format!("/console/installations/{installation}/secret"),
+                &[("csrf", &csrf_reader), ("action", "add")],
+            )
+            .await;
+        assert_eq!(status, 403, "{backend}");
+        let after_refusal = spillway::installations::get(store, installation)
+            .await
+            .unwrap();
         assert_eq!(
-            (status.as_u16(), page.contains("lacks scope keys:read")),
-            (403, true)
+            before.live_secrets, after_refusal.live_secrets,
+            "nothing changed"
         );
+        let (status, _, _) = reader
+            .post(
+                &format!("/console/keys/{}/revoke", "key_x"),
+                &[("csrf", &csrf_reader)],
+            )
+            .await;
+        assert_eq!(status, 403, "{backend}: revoking a key needs keys:write");
+        // Without audit:read, a finding is shown without its timeline.
+        let finder = admin_key(store, &[Scope::InstallationsRead]).await;
+        let mut finder_console = Console::new(base.clone());
+        finder_console.sign_in(&finder).await;
+        let (status, _, page) = finder_console
+            .get(&format!("/console/findings/{}", finding.id))
+            .await;
+        assert_eq!(status, 200, "{backend}: {page}");
+        assert!(
+            page.contains("lacks scope audit:read") && !page.contains("finding.revoked"),
+            "{page}"
+        );
+        let (_, _, page) = console
+            .get(&format!("/console/findings/{}", finding.id))
+            .await;
+        assert!(page.contains("finding.revoked"), "{backend}: {page}");
+        assert!(!page.contains(&token), "no raw token on the page");
+        let (status, _, _) = console.get("/console/findings/fnd_+1").await;
+        assert_eq!(status, 404);
+
+        // A session past its end in the database is refused, whatever the cookie says; a key
+        // that ends sooner than 16 hours caps its sessions.
+        sqlx::query("UPDATE console_sessions SET expires_at = 1 WHERE key_id = (SELECT id FROM admin_keys WHERE key_hash = $1)")
+            .bind(hex::encode(<sha2::Sha256 as sha2::Digest>::digest(finder.as_bytes())))
+            .execute(store.pool())
+            .await
+            .unwrap();
+        let (status, location, _) = finder_console.get("/console/findings").await;
+        assert_eq!(
+            (status.as_u16(), location.as_str()),
+            (303, "/console/login"),
+            "{backend}"
+        );
+        let (_, short) = api_keys::create(
+            store,
+            "short",
+            &[Scope::ListenersRead].into_iter().collect(),
+            3_600_000,
+            Creator::Local("test"),
+        )
+        .await
+        .unwrap();
+        let line = Console::new(base.clone()).sign_in(short.expose()).await;
+        let max_age: i64 = line
+            .split("Max-Age=")
+            .nth(1)
+            .unwrap()
+            .split(';')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((3590..=3600).contains(&max_age), "{line}");
+
+        // Sessions are listed on the keys screen and can be ended one by one.
+        let (_, _, page) = console.get("/console/keys").await;
+        let reader_session = {
+            let hash = sqlx::query_scalar::<_, String>(
+                "SELECT s.id_hash FROM console_sessions s JOIN admin_keys k ON k.id = s.key_id \
+                 WHERE k.key_hash = $1",
+            )
+            .bind(hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
+                readonly.as_bytes(),
+            )))
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+            hash[..16].to_owned()
+        };
+        assert!(page.contains(&reader_session), "{page}");
+        let (status, location, _) = console
+            .post(
+                &format!("/console/sessions/{reader_session}/revoke"),
+                &[("csrf", &csrf)],
+            )
+            .await;
+        assert_eq!(
+            (status.as_u16(), location.as_str()),
+            (303, "/console/keys?done=session_revoked")
+        );
+        let (status, location, _) = reader.get("/console/listeners").await;
+        assert_eq!(
+            (status.as_u16(), location.as_str()),
+            (303, "/console/login"),
+            "{backend}"
+        );
+        reader.sign_in(&readonly).await;
 
         // Revoking a key ends its sessions at once.
-        let reader_id = api_keys::list(store)
+        let reader_id = api_keys::authenticate(store, &readonly)
             .await
             .unwrap()
-            .into_iter()
-            .find(|k| k.scopes.len() == 1)
             .unwrap()
             .id;
         let (status, location, _) = console
@@ -761,18 +970,31 @@ async fn console_in_a_real_browser() {
         .goto(&format!("{base}/console/listeners"))
         .await
         .unwrap();
-    let state = text_of(
-        &client,
-        &format!(
-            "#l-{} ~ table tbody tr:nth-child(1) td:nth-child(3)",
-            listener.id
-        ),
-    )
-    .await;
-    assert!(
-        state.starts_with("Expiring") || state.starts_with("Active"),
-        "{state}"
-    );
+    // The old endpoint's row says when it expires, the new one's that it is active.
+    let row_state = |id: String| {
+        let client = &client;
+        async move {
+            client
+                .find(fantoccini::Locator::XPath(&format!(
+                    "//tr[th/code='{id}']/td[2]"
+                )))
+                .await
+                .unwrap_or_else(|e| panic!("row of {id}: {e}"))
+                .text()
+                .await
+                .unwrap()
+        }
+    };
+    let state = row_state(old.id.clone()).await;
+    assert!(state.starts_with("Expiring 20"), "{state}");
+    let new_id = after
+        .endpoints
+        .iter()
+        .find(|e| e.expires_at.is_none())
+        .unwrap()
+        .id
+        .clone();
+    assert_eq!(row_state(new_id).await, "Active");
     click(
         &client,
         &format!("form[action='/console/endpoints/{}/extend'] button", old.id),

@@ -23,6 +23,8 @@ use crate::admin::api_keys::{self, KeyError, Scope};
 use crate::admin::sessions::{self, Session};
 use crate::findings::{self, FindingState};
 use crate::installations::{self, RegistryError};
+use crate::platform::audit::Verdict;
+use crate::platform::config::CookieSecurity;
 use crate::platform::store::now_ms;
 use crate::scanner::TokenSecret;
 use crate::sources::listeners::{self, ListenerKind, OldEndpoint, RotationError};
@@ -35,6 +37,78 @@ const SIGNIN_COOKIE: &str = "spillway_signin";
 const PAGE: i64 = 50;
 /// Longest expiry the console sets (ten years), as the API.
 const MAX_AHEAD_MS: i64 = 10 * 365 * 24 * 3600 * 1000;
+
+/// How long the audit log's verdict is shown before it is checked again (it reads the whole log).
+const VERDICT_FOR: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The console's settings and its one cache.
+pub struct ConsoleState {
+    secure: CookieSecurity,
+    admin_loopback: bool,
+    /// The audit log's last verdict and when it was reached (ms); the lock makes checks
+    /// single-flight.
+    verdict: tokio::sync::Mutex<Option<(std::time::Instant, i64, Verdict)>>,
+}
+
+impl ConsoleState {
+    pub fn new(secure: CookieSecurity, admin_loopback: bool) -> ConsoleState {
+        ConsoleState {
+            secure,
+            admin_loopback,
+            verdict: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// `; Secure` for the cookies of a request with `headers`, as the setting says.
+    fn secure(&self, headers: &HeaderMap) -> &'static str {
+        let secure = match self.secure {
+            CookieSecurity::Always => true,
+            CookieSecurity::Never => false,
+            CookieSecurity::Auto => !self.admin_loopback || over_https(headers),
+        };
+        if secure { "; Secure" } else { "" }
+    }
+}
+
+/// Whether a proxy in front says the browser's request came over https: the first (the
+/// browser-facing) element of `X-Forwarded-Proto` or of `Forwarded`'s `proto`.
+fn over_https(headers: &HeaderMap) -> bool {
+    let first = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(',').next())
+            .map(|v| v.trim().to_ascii_lowercase())
+    };
+    let forwarded_proto = first("forwarded").and_then(|element| {
+        element
+            .split(';')
+            .filter_map(|pair| pair.trim().split_once('='))
+            .find(|(k, _)| k.trim() == "proto")
+            .map(|(_, v)| v.trim().trim_matches('"').to_owned())
+    });
+    first("x-forwarded-proto").as_deref() == Some("https")
+        || forwarded_proto.as_deref() == Some("https")
+}
+
+/// A console form: a body that does not parse is a page naming what was wrong.
+pub struct ConsoleForm<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequest<S>
+    for ConsoleForm<T>
+{
+    type Rejection = Refusal;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Refusal> {
+        match Form::<T>::from_request(req, state).await {
+            Ok(Form(value)) => Ok(ConsoleForm(value)),
+            Err(rejection) => Err(Refusal::Page(
+                rejection.status(),
+                format!("form: {}", rejection.body_text()),
+            )),
+        }
+    }
+}
 
 pub fn routes() -> Router<Arc<AppState>> {
     Router::new()
@@ -65,6 +139,7 @@ pub fn routes() -> Router<Arc<AppState>> {
         )
         .route("/console/keys", get(keys_page))
         .route("/console/keys/{id}/revoke", post(revoke_key))
+        .route("/console/sessions/{handle}/revoke", post(revoke_session))
         .route("/console/audit", get(audit_page))
         .layer(axum::middleware::from_fn(headers))
 }
@@ -72,6 +147,9 @@ pub fn routes() -> Router<Arc<AppState>> {
 /// Every console answer: not cached, not framed, no script, forms post only here, no referrer.
 async fn headers(request: Request, next: axum::middleware::Next) -> Response {
     let mut response = next.run(request).await;
+    response
+        .extensions_mut()
+        .insert(super::ingress::OwnErrorPage);
     let h = response.headers_mut();
     h.insert(
         header::CONTENT_SECURITY_POLICY,
@@ -159,7 +237,6 @@ impl From<RegistryError> for Refusal {
 
 /// The signed-in session of a request: its cookie's secret and what it opens.
 pub struct Signed {
-    secret: String,
     session: Session,
 }
 
@@ -218,23 +295,11 @@ impl FromRequestParts<Arc<AppState>> for Signed {
             return Err(Refusal::SignIn);
         };
         match sessions::open(&state.store, secret).await {
-            Ok(Some(session)) => Ok(Signed {
-                secret: secret.to_owned(),
-                session,
-            }),
+            Ok(Some(session)) => Ok(Signed { session }),
             Ok(None) => Err(Refusal::SignIn),
             Err(e) => Err(unavailable("opening a session", format!("{e:#}"))),
         }
     }
-}
-
-/// Cookies are `Secure` when the console is reached over https (a proxy in front says so).
-fn secure(headers: &HeaderMap) -> &'static str {
-    let https = headers
-        .get("x-forwarded-proto")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.trim().eq_ignore_ascii_case("https"));
-    if https { "; Secure" } else { "" }
 }
 
 fn set_cookie(response: &mut Response, value: String) {
@@ -285,15 +350,20 @@ struct SigninQuery {
     signed_out: Option<String>,
 }
 
-async fn signin_form(headers: HeaderMap, query: Query<SigninQuery>) -> Response {
+async fn signin_form(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    query: Query<SigninQuery>,
+) -> Response {
     let note = query
         .signed_out
         .is_some()
         .then_some("You are signed out; the session cannot be used again.");
-    signin_page(&headers, StatusCode::OK, note, None)
+    signin_page(&state, &headers, StatusCode::OK, note, None)
 }
 
 fn signin_page(
+    state: &AppState,
     headers: &HeaderMap,
     status: StatusCode,
     note: Option<&str>,
@@ -310,7 +380,7 @@ fn signin_page(
         format!(
             "{SIGNIN_COOKIE}={}; Path=/console/login; HttpOnly; SameSite=Strict; Max-Age=1800{}",
             token.expose(),
-            secure(headers)
+            state.console.secure(headers)
         ),
     );
     response
@@ -325,11 +395,12 @@ struct SigninForm {
 async fn signin(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
-    Form(form): Form<SigninForm>,
+    ConsoleForm(form): ConsoleForm<SigninForm>,
 ) -> Result<Response, Refusal> {
     let presented_token = cookie(&headers, SIGNIN_COOKIE).unwrap_or("");
-    if presented_token.is_empty() || presented_token != form.form_token {
+    if presented_token.is_empty() || !sessions::same(presented_token, &form.form_token) {
         return Ok(signin_page(
+            &state,
             &headers,
             StatusCode::FORBIDDEN,
             None,
@@ -341,6 +412,7 @@ async fn signin(
         Ok(Some(key)) => key,
         Ok(None) => {
             return Ok(signin_page(
+                &state,
                 &headers,
                 StatusCode::UNAUTHORIZED,
                 None,
@@ -349,6 +421,13 @@ async fn signin(
         }
         Err(e) => return Err(unavailable("checking an admin key", format!("{e:#}"))),
     };
+    // A browser signing in again ends the session it still holds.
+    if let Some(previous) = cookie(&headers, SESSION_COOKIE)
+        && let Ok(Some(session)) = sessions::open(&state.store, previous).await
+        && let Err(e) = sessions::end(&state.store, &session).await
+    {
+        return Err(unavailable("ending the previous session", format!("{e:#}")));
+    }
     let (secret, session) = sessions::start(&state.store, &key)
         .await
         .map_err(|e| unavailable("starting a session", format!("{e:#}")))?;
@@ -359,7 +438,7 @@ async fn signin(
         format!(
             "{SESSION_COOKIE}={}; Path=/console; HttpOnly; SameSite=Strict; Max-Age={max_age}{}",
             secret.expose(),
-            secure(&headers)
+            state.console.secure(&headers)
         ),
     );
     set_cookie(
@@ -378,7 +457,7 @@ async fn signout(
     State(state): State<Arc<AppState>>,
     signed: Signed,
     headers: HeaderMap,
-    Form(form): Form<CsrfOnly>,
+    ConsoleForm(form): ConsoleForm<CsrfOnly>,
 ) -> Result<Response, Refusal> {
     if !signed.session.csrf_matches(&form.csrf) {
         return Err(Refusal::Page(
@@ -386,7 +465,7 @@ async fn signout(
             "csrf: the form's token does not match this session".into(),
         ));
     }
-    sessions::end(&state.store, &signed.secret, &signed.session)
+    sessions::end(&state.store, &signed.session)
         .await
         .map_err(|e| unavailable("ending a session", format!("{e:#}")))?;
     let mut response = Redirect::to("/console/login?signed_out=1").into_response();
@@ -394,7 +473,7 @@ async fn signout(
         &mut response,
         format!(
             "{SESSION_COOKIE}=; Path=/console; HttpOnly; SameSite=Strict; Max-Age=0{}",
-            secure(&headers)
+            state.console.secure(&headers)
         ),
     );
     Ok(response)
@@ -444,7 +523,7 @@ struct CreateListenerForm {
 async fn create_listener(
     State(state): State<Arc<AppState>>,
     signed: Signed,
-    Form(form): Form<CreateListenerForm>,
+    ConsoleForm(form): ConsoleForm<CreateListenerForm>,
 ) -> Result<Response, Refusal> {
     let session = signed.require_form(Scope::ListenersWrite, &form.csrf)?;
     let Some(kind) = ListenerKind::parse(&form.kind) else {
@@ -482,6 +561,7 @@ async fn create_listener(
     let shown_secret = secret.filter(|_| generated);
     Ok(pages::html(pages::shown_once(
         session,
+        "/console/listeners",
         "Listener created",
         &format!("Listener {} ({})", listener.id, listener.kind),
         &url,
@@ -511,6 +591,9 @@ async fn rotate_form(
 #[derive(Deserialize)]
 struct RotateForm {
     csrf: String,
+    /// The endpoint that was active when the form was shown: a form sent twice (a reload, the back
+    /// button) or after someone else rotated finds another one active and changes nothing.
+    expected_active: String,
     /// `expire` or `delete`.
     old: String,
     #[serde(default)]
@@ -521,7 +604,7 @@ async fn rotate(
     State(state): State<Arc<AppState>>,
     signed: Signed,
     Path(id): Path<String>,
-    Form(form): Form<RotateForm>,
+    ConsoleForm(form): ConsoleForm<RotateForm>,
 ) -> Result<Response, Refusal> {
     let session = signed.require_form(Scope::ListenersWrite, &form.csrf)?;
     let old = match form.old.as_str() {
@@ -533,12 +616,32 @@ async fn rotate(
             )));
         }
     };
+    let all = listeners::list(&state.store)
+        .await
+        .map_err(|e| unavailable("listing listeners", format!("{e:#}")))?;
+    let active = all
+        .iter()
+        .find(|l| l.id == id)
+        .and_then(|l| l.endpoints.iter().find(|e| e.expires_at.is_none()))
+        .map(|e| e.id.as_str());
+    if active.is_some() && active != Some(form.expected_active.as_str()) {
+        return Err(Refusal::Page(
+            StatusCode::CONFLICT,
+            format!(
+                "expected_active: the active endpoint of {id} is now {}, not {}: it was rotated \
+                 after this form was shown (a form sent twice?); nothing was changed",
+                active.unwrap_or("none"),
+                form.expected_active
+            ),
+        ));
+    }
     let rotated = listeners::rotate(&state.store, &id, old, &signed.actor()).await;
     reload_directory(&state).await;
     let new = rotated?;
     let url = format!("{}{}", state.public_url.trim_end_matches('/'), new.path);
     Ok(pages::html(pages::shown_once(
         session,
+        "/console/listeners",
         "Endpoint rotated",
         &format!("New endpoint {} of listener {id}", new.endpoint.id),
         &url,
@@ -557,7 +660,7 @@ async fn extend(
     State(state): State<Arc<AppState>>,
     signed: Signed,
     Path(id): Path<String>,
-    Form(form): Form<ExtendForm>,
+    ConsoleForm(form): ConsoleForm<ExtendForm>,
 ) -> Result<Response, Refusal> {
     signed.require_form(Scope::ListenersWrite, &form.csrf)?;
     let at = parse_utc("expires_at", &form.expires_at)?;
@@ -571,7 +674,7 @@ async fn delete_endpoint(
     State(state): State<Arc<AppState>>,
     signed: Signed,
     Path(id): Path<String>,
-    Form(form): Form<CsrfOnly>,
+    ConsoleForm(form): ConsoleForm<CsrfOnly>,
 ) -> Result<Response, Refusal> {
     signed.require_form(Scope::ListenersWrite, &form.csrf)?;
     let deleted = listeners::delete_endpoint(&state.store, &id, &signed.actor()).await;
@@ -635,9 +738,12 @@ async fn findings_page(
     let rows = findings::newest(&state.store, &filter, q.before, PAGE)
         .await
         .map_err(|e| unavailable("listing findings", format!("{e:#}")))?;
-    let sources = findings::sources(&state.store)
-        .await
-        .map_err(|e| unavailable("listing sources", format!("{e:#}")))?;
+    // A finding's source is the listener kind (or the poller) that received it.
+    let sources: Vec<String> = <ListenerKind as clap::ValueEnum>::value_variants()
+        .iter()
+        .map(|k| k.as_str().to_owned())
+        .chain([crate::sources::poller::LISTENER.to_owned()])
+        .collect();
     let all = state
         .engine
         .read_installations(true)
@@ -679,6 +785,7 @@ async fn finding_page(
     let not_found = || Refusal::Page(StatusCode::NOT_FOUND, format!("no finding {id}"));
     let row_id: i64 = id
         .strip_prefix("fnd_")
+        .filter(|n| !n.is_empty() && n.len() <= 18 && n.bytes().all(|b| b.is_ascii_digit()))
         .and_then(|n| n.parse().ok())
         .ok_or_else(not_found)?;
     let finding = findings::get(&state.store, row_id)
@@ -686,12 +793,21 @@ async fn finding_page(
         .map_err(|e| unavailable("reading a finding", format!("{e:#}")))?
         .ok_or_else(not_found)?;
     // The timeline needs the audit log; a key without audit:read sees the finding alone.
+    // Its candidate's entries (a failed decision) and its own, in the log's order.
     let timeline = if session.key.holds(Scope::AuditRead) {
-        Some(
-            crate::platform::audit::about(&state.store, &format!("finding:{row_id}"))
-                .await
-                .map_err(|e| unavailable("reading the audit log", format!("{e:#}")))?,
-        )
+        let mut entries = Vec::new();
+        for subject in [
+            format!("candidate:{}", finding.candidate_id),
+            format!("finding:{row_id}"),
+        ] {
+            entries.extend(
+                crate::platform::audit::about(&state.store, &subject)
+                    .await
+                    .map_err(|e| unavailable("reading the audit log", format!("{e:#}")))?,
+            );
+        }
+        entries.sort_by_key(|e| e.seq);
+        Some(entries)
     } else {
         None
     };
@@ -705,7 +821,8 @@ pub struct Health {
     pub installation: installations::Installation,
     pub breaker: &'static str,
     pub open_for_secs: Option<u64>,
-    pub last_error: Option<(i64, String)>,
+    /// (finding row id, received at, the error).
+    pub last_error: Option<(i64, i64, String)>,
 }
 
 async fn installations_page(
@@ -756,7 +873,7 @@ async fn installation_secret(
     State(state): State<Arc<AppState>>,
     signed: Signed,
     Path(id): Path<String>,
-    Form(form): Form<SecretForm>,
+    ConsoleForm(form): ConsoleForm<SecretForm>,
 ) -> Result<Response, Refusal> {
     let session = signed.require_form(Scope::InstallationsWrite, &form.csrf)?;
     match form.action.as_str() {
@@ -777,6 +894,7 @@ async fn installation_secret(
                 .ok_or_else(|| unavailable("rotating a secret", "no secret was generated"))?;
             Ok(pages::html(pages::shown_once(
                 session,
+                "/console/installations",
                 "Shared secret added",
                 &format!(
                     "New shared secret of installation {id}: both secrets sign until you retire the old one"
@@ -803,20 +921,49 @@ async fn keys_page(
     let keys = api_keys::list(&state.store)
         .await
         .map_err(|e| unavailable("listing admin keys", format!("{e:#}")))?;
+    let live = sessions::live(&state.store)
+        .await
+        .map_err(|e| unavailable("listing sessions", format!("{e:#}")))?;
     Ok(pages::html(pages::keys(
         session,
         &keys,
+        &live,
         notice.done.as_deref(),
         now_ms(),
     ))
     .into_response())
 }
 
+/// Ends one console session (any key's): sessions are credentials, listed and revoked like keys.
+async fn revoke_session(
+    State(state): State<Arc<AppState>>,
+    signed: Signed,
+    Path(handle): Path<String>,
+    ConsoleForm(form): ConsoleForm<CsrfOnly>,
+) -> Result<Response, Refusal> {
+    signed.require_form(Scope::KeysWrite, &form.csrf)?;
+    let ended = sessions::revoke(
+        &state.store,
+        &handle,
+        &signed.actor(),
+        "console.session_revoked",
+    )
+    .await
+    .map_err(|e| unavailable("revoking a session", format!("{e:#}")))?;
+    if !ended {
+        return Err(Refusal::Page(
+            StatusCode::NOT_FOUND,
+            format!("no live session {handle}"),
+        ));
+    }
+    Ok(Redirect::to("/console/keys?done=session_revoked").into_response())
+}
+
 async fn revoke_key(
     State(state): State<Arc<AppState>>,
     signed: Signed,
     Path(id): Path<String>,
-    Form(form): Form<CsrfOnly>,
+    ConsoleForm(form): ConsoleForm<CsrfOnly>,
 ) -> Result<Response, Refusal> {
     signed.require_form(Scope::KeysWrite, &form.csrf)?;
     match api_keys::revoke(&state.store, &id, &signed.actor(), "revoked in the console").await {
@@ -837,9 +984,18 @@ async fn audit_page(
     signed: Signed,
 ) -> Result<Response, Refusal> {
     let session = signed.require(Scope::AuditRead)?;
-    let key = state.keys.audit_signing_key().verifying_key();
-    let verdict = crate::platform::audit::verify(&state.store, &state.audit_checkpoints, &key)
-        .await
-        .map_err(|e| unavailable("verifying the audit log", format!("{e:#}")))?;
-    Ok(pages::html(pages::audit(session, &verdict)).into_response())
+    // Checking reads the whole log: one check at a time, and its verdict is shown for a minute.
+    let mut cached = state.console.verdict.lock().await;
+    let fresh = cached
+        .as_ref()
+        .is_some_and(|(at, _, _)| at.elapsed() < VERDICT_FOR);
+    if !fresh {
+        let key = state.keys.audit_signing_key().verifying_key();
+        let verdict = crate::platform::audit::verify(&state.store, &state.audit_checkpoints, &key)
+            .await
+            .map_err(|e| unavailable("verifying the audit log", format!("{e:#}")))?;
+        *cached = Some((std::time::Instant::now(), now_ms(), verdict));
+    }
+    let (_, checked_at, verdict) = cached.as_ref().expect("just checked");
+    Ok(pages::html(pages::audit(session, verdict, *checked_at)).into_response())
 }

@@ -11,7 +11,7 @@ use maud::{DOCTYPE, Markup, html};
 
 use super::{Chosen, Health};
 use crate::admin::api_keys::AdminKey;
-use crate::admin::sessions::{self, Session};
+use crate::admin::sessions::{self, Listed, Session};
 use crate::findings::{FindingState, FindingView};
 use crate::installations::{self, Installation};
 use crate::platform::audit::{Entry, Verdict};
@@ -114,6 +114,7 @@ fn notice(done: Option<&str>) -> Markup {
         Some("deleted") => "The endpoint was deleted.",
         Some("revoked") => "The admin key, and every key it minted, was revoked.",
         Some("retired") => "The old shared secret was retired.",
+        Some("session_revoked") => "The console session was ended.",
         _ => return html! {},
     };
     html! { p.notice role="status" { (text) } }
@@ -267,6 +268,9 @@ pub fn rotate(session: &Session, listener: &Listener, now: i64) -> Markup {
             }
             form method="post" action=(format!("/console/listeners/{}/rotate", listener.id)) {
                 (csrf(session))
+                @if let Some(active) = listener.endpoints.iter().find(|e| e.expires_at.is_none()) {
+                    input type="hidden" name="expected_active" value=(active.id);
+                }
                 fieldset {
                     legend { "The old endpoint" }
                     div {
@@ -292,6 +296,7 @@ pub fn rotate(session: &Session, listener: &Listener, now: i64) -> Markup {
 /// A new endpoint URL and/or secret, shown this once.
 pub fn shown_once(
     session: &Session,
+    current: &str,
     title: &str,
     what: &str,
     url: &str,
@@ -312,7 +317,7 @@ pub fn shown_once(
         }
         p { a href="/console/listeners" { "Back to listeners" } " · " a href="/console/installations" { "Installations" } }
     };
-    page(session, "/console/listeners", title, body)
+    page(session, current, title, body)
 }
 
 fn select(id: &str, label: &str, chosen: &str, options: &[&str]) -> Markup {
@@ -468,7 +473,10 @@ pub fn installations(session: &Session, all: &[Health], done: Option<&str>) -> M
                             }
                             td {
                                 @match &h.last_error {
-                                    Some((row, e)) => { (e) " (" a href=(format!("/console/findings/fnd_{row}")) { "fnd_" (row) } ")" },
+                                    Some((row, at, e)) => {
+                                        (e) " (" a href=(format!("/console/findings/fnd_{row}")) { "fnd_" (row) }
+                                        ", received " (time(*at)) ")"
+                                    },
                                     None => "none",
                                 }
                             }
@@ -498,7 +506,13 @@ pub fn installations(session: &Session, all: &[Health], done: Option<&str>) -> M
     page(session, "/console/installations", "Installations", body)
 }
 
-pub fn keys(session: &Session, keys: &[AdminKey], done: Option<&str>, now: i64) -> Markup {
+pub fn keys(
+    session: &Session,
+    keys: &[AdminKey],
+    live: &[Listed],
+    done: Option<&str>,
+    now: i64,
+) -> Markup {
     let body = html! {
         (notice(done))
         table {
@@ -539,10 +553,42 @@ pub fn keys(session: &Session, keys: &[AdminKey], done: Option<&str>, now: i64) 
             }
         }
     };
+    let body = html! {
+        (body)
+        section aria-labelledby="sessions" {
+            h2 #sessions { "Console sessions" }
+            table {
+                caption { "Signed-in console sessions (a session is named by a prefix of its hash; it opens nothing)" }
+                thead { tr {
+                    th scope="col" { "Session" }
+                    th scope="col" { "Admin key" }
+                    th scope="col" { "Signed in" }
+                    th scope="col" { "Ends" }
+                    th scope="col" { "End it" }
+                } }
+                tbody {
+                    @for l in live {
+                        tr {
+                            th scope="row" { code { (l.handle) } @if l.handle == session.handle { " (this session)" } }
+                            td { code { (l.key_id) } }
+                            td { (time(l.created_at)) }
+                            td { (time(l.expires_at)) }
+                            td.actions {
+                                form.inline method="post" action=(format!("/console/sessions/{}/revoke", l.handle)) {
+                                    (csrf(session))
+                                    button.danger type="submit" aria-label=(format!("End session {}", l.handle)) { "End" }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    };
     page(session, "/console/keys", "Admin keys", body)
 }
 
-pub fn audit(session: &Session, verdict: &Verdict) -> Markup {
+pub fn audit(session: &Session, verdict: &Verdict, checked_at: i64) -> Markup {
     let body = html! {
         @match verdict {
             Verdict::Intact { entries, checkpoints, unwitnessed } => {
@@ -559,8 +605,9 @@ pub fn audit(session: &Session, verdict: &Verdict) -> Markup {
             }
         }
         p {
-            "Checked just now: the hash chain recomputed from the first entry and compared with the "
-            "signed checkpoints written outside the database. Export the log with "
+            "Checked " (time(checked_at)) " (at most once a minute): the hash chain recomputed from the "
+            "first entry and compared with the signed checkpoints written outside the database. "
+            "Export the log with "
             code { "GET /api/v1/audit" } " or " code { "spillway audit export" } "."
         }
     };
