@@ -1008,7 +1008,7 @@ mod tests {
         assert!(value("process_open_fds") >= 3.0);
         assert!(value("process_threads") >= 1.0);
         assert!(
-            text.contains("# TYPE process_cpu_seconds_total counter"),
+            text.contains("# TYPE process_cpu_seconds counter\nprocess_cpu_seconds_total "),
             "{text}"
         );
         let now = std::time::SystemTime::now()
