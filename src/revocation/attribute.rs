@@ -148,9 +148,11 @@ pub fn attribute(
     }
     let issuing = installations::issuing(all, token_type);
     match issuing.len() {
+        // An issuer with a "who am I" call checks liveness first, as an installation with a
+        // verify URL does.
         0 if let Some(issuer) = installations::issuer_of(all, token_type) => Decision {
             method: Method::Issuer,
-            targets: vec![(issuer.clone(), First::Revoke)],
+            targets: vec![(issuer.clone(), online(issuer))],
             reason: None,
         },
         0 => Decision::nobody(
@@ -289,6 +291,24 @@ mod tests {
             attribute(&all, "acme_key", &[], &gone, 5).method,
             Method::TokenType
         );
+    }
+
+    #[test]
+    fn an_issuer_checks_liveness_first_when_it_has_a_who_am_i_call() {
+        let mut all = registry();
+        all.push(installation(
+            "issuer:gitlab",
+            serde_json::json!({"token_types": ["gitlab_access_token"], "verify_url": "https://gitlab.com/api/v4/personal_access_tokens/self"}),
+        ));
+        all.push(installation(
+            "issuer:slack",
+            serde_json::json!({"token_types": ["slack_bot_token"]}),
+        ));
+        let d = attribute(&all, "gitlab_access_token", &[], &JwtVerdict::NotJwt, 5);
+        assert_eq!(d.method, Method::Issuer);
+        assert_eq!(targets(&d), [("issuer:gitlab", First::Verify)]);
+        let d = attribute(&all, "slack_bot_token", &[], &JwtVerdict::NotJwt, 5);
+        assert_eq!(targets(&d), [("issuer:slack", First::Revoke)]);
     }
 
     #[test]

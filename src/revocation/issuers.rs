@@ -12,7 +12,7 @@ use std::sync::OnceLock;
 use crate::installations::{ISSUER_PREFIX, Installation};
 use crate::issuers::Outcome;
 use crate::issuers::github::{self, BatchOptions, Batcher};
-use crate::issuers::self_revoke::Spec;
+use crate::issuers::self_revoke::{Liveness, Spec};
 use crate::platform::config::Settings;
 use crate::platform::outbound::Outbound;
 use crate::scanner::TokenSecret;
@@ -42,9 +42,12 @@ pub struct Issuers {
     entries: Vec<Entry>,
 }
 
+/// An issuer as the installation the engine schedules: a `verify_url` (the issuer's "who am I"
+/// call) makes its findings start with a liveness check, as an installation's do.
 fn virtual_installation(
     name: &str,
     token_types: &[String],
+    verify_url: Option<&str>,
     revoke_url: &str,
     rate: f64,
     concurrency: u32,
@@ -53,6 +56,7 @@ fn virtual_installation(
     let spec = serde_json::from_value(serde_json::json!({
         "name": id,
         "token_types": token_types,
+        "verify_url": verify_url,
         "revoke_url": revoke_url,
         "rate_per_sec": rate,
         "burst": concurrency,
@@ -101,6 +105,7 @@ impl Issuers {
                 installation: virtual_installation(
                     "github",
                     &types,
+                    None,
                     &format!("{}{}", base.trim_end_matches('/'), github::PATH),
                     1_000.0,
                     github::MAX_BATCH as u32,
@@ -123,11 +128,13 @@ impl Issuers {
                 continue;
             }
             let base = s.base_url.clone().unwrap_or_else(|| spec.base_url.clone());
+            let url = |path: &str| format!("{}{}", base.trim_end_matches('/'), path);
             entries.push(Entry {
                 installation: virtual_installation(
                     &spec.name,
                     &spec.token_types,
-                    &format!("{}{}", base.trim_end_matches('/'), spec.revoke.path),
+                    spec.whoami.as_ref().map(|w| url(&w.path)).as_deref(),
+                    &url(&spec.revoke.path),
                     10.0,
                     16,
                 )?,
@@ -144,6 +151,23 @@ impl Issuers {
     /// The issuers, as the installations the engine schedules work for.
     pub fn installations(&self) -> impl Iterator<Item = &Installation> {
         self.entries.iter().map(|e| &e.installation)
+    }
+
+    /// Asks the issuer `installation_id` names whether `token` is live, with its "who am I" call;
+    /// None if it names no issuer or the issuer has no such call.
+    pub async fn whoami(&self, installation_id: &str, token: &TokenSecret) -> Option<Liveness> {
+        let entry = self
+            .entries
+            .iter()
+            .find(|e| e.installation.id == installation_id)?;
+        match &entry.driver {
+            Driver::Github { .. } => None,
+            Driver::SelfRevoke {
+                spec,
+                base_url,
+                outbound,
+            } => spec.whoami(outbound, base_url, token).await,
+        }
     }
 
     /// Revokes `token` with the issuer `installation_id` names; None if it names none.
@@ -214,6 +238,33 @@ mod tests {
                 .unwrap()
                 .is_empty()
         );
+        // A "who am I" call becomes the issuer's verify step; without one, findings go straight
+        // to the revoke.
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("spillway.toml");
+        std::fs::write(
+            &file,
+            "[issuers.gitlab]\nenabled = true\nbase_url = \"https://gitlab.example.com/\"\n\
+             [issuers.slack]\nenabled = true\n",
+        )
+        .unwrap();
+        let settings = Settings::load_with(Some(&file), |_| None).unwrap();
+        let outbound = Outbound::new(Policy::default(), std::time::Duration::from_secs(1)).unwrap();
+        let all = Issuers::from_settings(&settings, &outbound).unwrap();
+        let verify = |id: &str| {
+            all.installations()
+                .find(|i| i.id == id)
+                .unwrap()
+                .spec
+                .verify_url
+                .clone()
+        };
+        assert_eq!(
+            verify("issuer:gitlab").as_deref(),
+            Some("https://gitlab.example.com/api/v4/personal_access_tokens/self")
+        );
+        assert_eq!(verify("issuer:slack"), None);
+        assert_eq!(verify("issuer:github"), None);
         let err = issuers("[issuers.acme]\nenabled = true\n", &[])
             .unwrap_err()
             .to_string();

@@ -95,7 +95,10 @@ impl Engine {
             sealed,
         )?;
         if crate::installations::is_issuer(installation) {
-            let next = self.issuer_step(installation, &limits, &payload).await;
+            let next = match item.state.step() {
+                Some(Step::Verify) => self.issuer_verify(installation, &limits, &payload).await,
+                _ => self.issuer_step(installation, &limits, &payload).await,
+            };
             return self.commit(item, installation, next).await;
         }
         let secrets = self.secrets_of(installation).await?;
@@ -164,6 +167,42 @@ impl Engine {
             }
         };
         self.commit(item, installation, next).await
+    }
+
+    /// An issuer's liveness check: its "who am I" call, read as an installation's verify answer
+    /// would be. Live goes on to the revoke; dead ends the finding `inactive` (its audit entry
+    /// written with the state) without a revoke call; anything else is retried like an unknown
+    /// verify answer.
+    async fn issuer_verify(
+        &self,
+        installation: &Installation,
+        limits: &limits::InstallationLimits,
+        payload: &Payload,
+    ) -> Next {
+        use crate::issuers::self_revoke::Liveness;
+        let Some(token) = payload.raw() else {
+            return Next::Refused("no raw token to send to the issuer".into());
+        };
+        let started = std::time::Instant::now();
+        crate::platform::failpoint::hit("verify.before_call");
+        let answer = match self.issuers.whoami(&installation.id, token).await {
+            Some(Liveness::Live) => Answer::Known(VerifyStatus::Active),
+            Some(Liveness::Dead) => Answer::Known(VerifyStatus::Inactive),
+            Some(Liveness::Unknown {
+                reason,
+                retry_after,
+            }) => Answer::Unknown {
+                reason,
+                retry_after,
+            },
+            Some(Liveness::Refused { reason }) => Answer::Refused { reason },
+            // No "who am I" call (the issuer changed since the finding was decided): nothing to
+            // check, so on to the revoke, which reads the issuer's own answer.
+            None => return Next::Continue(FindingState::Revoking, None, None),
+        };
+        crate::platform::failpoint::hit("verify.after_call");
+        self.classify(Step::Verify, installation, limits, started, answer)
+            .map_known(after_verify)
     }
 
     /// An issuer's finding: the issuer's driver revokes the token (GitHub's API batches it with

@@ -297,6 +297,10 @@ fn parse_curl(command: &str) -> Curl {
     let mut c = Curl::default();
     let mut method = None;
     let mut words = words.into_iter().skip(1);
+    let url = |w: &str, c: &mut Curl| {
+        let url = url::Url::parse(w).expect("a URL");
+        c.path = url.path().to_owned();
+    };
     while let Some(w) = words.next() {
         match w.as_str() {
             "-X" | "--request" => method = words.next(),
@@ -307,14 +311,11 @@ fn parse_curl(command: &str) -> Curl {
                     .push((name.trim().to_ascii_lowercase(), value.trim().to_owned()));
             }
             "-u" | "--user" => c.user = words.next(),
-            "-d" | "--data" | "--data-raw" | "--data-urlencode" | "--data-binary" => {
-                c.data = words.next()
-            }
+            "-d" | "--data" | "--data-raw" | "--data-urlencode" | "--data-binary" | "-F"
+            | "--form" => c.data = words.next(),
+            "--url" => url(&words.next().expect("a URL"), &mut c),
             "-L" | "--location" | "-s" | "--silent" | "-i" | "-v" | "-f" | "--fail" => {}
-            w if w.starts_with("http://") || w.starts_with("https://") => {
-                let url = url::Url::parse(w).expect("a URL");
-                c.path = url.path().to_owned();
-            }
+            w if w.starts_with("http://") || w.starts_with("https://") => url(w, &mut c),
             w if w.starts_with('-') => {
                 panic!("curl option {w} not understood in {command}")
             }
@@ -325,12 +326,72 @@ fn parse_curl(command: &str) -> Curl {
     c
 }
 
+/// A regular expression for a declared template: its literal text, each placeholder (`{token}`,
+/// `{id}`, `{token_path}`) a named group standing for any non-empty text.
+fn template_regex(template: &str, anchored_start: bool) -> regex_automata::meta::Regex {
+    let mut pattern = String::from(if anchored_start { "^" } else { "" });
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        let close = rest[open..].find('}').map(|c| open + c);
+        let name = close.map(|c| &rest[open + 1..c]);
+        match (close, name) {
+            (Some(close), Some(name @ ("token" | "id" | "token_path"))) => {
+                pattern.push_str(&regex_syntax::escape(&rest[..open]));
+                pattern.push_str(&format!("(?P<{name}>.+?)"));
+                rest = &rest[close + 1..];
+            }
+            _ => {
+                pattern.push_str(&regex_syntax::escape(&rest[..=open]));
+                rest = &rest[open + 1..];
+            }
+        }
+    }
+    pattern.push_str(&regex_syntax::escape(rest));
+    pattern.push('$');
+    regex_automata::meta::Regex::new(&pattern).expect("a template regex")
+}
+
+/// The named placeholders' values where `template` matches all of `text` (None: no match).
+fn template_values(
+    template: &str,
+    text: &str,
+) -> Option<std::collections::BTreeMap<String, String>> {
+    let re = template_regex(template, true);
+    let mut caps = re.create_captures();
+    re.captures(text, &mut caps);
+    if !caps.is_match() {
+        return None;
+    }
+    let mut values = std::collections::BTreeMap::new();
+    for name in ["token", "id", "token_path"] {
+        if let Some(span) = caps.get_group_by_name(name) {
+            values.insert(name.to_owned(), text[span.start..span.end].to_owned());
+        }
+    }
+    Some(values)
+}
+
+/// Whether a documented JSON body is the declared one: the same keys, and the same values except
+/// where the declaration has a placeholder.
+fn same_json(declared: &serde_json::Value, documented: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match (declared, documented) {
+        (Value::String(d), Value::String(_)) if d == "{token}" || d == "{id}" => true,
+        (Value::Object(d), Value::Object(o)) => {
+            d.len() == o.len()
+                && d.iter()
+                    .all(|(k, v)| o.get(k).is_some_and(|w| same_json(v, w)))
+        }
+        (d, o) => d == o,
+    }
+}
+
 /// Every shipped issuer file parses, serves token types Spillway's rules report, and declares the
 /// very request its issuer's documentation shows.
 #[test]
 fn every_issuer_declares_the_request_its_documentation_shows() {
     let specs = Spec::shipped().expect("issuer files parse and check");
-    assert!(!specs.is_empty());
+    assert!(specs.len() >= 21, "{} issuer families", specs.len());
     let mut rules = spillway::scanner::rule::default_rules().unwrap();
     rules.extend(
         spillway::scanner::rule::load_rules_dir(std::path::Path::new(concat!(
@@ -353,7 +414,7 @@ fn every_issuer_declares_the_request_its_documentation_shows() {
         let call = &spec.revoke;
         assert_eq!(doc.method, call.method, "{}: method", spec.name);
         assert!(
-            doc.path.ends_with(&call.path),
+            template_regex(&call.path, false).is_match(&doc.path),
             "{}: documented path {} is not {}",
             spec.name,
             doc.path,
@@ -392,22 +453,68 @@ fn every_issuer_declares_the_request_its_documentation_shows() {
         }
         if let Some(body) = &call.body {
             let documented = doc.data.clone().unwrap_or_default();
-            let (before, _) = body.split_once("{token}").unwrap_or((body, ""));
+            let same = if call.content_type.as_deref() == Some("application/json") {
+                let declared: serde_json::Value = serde_json::from_str(body).unwrap();
+                serde_json::from_str(&documented).is_ok_and(|d| same_json(&declared, &d))
+            } else {
+                template_values(body, &documented).is_some()
+            };
             assert!(
-                documented.starts_with(before),
+                same,
                 "{}: documented body {documented:?}, declared {body:?}",
                 spec.name
             );
         }
+        // Documented answers are for statuses the call reads, or the documented failures.
+        for c in [Some(call), spec.lookup.as_ref(), spec.whoami.as_ref()]
+            .into_iter()
+            .flatten()
+        {
+            for status in 100..600 {
+                if let Some(body) = c.documented_answer(status)
+                    && body.starts_with('{')
+                {
+                    serde_json::from_str::<serde_json::Value>(body)
+                        .unwrap_or_else(|e| panic!("{}: answer {status}: {e}", spec.name));
+                }
+            }
+        }
     }
 }
 
-/// Where `call` puts the token, read back from a request the fake received: every carrier the
-/// spec declares must hold it, and the same one.
-fn token_in(call: &Call, headers: &axum::http::HeaderMap, body: &[u8]) -> Option<String> {
+/// The id the generic fake's lookup answers carry (when the issuer documents no example).
+const FAKE_ID: &str = "tok_5b1e0c2a9d";
+
+/// A live token for `spec`: a plain string, or for a URL credential a URL of the declared form.
+fn live_token(spec: &Spec) -> String {
+    match &spec.url_token {
+        Some(_) => format!(
+            "https://discord.com/api/webhooks/123456789012345678/{}",
+            "Ab3_-".repeat(14)
+        ),
+        None => format!("{}_live_token_8f3a2c", spec.name),
+    }
+}
+
+/// Where `call` puts the token (and the id, if it takes one), read back from a request the fake
+/// received: every carrier the spec declares must hold the token, and the same one.
+fn sent_by(
+    call: &Call,
+    path: &str,
+    headers: &axum::http::HeaderMap,
+    body: &[u8],
+) -> (Option<String>, Option<String>) {
     let mut found: Vec<Option<String>> = Vec::new();
+    let mut id = None;
+    let path_values = template_values(&call.path, path).unwrap_or_default();
+    if let Some(p) = path_values.get("token_path") {
+        found.push(Some(p.clone()));
+    }
+    if let Some(i) = path_values.get("id") {
+        id = Some(i.clone());
+    }
     if let Some(h) = call.header.as_ref().filter(|h| h.value.contains("{token}")) {
-        let (prefix, suffix) = h.value.split_once("{token}")?;
+        let (prefix, suffix) = h.value.split_once("{token}").unwrap();
         found.push(
             headers
                 .get(h.name.as_str())
@@ -436,24 +543,40 @@ fn token_in(call: &Call, headers: &axum::http::HeaderMap, body: &[u8]) -> Option
             )
         }));
     }
-    if let Some(template) = call.body.as_ref().filter(|b| b.contains("{token}")) {
-        let (before, after) = template.split_once("{token}")?;
-        found.push(
-            std::str::from_utf8(body)
-                .ok()
-                .and_then(|t| t.strip_prefix(before)?.strip_suffix(after))
-                .map(str::to_owned),
-        );
+    if let Some(template) = &call.body {
+        let text = std::str::from_utf8(body).unwrap_or_default();
+        let values = template_values(template, text).unwrap_or_default();
+        let form = call.content_type.as_deref() == Some("application/x-www-form-urlencoded");
+        let decode = |v: &String| {
+            if form {
+                url::form_urlencoded::parse(format!("v={v}").as_bytes())
+                    .next()
+                    .map(|(_, v)| v.into_owned())
+                    .unwrap_or_default()
+            } else {
+                v.clone()
+            }
+        };
+        if template.contains("{token}") {
+            found.push(values.get("token").map(decode));
+        }
+        if let Some(i) = values.get("id") {
+            id = Some(decode(i));
+        }
     }
-    let first = found.first()?.clone()?;
-    found
-        .iter()
-        .all(|f| f.as_deref() == Some(first.as_str()))
-        .then_some(first)
+    let token = found
+        .first()
+        .cloned()
+        .flatten()
+        .filter(|first| found.iter().all(|f| f.as_deref() == Some(first.as_str())));
+    (token, id)
 }
 
 /// The answer a documented "revoked" looks like, for `ok_json`.
 fn revoked_body(call: &Call) -> String {
+    if let Some(body) = call.documented_answer(call.revoked[0]) {
+        return body.to_owned();
+    }
     match &call.ok_json {
         // {"ok": true, <pointer>: true}, built from the pointer's segments.
         Some(pointer) => {
@@ -470,53 +593,141 @@ fn revoked_body(call: &Call) -> String {
     }
 }
 
-/// Every issuer's driver, against a fake that answers as the issuer documents: the live token is
-/// revoked (then gone), a wrong token is gone, and "who am I" says live, then dead.
+/// The lookup's "live" answer and the id it carries: the issuer's documented example if there is
+/// one, else a body holding [`FAKE_ID`] at the declared pointer.
+fn lookup_answer(lookup: &Call) -> (String, String) {
+    let pointer = lookup.id.clone().unwrap();
+    if let Some(body) = lookup.documented_answer(lookup.live[0]) {
+        let value: serde_json::Value = serde_json::from_str(body).unwrap();
+        let id = value
+            .pointer(&pointer)
+            .and_then(|v| v.as_str().map(str::to_owned).or(Some(v.to_string())))
+            .expect("the documented answer carries the id");
+        return (body.to_owned(), id);
+    }
+    let mut value = serde_json::Value::String(FAKE_ID.into());
+    for part in pointer.trim_start_matches('/').split('/').rev() {
+        value = serde_json::json!({ part: value });
+    }
+    (value.to_string(), FAKE_ID.to_owned())
+}
+
+/// What the generic fake received, by call.
+#[derive(Debug, Default, Clone)]
+struct Seen {
+    lookups: usize,
+    revokes: usize,
+    whoamis: usize,
+    wrong_ids: usize,
+}
+
+/// A fake of `spec`'s issuer built from the spec alone: it answers each declared call as the
+/// issuer documents (statuses, and the documented bodies where the file gives them), knows one
+/// live token until it is revoked, hands out its id on lookup and insists on that id in the
+/// revoke.
+async fn generic_fake(
+    spec: &Spec,
+    live: &str,
+) -> (
+    spillway::devtools::Served,
+    std::sync::Arc<std::sync::Mutex<Seen>>,
+) {
+    use std::sync::{Arc, Mutex};
+    let revoked: Arc<Mutex<bool>> = Arc::default();
+    let seen: Arc<Mutex<Seen>> = Arc::default();
+    let s = spec.clone();
+    // What identifies the live token on the wire: for a URL credential, its path.
+    let live_wire = match &spec.url_token {
+        // The path the calls carry: what follows the API base in the URL.
+        Some(_) => live.split_once(".com/api").unwrap().1.to_owned(),
+        None => live.to_owned(),
+    };
+    let (live2, revoked2, seen2) = (live_wire, revoked.clone(), seen.clone());
+    let app = axum::Router::new().fallback(
+        move |method: axum::http::Method,
+              uri: axum::http::Uri,
+              headers: axum::http::HeaderMap,
+              body: axum::body::Bytes| {
+            let (s, live, revoked, seen) =
+                (s.clone(), live2.clone(), revoked2.clone(), seen2.clone());
+            async move {
+                let status = |code: u16| axum::http::StatusCode::from_u16(code).unwrap();
+                let answer = |call: &Call, code: u16, fallback: String| {
+                    let body = call
+                        .documented_answer(code)
+                        .map(str::to_owned)
+                        .unwrap_or(fallback);
+                    (status(code), body)
+                };
+                let calls = [
+                    ("lookup", s.lookup.as_ref()),
+                    ("revoke", Some(&s.revoke)),
+                    ("whoami", s.whoami.as_ref()),
+                ];
+                for (kind, call) in calls {
+                    let Some(call) = call else { continue };
+                    if method.as_str() != call.method
+                        || template_values(&call.path, uri.path()).is_none()
+                    {
+                        continue;
+                    }
+                    let (sent, id) = sent_by(call, uri.path(), &headers, &body);
+                    let valid = sent.as_deref() == Some(live.as_str()) && !*revoked.lock().unwrap();
+                    let dead = |c: &Call, fallback: &[u16]| {
+                        *c.dead.first().or(fallback.first()).unwrap_or(&401)
+                    };
+                    return match (kind, valid) {
+                        ("lookup", true) => {
+                            seen.lock().unwrap().lookups += 1;
+                            let (body, _) = lookup_answer(call);
+                            (status(call.live[0]), body)
+                        }
+                        ("lookup", false) => {
+                            seen.lock().unwrap().lookups += 1;
+                            answer(call, dead(call, &[]), String::new())
+                        }
+                        ("revoke", true) => {
+                            seen.lock().unwrap().revokes += 1;
+                            let expected = s.lookup.as_ref().map(|l| lookup_answer(l).1);
+                            if id != expected {
+                                seen.lock().unwrap().wrong_ids += 1;
+                                return (status(404), "no such token id".to_owned());
+                            }
+                            *revoked.lock().unwrap() = true;
+                            (status(call.revoked[0]), revoked_body(call))
+                        }
+                        ("revoke", false) => {
+                            seen.lock().unwrap().revokes += 1;
+                            answer(call, *call.gone.first().unwrap_or(&401), String::new())
+                        }
+                        (_, true) => {
+                            seen.lock().unwrap().whoamis += 1;
+                            (status(call.live[0]), String::new())
+                        }
+                        (_, false) => {
+                            seen.lock().unwrap().whoamis += 1;
+                            answer(call, dead(call, &[]), String::new())
+                        }
+                    };
+                }
+                (axum::http::StatusCode::NOT_FOUND, "no such call".to_owned())
+            }
+        },
+    );
+    let served = spillway::devtools::Served::bind("127.0.0.1:0", app)
+        .await
+        .unwrap();
+    (served, seen)
+}
+
+/// Every issuer's driver, against a fake built from its spec that answers as the issuer documents:
+/// the live token is looked up (where the revoke needs its id), revoked, then gone; "who am I"
+/// says live, then dead; a refused target is named by the issuer's setting.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_issuer_driver_sends_the_token_where_declared_and_reads_the_answers() {
-    use std::sync::{Arc, Mutex};
     for spec in Spec::shipped().unwrap() {
-        let live = format!("{}_live_token_8f3a2c", spec.name);
-        let revoked: Arc<Mutex<bool>> = Arc::default();
-        let s = spec.clone();
-        let (live2, revoked2) = (live.clone(), revoked.clone());
-        let app = axum::Router::new().fallback(
-            move |method: axum::http::Method,
-                  uri: axum::http::Uri,
-                  headers: axum::http::HeaderMap,
-                  body: axum::body::Bytes| {
-                let (s, live, revoked) = (s.clone(), live2.clone(), revoked2.clone());
-                async move {
-                    let status = |code: u16| axum::http::StatusCode::from_u16(code).unwrap();
-                    for (call, is_revoke) in [(Some(&s.revoke), true), (s.whoami.as_ref(), false)] {
-                        let Some(call) = call else { continue };
-                        if method.as_str() != call.method || uri.path() != call.path {
-                            continue;
-                        }
-                        let sent = token_in(call, &headers, &body);
-                        let valid =
-                            sent.as_deref() == Some(live.as_str()) && !*revoked.lock().unwrap();
-                        return match (is_revoke, valid) {
-                            (true, true) => {
-                                *revoked.lock().unwrap() = true;
-                                (status(call.revoked[0]), revoked_body(call))
-                            }
-                            (true, false) => {
-                                (status(*call.gone.first().unwrap_or(&401)), String::new())
-                            }
-                            (false, true) => (status(call.live[0]), String::new()),
-                            (false, false) => {
-                                (status(*call.dead.first().unwrap_or(&401)), String::new())
-                            }
-                        };
-                    }
-                    (axum::http::StatusCode::NOT_FOUND, "no such call".to_owned())
-                }
-            },
-        );
-        let served = spillway::devtools::Served::bind("127.0.0.1:0", app)
-            .await
-            .unwrap();
+        let live = live_token(&spec);
+        let (served, seen) = generic_fake(&spec, &live).await;
         let base = format!("http://{}", served.addr);
         let out = outbound();
         let token = TokenSecret::new(live.clone());
@@ -534,11 +745,35 @@ async fn each_issuer_driver_sends_the_token_where_declared_and_reads_the_answers
             "{}",
             spec.name
         );
-        if !spec.revoke.gone.is_empty() {
+        let after = seen.lock().unwrap().clone();
+        assert_eq!(
+            after.wrong_ids, 0,
+            "{}: the revoke named the looked-up id",
+            spec.name
+        );
+        assert_eq!(after.revokes, 1, "{}", spec.name);
+        // A lookup and a "who am I" may be the same request (LaunchDarkly, Twitch).
+        assert_eq!(
+            after.lookups + after.whoamis,
+            usize::from(spec.lookup.is_some()) + usize::from(spec.whoami.is_some()),
+            "{}",
+            spec.name
+        );
+        // Once revoked: the lookup says dead (nothing left to revoke) or the revoke says gone.
+        let lookup_knows_dead = spec.lookup.as_ref().is_some_and(|l| !l.dead.is_empty());
+        if lookup_knows_dead || (spec.lookup.is_none() && !spec.revoke.gone.is_empty()) {
             assert_eq!(
                 spec.revoke(&out, &base, &token).await,
                 Outcome::Gone,
                 "{}: again",
+                spec.name
+            );
+        }
+        if lookup_knows_dead {
+            assert_eq!(
+                seen.lock().unwrap().revokes,
+                1,
+                "{}: no second revoke",
                 spec.name
             );
         }
@@ -565,7 +800,9 @@ async fn each_issuer_driver_sends_the_token_where_declared_and_reads_the_answers
     }
 }
 
-/// A spec that would put the token in a URL, or nowhere, is refused by field.
+/// A spec that would put the token in a URL, or nowhere, is refused by field; so are an `{id}`
+/// with no lookup to yield it, a lookup whose id nothing uses, and a body in an encoding the
+/// driver cannot fill safely.
 #[test]
 fn an_issuer_file_that_misplaces_the_token_is_refused() {
     let file = |revoke: &str| {
@@ -596,4 +833,458 @@ fn an_issuer_file_that_misplaces_the_token_is_refused() {
     )
     .unwrap_err();
     assert!(named.contains("issuer.name must be \"y\""), "{named}");
+    let bearer = "header = { name = \"A\", value = \"{token}\" }";
+    let no_lookup = Spec::parse(
+        "x.toml",
+        &file(&format!(
+            "method = \"DELETE\"\npath = \"/tokens/{{id}}\"\n{bearer}"
+        )),
+    )
+    .unwrap_err();
+    assert!(no_lookup.contains("needs an issuer.lookup"), "{no_lookup}");
+    let unused = Spec::parse(
+        "x.toml",
+        &format!(
+            "{}[issuer.lookup]\nmethod = \"GET\"\npath = \"/me\"\n{bearer}\nlive = [200]\nid = \"/id\"\n",
+            file(&format!("method = \"DELETE\"\npath = \"/tokens/self\"\n{bearer}"))
+        ),
+    )
+    .unwrap_err();
+    assert!(unused.contains("does not use the {id}"), "{unused}");
+    let no_pointer = Spec::parse(
+        "x.toml",
+        &format!(
+            "{}[issuer.lookup]\nmethod = \"GET\"\npath = \"/me\"\n{bearer}\nlive = [200]\n",
+            file(&format!(
+                "method = \"DELETE\"\npath = \"/tokens/{{id}}\"\n{bearer}"
+            ))
+        ),
+    )
+    .unwrap_err();
+    assert!(
+        no_pointer.contains("issuer.lookup.id must be a JSON pointer"),
+        "{no_pointer}"
+    );
+    let in_header = Spec::parse(
+        "x.toml",
+        &format!(
+            "{}[issuer.lookup]\nmethod = \"GET\"\npath = \"/me\"\n{bearer}\nlive = [200]\nid = \"/id\"\n",
+            file("method = \"DELETE\"\npath = \"/tokens/{id}\"\nheader = { name = \"A\", value = \"{token} {id}\" }")
+        ),
+    )
+    .unwrap_err();
+    assert!(
+        in_header.contains("goes in the path or the body only"),
+        "{in_header}"
+    );
+    let xml = Spec::parse(
+        "x.toml",
+        &file("method = \"POST\"\npath = \"/r\"\nbody = \"<t>{token}</t>\"\ncontent_type = \"text/xml\""),
+    )
+    .unwrap_err();
+    assert!(xml.contains("issuer.revoke.content_type"), "{xml}");
+    let url_path = Spec::parse(
+        "x.toml",
+        &file("method = \"DELETE\"\npath = \"/hooks{token_path}\""),
+    )
+    .unwrap_err();
+    assert!(url_path.contains("issuer.url_token"), "{url_path}");
+}
+
+/// A two-step issuer (the revoke names the token by an id a lookup call yields), against a fake
+/// whose lookup answer the test sets: every way the lookup can fail ends without a revoke call.
+#[tokio::test]
+async fn a_two_step_revoke_sends_the_looked_up_id_and_nothing_without_it() {
+    use std::sync::{Arc, Mutex};
+    let spec = Spec::parse(
+        "acme.toml",
+        r#"[issuer]
+name = "acme"
+description = "d"
+source = "https://example.com"
+token_types = ["t"]
+base_url = "https://example.com"
+documented_request = "curl"
+[issuer.lookup]
+method = "GET"
+path = "/user/tokens/verify"
+header = { name = "Authorization", value = "Bearer {token}" }
+live = [200]
+dead = [401]
+id = "/result/id"
+[issuer.revoke]
+method = "DELETE"
+path = "/user/tokens/{id}"
+header = { name = "Authorization", value = "Bearer {token}" }
+revoked = [200]
+gone = [404]
+ok_json = "/success"
+"#,
+    )
+    .unwrap();
+    #[derive(Default)]
+    struct State {
+        lookup: (u16, String, Option<u64>),
+        revoke: (u16, String),
+        revoked_paths: Vec<String>,
+        authorizations: Vec<String>,
+    }
+    let state: Arc<Mutex<State>> = Arc::default();
+    let s = state.clone();
+    let app = axum::Router::new().fallback(
+        move |method: axum::http::Method, uri: axum::http::Uri, headers: axum::http::HeaderMap| {
+            let s = s.clone();
+            async move {
+                let mut st = s.lock().unwrap();
+                if let Some(a) = headers.get("authorization").and_then(|v| v.to_str().ok()) {
+                    st.authorizations.push(a.to_owned());
+                }
+                let mut response_headers = axum::http::HeaderMap::new();
+                let (code, body) = if uri.path() == "/user/tokens/verify" && method == "GET" {
+                    if let Some(secs) = st.lookup.2 {
+                        response_headers.insert("retry-after", secs.into());
+                    }
+                    (st.lookup.0, st.lookup.1.clone())
+                } else if method == "DELETE" {
+                    st.revoked_paths.push(uri.path().to_owned());
+                    st.revoke.clone()
+                } else {
+                    (404, String::new())
+                };
+                (
+                    axum::http::StatusCode::from_u16(code).unwrap(),
+                    response_headers,
+                    body,
+                )
+            }
+        },
+    );
+    let served = spillway::devtools::Served::bind("127.0.0.1:0", app)
+        .await
+        .unwrap();
+    let base = format!("http://{}", served.addr);
+    let out = outbound();
+    let token = TokenSecret::new("acme_live_token_77");
+    let set = |lookup: (u16, &str, Option<u64>), revoke: (u16, &str)| {
+        let mut st = state.lock().unwrap();
+        st.lookup = (lookup.0, lookup.1.to_owned(), lookup.2);
+        st.revoke = (revoke.0, revoke.1.to_owned());
+    };
+    let ok = (200, r#"{"success":true,"result":{"id":"x"}}"#);
+    /// (status, body, Retry-After seconds) of the lookup's answer.
+    type Lookup<'a> = (u16, &'a str, Option<u64>);
+    let cases: Vec<(Lookup, Outcome)> = vec![
+        // The token is dead: nothing to revoke.
+        ((401, r#"{"success":false}"#, None), Outcome::Gone),
+        (
+            (500, "", None),
+            Outcome::RetryLater {
+                reason: "lookup answered 500".into(),
+                retry_after: None,
+            },
+        ),
+        (
+            (429, "", Some(7)),
+            Outcome::RetryLater {
+                reason: "lookup answered 429".into(),
+                retry_after: Some(Duration::from_secs(7)),
+            },
+        ),
+        (
+            (200, r#"{"success":true,"result":{}}"#, None),
+            Outcome::RetryLater {
+                reason: "lookup answered 200 without an id at /result/id".into(),
+                retry_after: None,
+            },
+        ),
+        (
+            (200, "<html>not json</html>", None),
+            Outcome::RetryLater {
+                reason: "lookup answered 200 without an id at /result/id".into(),
+                retry_after: None,
+            },
+        ),
+        (
+            (200, r#"{"result":{"id":"../../accounts/1"}}"#, None),
+            Outcome::RetryLater {
+                reason:
+                    "lookup answered 200 with an id at /result/id that is not a plain path segment"
+                        .into(),
+                retry_after: None,
+            },
+        ),
+    ];
+    for (lookup, expected) in cases {
+        set(lookup, ok);
+        assert_eq!(
+            spec.revoke(&out, &base, &token).await,
+            expected,
+            "{lookup:?}"
+        );
+        assert!(
+            state.lock().unwrap().revoked_paths.is_empty(),
+            "{lookup:?}: no revoke without an id"
+        );
+    }
+    // The id found goes into the revoke's path; the answer is read as documented.
+    set((200, r#"{"result":{"id":"ed1757438685"}}"#, None), ok);
+    assert_eq!(spec.revoke(&out, &base, &token).await, Outcome::Accepted);
+    set(
+        (200, r#"{"result":{"id":"ed1757438685"}}"#, None),
+        (200, r#"{"success":false}"#),
+    );
+    assert!(matches!(
+        spec.revoke(&out, &base, &token).await,
+        Outcome::RetryLater { .. }
+    ));
+    set((200, r#"{"result":{"id":12345}}"#, None), (404, ""));
+    assert_eq!(spec.revoke(&out, &base, &token).await, Outcome::Gone);
+    let (revoked_paths, authorizations) = {
+        let st = state.lock().unwrap();
+        (st.revoked_paths.clone(), st.authorizations.clone())
+    };
+    assert_eq!(
+        revoked_paths,
+        [
+            "/user/tokens/ed1757438685",
+            "/user/tokens/ed1757438685",
+            "/user/tokens/12345"
+        ]
+    );
+    assert!(
+        authorizations
+            .iter()
+            .all(|a| a == "Bearer acme_live_token_77"),
+        "every call authenticated with the token itself"
+    );
+    served.shutdown().await;
+}
+
+/// Bodies are filled for their content type: a token or id with characters that mean something
+/// there cannot change the request's shape.
+#[tokio::test]
+async fn values_are_encoded_for_the_body_they_go_into() {
+    use std::sync::{Arc, Mutex};
+    let bodies: Arc<Mutex<Vec<String>>> = Arc::default();
+    let b = bodies.clone();
+    let app = axum::Router::new().fallback(move |body: String| {
+        let b = b.clone();
+        async move {
+            b.lock().unwrap().push(body);
+            axum::http::StatusCode::OK
+        }
+    });
+    let served = spillway::devtools::Served::bind("127.0.0.1:0", app)
+        .await
+        .unwrap();
+    let base = format!("http://{}", served.addr);
+    let spec = |body: &str, content_type: &str| {
+        Spec::parse(
+            "x.toml",
+            &format!(
+                "[issuer]\nname = \"x\"\ndescription = \"d\"\nsource = \"s\"\ntoken_types = [\"t\"]\n\
+                 base_url = \"b\"\ndocumented_request = \"curl\"\n[issuer.revoke]\nmethod = \"POST\"\n\
+                 path = \"/r\"\nbody = '{body}'\ncontent_type = \"{content_type}\"\nrevoked = [200]\n"
+            ),
+        )
+        .unwrap()
+    };
+    let token = TokenSecret::new("a&b=c+d\"}\\");
+    let out = outbound();
+    let form = spec("token={token}", "application/x-www-form-urlencoded");
+    assert_eq!(form.revoke(&out, &base, &token).await, Outcome::Accepted);
+    let json = spec(r#"{"token":"{token}"}"#, "application/json");
+    assert_eq!(json.revoke(&out, &base, &token).await, Outcome::Accepted);
+    let got = bodies.lock().unwrap().clone();
+    let parsed: Vec<(String, String)> = url::form_urlencoded::parse(got[0].as_bytes())
+        .into_owned()
+        .collect();
+    assert_eq!(parsed, [("token".to_owned(), "a&b=c+d\"}\\".to_owned())]);
+    let value: serde_json::Value = serde_json::from_str(&got[1]).unwrap();
+    assert_eq!(value, serde_json::json!({ "token": "a&b=c+d\"}\\" }));
+    served.shutdown().await;
+}
+
+/// A URL that is the credential (a Discord webhook URL): the calls go to the issuer's base URL
+/// with the URL's own path, only for a URL of the declared form, and no outcome, reason or
+/// liveness answer ever holds any part of it.
+#[tokio::test]
+async fn a_url_credential_is_sent_only_to_the_issuer_and_never_echoed() {
+    use std::sync::{Arc, Mutex};
+    let spec = Spec::shipped()
+        .unwrap()
+        .into_iter()
+        .find(|s| s.name == "discord")
+        .unwrap();
+    let secret = "Zk9_-".repeat(14);
+    let paths: Arc<Mutex<Vec<String>>> = Arc::default();
+    let status: Arc<Mutex<u16>> = Arc::new(Mutex::new(204));
+    let (p, st) = (paths.clone(), status.clone());
+    let app = axum::Router::new().fallback(move |uri: axum::http::Uri| {
+        let (p, st) = (p.clone(), st.clone());
+        async move {
+            p.lock().unwrap().push(uri.path().to_owned());
+            let code = *st.lock().unwrap();
+            (
+                axum::http::StatusCode::from_u16(code).unwrap(),
+                r#"{"message": "Unknown Webhook", "code": 10015}"#,
+            )
+        }
+    });
+    let served = spillway::devtools::Served::bind("127.0.0.1:0", app)
+        .await
+        .unwrap();
+    let base = format!("http://{}", served.addr);
+    let out = outbound();
+    let never_echoed = |text: &str| {
+        assert!(!text.contains(&secret) && !text.contains("Zk9_"), "{text}");
+    };
+    let show = |o: &Outcome| format!("{o:?}");
+    for url in [
+        format!("https://discord.com/api/webhooks/123456789012345678/{secret}"),
+        format!("https://ptb.discord.com/api/v10/webhooks/123456789012345678/{secret}"),
+        format!("https://discordapp.com/api/v9/webhooks/123456789012345678/{secret}"),
+    ] {
+        *status.lock().unwrap() = 204;
+        let token = TokenSecret::new(url.clone());
+        assert_eq!(
+            spec.revoke(&out, &base, &token).await,
+            Outcome::Accepted,
+            "{url}"
+        );
+        // Answers that are not "revoked" and failures of every kind say nothing of the URL.
+        for code in [500, 429, 403] {
+            *status.lock().unwrap() = code;
+            never_echoed(&show(&spec.revoke(&out, &base, &token).await));
+            never_echoed(&format!("{:?}", spec.whoami(&out, &base, &token).await));
+        }
+        *status.lock().unwrap() = 404;
+        assert_eq!(spec.revoke(&out, &base, &token).await, Outcome::Gone);
+        let strict = Outbound::new(Policy::default(), Duration::from_secs(5)).unwrap();
+        never_echoed(&show(&spec.revoke(&strict, &base, &token).await));
+        never_echoed(&show(
+            &spec.revoke(&out, "http://127.0.0.1:9", &token).await,
+        ));
+    }
+    let expected = format!("/api/v10/webhooks/123456789012345678/{secret}");
+    assert!(
+        paths.lock().unwrap().iter().all(|p| *p == expected),
+        "every call went to the base URL with the webhook's path: {:?}",
+        paths.lock().unwrap()
+    );
+    // Not a webhook URL of the declared form: refused before any call, naming none of it.
+    let sent = paths.lock().unwrap().len();
+    for bad in [
+        format!("https://evil.example/api/webhooks/123456789012345678/{secret}"),
+        format!("https://discord.com/api/webhooks/123456789012345678/{secret}/../../users/@me"),
+        format!("https://discord.com.evil.example/api/webhooks/123456789012345678/{secret}"),
+        format!("https://discord.com/api/webhooks/12/{secret}"),
+        secret.clone(),
+    ] {
+        let token = TokenSecret::new(bad);
+        match spec.revoke(&out, &base, &token).await {
+            Outcome::Refused { reason } => {
+                never_echoed(&reason);
+                assert!(reason.contains("issuers.discord"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            spec.whoami(&out, &base, &token).await,
+            Some(Liveness::Refused { .. })
+        ));
+    }
+    assert_eq!(
+        paths.lock().unwrap().len(),
+        sent,
+        "no call for a URL of another form"
+    );
+    served.shutdown().await;
+}
+
+/// Through the engine: an enabled issuer with a "who am I" call checks liveness first, as an
+/// installation with a verify URL does. A dead token ends `inactive`, audited, with no revoke call;
+/// a live one is revoked.
+#[tokio::test]
+async fn an_issuers_who_am_i_is_the_findings_verify_step() {
+    use crate::common::revocation::Rig;
+    let spec = Spec::shipped()
+        .unwrap()
+        .into_iter()
+        .find(|s| s.name == "gitlab")
+        .unwrap();
+    let glpat = |seed: &str| {
+        use sha2::Digest as _;
+        let digest = hex::encode(sha2::Sha256::digest(seed.as_bytes()));
+        format!("glpat-{}", &digest[..20])
+    };
+    let (live, dead) = (glpat("live"), glpat("dead"));
+    for (backend, url, _dir) in crate::common::fresh_databases().await {
+        let (fake, seen) = generic_fake(&spec, &live).await;
+        let base = format!("http://{}", fake.addr);
+        let rig = Rig::start(
+            &url,
+            |_| {},
+            |s| {
+                s.issuers.insert(
+                    "gitlab".into(),
+                    spillway::platform::config::IssuerSettings {
+                        enabled: Some(true),
+                        base_url: Some(base.clone()),
+                        ..Default::default()
+                    },
+                );
+            },
+            |_| {},
+        )
+        .await;
+        let alert = |token: &str| {
+            serde_json::json!({
+                "token": token,
+                "type": "gitlab_access_token",
+                "url": "https://github.com/acme/site/blob/main/.env",
+                "source": "content",
+            })
+        };
+        let (status, body) = rig
+            .alert(&serde_json::json!([alert(&live), alert(&dead)]))
+            .await;
+        assert!(status.is_success(), "{backend}: {status} {body}");
+        let findings = rig.settled(2, Duration::from_secs(20)).await;
+        let mut states: Vec<(String, String)> = findings
+            .iter()
+            .map(|f| {
+                assert_eq!(
+                    f.installation_id.as_deref(),
+                    Some("issuer:gitlab"),
+                    "{backend}"
+                );
+                (f.state.clone(), f.attribution.clone())
+            })
+            .collect();
+        states.sort();
+        assert_eq!(
+            states,
+            [
+                ("inactive".to_owned(), "issuer".to_owned()),
+                ("revoked".to_owned(), "issuer".to_owned())
+            ],
+            "{backend}: {findings:#?}"
+        );
+        let calls = seen.lock().unwrap().clone();
+        assert_eq!(
+            (calls.whoamis, calls.revokes),
+            (2, 1),
+            "{backend}: both checked, only the live one revoked"
+        );
+        let mut exported = Vec::new();
+        spillway::platform::audit::export_jsonl(&rig.server.state.store, &mut exported)
+            .await
+            .unwrap();
+        let text = String::from_utf8(exported).unwrap();
+        assert!(text.contains("finding.inactive"), "{backend}: {text}");
+        assert!(!text.contains(&live) && !text.contains(&dead), "{backend}");
+        rig.stop().await;
+        fake.shutdown().await;
+    }
 }
