@@ -618,20 +618,7 @@ pub async fn list(
     after: i64,
     limit: i64,
 ) -> anyhow::Result<Vec<FindingView>> {
-    let rows: Vec<FindingView> = sqlx::query_as(&format!(
-        "SELECT {VIEW_COLUMNS} FROM findings \
-         WHERE id > $1 AND ($2 IS NULL OR state = $2) AND ($3 IS NULL OR installation_id = $3) \
-         AND ($4 IS NULL OR source = $4) ORDER BY id LIMIT $5"
-    ))
-    .bind(after)
-    .bind(filter.state)
-    .bind(filter.installation)
-    .bind(filter.source)
-    .bind(limit)
-    .fetch_all(store.pool())
-    .await
-    .context("cannot list findings")?;
-    Ok(rows.into_iter().map(with_id).collect())
+    page(store, filter, ("id > $1", "id"), after, limit).await
 }
 
 /// The newest findings first (before id `before`, when given), as `filter` says.
@@ -641,12 +628,26 @@ pub async fn newest(
     before: Option<i64>,
     limit: i64,
 ) -> anyhow::Result<Vec<FindingView>> {
+    let before = before.unwrap_or(i64::MAX);
+    page(store, filter, ("id < $1", "id DESC"), before, limit).await
+}
+
+/// One page of findings: `(bound_clause, order)` is this module's SQL, never input; the clause
+/// compares with `$1`, which is `bound`.
+async fn page(
+    store: &Store,
+    filter: &Filter<'_>,
+    (bound_clause, order): (&'static str, &'static str),
+    bound: i64,
+    limit: i64,
+) -> anyhow::Result<Vec<FindingView>> {
     let rows: Vec<FindingView> = sqlx::query_as(&format!(
         "SELECT {VIEW_COLUMNS} FROM findings \
-         WHERE id < $1 AND ($2 IS NULL OR state = $2) AND ($3 IS NULL OR installation_id = $3) \
-         AND ($4 IS NULL OR source = $4) ORDER BY id DESC LIMIT $5"
+         WHERE {bound_clause} AND ($2 IS NULL OR state = $2) \
+         AND ($3 IS NULL OR installation_id = $3) AND ($4 IS NULL OR source = $4) \
+         ORDER BY {order} LIMIT $5"
     ))
-    .bind(before.unwrap_or(i64::MAX))
+    .bind(bound)
     .bind(filter.state)
     .bind(filter.installation)
     .bind(filter.source)

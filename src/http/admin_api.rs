@@ -187,31 +187,19 @@ fn unavailable(what: &str, e: anyhow::Error) -> ApiError {
 
 impl From<RotationError> for ApiError {
     fn from(e: RotationError) -> ApiError {
-        let status = match &e {
-            RotationError::NoListener(_) | RotationError::NoEndpoint(_) => StatusCode::NOT_FOUND,
-            RotationError::Active(_) | RotationError::Expired(_) => StatusCode::CONFLICT,
-            RotationError::ExpiryInPast => StatusCode::UNPROCESSABLE_ENTITY,
-            RotationError::Database(inner) => {
-                return unavailable("listener change", anyhow::anyhow!("{inner:#}"));
-            }
-        };
-        ApiError::new(status, e.to_string())
+        match super::refusals::rotation_status(&e) {
+            Some(status) => ApiError::new(status, e.to_string()),
+            None => unavailable("listener change", anyhow::anyhow!("{e:#}")),
+        }
     }
 }
 
 impl From<RegistryError> for ApiError {
     fn from(e: RegistryError) -> ApiError {
-        let status = match &e {
-            RegistryError::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-            RegistryError::NotFound(_) => StatusCode::NOT_FOUND,
-            RegistryError::NameTaken(_)
-            | RegistryError::TwoSecretsLive(_)
-            | RegistryError::NothingToRetire(_) => StatusCode::CONFLICT,
-            RegistryError::Storage(inner) => {
-                return unavailable("installation change", anyhow::anyhow!("{inner:#}"));
-            }
-        };
-        ApiError::new(status, e.to_string())
+        match super::refusals::registry_status(&e) {
+            Some(status) => ApiError::new(status, e.to_string()),
+            None => unavailable("installation change", anyhow::anyhow!("{e:#}")),
+        }
     }
 }
 

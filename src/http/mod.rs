@@ -12,6 +12,7 @@ pub mod console;
 pub mod ingress;
 pub mod metrics;
 mod pull_api;
+mod refusals;
 
 use std::sync::Arc;
 use std::time::Duration;

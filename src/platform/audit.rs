@@ -262,24 +262,24 @@ async fn load(store: &Store) -> anyhow::Result<Vec<StoredEntry>> {
 
 /// Every entry recording `action`, oldest first.
 pub async fn with_action(store: &Store, action: &str) -> anyhow::Result<Vec<Entry>> {
-    let rows = sqlx::query_as::<_, EntryRow>(
-        "SELECT seq, at, actor, action, subject, details FROM audit_log WHERE action = $1 ORDER BY seq",
-    )
-    .bind(action)
-    .fetch_all(store.pool())
-    .await?;
-    Ok(rows
-        .into_iter()
-        .map(|r| r.into_entry(|_| serde_json::Value::Null).0)
-        .collect())
+    entries_where(store, "action", action).await
 }
 
 /// Every entry about `subject` (its subject, as `finding:12` or `admin-key:...`), oldest first.
 pub async fn about(store: &Store, subject: &str) -> anyhow::Result<Vec<Entry>> {
-    let rows = sqlx::query_as::<_, EntryRow>(
-        "SELECT seq, at, actor, action, subject, details FROM audit_log WHERE subject = $1 ORDER BY seq",
-    )
-    .bind(subject)
+    entries_where(store, "subject", subject).await
+}
+
+/// Every entry whose `column` (a name from this module, never input) is `value`, oldest first.
+async fn entries_where(
+    store: &Store,
+    column: &'static str,
+    value: &str,
+) -> anyhow::Result<Vec<Entry>> {
+    let rows = sqlx::query_as::<_, EntryRow>(&format!(
+        "SELECT seq, at, actor, action, subject, details FROM audit_log WHERE {column} = $1 ORDER BY seq"
+    ))
+    .bind(value)
     .fetch_all(store.pool())
     .await?;
     Ok(rows

@@ -38,6 +38,16 @@ fn hidden(html: &str, name: &str) -> String {
     html[start..start + html[start..].find('"').unwrap()].to_owned()
 }
 
+/// `path` sends `console` to the sign-in page: its session is over.
+async fn assert_signed_out(console: &mut Console, path: &str, backend: &str) {
+    let (status, location, _) = console.get(path).await;
+    assert_eq!(
+        (status.as_u16(), location.as_str()),
+        (303, "/console/login"),
+        "{backend}: {path}"
+    );
+}
+
 impl Console {
     fn new(base: String) -> Console {
         Console {
@@ -78,28 +88,19 @@ impl Console {
     }
 
     async fn get(&mut self, path: &str) -> (StatusCode, String, String) {
-        let r = self
-            .http
-            .get(format!("{}{path}", self.base))
-            .header(COOKIE, self.cookie_header())
-            .send()
-            .await
-            .unwrap();
-        self.keep(&r);
-        let location = r
-            .headers()
-            .get(LOCATION)
-            .map(|v| v.to_str().unwrap().to_owned())
-            .unwrap_or_default();
-        (r.status(), location, r.text().await.unwrap())
+        let request = self.http.get(format!("{}{path}", self.base));
+        self.send(request).await
     }
 
     async fn post(&mut self, path: &str, form: &[(&str, &str)]) -> (StatusCode, String, String) {
-        let r = self
-            .http
-            .post(format!("{}{path}", self.base))
+        let request = self.http.post(format!("{}{path}", self.base)).form(form);
+        self.send(request).await
+    }
+
+    /// Sends `request` with the cookies held; answers (status, Location, body).
+    async fn send(&mut self, request: reqwest::RequestBuilder) -> (StatusCode, String, String) {
+        let r = request
             .header(COOKIE, self.cookie_header())
-            .form(form)
             .send()
             .await
             .unwrap();
@@ -585,12 +586,7 @@ async fn console_sessions_csrf_and_scopes() {
             .execute(store.pool())
             .await
             .unwrap();
-        let (status, location, _) = finder_console.get("/console/findings").await;
-        assert_eq!(
-            (status.as_u16(), location.as_str()),
-            (303, "/console/login"),
-            "{backend}"
-        );
+        assert_signed_out(&mut finder_console, "/console/findings", &backend).await;
         let (_, short) = api_keys::create(
             store,
             "short",
@@ -638,12 +634,7 @@ async fn console_sessions_csrf_and_scopes() {
             (status.as_u16(), location.as_str()),
             (303, "/console/keys?done=session_revoked")
         );
-        let (status, location, _) = reader.get("/console/listeners").await;
-        assert_eq!(
-            (status.as_u16(), location.as_str()),
-            (303, "/console/login"),
-            "{backend}"
-        );
+        assert_signed_out(&mut reader, "/console/listeners", &backend).await;
         reader.sign_in(&readonly).await;
 
         // Revoking a key ends its sessions at once.
@@ -662,12 +653,7 @@ async fn console_sessions_csrf_and_scopes() {
             (status.as_u16(), location.as_str()),
             (303, "/console/keys?done=revoked")
         );
-        let (status, location, _) = reader.get("/console/listeners").await;
-        assert_eq!(
-            (status.as_u16(), location.as_str()),
-            (303, "/console/login"),
-            "{backend}"
-        );
+        assert_signed_out(&mut reader, "/console/listeners", &backend).await;
 
         // Signing out ends the session: the same cookie, replayed, opens nothing.
         let stolen = console.cookies.clone();
@@ -678,12 +664,7 @@ async fn console_sessions_csrf_and_scopes() {
         );
         let mut replay = Console::new(base.clone());
         replay.cookies = stolen;
-        let (status, location, _) = replay.get("/console/listeners").await;
-        assert_eq!(
-            (status.as_u16(), location.as_str()),
-            (303, "/console/login"),
-            "{backend}"
-        );
+        assert_signed_out(&mut replay, "/console/listeners", &backend).await;
         let actions: Vec<String> = spillway::platform::audit::about(
             store,
             &format!("admin-key:{}", {

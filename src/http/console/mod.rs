@@ -211,27 +211,19 @@ fn unprocessable(message: impl Into<String>) -> Refusal {
 
 impl From<RotationError> for Refusal {
     fn from(e: RotationError) -> Refusal {
-        let status = match &e {
-            RotationError::NoListener(_) | RotationError::NoEndpoint(_) => StatusCode::NOT_FOUND,
-            RotationError::Active(_) | RotationError::Expired(_) => StatusCode::CONFLICT,
-            RotationError::ExpiryInPast => StatusCode::UNPROCESSABLE_ENTITY,
-            RotationError::Database(inner) => return unavailable("listener change", inner),
-        };
-        Refusal::Page(status, e.to_string())
+        match super::refusals::rotation_status(&e) {
+            Some(status) => Refusal::Page(status, e.to_string()),
+            None => unavailable("listener change", format!("{e:#}")),
+        }
     }
 }
 
 impl From<RegistryError> for Refusal {
     fn from(e: RegistryError) -> Refusal {
-        let status = match &e {
-            RegistryError::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-            RegistryError::NotFound(_) => StatusCode::NOT_FOUND,
-            RegistryError::NameTaken(_)
-            | RegistryError::TwoSecretsLive(_)
-            | RegistryError::NothingToRetire(_) => StatusCode::CONFLICT,
-            RegistryError::Storage(inner) => return unavailable("installation change", inner),
-        };
-        Refusal::Page(status, e.to_string())
+        match super::refusals::registry_status(&e) {
+            Some(status) => Refusal::Page(status, e.to_string()),
+            None => unavailable("installation change", format!("{e:#}")),
+        }
     }
 }
 
