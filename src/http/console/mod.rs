@@ -991,3 +991,26 @@ async fn audit_page(
     let (_, checked_at, verdict) = cached.as_ref().expect("just checked");
     Ok(pages::html(pages::audit(session, verdict, *checked_at)).into_response())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cookies_are_secure_as_the_setting_and_the_request_say() {
+        let plain = HeaderMap::new();
+        let mut proxied = HeaderMap::new();
+        proxied.insert(
+            "forwarded",
+            HeaderValue::from_static("for=192.0.2.1;proto=https"),
+        );
+        let secure = |setting, loopback, headers: &HeaderMap| {
+            ConsoleState::new(setting, loopback).secure(headers) == "; Secure"
+        };
+        assert!(!secure(CookieSecurity::Auto, true, &plain));
+        assert!(secure(CookieSecurity::Auto, true, &proxied));
+        assert!(secure(CookieSecurity::Auto, false, &plain));
+        assert!(secure(CookieSecurity::Always, true, &plain));
+        assert!(!secure(CookieSecurity::Never, false, &proxied));
+    }
+}
