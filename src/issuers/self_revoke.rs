@@ -42,7 +42,8 @@ pub struct Spec {
     pub source: String,
     pub token_types: Vec<String>,
     pub base_url: String,
-    /// The issuer's own example of the revoke request (a curl command), checked against `revoke`.
+    /// The issuer's own example of the revoke request (a curl command), or where it publishes none
+    /// the request built from the reference entry the file's comment names; checked against `revoke`.
     pub documented_request: String,
     /// Where the credential *is* a URL (a Discord webhook URL): the pattern the whole token must
     /// match, whose `path` group the calls' paths take as `{token_path}`. The request still goes
