@@ -454,11 +454,56 @@ impl RawRule {
 
 /// Parses one Spillway rule file.
 pub fn parse_rule_file(file: &str, text: &str) -> Result<Vec<Rule>, RuleError> {
+    compile_all(read_rule_file(file, text)?)
+}
+
+/// The rules of one Spillway rule file as written, each with its file's name.
+fn read_rule_file(file: &str, text: &str) -> Result<Vec<(String, RawRule)>, RuleError> {
     let raw: RawRuleFile = toml::from_str(text).map_err(|e| RuleError::Parse {
         file: file.to_owned(),
         message: e.to_string(),
     })?;
-    raw.rules.into_iter().map(|r| r.compile(file)).collect()
+    Ok(raw
+        .rules
+        .into_iter()
+        .map(|r| (file.to_owned(), r))
+        .collect())
+}
+
+/// Compiles rules on every core: building the regexes is most of a scanner's start-up (a quarter
+/// of the instructions of a 37 MB scan with the default rules), and each rule builds alone. The
+/// rules come back in their order; the first error in that order is the one answered.
+pub fn compile_all(raws: Vec<(String, RawRule)>) -> Result<Vec<Rule>, RuleError> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, usize::from)
+        .min(8);
+    if threads <= 1 || raws.len() < 16 {
+        return raws.into_iter().map(|(f, r)| r.compile(&f)).collect();
+    }
+    // Interleaved shares (rule i to thread i % threads), so the slow rules of one file spread out.
+    let mut shares: Vec<Vec<(usize, String, RawRule)>> = (0..threads).map(|_| Vec::new()).collect();
+    for (i, (file, raw)) in raws.into_iter().enumerate() {
+        shares[i % threads].push((i, file, raw));
+    }
+    let mut done: Vec<(usize, Result<Rule, RuleError>)> = std::thread::scope(|scope| {
+        let workers: Vec<_> = shares
+            .into_iter()
+            .map(|share| {
+                scope.spawn(move || {
+                    share
+                        .into_iter()
+                        .map(|(i, file, raw)| (i, raw.compile(&file)))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().expect("a rule compiler thread panicked"))
+            .collect()
+    });
+    done.sort_by_key(|(i, _)| *i);
+    done.into_iter().map(|(_, rule)| rule).collect()
 }
 
 /// The names of the rule files compiled into the binary (`stripe.toml`...).
@@ -468,11 +513,11 @@ pub fn default_rule_file_names() -> impl Iterator<Item = &'static str> {
 
 /// The rules compiled into the binary from `patterns/`.
 pub fn default_rules() -> Result<Vec<Rule>, RuleError> {
-    let mut rules = Vec::new();
+    let mut raws = Vec::new();
     for (name, text) in DEFAULT_RULE_FILES {
-        rules.extend(parse_rule_file(name, text)?);
+        raws.extend(read_rule_file(name, text)?);
     }
-    Ok(rules)
+    compile_all(raws)
 }
 
 /// Loads every `.toml` file in `dir` (sorted by name): Spillway rule files, or Gitleaks files
@@ -494,20 +539,35 @@ pub fn load_rules_dir(dir: &Path) -> Result<Vec<Rule>, RuleError> {
             message: "no .toml rule files in directory".into(),
         });
     }
+    // Spillway files' rules are compiled together (on every core); a Gitleaks file compiles as
+    // one config, in its place.
     let mut rules = Vec::new();
+    let mut raws = Vec::new();
     for path in files {
-        rules.extend(load_rule_file(&path)?);
+        let (file, text) = read_file(&path)?;
+        if super::gitleaks::looks_like_gitleaks(&text) {
+            rules.extend(compile_all(std::mem::take(&mut raws))?);
+            rules.extend(super::gitleaks::parse_gitleaks_file(&file, &text)?);
+        } else {
+            raws.extend(read_rule_file(&file, &text)?);
+        }
     }
+    rules.extend(compile_all(raws)?);
     Ok(rules)
 }
 
-/// Loads one rule file, Spillway or Gitleaks format.
-pub fn load_rule_file(path: &Path) -> Result<Vec<Rule>, RuleError> {
+fn read_file(path: &Path) -> Result<(String, String), RuleError> {
     let file = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|source| RuleError::Read {
         file: file.clone(),
         source,
     })?;
+    Ok((file, text))
+}
+
+/// Loads one rule file, Spillway or Gitleaks format.
+pub fn load_rule_file(path: &Path) -> Result<Vec<Rule>, RuleError> {
+    let (file, text) = read_file(path)?;
     if super::gitleaks::looks_like_gitleaks(&text) {
         super::gitleaks::parse_gitleaks_file(&file, &text)
     } else {
@@ -596,6 +656,27 @@ mod tests {
             keywords: keywords.iter().map(|s| s.to_string()).collect(),
             ..RawRule::default()
         }
+    }
+
+    #[test]
+    fn rules_compiled_together_keep_their_order_and_the_first_error() {
+        let numbered = |i: usize, regex: &str| {
+            let mut r = raw(regex, &["key"]);
+            r.id = format!("r{i}");
+            (format!("f{i}.toml"), r)
+        };
+        let good: Vec<_> = (0..40).map(|i| numbered(i, r"key([a-z]{8})")).collect();
+        let ids: Vec<String> = compile_all(good)
+            .unwrap()
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
+        assert_eq!(ids, (0..40).map(|i| format!("r{i}")).collect::<Vec<_>>());
+        let mut bad: Vec<_> = (0..40).map(|i| numbered(i, r"key([a-z]{8})")).collect();
+        bad[25] = numbered(25, r"key([a-z]{8}");
+        bad[30] = numbered(30, r"key[a-z]{8}");
+        let err = compile_all(bad).unwrap_err().to_string();
+        assert!(err.contains("f25.toml"), "{err}");
     }
 
     #[test]

@@ -413,7 +413,7 @@ fn compile(file: &str, merged: Merged) -> Result<Vec<Rule>, RuleError> {
                 .push(converted.clone());
         }
     }
-    merged
+    let written: Vec<(RawRule, bool)> = merged
         .rules
         .iter()
         .map(|g| {
@@ -460,7 +460,7 @@ fn compile(file: &str, merged: Merged) -> Result<Vec<Rule>, RuleError> {
             } else {
                 regex
             };
-            let mut rule = RawRule {
+            let rule = RawRule {
                 id,
                 name: g.id.clone(),
                 token_type: g.id.clone(),
@@ -473,14 +473,23 @@ fn compile(file: &str, merged: Merged) -> Result<Vec<Rule>, RuleError> {
                 path,
                 dialect: Dialect::Gitleaks,
                 ..RawRule::default()
-            }
-            .compile(file)?;
-            if path_only {
-                rule.pass = Pass::Path;
-            }
-            Ok(rule)
+            };
+            Ok((rule, path_only))
         })
-        .collect()
+        .collect::<Result<_, RuleError>>()?;
+    let path_only: Vec<bool> = written.iter().map(|(_, p)| *p).collect();
+    let mut rules = crate::scanner::rule::compile_all(
+        written
+            .into_iter()
+            .map(|(rule, _)| (file.to_owned(), rule))
+            .collect(),
+    )?;
+    for (rule, path_only) in rules.iter_mut().zip(path_only) {
+        if path_only {
+            rule.pass = Pass::Path;
+        }
+    }
+    Ok(rules)
 }
 
 #[cfg(test)]
