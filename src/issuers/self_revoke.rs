@@ -42,6 +42,10 @@ pub struct Spec {
     pub source: String,
     pub token_types: Vec<String>,
     pub base_url: String,
+    /// Each customer has its own host (an Okta org, a Shopify store, a Vault server): `base_url`
+    /// must be set by the operator, and enabling the issuer without it stops start-up.
+    #[serde(default)]
+    pub base_url_required: bool,
     /// The issuer's own example of the revoke request (a curl command), or where it publishes none
     /// the request built from the reference entry the file's comment names; checked against `revoke`.
     pub documented_request: String,
@@ -318,6 +322,16 @@ impl Call {
         })?;
         let status = response.status().as_u16();
         let wait = crate::issuers::github::rate_limit_wait(response.headers());
+        // An HTML page (a proxy's, a maintenance or sign-in page) is not the issuer's API
+        // answering, whatever its status: never read as revoked, gone, live or dead.
+        let html = response
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|t| t.trim_start().to_ascii_lowercase().starts_with("text/html"));
+        if html {
+            return Err(SendError::Transient("answered an HTML page"));
+        }
         let body = read_capped(response, ANSWER_CAP).await.unwrap_or_default();
         Ok((status, wait, body))
     }

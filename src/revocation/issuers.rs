@@ -127,6 +127,14 @@ impl Issuers {
             if !s.enabled.unwrap_or(false) {
                 continue;
             }
+            if spec.base_url_required && s.base_url.is_none() {
+                anyhow::bail!(
+                    "issuers.{}.base_url: required to enable this issuer (each customer has its own \
+                     host; the example {} is not one)",
+                    spec.name,
+                    spec.base_url
+                );
+            }
             let base = s.base_url.clone().unwrap_or_else(|| spec.base_url.clone());
             let url = |path: &str| format!("{}{}", base.trim_end_matches('/'), path);
             entries.push(Entry {
@@ -269,5 +277,18 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("issuers.acme: no such issuer"), "{err}");
+        // An issuer whose every customer has a host of its own cannot run on the example host.
+        let err = issuers("[issuers.okta]\nenabled = true\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("issuers.okta.base_url: required"), "{err}");
+        assert_eq!(
+            issuers(
+                "[issuers.okta]\nenabled = true\nbase_url = \"https://acme.okta.com\"\n",
+                &[]
+            )
+            .unwrap(),
+            ["issuer:github", "issuer:okta"]
+        );
     }
 }

@@ -170,9 +170,9 @@ impl Engine {
     }
 
     /// An issuer's liveness check: its "who am I" call, read as an installation's verify answer
-    /// would be. Live goes on to the revoke; dead ends the finding `inactive` (its audit entry
-    /// written with the state) without a revoke call; anything else is retried like an unknown
-    /// verify answer.
+    /// would be. Live goes on to the revoke; dead ends the finding `unknown_token` (its audit
+    /// entry written with the state) without a revoke call; anything else is retried like an
+    /// unknown verify answer.
     async fn issuer_verify(
         &self,
         installation: &Installation,
@@ -187,7 +187,9 @@ impl Engine {
         crate::platform::failpoint::hit("verify.before_call");
         let answer = match self.issuers.whoami(&installation.id, token).await {
             Some(Liveness::Live) => Answer::Known(VerifyStatus::Active),
-            Some(Liveness::Dead) => Answer::Known(VerifyStatus::Inactive),
+            // As for a revoke's "gone": the issuer does not know the token, which may be live
+            // elsewhere.
+            Some(Liveness::Dead) => Answer::Known(VerifyStatus::UnknownToken),
             Some(Liveness::Unknown {
                 reason,
                 retry_after,
@@ -221,7 +223,10 @@ impl Engine {
         crate::platform::failpoint::hit("revoke.before_call");
         let answer = match self.issuers.revoke(&installation.id, token).await {
             Some(crate::issuers::Outcome::Accepted) => Answer::Known(RevokeStatus::Revoked),
-            Some(crate::issuers::Outcome::Gone) => Answer::Known(RevokeStatus::AlreadyRevoked),
+            // "Not a valid token here" is no proof it was revoked: the same answer comes for a
+            // token of another org, region or self-hosted instance. Recorded as unknown to the
+            // issuer, with no label.
+            Some(crate::issuers::Outcome::Gone) => Answer::Known(RevokeStatus::UnknownToken),
             Some(crate::issuers::Outcome::RetryLater {
                 reason,
                 retry_after,

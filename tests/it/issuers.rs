@@ -236,6 +236,57 @@ async fn batches_outside_githubs_rules_are_never_sent() {
     github.shutdown().await;
 }
 
+/// An HTML page (a proxy's, a maintenance or sign-in page) is never the issuer's answer, whatever
+/// its status: a 200 page is not "revoked" nor "live", a 401 page not "gone" nor "dead".
+#[tokio::test]
+async fn an_html_page_is_never_an_issuers_answer() {
+    use axum::routing::get;
+    let status = std::sync::Arc::new(std::sync::Mutex::new(200u16));
+    let answer = status.clone();
+    let page = move || {
+        let code = *answer.lock().unwrap();
+        async move {
+            (
+                axum::http::StatusCode::from_u16(code).unwrap(),
+                [("content-type", "text/html; charset=utf-8")],
+                "<html><body>Sign in</body></html>",
+            )
+        }
+    };
+    let app = axum::Router::new().route(
+        "/api/v4/personal_access_tokens/self",
+        get(page.clone()).delete(page),
+    );
+    let served = spillway::devtools::Served::bind("127.0.0.1:0", app)
+        .await
+        .unwrap();
+    let base = format!("http://{}", served.addr);
+    let gitlab = Spec::shipped()
+        .unwrap()
+        .into_iter()
+        .find(|s| s.name == "gitlab")
+        .unwrap();
+    let token = TokenSecret::new("glpat-live_token_00000000");
+    for code in [200, 204, 401] {
+        *status.lock().unwrap() = code;
+        assert_eq!(
+            gitlab.revoke(&outbound(), &base, &token).await,
+            Outcome::RetryLater {
+                reason: "answered an HTML page".into(),
+                retry_after: None,
+            },
+            "{code}"
+        );
+        assert!(
+            matches!(
+                gitlab.whoami(&outbound(), &base, &token).await,
+                Some(Liveness::Unknown { .. })
+            ),
+            "{code}"
+        );
+    }
+}
+
 /// A 422 ("validation failed, or the endpoint has been spammed") backs off for a minute; a huge
 /// answer is read only up to the cap.
 #[tokio::test]
@@ -414,7 +465,7 @@ fn every_issuer_declares_the_request_its_documentation_shows() {
         let call = &spec.revoke;
         assert_eq!(doc.method, call.method, "{}: method", spec.name);
         assert!(
-            template_regex(&call.path, false).is_match(&doc.path),
+            template_regex(&call.path, true).is_match(&doc.path),
             "{}: documented path {} is not {}",
             spec.name,
             doc.path,
@@ -1203,7 +1254,7 @@ async fn a_url_credential_is_sent_only_to_the_issuer_and_never_echoed() {
 }
 
 /// Through the engine: an enabled issuer with a "who am I" call checks liveness first, as an
-/// installation with a verify URL does. A dead token ends `inactive`, audited, with no revoke call;
+/// installation with a verify URL does. A dead token ends `unknown_token`, audited, with no revoke call;
 /// a live one is revoked.
 #[tokio::test]
 async fn an_issuers_who_am_i_is_the_findings_verify_step() {
@@ -1266,8 +1317,8 @@ async fn an_issuers_who_am_i_is_the_findings_verify_step() {
         assert_eq!(
             states,
             [
-                ("inactive".to_owned(), "issuer".to_owned()),
-                ("revoked".to_owned(), "issuer".to_owned())
+                ("revoked".to_owned(), "issuer".to_owned()),
+                ("unknown_token".to_owned(), "issuer".to_owned())
             ],
             "{backend}: {findings:#?}"
         );
@@ -1282,7 +1333,7 @@ async fn an_issuers_who_am_i_is_the_findings_verify_step() {
             .await
             .unwrap();
         let text = String::from_utf8(exported).unwrap();
-        assert!(text.contains("finding.inactive"), "{backend}: {text}");
+        assert!(text.contains("finding.unknown_token"), "{backend}: {text}");
         assert!(!text.contains(&live) && !text.contains(&dead), "{backend}");
         rig.stop().await;
         fake.shutdown().await;
