@@ -113,13 +113,21 @@ pub struct Header {
 pub struct UrlToken {
     /// A regular expression the whole token must match, with a group named `path`.
     pub pattern: String,
+    /// `pattern`, anchored and compiled once.
+    #[serde(skip)]
+    compiled: std::sync::OnceLock<Option<regex_automata::meta::Regex>>,
 }
 
 impl UrlToken {
     /// The token's `path` group, if the whole token matches and the path is made of plain
     /// segments only (so it can name nothing but the credential).
     fn path_of(&self, token: &str) -> Option<String> {
-        let re = regex_automata::meta::Regex::new(&format!("^(?:{})$", self.pattern)).ok()?;
+        let re = self
+            .compiled
+            .get_or_init(|| {
+                regex_automata::meta::Regex::new(&format!("^(?:{})$", self.pattern)).ok()
+            })
+            .as_ref()?;
         let mut caps = re.create_captures();
         re.captures(token, &mut caps);
         let span = caps.get_group_by_name("path")?;
@@ -240,6 +248,29 @@ impl Call {
             return Err(format!(
                 "{field}.content_type: {content_type:?} is not {FORM} or {JSON}"
             ));
+        }
+        // A JSON body's placeholders must stand inside strings: filled with a value that holds a
+        // quote, the body still parses, and the value is one string of it (JSON escaping protects
+        // a value only inside quotes).
+        if let (Some(body), Some(JSON)) = (&self.body, self.content_type.as_deref()) {
+            const PROBE: &str = "pro\"be";
+            let filled = body
+                .replace(TOKEN, &encode_for(JSON, PROBE))
+                .replace(ID, &encode_for(JSON, PROBE));
+            let parsed: Option<serde_json::Value> = serde_json::from_str(&filled).ok();
+            fn holds(v: &serde_json::Value) -> bool {
+                match v {
+                    serde_json::Value::String(s) => s == PROBE,
+                    serde_json::Value::Array(a) => a.iter().any(holds),
+                    serde_json::Value::Object(o) => o.values().any(holds),
+                    _ => false,
+                }
+            }
+            if !parsed.as_ref().is_some_and(holds) {
+                return Err(format!(
+                    "{field}.body: not JSON with each placeholder inside a string (\"{TOKEN}\")"
+                ));
+            }
         }
         if let Some(key) = self
             .documented_answers
@@ -628,6 +659,7 @@ mod tests {
     fn a_url_credential_yields_its_path_only_in_the_declared_form() {
         let u = UrlToken {
             pattern: r"https://(?:(?:ptb|canary)\.)?discord(?:app)?\.com/api(?:/v[0-9]{1,2})?(?P<path>/webhooks/[0-9]{17,20}/[A-Za-z0-9_-]{60,80})".into(),
+            compiled: Default::default(),
         };
         let secret = "x".repeat(68);
         assert_eq!(

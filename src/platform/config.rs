@@ -182,6 +182,10 @@ pub struct IssuerSettings {
     pub base_url: Option<String>,
     /// GitHub only: calls an hour, at most (60 by default, GitHub's limit).
     pub hourly_limit: Option<u32>,
+    /// Self-revoking issuers: calls a second to the issuer, and the burst allowed (per replica;
+    /// 10 and 16 by default). A revoke with a lookup is two calls.
+    pub rate_per_sec: Option<f64>,
+    pub burst: Option<u32>,
 }
 
 fn lenient_opt_bool<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error> {

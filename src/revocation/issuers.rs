@@ -36,6 +36,10 @@ struct Entry {
     driver: Driver,
 }
 
+/// A self-revoking issuer's pace unless `[issuers.NAME] rate_per_sec` / `burst` say otherwise.
+const SELF_REVOKE_RATE: f64 = 10.0;
+const SELF_REVOKE_BURST: u32 = 16;
+
 /// The issuers enabled by the settings.
 #[derive(Default)]
 pub struct Issuers {
@@ -143,8 +147,8 @@ impl Issuers {
                     &spec.token_types,
                     spec.whoami.as_ref().map(|w| url(&w.path)).as_deref(),
                     &url(&spec.revoke.path),
-                    10.0,
-                    16,
+                    s.rate_per_sec.unwrap_or(SELF_REVOKE_RATE),
+                    s.burst.unwrap_or(SELF_REVOKE_BURST),
                 )?,
                 driver: Driver::SelfRevoke {
                     spec: Box::new(spec),
@@ -253,7 +257,7 @@ mod tests {
         std::fs::write(
             &file,
             "[issuers.gitlab]\nenabled = true\nbase_url = \"https://gitlab.example.com/\"\n\
-             [issuers.slack]\nenabled = true\n",
+             rate_per_sec = 2.5\nburst = 4\n[issuers.slack]\nenabled = true\n",
         )
         .unwrap();
         let settings = Settings::load_with(Some(&file), |_| None).unwrap();
@@ -272,6 +276,13 @@ mod tests {
             Some("https://gitlab.example.com/api/v4/personal_access_tokens/self")
         );
         assert_eq!(verify("issuer:slack"), None);
+        // Each issuer's pace is its own: set for GitLab, the default for Slack.
+        let pace = |id: &str| {
+            let spec = &all.installations().find(|i| i.id == id).unwrap().spec;
+            (spec.rate_per_sec, spec.burst)
+        };
+        assert_eq!(pace("issuer:gitlab"), (2.5, 4));
+        assert_eq!(pace("issuer:slack"), (SELF_REVOKE_RATE, SELF_REVOKE_BURST));
         assert_eq!(verify("issuer:github"), None);
         let err = issuers("[issuers.acme]\nenabled = true\n", &[])
             .unwrap_err()

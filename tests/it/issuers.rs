@@ -884,6 +884,22 @@ fn an_issuer_file_that_misplaces_the_token_is_refused() {
     )
     .unwrap_err();
     assert!(named.contains("issuer.name must be \"y\""), "{named}");
+    // A JSON placeholder outside a string would let a token shape the body.
+    let bare = Spec::parse(
+        "x.toml",
+        &file(
+            "method = \"POST\"\npath = \"/r\"\nbody = '{\"t\": {token}}'\ncontent_type = \"application/json\"",
+        ),
+    )
+    .unwrap_err();
+    assert!(bare.contains("issuer.revoke.body: not JSON"), "{bare}");
+    Spec::parse(
+        "x.toml",
+        &file(
+            "method = \"POST\"\npath = \"/r\"\nbody = '{\"t\": \"{token}\"}'\ncontent_type = \"application/json\"",
+        ),
+    )
+    .expect("a placeholder inside a string");
     let bearer = "header = { name = \"A\", value = \"{token}\" }";
     let no_lookup = Spec::parse(
         "x.toml",
