@@ -541,7 +541,7 @@ pub fn keys(
                                 span.state.bad { "Expired" }
                             } @else {
                                 span.state.ok { "Active" }
-                                @if k.id == session.key.id { " (this session)" }
+                                @if k.id == session.key.id { " (signed in with it)" }
                                 form.inline method="post" action=(format!("/console/keys/{}/revoke", k.id)) {
                                     (csrf(session))
                                     button.danger type="submit" aria-label=(format!("Revoke admin key {}", k.id)) { "Revoke" }
