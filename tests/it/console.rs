@@ -1038,7 +1038,11 @@ async fn console_in_a_real_browser() {
     assert!(text_of(&client, "tbody").await.contains("closed"));
     screenshot(&client, "installations").await;
     client.goto(&format!("{base}/console/keys")).await.unwrap();
-    assert!(text_of(&client, "tbody").await.contains("(signed in with it)"));
+    assert!(
+        text_of(&client, "tbody")
+            .await
+            .contains("(signed in with it)")
+    );
     screenshot(&client, "keys").await;
     client.goto(&format!("{base}/console/audit")).await.unwrap();
     assert!(
