@@ -147,7 +147,9 @@ impl Setup {
             .stderr(log("stderr"))
             .spawn()
             .expect("spawn spillway serve");
-        let deadline = Instant::now() + Duration::from_secs(20);
+        // Generous: on a 2-core CI machine running the whole suite, a start (keys, migrations,
+        // rules) once took longer than 20 s.
+        let deadline = Instant::now() + Duration::from_secs(60);
         while Instant::now() < deadline {
             if std::net::TcpStream::connect(("127.0.0.1", self.admin)).is_ok()
                 && std::net::TcpStream::connect(("127.0.0.1", self.public)).is_ok()

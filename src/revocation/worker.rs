@@ -224,8 +224,13 @@ impl Engine {
         let answer = match self.issuers.revoke(&installation.id, token).await {
             Some(crate::issuers::Outcome::Accepted) => Answer::Known(RevokeStatus::Revoked),
             // "Not a valid token here" is no proof it was revoked: the same answer comes for a
-            // token of another org, region or self-hosted instance. Recorded as unknown to the
-            // issuer, with no label.
+            // token of another org, region or self-hosted instance (recorded as unknown to the
+            // issuer, with no label). Unless this host said the token was live: a finding of an
+            // issuer with a "who am I" call reaches the revoke only after a live answer, so it
+            // has been revoked since (by us before a crash, or by its owner).
+            Some(crate::issuers::Outcome::Gone) if installation.spec.verify_url.is_some() => {
+                Answer::Known(RevokeStatus::AlreadyRevoked)
+            }
             Some(crate::issuers::Outcome::Gone) => Answer::Known(RevokeStatus::UnknownToken),
             Some(crate::issuers::Outcome::RetryLater {
                 reason,

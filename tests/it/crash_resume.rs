@@ -401,3 +401,106 @@ async fn a_crash_after_reporting_to_github_resumes_to_one_revoked_finding() {
         github.shutdown().await;
     }
 }
+
+/// A self-revoking issuer's finding resumes too: the real binary aborts right after GitLab
+/// revoked the token. The second run sends the revoke again, which GitLab answers "gone" (no second
+/// effect), and since GitLab had said the token was live, the finding ends `already_revoked`, a
+/// true positive; one finding, an intact audit log, no raw token in any file.
+#[tokio::test]
+async fn a_crash_after_a_token_revoked_itself_resumes_to_already_revoked() {
+    use spillway::issuers::self_revoke::Spec;
+    let gitlab = Spec::shipped()
+        .unwrap()
+        .into_iter()
+        .find(|s| s.name == "gitlab")
+        .unwrap();
+    let token = {
+        use sha2::Digest as _;
+        let digest = hex::encode(sha2::Sha256::digest(b"crash-resume"));
+        format!("glpat-{}", &digest[..20])
+    };
+    for (backend, url, _db_dir) in crate::common::fresh_databases().await {
+        let (fake, seen) = crate::issuers::generic_fake(&gitlab, &token).await;
+        let github = fake_github::start(&fake_github::Args::default())
+            .await
+            .unwrap();
+        let mut setup = Setup::new(github.keys_url(), Some(&url));
+        setup.env = vec![
+            ("SPILLWAY_OUTBOUND_ALLOW_HTTP".into(), "true".into()),
+            ("SPILLWAY_OUTBOUND_ALLOW_PRIVATE".into(), "true".into()),
+            ("SPILLWAY_CALL_TIMEOUT_MS".into(), "1000".into()),
+            ("SPILLWAY_ISSUERS_GITHUB_ENABLED".into(), "false".into()),
+        ];
+        std::fs::write(
+            setup.dir.path().join("spillway.toml"),
+            format!(
+                "[issuers.gitlab]\nenabled = true\nbase_url = \"http://{}\"\n",
+                fake.addr
+            ),
+        )
+        .unwrap();
+        spillway::platform::keyring::Keys::load(&setup.dir.path().join("spillway.keys"), true)
+            .unwrap();
+        let endpoint = github_listener(&setup);
+        let mut child = setup.start_with(0, &[("SPILLWAY_CRASH_AT", "revoke.after_call")]);
+        let body = serde_json::to_vec(&json!([{
+            "token": token, "type": "gitlab_access_token", "url": "https://github.com/o/r"
+        }]))
+        .unwrap();
+        let r = reqwest::Client::new()
+            .post(&endpoint)
+            .header("Github-Public-Key-Identifier", &github.key_identifier)
+            .header("Github-Public-Key-Signature", github.sign(&body))
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{backend}");
+        aborted(&mut child, &format!("{backend}: after the call")).await;
+        let before = seen.lock().unwrap().clone();
+        assert_eq!(
+            (before.whoamis, before.revokes),
+            (1, 1),
+            "{backend}: checked live and revoked before the crash"
+        );
+
+        let mut child = setup.start(1);
+        let store = spillway::platform::store::Store::connect(&url)
+            .await
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let all = loop {
+            let all = findings::list(&store, &Default::default(), 0, 10)
+                .await
+                .unwrap();
+            if all
+                .iter()
+                .any(|f| f.state != "revoking" && f.state != "verifying")
+            {
+                break all;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{backend}: not resumed: {all:#?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert_eq!(all.len(), 1, "{backend}: one finding");
+        assert_eq!(all[0].installation_id.as_deref(), Some("issuer:gitlab"));
+        assert_eq!(
+            (all[0].state.as_str(), all[0].label.as_deref()),
+            ("already_revoked", Some("true_positive")),
+            "{backend}: {all:#?}"
+        );
+        let after = seen.lock().unwrap().clone();
+        assert_eq!(
+            after.revokes, 2,
+            "{backend}: one more revoke call, answered gone"
+        );
+        let _ = child.kill();
+        let _ = child.wait();
+        audit_intact_and_no_raw_token(&setup, &token, &backend);
+        github.shutdown().await;
+        fake.shutdown().await;
+    }
+}

@@ -665,18 +665,18 @@ fn lookup_answer(lookup: &Call) -> (String, String) {
 
 /// What the generic fake received, by call.
 #[derive(Debug, Default, Clone)]
-struct Seen {
-    lookups: usize,
-    revokes: usize,
-    whoamis: usize,
-    wrong_ids: usize,
+pub(crate) struct Seen {
+    pub(crate) lookups: usize,
+    pub(crate) revokes: usize,
+    pub(crate) whoamis: usize,
+    pub(crate) wrong_ids: usize,
 }
 
 /// A fake of `spec`'s issuer built from the spec alone: it answers each declared call as the
 /// issuer documents (statuses, and the documented bodies where the file gives them), knows one
 /// live token until it is revoked, hands out its id on lookup and insists on that id in the
 /// revoke.
-async fn generic_fake(
+pub(crate) async fn generic_fake(
     spec: &Spec,
     live: &str,
 ) -> (
