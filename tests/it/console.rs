@@ -367,29 +367,34 @@ async fn console_sessions_csrf_and_scopes() {
         );
 
         // A new listener: its endpoint URL and generated secret are on the answer page, once.
-        let (status, _, page) = console
-            .post(
-                "/console/listeners",
-                &[
-                    ("csrf", &csrf),
-                    ("kind", "standard-webhooks"),
-                    ("name", "ops hooks \"><script>alert(1)</script>"),
-                    ("secret", ""),
-                ],
-            )
-            .await;
+        let (_, _, listing) = console.get("/console/listeners").await;
+        let once = hidden(&listing, "once");
+        let create = [
+            ("csrf", csrf.as_str()),
+            ("once", once.as_str()),
+            ("kind", "standard-webhooks"),
+            ("name", "ops hooks \"><script>alert(1)</script>"),
+            ("secret", ""),
+        ];
+        let (status, _, page) = console.post("/console/listeners", &create).await;
         assert_eq!(status, 200, "{backend}: {page}");
         assert!(page.contains("https://hooks.example.test/l/"), "{page}");
         assert!(
             page.contains("whsec_"),
             "the generated secret is shown: {page}"
         );
-        let made = listeners::list(store)
+        // The same form sent again (a reload) creates nothing.
+        let (status, _, again) = console.post("/console/listeners", &create).await;
+        assert_eq!(status, 409, "{backend}: {again}");
+        assert!(again.contains("once:"), "{again}");
+        let named: Vec<_> = listeners::list(store)
             .await
             .unwrap()
             .into_iter()
-            .find(|l| l.name.starts_with("ops hooks"))
-            .expect("the listener exists");
+            .filter(|l| l.name.starts_with("ops hooks"))
+            .collect();
+        assert_eq!(named.len(), 1, "{backend}: one listener");
+        let made = named.into_iter().next().unwrap();
         let (_, _, listing) = console.get("/console/listeners").await;
         assert!(
             listing.contains("ops hooks &quot;&gt;&lt;script&gt;alert(1)&lt;/script&gt;")

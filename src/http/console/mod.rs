@@ -48,7 +48,13 @@ pub struct ConsoleState {
     /// The audit log's last verdict and when it was reached (ms); the lock makes checks
     /// single-flight.
     verdict: tokio::sync::Mutex<Option<(std::time::Instant, i64, Verdict)>>,
+    /// One-time tokens of create forms already used, with when (kept [`FORM_ONCE_FOR`]): a form
+    /// sent twice (a reload) creates nothing the second time.
+    used_forms: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
 }
+
+/// How long a create form's one-time token is remembered as used.
+const FORM_ONCE_FOR: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
 impl ConsoleState {
     pub fn new(secure: CookieSecurity, admin_loopback: bool) -> ConsoleState {
@@ -56,7 +62,19 @@ impl ConsoleState {
             secure,
             admin_loopback,
             verdict: tokio::sync::Mutex::new(None),
+            used_forms: std::sync::Mutex::default(),
         }
+    }
+
+    /// Marks a create form's one-time token used; false when it already was (or is malformed).
+    fn first_use(&self, once: &str) -> bool {
+        if once.len() != 64 || !once.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return false;
+        }
+        let mut used = self.used_forms.lock().expect("used forms lock");
+        used.retain(|_, at| at.elapsed() < FORM_ONCE_FOR);
+        used.insert(once.to_owned(), std::time::Instant::now())
+            .is_none()
     }
 
     /// `; Secure` for the cookies of a request with `headers`, as the setting says.
@@ -505,6 +523,8 @@ async fn listeners_page(
 #[derive(Deserialize)]
 struct CreateListenerForm {
     csrf: String,
+    /// The form's one-time token.
+    once: String,
     kind: String,
     #[serde(default)]
     name: String,
@@ -518,6 +538,14 @@ async fn create_listener(
     ConsoleForm(form): ConsoleForm<CreateListenerForm>,
 ) -> Result<Response, Refusal> {
     let session = signed.require_form(Scope::ListenersWrite, &form.csrf)?;
+    if !state.console.first_use(&form.once) {
+        return Err(Refusal::Page(
+            StatusCode::CONFLICT,
+            "once: this form was already sent (a reload?): no second listener was created; see \
+             the listeners page"
+                .into(),
+        ));
+    }
     let Some(kind) = ListenerKind::parse(&form.kind) else {
         return Err(unprocessable(format!(
             "kind: unknown listener kind {:?}",

@@ -242,6 +242,7 @@ pub fn listeners(
             h2 #new-listener { "New listener" }
             form method="post" action="/console/listeners" {
                 (csrf(session))
+                input type="hidden" name="once" value=(sessions::random_secret().expose());
                 label for="kind" { "Kind" }
                 select #kind name="kind" required {
                     @for kind in kinds { option value=(kind) { (kind) } }
