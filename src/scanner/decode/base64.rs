@@ -40,18 +40,22 @@ static CLASS: [u8; 256] = {
     t
 };
 
+#[cfg(any(test, not(target_arch = "x86_64")))]
 const HIGH: u64 = 0x8080_8080_8080_8080;
 
+#[cfg(any(test, not(target_arch = "x86_64")))]
 const fn splat(b: u8) -> u64 {
     b as u64 * 0x0101_0101_0101_0101
 }
 
 /// High bit of each byte of `x` (whose high bits are clear) set where the byte is at least `n`.
+#[cfg(any(test, not(target_arch = "x86_64")))]
 #[inline]
 fn at_least(x: u64, n: u8) -> u64 {
     x.wrapping_add(splat(0x80 - n)) & HIGH
 }
 
+#[cfg(any(test, not(target_arch = "x86_64")))]
 #[inline]
 fn equal(x: u64, n: u8) -> u64 {
     at_least(x, n) & !at_least(x, n + 1)
@@ -59,6 +63,7 @@ fn equal(x: u64, n: u8) -> u64 {
 
 /// Bit k set when byte k of `chunk` is in either base64 alphabet: eight bytes at once, no branch
 /// (the same answer as [`CLASS`], which the tests check).
+#[cfg(any(test, not(target_arch = "x86_64")))]
 #[inline]
 fn class_bits(chunk: &[u8]) -> u8 {
     let w = u64::from_le_bytes(chunk[..8].try_into().expect("eight bytes"));
@@ -175,7 +180,7 @@ fn runs_of_min(m: u64) -> u64 {
 /// Calls `visit` with a position inside each run of at least [`MIN_RUN`] alphabet characters, in
 /// order; `visit` answers where the run ends, and the search goes on from there. 64 bytes a step
 /// (SSE2 on x86_64): on source text nothing but these masks is computed for almost every block.
-fn each_long_run(buf: &[u8], visit: impl FnMut(usize) -> usize) {
+fn each_long_run(buf: &[u8], visit: impl FnMut(usize, usize)) {
     #[cfg(target_arch = "x86_64")]
     if std::is_x86_feature_detected!("avx2") {
         // SAFETY: the CPU has AVX2 (checked just above; std caches the answer).
@@ -190,7 +195,7 @@ fn each_long_run(buf: &[u8], visit: impl FnMut(usize) -> usize) {
 /// The CPU must have AVX2.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn each_long_run_avx2(buf: &[u8], visit: impl FnMut(usize) -> usize) {
+unsafe fn each_long_run_avx2(buf: &[u8], visit: impl FnMut(usize, usize)) {
     // SAFETY: this function runs only where AVX2 is present.
     each_long_run_with(buf, visit, |block| unsafe { block_mask_avx2(block) })
 }
@@ -198,7 +203,7 @@ unsafe fn each_long_run_avx2(buf: &[u8], visit: impl FnMut(usize) -> usize) {
 #[inline(always)]
 fn each_long_run_with(
     buf: &[u8],
-    mut visit: impl FnMut(usize) -> usize,
+    mut visit: impl FnMut(usize, usize),
     block_mask: impl Fn(&[u8]) -> u64,
 ) {
     const _: () = assert!(MIN_RUN == 32, "runs_of_min finds runs of 32");
@@ -219,15 +224,19 @@ fn each_long_run_with(
             continue;
         }
         let lead = m.trailing_ones() as usize;
-        let inside = if carry + lead >= MIN_RUN {
-            Some(if lead > 0 { pos } else { pos - 1 })
+        // Where a long run starts: exactly, from the masks (the lowest start `runs_of_min` finds
+        // has a non-alphabet byte before it, or the block's first byte with `carry` before).
+        let start = if carry + lead >= MIN_RUN {
+            Some(pos - carry)
         } else {
             let starts = runs_of_min(m);
             (starts != 0).then(|| pos + starts.trailing_zeros() as usize)
         };
-        match inside {
-            Some(at) => {
-                done = visit(at).max(at + 1);
+        match start {
+            Some(start) => {
+                let end = run_end(buf, start.max(pos), pos, m, &block_mask);
+                visit(start, end);
+                done = end.max(start + 1);
                 pos = done / 64 * 64;
                 carry = 0;
             }
@@ -249,10 +258,38 @@ fn each_long_run_with(
             end += 1;
         }
         if end - i >= MIN_RUN {
-            visit(i);
+            visit(i, end);
         }
         i = end.max(i + 1);
     }
+}
+
+/// Where the run that holds `from` ends (its first byte outside the alphabet, or the buffer's
+/// end): from `m`, the mask of the 64-byte block at `pos` that holds `from`, then block by block.
+#[inline(always)]
+fn run_end(
+    buf: &[u8],
+    from: usize,
+    pos: usize,
+    m: u64,
+    block_mask: &impl Fn(&[u8]) -> u64,
+) -> usize {
+    let ones = (m >> (from - pos)).trailing_ones() as usize;
+    if from - pos + ones < 64 {
+        return from + ones;
+    }
+    let mut p = pos + 64;
+    while p + 64 <= buf.len() {
+        let next = block_mask(&buf[p..p + 64]);
+        if next != u64::MAX {
+            return p + next.trailing_ones() as usize;
+        }
+        p += 64;
+    }
+    while p < buf.len() && CLASS[buf[p] as usize] != 0 {
+        p += 1;
+    }
+    p
 }
 
 fn value(c: u8) -> u8 {
@@ -328,30 +365,7 @@ pub fn decode(buf: &[u8]) -> (Option<ViewBuilder>, Option<ViewBuilder>) {
     let mut text: Option<ViewBuilder> = None;
     let mut compressed: Option<ViewBuilder> = None;
     let mut quanta: Vec<Quantum> = Vec::new();
-    each_long_run(buf, |i| {
-        // The run's ends, eight bytes at a time.
-        let mut start = i;
-        while start >= 8 {
-            let back = class_bits(&buf[start - 8..start]).leading_ones() as usize;
-            start -= back;
-            if back < 8 {
-                break;
-            }
-        }
-        while start > 0 && start < 8 && CLASS[buf[start - 1] as usize] != 0 {
-            start -= 1;
-        }
-        let mut end = i + 1;
-        while end + 8 <= buf.len() {
-            let ahead = class_bits(&buf[end..end + 8]).trailing_ones() as usize;
-            end += ahead;
-            if ahead < 8 {
-                break;
-            }
-        }
-        while end < buf.len() && end + 8 > buf.len() && CLASS[buf[end] as usize] != 0 {
-            end += 1;
-        }
+    each_long_run(buf, |start, end| {
         // Padding ends a run.
         let mut padded = end;
         while padded < buf.len() && padded < end + 2 && buf[padded] == b'=' {
@@ -360,20 +374,20 @@ pub fn decode(buf: &[u8]) -> (Option<ViewBuilder>, Option<ViewBuilder>) {
         let len = end - start;
         // Long enough, not huge, and a length base64 can have.
         if !(MIN_RUN..=MAX_RUN).contains(&len) || len % 4 == 1 {
-            return end;
+            return;
         }
         // Nearly every run in source text that is not base64 (a rule of dashes, a path, hex, a long
         // identifier) decodes to a control or non-ASCII byte within its first two quanta: looked at
         // before the whole run is decoded. Text a token is in starts printable (a key, a brace).
         if !starts_printable(&buf[start..start + 8]) {
-            return end;
+            return;
         }
         // One alphabet only: a run mixing `+` and `_` is not base64.
         let seen = buf[start..end]
             .iter()
             .fold(3u8, |seen, &b| seen & CLASS[b as usize]);
         if seen == 0 {
-            return end;
+            return;
         }
         quanta.clear();
         decode_run(buf, start, end, &mut quanta);
@@ -394,7 +408,6 @@ pub fn decode(buf: &[u8]) -> (Option<ViewBuilder>, Option<ViewBuilder>) {
             view.atomic(start..padded, &inflated);
             view.atomic(padded..padded, b"\n");
         }
-        end
     });
     (text, compressed)
 }
@@ -523,22 +536,7 @@ mod tests {
                 i = i.max(start + 1);
             }
             let mut seen = Vec::new();
-            each_long_run(&buf, |at| {
-                if CLASS[buf[at] as usize] == 0 {
-                    return at + 1;
-                }
-                let (mut start, mut end) = (at, at);
-                while start > 0 && CLASS[buf[start - 1] as usize] != 0 {
-                    start -= 1;
-                }
-                while end < buf.len() && CLASS[buf[end] as usize] != 0 {
-                    end += 1;
-                }
-                if end - start >= MIN_RUN {
-                    seen.push((start, end));
-                }
-                end
-            });
+            each_long_run(&buf, |start, end| seen.push((start, end)));
             assert_eq!(seen, expected, "{:?}", String::from_utf8_lossy(&buf));
         }
     }
