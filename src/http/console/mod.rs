@@ -53,8 +53,9 @@ pub struct ConsoleState {
     used_forms: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
 }
 
-/// How long a create form's one-time token is remembered as used.
+/// How long a create form's one-time token is remembered as used, and how many at most.
 const FORM_ONCE_FOR: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+const FORMS_REMEMBERED: usize = 10_000;
 
 impl ConsoleState {
     pub fn new(secure: CookieSecurity, admin_loopback: bool) -> ConsoleState {
@@ -73,6 +74,15 @@ impl ConsoleState {
         }
         let mut used = self.used_forms.lock().expect("used forms lock");
         used.retain(|_, at| at.elapsed() < FORM_ONCE_FOR);
+        // Bounded whatever a signed-in client sends: the oldest token is forgotten first.
+        if used.len() >= FORMS_REMEMBERED
+            && let Some(oldest) = used
+                .iter()
+                .min_by_key(|(_, at)| **at)
+                .map(|(k, _)| k.clone())
+        {
+            used.remove(&oldest);
+        }
         used.insert(once.to_owned(), std::time::Instant::now())
             .is_none()
     }
@@ -538,14 +548,6 @@ async fn create_listener(
     ConsoleForm(form): ConsoleForm<CreateListenerForm>,
 ) -> Result<Response, Refusal> {
     let session = signed.require_form(Scope::ListenersWrite, &form.csrf)?;
-    if !state.console.first_use(&form.once) {
-        return Err(Refusal::Page(
-            StatusCode::CONFLICT,
-            "once: this form was already sent (a reload?): no second listener was created; see \
-             the listeners page"
-                .into(),
-        ));
-    }
     let Some(kind) = ListenerKind::parse(&form.kind) else {
         return Err(unprocessable(format!(
             "kind: unknown listener kind {:?}",
@@ -562,6 +564,15 @@ async fn create_listener(
         Some((secret, generated)) => (Some(secret), generated),
         None => (None, false),
     };
+    // Checked last, so a form refused for its fields can be corrected and sent again.
+    if !state.console.first_use(&form.once) {
+        return Err(Refusal::Page(
+            StatusCode::CONFLICT,
+            "once: this form was already sent (a reload?): no second listener was created; see \
+             the listeners page"
+                .into(),
+        ));
+    }
     let sealed = secret.as_ref().map(|s| (&state.keys.sealing, s));
     let created = listeners::create_with_secret(
         &state.store,
