@@ -34,22 +34,26 @@ fn revision() {
             .filter(|o| o.status.success())
             .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
     };
-    let revision = env::var("SPILLWAY_REVISION").ok().or_else(|| {
-        // Rebuilt when the checkout moves: HEAD itself, and the branch it points at.
-        // Only paths that exist: cargo counts a missing one as always changed.
-        let watch = |p: String| {
-            if std::path::Path::new(&p).exists() {
-                println!("cargo:rerun-if-changed={p}");
+    let revision = env::var("SPILLWAY_REVISION")
+        .ok()
+        .filter(|r| !r.trim().is_empty())
+        .or_else(|| {
+            // Rebuilt when the checkout moves: HEAD itself, and the branch it points at.
+            // Only paths that exist: cargo counts a missing one as always changed.
+            let watch = |p: String| {
+                if std::path::Path::new(&p).exists() {
+                    println!("cargo:rerun-if-changed={p}");
+                }
+            };
+            // logs/HEAD grows with every commit and checkout, even when the branch ref is packed.
+            for path in ["HEAD", "packed-refs", "logs/HEAD"] {
+                git(&["rev-parse", "--git-path", path]).map(watch);
             }
-        };
-        for path in ["HEAD", "packed-refs"] {
-            git(&["rev-parse", "--git-path", path]).map(watch);
-        }
-        if let Some(branch) = git(&["symbolic-ref", "-q", "HEAD"]) {
-            git(&["rev-parse", "--git-path", &branch]).map(watch);
-        }
-        git(&["rev-parse", "--short=12", "HEAD"])
-    });
+            if let Some(branch) = git(&["symbolic-ref", "-q", "HEAD"]) {
+                git(&["rev-parse", "--git-path", &branch]).map(watch);
+            }
+            git(&["rev-parse", "--short=12", "HEAD"])
+        });
     println!(
         "cargo:rustc-env=SPILLWAY_REVISION={}",
         revision.unwrap_or_else(|| "unknown".into())

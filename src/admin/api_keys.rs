@@ -4,7 +4,7 @@
 //! a key with a scope it lacks.
 //!
 //! Owns the `admin_keys` table. Must not import HTTP, the engine or the registries: it stands on
-//! `platform` alone.
+//! `platform` and the scanner's token types.
 
 use std::collections::BTreeSet;
 

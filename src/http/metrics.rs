@@ -141,16 +141,20 @@ const POLLER_PUSH_OUTCOMES: [&str; 5] = [
     "scanned",
     "duplicate",
     "skipped_budget",
-    "skipped_size",
+    "unavailable",
     "failed",
 ];
-const POLLER_SKIP_REASONS: [&str; 6] = [
+const POLLER_SKIP_REASONS: [&str; 10] = [
     "no_blob",
     "blob_count",
     "budget",
     "blob_size",
     "blob_encoding",
     "binary",
+    "expansion_cap",
+    "corrupt",
+    "depth",
+    "unsupported",
 ];
 const GITHUB_LIMIT_KINDS: [&str; 2] = ["primary", "secondary"];
 
@@ -398,7 +402,9 @@ impl Default for Metrics {
                 revision: env!("SPILLWAY_REVISION"),
             })
             .set(1);
+        #[allow(unused_mut)]
         let mut process = Registry::default();
+        #[cfg(target_os = "linux")]
         process.register_collector(Box::new(ProcessCollector));
         let metrics = Metrics {
             process,
@@ -432,10 +438,16 @@ impl Default for Metrics {
 impl Metrics {
     /// Creates every series whose labels are known in advance, at zero.
     fn initialise_known_labels(&self) {
+        // The poller's own pushes are accepted or replays, never refused for a signature.
+        for outcome in ["accepted", "replay"] {
+            let _ = self.alerts.get_or_create(&AlertLabels {
+                listener_kind: crate::sources::poller::LISTENER,
+                outcome,
+            });
+        }
         let kinds = <crate::sources::listeners::ListenerKind as clap::ValueEnum>::value_variants()
             .iter()
-            .map(|k| k.as_str())
-            .chain([crate::sources::poller::LISTENER]);
+            .map(|k| k.as_str());
         for listener_kind in kinds {
             for outcome in ALERT_OUTCOMES {
                 let _ = self.alerts.get_or_create(&AlertLabels {
@@ -850,9 +862,11 @@ pub fn to_prometheus_text(openmetrics: &str) -> String {
 /// The `process_*` metrics every Prometheus client library exports (CPU seconds, memory, file
 /// descriptors, start time, threads), read from procfs at each scrape. Elsewhere than Linux, or
 /// when procfs cannot be read, they are left out rather than reported as zero.
+#[cfg(target_os = "linux")]
 #[derive(Debug)]
 struct ProcessCollector;
 
+#[cfg(target_os = "linux")]
 impl prometheus_client::collector::Collector for ProcessCollector {
     fn encode(
         &self,
@@ -988,6 +1002,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(target_os = "linux")]
     fn build_info_and_process_metrics_are_exported() {
         let text = Metrics::default().encode();
         let build = format!(

@@ -7,7 +7,8 @@
 //! its JSON answer (a JSON pointer); the id is not a secret and may go into the revoke call's path,
 //! but only as one plain path segment. Answers are read bounded and never kept; a token goes only
 //! where its spec says (a header, basic authentication or the body, encoded for the body's content
-//! type), never into a URL or a log.
+//! type), never into a URL or a log, except where the token is itself a URL (a Discord webhook):
+//! then its checked path, and nothing else of it, is the request's path on `base_url`.
 //!
 //! Must not import storage or the revocation engine.
 

@@ -182,8 +182,9 @@ pub struct IssuerSettings {
     pub base_url: Option<String>,
     /// GitHub only: calls an hour, at most (60 by default, GitHub's limit).
     pub hourly_limit: Option<u32>,
-    /// Self-revoking issuers: calls a second to the issuer, and the burst allowed (per replica;
-    /// 10 and 16 by default). A revoke with a lookup is two calls.
+    /// Self-revoking issuers: the pace of findings' calls to the issuer, and the burst (10 and 16
+    /// by default), shared by all replicas like an installation's declared rate (each takes its
+    /// share, kept 10% under). A lookup and its revoke are two HTTP calls on one step's permit.
     pub rate_per_sec: Option<f64>,
     pub burst: Option<u32>,
 }

@@ -1,7 +1,8 @@
 //! The operator console on the admin address (`/console/`): server-rendered pages (markup in
 //! [`pages`], compiled into the binary; no script at all) over the same registries the admin API
 //! uses. Signing in takes an admin key once and answers a session cookie (`HttpOnly`,
-//! `SameSite=Strict`, `Secure` behind https, at most 16 hours: `admin::sessions`); every form
+//! `SameSite=Strict`, `Secure` as `console_secure_cookies` says, at most 16 hours:
+//! `admin::sessions`); every form
 //! carries the session's CSRF token, every page and form names the scope it needs and refuses a
 //! key without it (as the API does), and signing out ends the session.
 //!
@@ -520,9 +521,12 @@ async fn listeners_page(
         .iter()
         .map(ListenerKind::as_str)
         .collect();
+    // The create form's one-time token.
+    let once = sessions::random_secret();
     Ok(pages::html(pages::listeners(
         session,
         &all,
+        once.expose(),
         &kinds,
         notice.done.as_deref(),
         now_ms(),

@@ -3,7 +3,8 @@
 //! controls, tables with header cells, state in words (never colour alone), plain forms that work
 //! from the keyboard.
 //!
-//! Must not import storage or the engine: it renders what the handlers read.
+//! Must not call storage or the engine (it uses their types only): it renders what the handlers
+//! read and nothing else, with no side effect.
 
 use axum::http::StatusCode;
 use axum::response::Html;
@@ -179,6 +180,7 @@ fn endpoint_state(expires_at: Option<i64>, now: i64) -> Markup {
 pub fn listeners(
     session: &Session,
     all: &[Listener],
+    once: &str,
     kinds: &[&str],
     done: Option<&str>,
     now: i64,
@@ -242,7 +244,7 @@ pub fn listeners(
             h2 #new-listener { "New listener" }
             form method="post" action="/console/listeners" {
                 (csrf(session))
-                input type="hidden" name="once" value=(sessions::random_secret().expose());
+                input type="hidden" name="once" value=(once);
                 label for="kind" { "Kind" }
                 select #kind name="kind" required {
                     @for kind in kinds { option value=(kind) { (kind) } }

@@ -177,9 +177,9 @@ fn runs_of_min(m: u64) -> u64 {
     m16 & (m16 >> 16)
 }
 
-/// Calls `visit` with a position inside each run of at least [`MIN_RUN`] alphabet characters, in
-/// order; `visit` answers where the run ends, and the search goes on from there. 64 bytes a step
-/// (SSE2 on x86_64): on source text nothing but these masks is computed for almost every block.
+/// Calls `visit(start, end)` for each run of at least [`MIN_RUN`] alphabet characters, in order,
+/// its extents read off the masks. 64 bytes a step (AVX2 where present, else SSE2 on x86_64): on
+/// source text nothing but these masks is computed for almost every block.
 fn each_long_run(buf: &[u8], visit: impl FnMut(usize, usize)) {
     #[cfg(target_arch = "x86_64")]
     if std::is_x86_feature_detected!("avx2") {
@@ -506,7 +506,7 @@ mod tests {
 
     #[test]
     fn every_long_run_is_visited_once_as_a_byte_loop_finds_them() {
-        // Alphabet characters, superset-only ones (`.`, `:`, `<`) and separators, in runs of
+        // Alphabet characters, non-alphabet punctuation (`.`, `:`, `<`) and separators, in runs of
         // random lengths around the block size.
         let pieces: [&[u8]; 6] = [b"aZ09+/", b"-_xY", b".:<", b" ", b"\n\"", b"\xc3\xa9"];
         let mut seed = 0x1234_5678_9abc_def1_u64;
