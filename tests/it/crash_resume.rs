@@ -25,6 +25,29 @@ enum Fault {
 }
 
 /// Creates a GitHub listener with the CLI; returns its endpoint URL.
+/// GitHub (the fake) reports `token` of type `kind` to the listener at `endpoint`, signed.
+async fn report(
+    github: &fake_github::Running,
+    endpoint: &str,
+    token: &str,
+    kind: &str,
+    backend: &str,
+) {
+    let body = serde_json::to_vec(&json!([{
+        "token": token, "type": kind, "url": "https://github.com/o/r"
+    }]))
+    .unwrap();
+    let r = reqwest::Client::new()
+        .post(endpoint)
+        .header("Github-Public-Key-Identifier", &github.key_identifier)
+        .header("Github-Public-Key-Signature", github.sign(&body))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{backend}");
+}
+
 fn github_listener(setup: &Setup) -> String {
     let out = setup
         .command(&["listener", "create", "--kind", "github"])
@@ -347,19 +370,14 @@ async fn a_crash_after_reporting_to_github_resumes_to_one_revoked_finding() {
         let endpoint = github_listener(&setup);
         let token = crate::common::senders::fresh_github_token();
         let mut child = setup.start_with(0, &[("SPILLWAY_CRASH_AT", "revoke.after_call")]);
-        let body = serde_json::to_vec(&json!([{
-            "token": token, "type": "github_personal_access_token", "url": "https://github.com/o/r"
-        }]))
-        .unwrap();
-        let r = reqwest::Client::new()
-            .post(&endpoint)
-            .header("Github-Public-Key-Identifier", &github.key_identifier)
-            .header("Github-Public-Key-Signature", github.sign(&body))
-            .body(body)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200, "{backend}");
+        report(
+            &github,
+            &endpoint,
+            &token,
+            "github_personal_access_token",
+            &backend,
+        )
+        .await;
         aborted(&mut child, &format!("{backend}: after the call")).await;
         let reported = github.revocation.received();
         assert_eq!(
@@ -443,19 +461,7 @@ async fn a_crash_after_a_token_revoked_itself_resumes_to_already_revoked() {
             .unwrap();
         let endpoint = github_listener(&setup);
         let mut child = setup.start_with(0, &[("SPILLWAY_CRASH_AT", "revoke.after_call")]);
-        let body = serde_json::to_vec(&json!([{
-            "token": token, "type": "gitlab_access_token", "url": "https://github.com/o/r"
-        }]))
-        .unwrap();
-        let r = reqwest::Client::new()
-            .post(&endpoint)
-            .header("Github-Public-Key-Identifier", &github.key_identifier)
-            .header("Github-Public-Key-Signature", github.sign(&body))
-            .body(body)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200, "{backend}");
+        report(&github, &endpoint, &token, "gitlab_access_token", &backend).await;
         aborted(&mut child, &format!("{backend}: after the call")).await;
         let before = seen.lock().unwrap().clone();
         assert_eq!(
