@@ -164,14 +164,6 @@ pub fn routes(state: Arc<AppState>) -> Router<Arc<AppState>> {
         .route_layer(axum::middleware::from_fn_with_state(state, require_key))
 }
 
-/// Endpoint changes take effect on this replica's public address at once (others within
-/// `directory::REFRESH`).
-async fn reload_directory(state: &AppState) {
-    if let Err(e) = state.directory.reload_now().await {
-        tracing::warn!(error = %format!("{e:#}"), "cannot reload the endpoint directory");
-    }
-}
-
 fn actor(key: &AdminKey) -> String {
     key.actor()
 }
@@ -207,10 +199,6 @@ fn unprocessable(message: impl Into<String>) -> ApiError {
     ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, message.into())
 }
 
-fn endpoint_url(state: &AppState, path: &str) -> String {
-    format!("{}{path}", state.public_url.trim_end_matches('/'))
-}
-
 async fn list_listeners(
     State(state): State<Arc<AppState>>,
     admin: Admin,
@@ -242,14 +230,10 @@ async fn create_listener(
 ) -> Result<Response, ApiError> {
     let key = admin.require(Scope::ListenersWrite)?;
     let Some(kind) = ListenerKind::parse(&body.kind) else {
-        let known: Vec<&str> = <ListenerKind as clap::ValueEnum>::value_variants()
-            .iter()
-            .map(ListenerKind::as_str)
-            .collect();
         return Err(unprocessable(format!(
             "kind: unknown listener kind {:?}; known: {}",
             body.kind,
-            known.join(", ")
+            ListenerKind::names().collect::<Vec<_>>().join(", ")
         )));
     };
     // Which kinds take, need or get a generated secret is the listener kind's rule (the CLI
@@ -261,15 +245,10 @@ async fn create_listener(
         Some((secret, generated)) => (Some(secret), generated),
         None => (None, false),
     };
-    let sealed = secret.as_ref().map(|s| (&state.keys.sealing, s));
-    let created =
-        listeners::create_with_secret(&state.store, kind, &body.name, &actor(&key), sealed).await;
-    reload_directory(&state).await;
-    let (listener, endpoint) = created?;
-    let mut answer = serde_json::json!({
-        "listener": listener,
-        "endpoint_url": endpoint_url(&state, &endpoint.path),
-    });
+    let (listener, url) = state
+        .create_listener(kind, &body.name, secret.as_ref(), &actor(&key))
+        .await?;
+    let mut answer = serde_json::json!({ "listener": listener, "endpoint_url": url });
     if generated && let Some(s) = &secret {
         answer["secret"] = serde_json::Value::String(s.expose().to_owned());
     }
@@ -303,15 +282,10 @@ async fn rotate(
             ));
         }
     };
-    let rotated = listeners::rotate(&state.store, &id, old, &actor(&key)).await;
-    reload_directory(&state).await;
-    let new = rotated?;
+    let (endpoint, url) = state.rotate_listener(&id, old, &actor(&key)).await?;
     Ok((
         StatusCode::CREATED,
-        Json(serde_json::json!({
-            "endpoint": new.endpoint,
-            "endpoint_url": endpoint_url(&state, &new.path),
-        })),
+        Json(serde_json::json!({ "endpoint": endpoint, "endpoint_url": url })),
     )
         .into_response())
 }
@@ -331,7 +305,7 @@ async fn extend(
     let key = admin.require(Scope::ListenersWrite)?;
     let at = expiry("expire_in_secs", body.expire_in_secs).map_err(unprocessable)?;
     let extended = listeners::extend(&state.store, &id, at, &actor(&key)).await;
-    reload_directory(&state).await;
+    state.reload_directory().await;
     Ok(Json(extended?).into_response())
 }
 
@@ -342,7 +316,7 @@ async fn delete_endpoint(
 ) -> Result<Response, ApiError> {
     let key = admin.require(Scope::ListenersWrite)?;
     let deleted = listeners::delete_endpoint(&state.store, &id, &actor(&key)).await;
-    reload_directory(&state).await;
+    state.reload_directory().await;
     deleted?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -445,10 +445,7 @@ impl Metrics {
                 outcome,
             });
         }
-        let kinds = <crate::sources::listeners::ListenerKind as clap::ValueEnum>::value_variants()
-            .iter()
-            .map(|k| k.as_str());
-        for listener_kind in kinds {
+        for listener_kind in crate::sources::listeners::ListenerKind::names() {
             for outcome in ALERT_OUTCOMES {
                 let _ = self.alerts.get_or_create(&AlertLabels {
                     listener_kind,

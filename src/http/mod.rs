@@ -81,6 +81,60 @@ pub struct AppState {
     pub request_timeout: Duration,
 }
 
+impl AppState {
+    /// Endpoint changes take effect on this replica's public address at once (others within
+    /// `directory::REFRESH`).
+    pub(crate) async fn reload_directory(&self) {
+        if let Err(e) = self.directory.reload_now().await {
+            tracing::warn!(error = %format!("{e:#}"), "cannot reload the endpoint directory");
+        }
+    }
+
+    /// The public URL of an endpoint path (`/l/...`).
+    pub(crate) fn endpoint_url(&self, path: &str) -> String {
+        format!("{}{path}", self.public_url.trim_end_matches('/'))
+    }
+
+    /// Creates a listener with the secret its kind settled on (`new_listener_secret`), sealed,
+    /// and makes its endpoint live; answers the listener and its endpoint's URL (the only time it
+    /// is known).
+    pub(crate) async fn create_listener(
+        &self,
+        kind: crate::sources::listeners::ListenerKind,
+        name: &str,
+        secret: Option<&crate::scanner::TokenSecret>,
+        actor: &str,
+    ) -> Result<
+        (crate::sources::listeners::Listener, String),
+        crate::sources::listeners::RotationError,
+    > {
+        let sealed = secret.map(|s| (&self.keys.sealing, s));
+        let created =
+            crate::sources::listeners::create_with_secret(&self.store, kind, name, actor, sealed)
+                .await;
+        self.reload_directory().await;
+        let (listener, endpoint) = created?;
+        Ok((listener, self.endpoint_url(&endpoint.path)))
+    }
+
+    /// Rotates listener `id`'s endpoint and makes the new one live; answers it and its URL.
+    pub(crate) async fn rotate_listener(
+        &self,
+        id: &str,
+        old: crate::sources::listeners::OldEndpoint,
+        actor: &str,
+    ) -> Result<
+        (crate::sources::listeners::Endpoint, String),
+        crate::sources::listeners::RotationError,
+    > {
+        let rotated = crate::sources::listeners::rotate(&self.store, id, old, actor).await;
+        self.reload_directory().await;
+        let new = rotated?;
+        let url = self.endpoint_url(&new.path);
+        Ok((new.endpoint, url))
+    }
+}
+
 /// A request id for requests that arrive without `x-request-id`: 16 random hex digits.
 #[derive(Clone, Copy)]
 struct RandomRequestId;

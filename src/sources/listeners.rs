@@ -36,6 +36,13 @@ pub enum ListenerKind {
 }
 
 impl ListenerKind {
+    /// Every kind's name, in declaration order.
+    pub fn names() -> impl Iterator<Item = &'static str> {
+        <ListenerKind as clap::ValueEnum>::value_variants()
+            .iter()
+            .map(ListenerKind::as_str)
+    }
+
     pub fn as_str(&self) -> &'static str {
         match self {
             ListenerKind::Github => "github",

@@ -25,6 +25,25 @@ enum Fault {
 }
 
 /// Creates a GitHub listener with the CLI; returns its endpoint URL.
+/// The findings once one of them is `done` (the run that resumed finished it), within 30 s.
+async fn resumed(
+    store: &spillway::platform::store::Store,
+    what: &str,
+    done: impl Fn(&findings::FindingView) -> bool,
+) -> Vec<findings::FindingView> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let all = findings::list(store, &Default::default(), 0, 10)
+            .await
+            .unwrap();
+        if all.iter().any(&done) {
+            return all;
+        }
+        assert!(Instant::now() < deadline, "{what}: not resumed: {all:#?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// GitHub (the fake) reports `token` of type `kind` to the listener at `endpoint`, signed.
 async fn report(
     github: &fake_github::Running,
@@ -184,19 +203,14 @@ async fn run_to(point: &str, online: bool, fault: Fault) {
                 &[("SPILLWAY_PANIC_AT", point), ("SPILLWAY_MAX_ATTEMPTS", "2")],
             ),
         };
-        let body = serde_json::to_vec(
-            &json!([{"token": token, "type": "palantir_jwt", "url": "https://github.com/o/r"}]),
+        report(
+            &github,
+            &endpoint,
+            &token,
+            "palantir_jwt",
+            &format!("{backend} {point}"),
         )
-        .unwrap();
-        let r = client
-            .post(&endpoint)
-            .header("Github-Public-Key-Identifier", &github.key_identifier)
-            .header("Github-Public-Key-Signature", github.sign(&body))
-            .body(body)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200, "{backend} {point}");
+        .await;
         if fault == Fault::Panic {
             panicked(&backend, &url, &setup, &mut child, &token).await;
             installation.shutdown().await;
@@ -210,20 +224,12 @@ async fn run_to(point: &str, online: bool, fault: Fault) {
         let store = spillway::platform::store::Store::connect(&url)
             .await
             .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let finding = loop {
-            let all = findings::list(&store, &Default::default(), 0, 10)
-                .await
-                .unwrap();
-            if let Some(f) = all.iter().find(|f| f.state == "revoked") {
-                break f.clone();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{backend} {point}: not resumed: {all:#?}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
+        let revoked = |f: &findings::FindingView| f.state == "revoked";
+        let finding = resumed(&store, &format!("{backend} {point}"), revoked)
+            .await
+            .into_iter()
+            .find(revoked)
+            .unwrap();
         assert_eq!(
             findings::list(&store, &Default::default(), 0, 10)
                 .await
@@ -390,20 +396,7 @@ async fn a_crash_after_reporting_to_github_resumes_to_one_revoked_finding() {
         let store = spillway::platform::store::Store::connect(&url)
             .await
             .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let all = loop {
-            let all = findings::list(&store, &Default::default(), 0, 10)
-                .await
-                .unwrap();
-            if all.iter().any(|f| f.state == "revoked") {
-                break all;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{backend}: not resumed: {all:#?}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
+        let all = resumed(&store, &backend, |f| f.state == "revoked").await;
         assert_eq!(all.len(), 1, "{backend}: one finding");
         assert_eq!(all[0].installation_id.as_deref(), Some("issuer:github"));
         let received = github.revocation.received();
@@ -474,23 +467,10 @@ async fn a_crash_after_a_token_revoked_itself_resumes_to_already_revoked() {
         let store = spillway::platform::store::Store::connect(&url)
             .await
             .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let all = loop {
-            let all = findings::list(&store, &Default::default(), 0, 10)
-                .await
-                .unwrap();
-            if all
-                .iter()
-                .any(|f| f.state != "revoking" && f.state != "verifying")
-            {
-                break all;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{backend}: not resumed: {all:#?}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
+        let all = resumed(&store, &backend, |f| {
+            f.state != "revoking" && f.state != "verifying"
+        })
+        .await;
         assert_eq!(all.len(), 1, "{backend}: one finding");
         assert_eq!(all[0].installation_id.as_deref(), Some("issuer:gitlab"));
         assert_eq!(

@@ -356,13 +356,6 @@ fn parse_utc(field: &str, value: &str) -> Result<i64, Refusal> {
     Ok(ms)
 }
 
-/// Endpoint changes take effect on this replica's public address at once.
-async fn reload_directory(state: &AppState) {
-    if let Err(e) = state.directory.reload_now().await {
-        tracing::warn!(error = %format!("{e:#}"), "cannot reload the endpoint directory");
-    }
-}
-
 // ---- signing in and out ----
 
 #[derive(Deserialize, Default)]
@@ -517,10 +510,7 @@ async fn listeners_page(
     let all = listeners::list(&state.store)
         .await
         .map_err(|e| unavailable("listing listeners", format!("{e:#}")))?;
-    let kinds: Vec<&str> = <ListenerKind as clap::ValueEnum>::value_variants()
-        .iter()
-        .map(ListenerKind::as_str)
-        .collect();
+    let kinds: Vec<&str> = ListenerKind::names().collect();
     // The create form's one-time token.
     let once = sessions::random_secret();
     Ok(pages::html(pages::listeners(
@@ -577,22 +567,9 @@ async fn create_listener(
                 .into(),
         ));
     }
-    let sealed = secret.as_ref().map(|s| (&state.keys.sealing, s));
-    let created = listeners::create_with_secret(
-        &state.store,
-        kind,
-        form.name.trim(),
-        &signed.actor(),
-        sealed,
-    )
-    .await;
-    reload_directory(&state).await;
-    let (listener, endpoint) = created?;
-    let url = format!(
-        "{}{}",
-        state.public_url.trim_end_matches('/'),
-        endpoint.path
-    );
+    let (listener, url) = state
+        .create_listener(kind, form.name.trim(), secret.as_ref(), &signed.actor())
+        .await?;
     let shown_secret = secret.filter(|_| generated);
     Ok(pages::html(pages::shown_once(
         session,
@@ -670,15 +647,12 @@ async fn rotate(
             ),
         ));
     }
-    let rotated = listeners::rotate(&state.store, &id, old, &signed.actor()).await;
-    reload_directory(&state).await;
-    let new = rotated?;
-    let url = format!("{}{}", state.public_url.trim_end_matches('/'), new.path);
+    let (new, url) = state.rotate_listener(&id, old, &signed.actor()).await?;
     Ok(pages::html(pages::shown_once(
         session,
         "/console/listeners",
         "Endpoint rotated",
-        &format!("New endpoint {} of listener {id}", new.endpoint.id),
+        &format!("New endpoint {} of listener {id}", new.id),
         &url,
         None,
     ))
@@ -700,7 +674,7 @@ async fn extend(
     signed.require_form(Scope::ListenersWrite, &form.csrf)?;
     let at = parse_utc("expires_at", &form.expires_at)?;
     let extended = listeners::extend(&state.store, &id, at, &signed.actor()).await;
-    reload_directory(&state).await;
+    state.reload_directory().await;
     extended?;
     Ok(Redirect::to("/console/listeners?done=extended").into_response())
 }
@@ -713,7 +687,7 @@ async fn delete_endpoint(
 ) -> Result<Response, Refusal> {
     signed.require_form(Scope::ListenersWrite, &form.csrf)?;
     let deleted = listeners::delete_endpoint(&state.store, &id, &signed.actor()).await;
-    reload_directory(&state).await;
+    state.reload_directory().await;
     deleted?;
     Ok(Redirect::to("/console/listeners?done=deleted").into_response())
 }
@@ -774,10 +748,9 @@ async fn findings_page(
         .await
         .map_err(|e| unavailable("listing findings", format!("{e:#}")))?;
     // A finding's source is the listener kind (or the poller) that received it.
-    let sources: Vec<String> = <ListenerKind as clap::ValueEnum>::value_variants()
-        .iter()
-        .map(|k| k.as_str().to_owned())
-        .chain([crate::sources::poller::LISTENER.to_owned()])
+    let sources: Vec<String> = ListenerKind::names()
+        .chain([crate::sources::poller::LISTENER])
+        .map(str::to_owned)
         .collect();
     let all = state
         .engine
