@@ -25,11 +25,12 @@ fn collect(dir: &Path, budget: &mut usize, out: &mut Vec<Vec<u8>>) {
         }
         if p.is_dir() {
             collect(&p, budget, out);
-        } else if let Ok(data) = std::fs::read(&p) {
-            if data.len() <= 1 << 20 && !data[..data.len().min(8192)].contains(&0) {
-                *budget = budget.saturating_sub(data.len());
-                out.push(data);
-            }
+        } else if let Ok(data) = std::fs::read(&p)
+            && data.len() <= 1 << 20
+            && !data[..data.len().min(8192)].contains(&0)
+        {
+            *budget = budget.saturating_sub(data.len());
+            out.push(data);
         }
     }
 }

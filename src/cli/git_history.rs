@@ -74,13 +74,12 @@ fn first_appearances(repo: &gix::Repository) -> anyhow::Result<Vec<BlobOrigin>> 
         let Ok(mut reference) = reference else {
             continue;
         };
-        if let Ok(id) = reference.peel_to_id() {
-            if repo
+        if let Ok(id) = reference.peel_to_id()
+            && repo
                 .find_object(id)
                 .is_ok_and(|o| o.kind == gix::object::Kind::Commit)
-            {
-                tips.push(id.detach());
-            }
+        {
+            tips.push(id.detach());
         }
     }
     tips.sort();

@@ -342,10 +342,10 @@ fn checked_sha(token_sha256: &str, token: Option<&str>) -> Result<String, String
         return Err("token_sha256 must be 64 hex digits".into());
     }
     let sha = token_sha256.to_ascii_lowercase();
-    if let Some(token) = token {
-        if hex::encode(Sha256::digest(token.as_bytes())) != sha {
-            return Err("token does not hash to token_sha256".into());
-        }
+    if let Some(token) = token
+        && hex::encode(Sha256::digest(token.as_bytes())) != sha
+    {
+        return Err("token does not hash to token_sha256".into());
     }
     Ok(sha)
 }

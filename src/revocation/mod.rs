@@ -179,10 +179,9 @@ impl Engine {
             .lock()
             .expect("secrets lock")
             .get(&installation.id)
+            && (*at, *n) == version
         {
-            if (*at, *n) == version {
-                return Ok(s.clone());
-            }
+            return Ok(s.clone());
         }
         let opened = Arc::new(
             installations::secrets(&self.store, &self.keys.sealing, &installation.id).await?,

@@ -339,10 +339,10 @@ pub async fn rotate(
     actor: &str,
 ) -> Result<NewEndpoint, RotationError> {
     let now = now_ms();
-    if let OldEndpoint::ExpireAt(at) = old {
-        if at <= now {
-            return Err(RotationError::ExpiryInPast);
-        }
+    if let OldEndpoint::ExpireAt(at) = old
+        && at <= now
+    {
+        return Err(RotationError::ExpiryInPast);
     }
     let mut tx = store.begin().await?;
     let endpoints = endpoints_of(&mut tx, listener_id).await?;

@@ -104,10 +104,10 @@ impl PartnerKeys {
     /// Refreshes unless another task just did, or the last refresh was too recent.
     async fn refresh(&self, asked_at: Instant) {
         let _only_one = self.refresh.lock().await;
-        if let Some(last) = self.cache.read().await.refreshed_at {
-            if last >= asked_at || last.elapsed() < MIN_REFRESH_INTERVAL {
-                return;
-            }
+        if let Some(last) = self.cache.read().await.refreshed_at
+            && (last >= asked_at || last.elapsed() < MIN_REFRESH_INTERVAL)
+        {
+            return;
         }
         let fetched = self.fetch().await;
         let mut cache = self.cache.write().await;
