@@ -301,6 +301,7 @@ impl RuleSet {
             hits: Vec::new(),
             candidates: Vec::new(),
             commit: None,
+            spare_views: Vec::new(),
         }
     }
 }
@@ -329,6 +330,8 @@ pub struct Scanner<'r> {
     candidates: Vec<Candidate>,
     /// The commit the buffers being scanned belong to (`scan --git`), for commit allowlists.
     commit: Option<String>,
+    /// Decoded views' buffers, kept for the next buffer's views (`decode`).
+    pub(super) spare_views: Vec<super::decode::ViewBuilder>,
 }
 
 impl<'r> Scanner<'r> {

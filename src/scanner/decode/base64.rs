@@ -167,20 +167,48 @@ unsafe fn block_mask_avx2(block: &[u8]) -> u64 {
     out
 }
 
-/// Bit j set when bits j..j+32 of `m` are all set (a run of [`MIN_RUN`] starts at j).
+/// [`block_mask`] with AVX-512BW: the same two nibble lookups over all 64 bytes at once, and the
+/// test writes the mask directly (half the instructions of the AVX2 loop).
+///
+/// # Safety
+/// The CPU must have AVX-512F and AVX-512BW.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw")]
 #[inline]
-fn runs_of_min(m: u64) -> u64 {
-    let m2 = m & (m >> 1);
-    let m4 = m2 & (m2 >> 2);
-    let m8 = m4 & (m4 >> 4);
-    let m16 = m8 & (m8 >> 8);
-    m16 & (m16 >> 16)
+unsafe fn block_mask_avx512(block: &[u8]) -> u64 {
+    use std::arch::x86_64::*;
+    assert!(block.len() >= 64);
+    // SAFETY (both loads): 16 bytes read from a 16-byte table; unaligned loads are allowed.
+    let low = _mm512_broadcast_i32x4(unsafe { _mm_loadu_si128(LOW_NIBBLE.as_ptr().cast()) });
+    let high = _mm512_broadcast_i32x4(unsafe { _mm_loadu_si128(HIGH_NIBBLE.as_ptr().cast()) });
+    let nibble = _mm512_set1_epi8(0x0f);
+    // SAFETY: the 64 bytes read are in `block` (asserted above); unaligned loads are allowed.
+    let x = unsafe { _mm512_loadu_si512(block.as_ptr().cast()) };
+    let l = _mm512_shuffle_epi8(low, _mm512_and_si512(x, nibble));
+    let h = _mm512_shuffle_epi8(high, _mm512_and_si512(_mm512_srli_epi16(x, 4), nibble));
+    _mm512_test_epi8_mask(l, h)
+}
+
+/// The high bit of a 16-bit lane of `m` is set where that lane is all ones; exact for the lowest
+/// such lane, which is the one used (a lane above it may be set by the subtraction's borrow).
+/// Every run of [`MIN_RUN`] = 32 characters holds an aligned 16-byte lane whole, so a block without
+/// a full lane holds no run that has not already started before it.
+#[inline(always)]
+fn full_lanes(m: u64) -> u64 {
+    let z = !m;
+    z.wrapping_sub(0x0001_0001_0001_0001) & !z & 0x8000_8000_8000_8000
 }
 
 /// Calls `visit(start, end)` for each run of at least [`MIN_RUN`] alphabet characters, in order,
-/// its extents read off the masks. 64 bytes a step (AVX2 where present, else SSE2 on x86_64): on
-/// source text nothing but these masks is computed for almost every block.
+/// its extents read off the masks. 64 bytes a step (AVX-512BW or AVX2 where present, else SSE2 on x86_64): on
+/// source text nothing but these masks and a test for a full 16-byte lane is computed for almost
+/// every block.
 fn each_long_run(buf: &[u8], visit: impl FnMut(usize, usize)) {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx512bw") {
+        // SAFETY: the CPU has AVX-512BW, and so AVX-512F (checked just above; std caches it).
+        return unsafe { each_long_run_avx512(buf, visit) };
+    }
     #[cfg(target_arch = "x86_64")]
     if std::is_x86_feature_detected!("avx2") {
         // SAFETY: the CPU has AVX2 (checked just above; std caches the answer).
@@ -200,52 +228,79 @@ unsafe fn each_long_run_avx2(buf: &[u8], visit: impl FnMut(usize, usize)) {
     each_long_run_with(buf, visit, |block| unsafe { block_mask_avx2(block) })
 }
 
+/// [`each_long_run`] compiled for AVX-512BW.
+///
+/// # Safety
+/// The CPU must have AVX-512F and AVX-512BW.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn each_long_run_avx512(buf: &[u8], visit: impl FnMut(usize, usize)) {
+    // SAFETY: this function runs only where AVX-512BW is present.
+    each_long_run_with(buf, visit, |block| unsafe { block_mask_avx512(block) })
+}
+
 #[inline(always)]
 fn each_long_run_with(
     buf: &[u8],
     mut visit: impl FnMut(usize, usize),
     block_mask: impl Fn(&[u8]) -> u64,
 ) {
-    const _: () = assert!(MIN_RUN == 32, "runs_of_min finds runs of 32");
+    const _: () = assert!(MIN_RUN == 32, "full_lanes finds runs of 32");
     let mut pos = 0;
-    // Alphabet characters just before `pos`, in a row.
-    let mut carry = 0usize;
     // Everything before it is done.
     let mut done = 0usize;
+    // The mask of the block before `pos` (its leading ones are the alphabet characters in a row
+    // just before `pos`), when that block was looked at and `done` is before `pos`.
+    let mut prev = 0u64;
     while pos + 64 <= buf.len() {
         let mut m = block_mask(&buf[pos..pos + 64]);
-        if done > pos {
-            m &= u64::MAX << (done - pos);
-            carry = 0;
-        }
-        if m == u64::MAX {
-            carry += 64;
+        // Almost every block of source text: no full lane, nothing else to do. (Masking the bytes
+        // before `done` only clears bits, so it cannot add a lane.)
+        if full_lanes(m) == 0 {
+            prev = m;
             pos += 64;
             continue;
         }
-        let lead = m.trailing_ones() as usize;
-        // Where a long run starts: exactly, from the masks (the lowest start `runs_of_min` finds
-        // has a non-alphabet byte before it, or the block's first byte with `carry` before).
-        let start = if carry + lead >= MIN_RUN {
-            Some(pos - carry)
+        let carry = if done >= pos {
+            // Right after a run that ended in this block (`done - pos` < 64).
+            m &= u64::MAX << (done - pos);
+            0
         } else {
-            let starts = runs_of_min(m);
-            (starts != 0).then(|| pos + starts.trailing_zeros() as usize)
+            prev.leading_ones() as usize
         };
-        match start {
-            Some(start) => {
-                let end = run_end(buf, start.max(pos), pos, m, &block_mask);
+        let mut lanes = full_lanes(m);
+        let mut next = pos + 64;
+        while lanes != 0 {
+            // The lowest full lane, and the run that holds it: it starts after the last byte
+            // outside the alphabet below the lane (the lanes below are not full, so that byte is
+            // in this block or, for lane 0, `carry` bytes back).
+            let lane = lanes.trailing_zeros() as usize & !15;
+            let outside_below = !m & ((1u64 << lane) - 1);
+            let start = if outside_below == 0 {
+                pos - carry
+            } else {
+                pos + 64 - outside_below.leading_zeros() as usize
+            };
+            let end = run_end(buf, pos + lane, pos, m, &block_mask);
+            if end - start >= MIN_RUN {
                 visit(start, end);
-                done = end.max(start + 1);
-                pos = done / 64 * 64;
-                carry = 0;
             }
-            None => {
-                carry = m.leading_ones() as usize;
-                pos += 64;
+            done = end;
+            if end - pos >= 64 {
+                next = done / 64 * 64;
+                break;
             }
+            m &= u64::MAX << (end - pos);
+            lanes = full_lanes(m);
         }
+        prev = m;
+        pos = next;
     }
+    let carry = if done >= pos {
+        0
+    } else {
+        prev.leading_ones() as usize
+    };
     // The last bytes, one at a time.
     let mut i = done.max(pos.saturating_sub(carry));
     while i < buf.len() {
@@ -292,14 +347,27 @@ fn run_end(
     p
 }
 
-fn value(c: u8) -> u8 {
-    match c {
-        b'A'..=b'Z' => c - b'A',
-        b'a'..=b'z' => c - b'a' + 26,
-        b'0'..=b'9' => c - b'0' + 52,
-        b'+' | b'-' => 62,
-        _ => 63,
+/// Each alphabet character's 6-bit value (both alphabets; other bytes read as 63, and are never
+/// looked up: runs hold alphabet characters only).
+static VALUE: [u8; 256] = {
+    let mut t = [63u8; 256];
+    let mut c = 0;
+    while c < 256 {
+        let b = c as u8;
+        t[c] = match b {
+            b'A'..=b'Z' => b - b'A',
+            b'a'..=b'z' => b - b'a' + 26,
+            b'0'..=b'9' => b - b'0' + 52,
+            b'+' | b'-' => 62,
+            _ => 63,
+        };
+        c += 1;
     }
+    t
+};
+
+fn value(c: u8) -> u8 {
+    VALUE[c as usize]
 }
 
 /// A decoded quantum: where its characters start, how many there are, its bytes and how many of
@@ -328,15 +396,18 @@ fn decode_run(buf: &[u8], start: usize, end: usize, out: &mut Vec<Quantum>) {
 /// Whether the first two quanta (8 characters, 6 bytes) decode to printable ASCII or whitespace,
 /// or to the start of gzip or zlib data.
 fn starts_printable(chars: &[u8]) -> bool {
-    let mut n = 0u64;
-    for &c in chars {
-        n = (n << 6) | u64::from(value(c));
+    let quantum = |q: &[u8]| {
+        let n = q.iter().fold(0u32, |n, &c| (n << 6) | u32::from(value(c)));
+        [(n >> 16) as u8, (n >> 8) as u8, n as u8]
+    };
+    let text = |b: &u8| (0x20..0x7f).contains(b) || matches!(b, b'\t' | b'\n' | b'\r');
+    // The first three bytes decide nearly every run that is not base64 text, and both
+    // compression headers are two bytes long.
+    let first = quantum(&chars[..4]);
+    if compression(&first).is_some() {
+        return true;
     }
-    let bytes = n.to_be_bytes();
-    let head = &bytes[2..8];
-    head.iter()
-        .all(|&b| (0x20..0x7f).contains(&b) || matches!(b, b'\t' | b'\n' | b'\r'))
-        || compression(head).is_some()
+    first.iter().all(text) && quantum(&chars[4..8]).iter().all(text)
 }
 
 /// Whether decoded bytes read as text a token could stand in: valid UTF-8, and nearly all of it
@@ -359,11 +430,10 @@ fn inflate(data: &[u8]) -> Option<Vec<u8>> {
     container::inflate(compression(data)?, data, cap as u64).ok()
 }
 
-/// What the base64 runs of `buf` decode to: the runs that are text (step `base64`), and the runs
-/// that are compressed text (steps `base64`, `gzip`), each a view; None when there is neither.
-pub fn decode(buf: &[u8]) -> (Option<ViewBuilder>, Option<ViewBuilder>) {
-    let mut text: Option<ViewBuilder> = None;
-    let mut compressed: Option<ViewBuilder> = None;
+/// What the base64 runs of `buf` decode to, appended to two views: the runs that are text (step
+/// `base64`) to `text`, and the runs that are compressed text (steps `base64`, `gzip`) to
+/// `compressed`. A view stays empty when there is no such run.
+pub fn decode(buf: &[u8], text: &mut ViewBuilder, compressed: &mut ViewBuilder) {
     let mut quanta: Vec<Quantum> = Vec::new();
     each_long_run(buf, |start, end| {
         // Padding ends a run.
@@ -396,20 +466,17 @@ pub fn decode(buf: &[u8]) -> (Option<ViewBuilder>, Option<ViewBuilder>) {
             decoded.extend_from_slice(&bytes[..n]);
         }
         if is_text(&decoded) {
-            let view = text.get_or_insert_with(ViewBuilder::default);
             for &(at, qlen, bytes, n) in &quanta {
                 // The last quantum takes the padding with it.
                 let raw_end = if at + qlen == end { padded } else { at + qlen };
-                view.atomic(at..raw_end, &bytes[..n]);
+                text.atomic(at..raw_end, &bytes[..n]);
             }
-            view.atomic(padded..padded, b"\n");
+            text.atomic(padded..padded, b"\n");
         } else if let Some(inflated) = inflate(&decoded).filter(|d| is_text(d)) {
-            let view = compressed.get_or_insert_with(ViewBuilder::default);
-            view.atomic(start..padded, &inflated);
-            view.atomic(padded..padded, b"\n");
+            compressed.atomic(start..padded, &inflated);
+            compressed.atomic(padded..padded, b"\n");
         }
     });
-    (text, compressed)
 }
 
 #[cfg(test)]
@@ -418,6 +485,14 @@ mod tests {
     use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 
     use super::*;
+
+    /// The text and compressed views of `buf`, each `None` when empty.
+    fn decoded(buf: &[u8]) -> (Option<ViewBuilder>, Option<ViewBuilder>) {
+        let (mut text, mut compressed) = (ViewBuilder::default(), ViewBuilder::default());
+        decode(buf, &mut text, &mut compressed);
+        let some = |v: ViewBuilder| (!v.is_empty()).then_some(v);
+        (some(text), some(compressed))
+    }
 
     fn view(v: Option<ViewBuilder>) -> (Vec<u8>, super::super::SpanMap) {
         v.expect("a view").finish()
@@ -428,7 +503,7 @@ mod tests {
         let secret = "password: hunter2-is-not-a-token-but-text";
         let encoded = STANDARD.encode(secret);
         let buf = format!("data:\n  creds: {encoded}\n");
-        let (text, compressed) = decode(buf.as_bytes());
+        let (text, compressed) = decoded(buf.as_bytes());
         assert!(compressed.is_none());
         let (bytes, map) = view(text);
         let s = String::from_utf8(bytes).unwrap();
@@ -440,7 +515,7 @@ mod tests {
         // URL-safe, unpadded.
         let url = URL_SAFE_NO_PAD.encode("a token?? in url-safe base64 >>> here");
         assert!(url.contains('_') || url.contains('-'));
-        let (bytes, _) = view(decode(url.as_bytes()).0);
+        let (bytes, _) = view(decoded(url.as_bytes()).0);
         assert!(String::from_utf8(bytes).unwrap().contains("url-safe"));
     }
 
@@ -488,6 +563,11 @@ mod tests {
                 // SAFETY: AVX2 is present.
                 assert_eq!(unsafe { block_mask_avx2(&block) }, expected, "{block:?}");
             }
+            #[cfg(target_arch = "x86_64")]
+            if std::is_x86_feature_detected!("avx512bw") {
+                // SAFETY: AVX-512BW is present.
+                assert_eq!(unsafe { block_mask_avx512(&block) }, expected, "{block:?}");
+            }
         }
         for b in 0..=255u8 {
             let expected = if CLASS[b as usize] != 0 { u64::MAX } else { 0 };
@@ -497,6 +577,15 @@ mod tests {
                 // SAFETY: AVX2 is present.
                 assert_eq!(
                     unsafe { block_mask_avx2(&[b; 64]) },
+                    expected,
+                    "byte {b:#04x}"
+                );
+            }
+            #[cfg(target_arch = "x86_64")]
+            if std::is_x86_feature_detected!("avx512bw") {
+                // SAFETY: AVX-512BW is present.
+                assert_eq!(
+                    unsafe { block_mask_avx512(&[b; 64]) },
                     expected,
                     "byte {b:#04x}"
                 );
@@ -538,6 +627,17 @@ mod tests {
             let mut seen = Vec::new();
             each_long_run(&buf, |start, end| seen.push((start, end)));
             assert_eq!(seen, expected, "{:?}", String::from_utf8_lossy(&buf));
+            // The paths for CPUs without AVX-512 or AVX2, too.
+            seen.clear();
+            each_long_run_with(&buf, |start, end| seen.push((start, end)), block_mask);
+            assert_eq!(seen, expected, "{:?}", String::from_utf8_lossy(&buf));
+            #[cfg(target_arch = "x86_64")]
+            if std::is_x86_feature_detected!("avx2") {
+                seen.clear();
+                // SAFETY: AVX2 is present.
+                unsafe { each_long_run_avx2(&buf, |start, end| seen.push((start, end))) };
+                assert_eq!(seen, expected, "{:?}", String::from_utf8_lossy(&buf));
+            }
         }
     }
 
@@ -553,7 +653,7 @@ mod tests {
                 format!("{} ", "ab".repeat(pad / 2))
             };
             let buf = format!("{lead}{encoded}{}", ";".repeat(pad % 3));
-            let (bytes, _) = view(decode(buf.as_bytes()).0);
+            let (bytes, _) = view(decoded(buf.as_bytes()).0);
             assert!(
                 String::from_utf8(bytes).unwrap().contains("the key"),
                 "pad {pad}"
@@ -573,7 +673,7 @@ mod tests {
                     seed as u8
                 })
                 .collect();
-            let (text, compressed) = decode(STANDARD.encode(&bytes).as_bytes());
+            let (text, compressed) = decoded(STANDARD.encode(&bytes).as_bytes());
             assert!(text.is_none() && compressed.is_none());
         }
         for code in [
@@ -581,7 +681,7 @@ mod tests {
             "AbstractSingletonProxyFactoryBeanImpl",
             "c2hvcnQ=",
         ] {
-            let (text, compressed) = decode(code.as_bytes());
+            let (text, compressed) = decoded(code.as_bytes());
             assert!(text.is_none() && compressed.is_none(), "{code}");
         }
     }
@@ -593,7 +693,7 @@ mod tests {
         gz.write_all(b"config: the token is here somewhere, as text\n")
             .unwrap();
         let encoded = STANDARD.encode(gz.finish().unwrap());
-        let (text, compressed) = decode(format!("blob = \"{encoded}\"").as_bytes());
+        let (text, compressed) = decoded(format!("blob = \"{encoded}\"").as_bytes());
         assert!(text.is_none());
         let (bytes, _) = view(compressed);
         assert!(
@@ -606,7 +706,7 @@ mod tests {
         bomb.write_all(&vec![b'a'; 32 << 20]).unwrap();
         let bomb = bomb.finish().unwrap();
         assert!(inflate(&bomb).is_none(), "past the ratio cap");
-        let (text, compressed) = decode(STANDARD.encode(&bomb).as_bytes());
+        let (text, compressed) = decoded(STANDARD.encode(&bomb).as_bytes());
         assert!(text.is_none() && compressed.is_none());
     }
 }

@@ -58,13 +58,19 @@ fn escape(s: &[u8]) -> Option<(usize, [u8; 4], usize)> {
 }
 
 fn hex(digits: &[u8]) -> Option<u32> {
-    if digits.is_empty() || digits.len() > 6 || !digits.iter().all(u8::is_ascii_hexdigit) {
+    if digits.is_empty() || digits.len() > 6 {
         return None;
     }
-    u32::from_str_radix(std::str::from_utf8(digits).ok()?, 16).ok()
+    digits.iter().try_fold(0u32, |n, &d| {
+        let v = (d as char).to_digit(16)?;
+        Some(n << 4 | v)
+    })
 }
 
 fn utf8(raw_len: usize, code: u32) -> (usize, [u8; 4], usize) {
+    if code < 0x80 {
+        return (raw_len, [code as u8, 0, 0, 0], 1);
+    }
     let c = char::from_u32(code).unwrap_or('\u{FFFD}');
     let mut out = [0u8; 4];
     let n = c.encode_utf8(&mut out).len();
@@ -93,24 +99,9 @@ fn literal_start(buf: &[u8], at: usize, floor: usize) -> (usize, Option<u8>) {
     (low, None)
 }
 
-/// Where the literal holding the escape at `at` ends: its closing quote, a line break or the limit.
-fn literal_end(buf: &[u8], at: usize, quote: Option<u8>) -> usize {
-    let limit = buf.len().min(at + MAX_FORWARD);
-    let mut i = at;
-    while i < limit {
-        match buf[i] {
-            b'\\' => i += 2,
-            b'\n' => return i,
-            b @ (b'"' | b'\'' | b'`') if quote.is_none_or(|q| q == b) => return i,
-            _ => i += 1,
-        }
-    }
-    limit
-}
-
-/// The decoded view of every literal of `buf` that holds an escape, or `None` when there is none.
-pub fn decode(buf: &[u8]) -> Option<ViewBuilder> {
-    let mut view: Option<ViewBuilder> = None;
+/// Appends the decoded view of every literal of `buf` that holds an escape to `out` (which stays
+/// empty when there is none).
+pub fn decode(buf: &[u8], out: &mut ViewBuilder) {
     let mut pos = 0;
     while let Some(i) = memchr(b'\\', &buf[pos..]) {
         let at = pos + i;
@@ -122,47 +113,65 @@ pub fn decode(buf: &[u8]) -> Option<ViewBuilder> {
             continue;
         }
         let (start, quote) = literal_start(buf, at, pos);
-        let end = literal_end(buf, at, quote);
-        let out = view.get_or_insert_with(ViewBuilder::default);
         if !out.is_empty() {
             out.separator(start);
         }
-        decode_literal(buf, start..end, out);
+        let end = decode_literal(buf, start, at, quote, out);
         pos = end.max(at + 1);
         if pos >= buf.len() {
             break;
         }
     }
-    view
 }
 
-fn decode_literal(buf: &[u8], range: std::ops::Range<usize>, out: &mut ViewBuilder) {
-    let mut copied = range.start;
-    let mut i = range.start;
-    while let Some(j) = memchr(b'\\', &buf[i..range.end]) {
-        let at = i + j;
-        match escape(&buf[at..range.end]) {
-            Some((raw_len, bytes, n)) => {
-                out.literal(buf, copied..at);
-                out.atomic(at..at + raw_len, &bytes[..n]);
-                i = at + raw_len;
-                copied = i;
-            }
-            None => i = at + 2,
-        }
-        if i >= range.end {
-            break;
+/// Decodes the literal that starts at `start` and holds its first escape at `at` (nothing between
+/// them is a backslash) into `out`, in one pass: up to its closing quote (`quote`, or any quote when
+/// the opening one was not found), a line break, or [`MAX_FORWARD`] bytes past `at`. Returns where
+/// it ends. A backslash that starts no escape keeps the byte after it in the literal (a
+/// line continuation, `\d` in a regex).
+fn decode_literal(
+    buf: &[u8],
+    start: usize,
+    at: usize,
+    quote: Option<u8>,
+    out: &mut ViewBuilder,
+) -> usize {
+    let limit = buf.len().min(at + MAX_FORWARD);
+    let mut copied = start;
+    let mut i = at;
+    while i < limit {
+        match buf[i] {
+            b'\\' => match escape(&buf[i..limit]) {
+                Some((raw_len, bytes, n)) => {
+                    out.literal(buf, copied..i);
+                    out.atomic(i..i + raw_len, &bytes[..n]);
+                    i += raw_len;
+                    copied = i;
+                }
+                None => i += 2,
+            },
+            b'\n' => break,
+            b @ (b'"' | b'\'' | b'`') if quote.is_none_or(|q| q == b) => break,
+            _ => i += 1,
         }
     }
-    out.literal(buf, copied..range.end.max(copied));
+    let end = i.min(limit);
+    out.literal(buf, copied..end.max(copied));
+    end
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn decoded(buf: &[u8]) -> Option<ViewBuilder> {
+        let mut v = ViewBuilder::default();
+        decode(buf, &mut v);
+        (!v.is_empty()).then_some(v)
+    }
+
     fn view(s: &str) -> Option<String> {
-        decode(s.as_bytes()).map(|v| String::from_utf8(v.finish().0).unwrap())
+        decoded(s.as_bytes()).map(|v| String::from_utf8(v.finish().0).unwrap())
     }
 
     #[test]
@@ -189,7 +198,7 @@ mod tests {
     #[test]
     fn spans_map_back_over_whole_escapes() {
         let raw = br#"{"v":"k\u0041Y"}"#;
-        let (bytes, map) = decode(raw).unwrap().finish();
+        let (bytes, map) = decoded(raw).unwrap().finish();
         assert_eq!(bytes, b"kAY");
         // `AY` in the view is `\u0041Y` in the raw body.
         assert_eq!(&raw[map.to_raw(1..3)], br"\u0041Y");

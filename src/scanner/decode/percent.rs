@@ -21,12 +21,12 @@ fn url_byte(b: u8) -> bool {
     b.is_ascii_graphic() && !matches!(b, b'"' | b'\'' | b'`' | b'<' | b'>' | b'\\')
 }
 
-/// The whole buffer read as a form body, or `None` when decoding changes nothing.
-pub fn decode_form(buf: &[u8]) -> Option<ViewBuilder> {
+/// Appends the whole buffer read as a form body to `out`, which stays empty when decoding changes
+/// nothing.
+pub fn decode_form(buf: &[u8], out: &mut ViewBuilder) {
     if !buf.iter().any(|&b| b == b'+' || b == b'%') {
-        return None;
+        return;
     }
-    let mut out = ViewBuilder::with_capacity(buf.len());
     let mut copied = 0;
     let mut i = 0;
     while i < buf.len() {
@@ -47,12 +47,11 @@ pub fn decode_form(buf: &[u8]) -> Option<ViewBuilder> {
         }
     }
     out.literal(buf, copied..buf.len());
-    Some(out)
 }
 
-/// Every URL-like run of `buf` that holds a `%XX`, decoded, or `None` when there is none.
-pub fn decode(buf: &[u8]) -> Option<ViewBuilder> {
-    let mut view: Option<ViewBuilder> = None;
+/// Appends every URL-like run of `buf` that holds a `%XX`, decoded, to `out` (which stays empty
+/// when there is none).
+pub fn decode(buf: &[u8], out: &mut ViewBuilder) {
     let mut pos = 0;
     while let Some(i) = memchr(b'%', &buf[pos..]) {
         let at = pos + i;
@@ -70,7 +69,6 @@ pub fn decode(buf: &[u8]) -> Option<ViewBuilder> {
             .iter()
             .position(|&b| !url_byte(b))
             .map_or(limit, |p| at + p);
-        let out = view.get_or_insert_with(ViewBuilder::default);
         if !out.is_empty() {
             out.separator(start);
         }
@@ -94,7 +92,6 @@ pub fn decode(buf: &[u8]) -> Option<ViewBuilder> {
             break;
         }
     }
-    view
 }
 
 #[cfg(test)]
@@ -105,33 +102,40 @@ mod tests {
         v.map(|v| String::from_utf8_lossy(&v.finish().0).into_owned())
     }
 
+    fn with(decoder: fn(&[u8], &mut ViewBuilder), buf: &[u8]) -> Option<ViewBuilder> {
+        let mut v = ViewBuilder::default();
+        decoder(buf, &mut v);
+        (!v.is_empty()).then_some(v)
+    }
+
     #[test]
     fn form_bodies_decode_every_value() {
         assert_eq!(
-            text(decode_form(b"Body=line%0Aghp_x+y&From=%2B1555")).unwrap(),
+            text(with(decode_form, b"Body=line%0Aghp_x+y&From=%2B1555")).unwrap(),
             "Body=line\nghp_x y\nFrom=+1555"
         );
-        assert_eq!(text(decode_form(b"a=b&c=d")), None);
+        assert_eq!(text(with(decode_form, b"a=b&c=d")), None);
     }
 
     #[test]
     fn only_url_runs_with_escapes_decode_and_plus_stays() {
         assert_eq!(
-            text(decode(
+            text(with(
+                decode,
                 b"see \"https://x.test/?t=a%20ghp_1+2\" and 100% sure"
             ))
             .unwrap(),
             "https://x.test/?t=a ghp_1+2"
         );
-        assert_eq!(text(decode(b"printf(\"%s\", x)")), None);
-        assert_eq!(text(decode(b"%")), None);
-        assert_eq!(text(decode(b"%4")), None);
+        assert_eq!(text(with(decode, b"printf(\"%s\", x)")), None);
+        assert_eq!(text(with(decode, b"%")), None);
+        assert_eq!(text(with(decode, b"%4")), None);
     }
 
     #[test]
     fn spans_map_back_over_whole_escapes() {
         let raw = b"u=%67hp_abc";
-        let (bytes, map) = decode(raw).unwrap().finish();
+        let (bytes, map) = with(decode, raw).unwrap().finish();
         assert_eq!(bytes, b"u=ghp_abc");
         assert_eq!(&raw[map.to_raw(2..9)], b"%67hp_abc");
     }

@@ -1,43 +1,71 @@
 //! Where each byte of a decoded view came from in its parent buffer, so a finding in the view is
 //! reported, and redacted, at the bytes that encode it.
 //!
-//! A view is built as a sequence of segments: *literal* runs copied byte for byte (offsets map
-//! linearly) and *atomic* runs, where some raw bytes (an escape, a `%XX`, a base64 quantum) became
-//! some decoded bytes. A decoded span maps to the smallest raw span that covers every atomic run it
-//! touches, so a redaction never leaves half an escape of a token behind.
+//! A view is built of *atomic* runs, where some raw bytes (an escape, a `%XX`, a base64 quantum)
+//! became some decoded bytes, and *literal* runs copied byte for byte (offsets map linearly). A
+//! decoded span maps to the smallest raw span that covers every atomic run it touches, so a
+//! redaction never leaves half an escape of a token behind.
 
 use std::ops::Range;
 
+/// An atomic run (possibly empty) and the literal run right after it: `atomic_raw` raw bytes at
+/// `raw_start` that became `atomic_decoded` bytes at `decoded_start` as a whole, then `tail` bytes
+/// copied unchanged. One segment per escape, not two: the text between escapes extends the
+/// segment of the escape before it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Segment {
     decoded_start: usize,
-    decoded_len: usize,
     raw_start: usize,
-    raw_len: usize,
-    literal: bool,
+    atomic_decoded: usize,
+    atomic_raw: usize,
+    tail: usize,
+}
+
+impl Segment {
+    fn decoded_end(&self) -> usize {
+        self.decoded_start + self.atomic_decoded + self.tail
+    }
+
+    fn raw_end(&self) -> usize {
+        self.raw_start + self.atomic_raw + self.tail
+    }
 }
 
 /// A decoded buffer and its map back to the parent.
 #[derive(Debug, Default, Clone)]
 pub struct ViewBuilder {
-    pub(super) bytes: Vec<u8>,
-    segments: Vec<Segment>,
+    bytes: Vec<u8>,
+    map: SpanMap,
 }
 
 impl ViewBuilder {
-    pub fn with_capacity(n: usize) -> Self {
-        ViewBuilder {
-            bytes: Vec::with_capacity(n),
-            segments: Vec::new(),
-        }
-    }
-
     pub fn len(&self) -> usize {
         self.bytes.len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.bytes.is_empty()
+    }
+
+    /// The decoded bytes so far.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// Where the decoded bytes so far came from.
+    pub fn map(&self) -> &SpanMap {
+        &self.map
+    }
+
+    /// Empties the view, keeping its memory for the next one.
+    pub fn clear(&mut self) {
+        self.bytes.clear();
+        self.map.segments.clear();
+    }
+
+    /// Bytes of memory the view holds on to.
+    pub fn capacity(&self) -> usize {
+        self.bytes.capacity() + self.map.segments.capacity() * std::mem::size_of::<Segment>()
     }
 
     /// Copies `raw[range]` unchanged.
@@ -47,21 +75,19 @@ impl ViewBuilder {
         }
         let decoded_start = self.bytes.len();
         self.bytes.extend_from_slice(&raw[range.clone()]);
-        if let Some(last) = self.segments.last_mut()
-            && last.literal
-            && last.raw_start + last.raw_len == range.start
-            && last.decoded_start + last.decoded_len == decoded_start
+        if let Some(last) = self.map.segments.last_mut()
+            && last.raw_end() == range.start
+            && last.decoded_end() == decoded_start
         {
-            last.raw_len += range.len();
-            last.decoded_len += range.len();
+            last.tail += range.len();
             return;
         }
-        self.segments.push(Segment {
+        self.map.segments.push(Segment {
             decoded_start,
-            decoded_len: range.len(),
             raw_start: range.start,
-            raw_len: range.len(),
-            literal: true,
+            atomic_decoded: 0,
+            atomic_raw: 0,
+            tail: range.len(),
         });
     }
 
@@ -72,12 +98,12 @@ impl ViewBuilder {
         }
         let decoded_start = self.bytes.len();
         self.bytes.extend_from_slice(decoded);
-        self.segments.push(Segment {
+        self.map.segments.push(Segment {
             decoded_start,
-            decoded_len: decoded.len(),
             raw_start: raw.start,
-            raw_len: raw.len(),
-            literal: false,
+            atomic_decoded: decoded.len(),
+            atomic_raw: raw.len(),
+            tail: 0,
         });
     }
 
@@ -88,12 +114,7 @@ impl ViewBuilder {
     }
 
     pub fn finish(self) -> (Vec<u8>, SpanMap) {
-        (
-            self.bytes,
-            SpanMap {
-                segments: self.segments,
-            },
-        )
+        (self.bytes, self.map)
     }
 }
 
@@ -107,7 +128,7 @@ impl SpanMap {
     fn segment_at(&self, decoded: usize) -> Option<&Segment> {
         let i = self
             .segments
-            .partition_point(|s| s.decoded_start + s.decoded_len <= decoded);
+            .partition_point(|s| s.decoded_end() <= decoded);
         self.segments.get(i)
     }
 
@@ -119,15 +140,14 @@ impl SpanMap {
         else {
             return 0..0;
         };
-        let start = if first_seg.literal {
-            first_seg.raw_start + (decoded.start - first_seg.decoded_start)
-        } else {
-            first_seg.raw_start
+        // Inside a segment's atomic run: all of it; in its tail: the very byte.
+        let start = match decoded.start - first_seg.decoded_start {
+            d if d < first_seg.atomic_decoded => first_seg.raw_start,
+            d => first_seg.raw_start + first_seg.atomic_raw + (d - first_seg.atomic_decoded),
         };
-        let end = if last_seg.literal {
-            last_seg.raw_start + (last - last_seg.decoded_start) + 1
-        } else {
-            last_seg.raw_start + last_seg.raw_len
+        let end = match last - last_seg.decoded_start {
+            d if d < last_seg.atomic_decoded => last_seg.raw_start + last_seg.atomic_raw,
+            d => last_seg.raw_start + last_seg.atomic_raw + (d - last_seg.atomic_decoded) + 1,
         };
         start..end.max(start)
     }
@@ -164,7 +184,8 @@ mod tests {
         v.literal(raw, 4..6);
         let (bytes, map) = v.finish();
         assert_eq!(bytes, b"abcd\nef");
-        assert_eq!(map.segments.len(), 3);
+        // The first two literals; the separator with the last literal as its tail.
+        assert_eq!(map.segments.len(), 2);
         assert_eq!(map.to_raw(5..7), 4..6);
     }
 }
