@@ -344,6 +344,9 @@ fn run_inner(args: &ScanArgs) -> anyhow::Result<u8> {
             started.elapsed().as_secs_f64()
         );
     }
+    // The process ends next: freeing the compiled rules and their per-thread regex caches one by
+    // one cost 10M instructions, a third as much as scanning one small file (callgrind).
+    std::mem::forget(set);
     Ok(match (errors.is_empty(), findings.is_empty()) {
         (false, _) => 2,
         (true, true) => 0,
