@@ -374,40 +374,64 @@ fn value(c: u8) -> u8 {
 /// them count.
 type Quantum = (usize, usize, [u8; 3], usize);
 
-/// Decodes a run (no padding inside) quantum by quantum into `out`.
-fn decode_run(buf: &[u8], start: usize, end: usize, out: &mut Vec<Quantum>) {
+/// Decodes a run (no padding inside) quantum by quantum into `out`, and says whether it is worth
+/// keeping: false as soon as it mixes the two alphabets (then it is not base64) or, when the total
+/// of decoded bytes is given, holds more control bytes than [`is_text`] allows of that many (a
+/// long identifier decodes to about one in eight; this stops it after a few quanta).
+fn decode_run(
+    buf: &[u8],
+    start: usize,
+    end: usize,
+    text_of: Option<usize>,
+    out: &mut Vec<Quantum>,
+) -> bool {
+    let mut seen = 3u8;
+    let mut control = 0usize;
     let mut i = start;
     while i + 2 <= end {
         let q = &buf[i..end.min(i + 4)];
-        let mut n = 0u32;
-        for k in 0..4 {
-            n = (n << 6) | q.get(k).map_or(0, |&c| u32::from(value(c)));
+        seen = q.iter().fold(seen, |seen, &c| seen & CLASS[c as usize]);
+        if seen == 0 {
+            return false;
         }
-        out.push((
-            i,
-            q.len(),
-            [(n >> 16) as u8, (n >> 8) as u8, n as u8],
-            q.len() - 1,
-        ));
+        let bytes = quantum_bytes(q);
+        let count = q.len() - 1;
+        if let Some(total) = text_of {
+            // A control byte is a control character whatever else the bytes hold, and there are at
+            // most `total` characters, so past this many the run cannot be text.
+            control += bytes[..count]
+                .iter()
+                .filter(|&&b| (b < 0x20 && !matches!(b, b'\t' | b'\n' | b'\r')) || b == 0x7f)
+                .count();
+            if control * 100 > total * 3 {
+                return false;
+            }
+        }
+        out.push((i, q.len(), bytes, count));
         i += 4;
     }
+    true
+}
+
+/// The three bytes a quantum of (up to) four characters stands for; missing characters read as 0.
+fn quantum_bytes(q: &[u8]) -> [u8; 3] {
+    let n = (0..4).fold(0u32, |n, k| {
+        (n << 6) | q.get(k).map_or(0, |&c| u32::from(value(c)))
+    });
+    [(n >> 16) as u8, (n >> 8) as u8, n as u8]
 }
 
 /// Whether the first two quanta (8 characters, 6 bytes) decode to printable ASCII or whitespace,
 /// or to the start of gzip or zlib data.
 fn starts_printable(chars: &[u8]) -> bool {
-    let quantum = |q: &[u8]| {
-        let n = q.iter().fold(0u32, |n, &c| (n << 6) | u32::from(value(c)));
-        [(n >> 16) as u8, (n >> 8) as u8, n as u8]
-    };
     let text = |b: &u8| (0x20..0x7f).contains(b) || matches!(b, b'\t' | b'\n' | b'\r');
     // The first three bytes decide nearly every run that is not base64 text, and both
     // compression headers are two bytes long.
-    let first = quantum(&chars[..4]);
+    let first = quantum_bytes(&chars[..4]);
     if compression(&first).is_some() {
         return true;
     }
-    first.iter().all(text) && quantum(&chars[4..8]).iter().all(text)
+    first.iter().all(text) && quantum_bytes(&chars[4..8]).iter().all(text)
 }
 
 /// Whether decoded bytes read as text a token could stand in: valid UTF-8, and nearly all of it
@@ -435,6 +459,7 @@ fn inflate(data: &[u8]) -> Option<Vec<u8>> {
 /// `compressed`. A view stays empty when there is no such run.
 pub fn decode(buf: &[u8], text: &mut ViewBuilder, compressed: &mut ViewBuilder) {
     let mut quanta: Vec<Quantum> = Vec::new();
+    let mut decoded: Vec<u8> = Vec::new();
     each_long_run(buf, |start, end| {
         // Padding ends a run.
         let mut padded = end;
@@ -452,16 +477,21 @@ pub fn decode(buf: &[u8], text: &mut ViewBuilder, compressed: &mut ViewBuilder) 
         if !starts_printable(&buf[start..start + 8]) {
             return;
         }
-        // One alphabet only: a run mixing `+` and `_` is not base64.
-        let seen = buf[start..end]
-            .iter()
-            .fold(3u8, |seen, &b| seen & CLASS[b as usize]);
-        if seen == 0 {
+        // One alphabet only (a run mixing `+` and `_` is not base64), and text unless it starts
+        // like compressed data.
+        let total = len / 4 * 3 + [0, 0, 1, 2][len % 4];
+        let may_be_compressed = compression(&quantum_bytes(&buf[start..start + 4])).is_some();
+        quanta.clear();
+        if !decode_run(
+            buf,
+            start,
+            end,
+            (!may_be_compressed).then_some(total),
+            &mut quanta,
+        ) {
             return;
         }
-        quanta.clear();
-        decode_run(buf, start, end, &mut quanta);
-        let mut decoded = Vec::with_capacity(len / 4 * 3 + 2);
+        decoded.clear();
         for &(_, _, bytes, n) in &quanta {
             decoded.extend_from_slice(&bytes[..n]);
         }
@@ -684,6 +714,42 @@ mod tests {
             let (text, compressed) = decoded(code.as_bytes());
             assert!(text.is_none() && compressed.is_none(), "{code}");
         }
+    }
+
+    /// Giving up on a run early never drops one that decodes to text.
+    #[test]
+    fn a_run_given_up_early_is_never_text() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let mut gave_up = 0;
+        for round in 0..20_000 {
+            // Text with a few control bytes sprinkled in, around the 3% is_text allows.
+            let len = 24 + (next() % 200) as usize;
+            let bytes: Vec<u8> = (0..len)
+                .map(|_| match next() % 100 {
+                    0..=3 if round % 2 == 0 => (next() % 0x20) as u8,
+                    _ => b' ' + (next() % 0x5f) as u8,
+                })
+                .collect();
+            let encoded = STANDARD.encode(&bytes);
+            let run = encoded.trim_end_matches('=').as_bytes();
+            let total = run.len() / 4 * 3 + [0, 0, 1, 2][run.len() % 4];
+            assert_eq!(total, bytes.len());
+            let mut quanta = Vec::new();
+            if !decode_run(run, 0, run.len(), Some(total), &mut quanta) {
+                gave_up += 1;
+                assert!(!is_text(&bytes), "{:?}", String::from_utf8_lossy(&bytes));
+            }
+        }
+        assert!(
+            gave_up > 1_000,
+            "the test must reach the early exit: {gave_up}"
+        );
     }
 
     #[test]
