@@ -421,17 +421,29 @@ fn quantum_bytes(q: &[u8]) -> [u8; 3] {
     [(n >> 16) as u8, (n >> 8) as u8, n as u8]
 }
 
-/// Whether the first two quanta (8 characters, 6 bytes) decode to printable ASCII or whitespace,
-/// or to the start of gzip or zlib data.
-fn starts_printable(chars: &[u8]) -> bool {
+/// What a run's first two quanta (8 characters, 6 bytes) say it may decode to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Head {
+    /// Printable ASCII or whitespace.
+    Text,
+    /// The start of gzip or zlib data.
+    Compressed,
+    /// Neither: the run is not decoded.
+    Neither,
+}
+
+fn head(chars: &[u8]) -> Head {
     let text = |b: &u8| (0x20..0x7f).contains(b) || matches!(b, b'\t' | b'\n' | b'\r');
     // The first three bytes decide nearly every run that is not base64 text, and both
     // compression headers are two bytes long.
     let first = quantum_bytes(&chars[..4]);
     if compression(&first).is_some() {
-        return true;
+        Head::Compressed
+    } else if first.iter().all(text) && quantum_bytes(&chars[4..8]).iter().all(text) {
+        Head::Text
+    } else {
+        Head::Neither
     }
-    first.iter().all(text) && quantum_bytes(&chars[4..8]).iter().all(text)
 }
 
 /// Whether decoded bytes read as text a token could stand in: valid UTF-8, and nearly all of it
@@ -474,19 +486,19 @@ pub fn decode(buf: &[u8], text: &mut ViewBuilder, compressed: &mut ViewBuilder) 
         // Nearly every run in source text that is not base64 (a rule of dashes, a path, hex, a long
         // identifier) decodes to a control or non-ASCII byte within its first two quanta: looked at
         // before the whole run is decoded. Text a token is in starts printable (a key, a brace).
-        if !starts_printable(&buf[start..start + 8]) {
+        let head = head(&buf[start..start + 8]);
+        if head == Head::Neither {
             return;
         }
         // One alphabet only (a run mixing `+` and `_` is not base64), and text unless it starts
         // like compressed data.
         let total = len / 4 * 3 + [0, 0, 1, 2][len % 4];
-        let may_be_compressed = compression(&quantum_bytes(&buf[start..start + 4])).is_some();
         quanta.clear();
         if !decode_run(
             buf,
             start,
             end,
-            (!may_be_compressed).then_some(total),
+            (head == Head::Text).then_some(total),
             &mut quanta,
         ) {
             return;

@@ -113,6 +113,8 @@ impl ViewBuilder {
         self.atomic(raw_at..raw_at, b"\n");
     }
 
+    /// The bytes and map, owned (tests; the scanner reads a view in place and reuses it).
+    #[cfg(test)]
     pub fn finish(self) -> (Vec<u8>, SpanMap) {
         (self.bytes, self.map)
     }
