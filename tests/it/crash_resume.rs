@@ -24,7 +24,6 @@ enum Fault {
     Panic,
 }
 
-/// Creates a GitHub listener with the CLI; returns its endpoint URL.
 /// The findings once one of them is `done` (the run that resumed finished it), within 30 s.
 async fn resumed(
     store: &spillway::platform::store::Store,
@@ -67,6 +66,29 @@ async fn report(
     assert_eq!(r.status(), 200, "{backend}");
 }
 
+/// A setup whose runs call the loopback fakes with 1 s calls (so a crashed run's 5 s leases lapse
+/// quickly), plus the `extra` settings, with Spillway's keys made (PostgreSQL counts as production,
+/// where keys are provided, not generated); returned with a GitHub listener's endpoint URL.
+fn crash_setup(
+    github: &fake_github::Running,
+    url: &str,
+    extra: &[(&str, String)],
+) -> (Setup, String) {
+    let mut setup = Setup::new(github.keys_url(), Some(url));
+    setup.env = vec![
+        ("SPILLWAY_OUTBOUND_ALLOW_HTTP".into(), "true".into()),
+        ("SPILLWAY_OUTBOUND_ALLOW_PRIVATE".into(), "true".into()),
+        ("SPILLWAY_CALL_TIMEOUT_MS".into(), "1000".into()),
+    ];
+    setup
+        .env
+        .extend(extra.iter().map(|(k, v)| (k.to_string(), v.clone())));
+    spillway::platform::keyring::Keys::load(&setup.dir.path().join("spillway.keys"), true).unwrap();
+    let endpoint = github_listener(&setup);
+    (setup, endpoint)
+}
+
+/// Creates a GitHub listener with the CLI; returns its endpoint URL.
 fn github_listener(setup: &Setup) -> String {
     let out = setup
         .command(&["listener", "create", "--kind", "github"])
@@ -128,7 +150,7 @@ async fn run_to(point: &str, online: bool, fault: Fault) {
         let github = fake_github::start(&fake_github::Args::default())
             .await
             .unwrap();
-        let mut setup = Setup::new(github.keys_url(), Some(&url));
+        let (setup, endpoint) = crash_setup(&github, &url, &[]);
         let secret_file = setup.dir.path().join("ri.whsec");
         let installation = reference_installation::start(&reference_installation::Args {
             secret_file: secret_file.clone(),
@@ -138,17 +160,6 @@ async fn run_to(point: &str, online: bool, fault: Fault) {
         })
         .await
         .unwrap();
-        setup.env = vec![
-            ("SPILLWAY_OUTBOUND_ALLOW_HTTP".into(), "true".into()),
-            ("SPILLWAY_OUTBOUND_ALLOW_PRIVATE".into(), "true".into()),
-            // A 5 s lease: a crashed run's claims lapse quickly.
-            ("SPILLWAY_CALL_TIMEOUT_MS".into(), "1000".into()),
-        ];
-        // PostgreSQL counts as production, where keys are provided, not generated.
-        spillway::platform::keyring::Keys::load(&setup.dir.path().join("spillway.keys"), true)
-            .unwrap();
-
-        let endpoint = github_listener(&setup);
         let base = installation.url();
         let (jwks, verify) = (format!("{base}/jwks.json"), format!("{base}/verify"));
         let (revoke, notify) = (format!("{base}/revoke"), format!("{base}/notify"));
@@ -364,16 +375,11 @@ async fn a_crash_after_reporting_to_github_resumes_to_one_revoked_finding() {
         let github = fake_github::start(&fake_github::Args::default())
             .await
             .unwrap();
-        let mut setup = Setup::new(github.keys_url(), Some(&url));
-        setup.env = vec![
-            ("SPILLWAY_OUTBOUND_ALLOW_HTTP".into(), "true".into()),
-            ("SPILLWAY_OUTBOUND_ALLOW_PRIVATE".into(), "true".into()),
-            ("SPILLWAY_CALL_TIMEOUT_MS".into(), "1000".into()),
-            ("SPILLWAY_ISSUERS_GITHUB_BASE_URL".into(), github.api_url()),
-        ];
-        spillway::platform::keyring::Keys::load(&setup.dir.path().join("spillway.keys"), true)
-            .unwrap();
-        let endpoint = github_listener(&setup);
+        let (setup, endpoint) = crash_setup(
+            &github,
+            &url,
+            &[("SPILLWAY_ISSUERS_GITHUB_BASE_URL", github.api_url())],
+        );
         let token = crate::common::senders::fresh_github_token();
         let mut child = setup.start_with(0, &[("SPILLWAY_CRASH_AT", "revoke.after_call")]);
         report(
@@ -435,13 +441,11 @@ async fn a_crash_after_a_token_revoked_itself_resumes_to_already_revoked() {
         let github = fake_github::start(&fake_github::Args::default())
             .await
             .unwrap();
-        let mut setup = Setup::new(github.keys_url(), Some(&url));
-        setup.env = vec![
-            ("SPILLWAY_OUTBOUND_ALLOW_HTTP".into(), "true".into()),
-            ("SPILLWAY_OUTBOUND_ALLOW_PRIVATE".into(), "true".into()),
-            ("SPILLWAY_CALL_TIMEOUT_MS".into(), "1000".into()),
-            ("SPILLWAY_ISSUERS_GITHUB_ENABLED".into(), "false".into()),
-        ];
+        let (setup, endpoint) = crash_setup(
+            &github,
+            &url,
+            &[("SPILLWAY_ISSUERS_GITHUB_ENABLED", "false".into())],
+        );
         std::fs::write(
             setup.dir.path().join("spillway.toml"),
             format!(
@@ -450,9 +454,6 @@ async fn a_crash_after_a_token_revoked_itself_resumes_to_already_revoked() {
             ),
         )
         .unwrap();
-        spillway::platform::keyring::Keys::load(&setup.dir.path().join("spillway.keys"), true)
-            .unwrap();
-        let endpoint = github_listener(&setup);
         let mut child = setup.start_with(0, &[("SPILLWAY_CRASH_AT", "revoke.after_call")]);
         report(&github, &endpoint, &token, "gitlab_access_token", &backend).await;
         aborted(&mut child, &format!("{backend}: after the call")).await;
