@@ -302,6 +302,7 @@ impl RuleSet {
             candidates: Vec::new(),
             commit: None,
             spare_views: Vec::new(),
+            marks: Default::default(),
         }
     }
 }
@@ -332,6 +333,8 @@ pub struct Scanner<'r> {
     commit: Option<String>,
     /// Decoded views' buffers, kept for the next buffer's views (`decode`).
     pub(super) spare_views: Vec<super::decode::ViewBuilder>,
+    /// Where the decoders start in the buffer being decoded (`decode`), kept for the next one.
+    pub(super) marks: super::decode::Marks,
 }
 
 impl<'r> Scanner<'r> {

@@ -7,7 +7,9 @@
 //! escape (same line, at most [`MAX_BACK`] bytes back) to the closing quote after it (at most
 //! [`MAX_FORWARD`] bytes on). Everything else of the buffer was already scanned raw.
 
-use memchr::{memchr, memrchr, memrchr3};
+use std::ops::Range;
+
+use memchr::{memchr, memchr2, memrchr, memrchr3};
 
 use super::span_map::ViewBuilder;
 
@@ -16,10 +18,38 @@ pub const MAX_BACK: usize = 64 << 10;
 /// How far a literal is decoded past its first escape.
 pub const MAX_FORWARD: usize = 1 << 20;
 
-/// An escape at the start of `s` (which starts with a backslash): how many raw bytes it takes and
-/// the UTF-8 it stands for. `None` for a backslash that starts no escape.
-fn escape(s: &[u8]) -> Option<(usize, [u8; 4], usize)> {
-    let byte = |c: u8| Some((2, [c, 0, 0, 0], 1));
+/// What an escape stands for: `len` bytes of UTF-8, packed little-endian in `utf8` (a value kept
+/// in a register: built and read a byte at a time through memory, it stalled each escape's
+/// caller on a store that could not be forwarded), and how many raw bytes it takes.
+#[derive(Debug, Clone, Copy)]
+struct Escape {
+    utf8: u32,
+    len: u8,
+    raw_len: u8,
+}
+
+impl Escape {
+    fn raw_len(self) -> usize {
+        usize::from(self.raw_len)
+    }
+
+    /// Appends it, standing for `raw`, to `out`.
+    fn append(self, raw: Range<usize>, out: &mut ViewBuilder) {
+        out.atomic_packed(raw, self.utf8, usize::from(self.len));
+    }
+}
+
+/// An escape at the start of `s` (which starts with a backslash), or `None` for a backslash that
+/// starts no escape.
+#[inline]
+fn escape(s: &[u8]) -> Option<Escape> {
+    let byte = |c: u8| {
+        Some(Escape {
+            utf8: u32::from(c),
+            len: 1,
+            raw_len: 2,
+        })
+    };
     match *s.get(1)? {
         b'n' => byte(b'\n'),
         b't' => byte(b'\t'),
@@ -57,24 +87,73 @@ fn escape(s: &[u8]) -> Option<(usize, [u8; 4], usize)> {
     }
 }
 
+/// Each byte's value as a hex digit, or 16 when it is not one.
+static HEX: [u8; 256] = {
+    let mut t = [16u8; 256];
+    let mut c = 0;
+    while c < 256 {
+        t[c] = match (c as u8 as char).to_digit(16) {
+            Some(v) => v as u8,
+            None => 16,
+        };
+        c += 1;
+    }
+    t
+};
+
+#[inline]
 fn hex(digits: &[u8]) -> Option<u32> {
     if digits.is_empty() || digits.len() > 6 {
         return None;
     }
-    digits.iter().try_fold(0u32, |n, &d| {
-        let v = (d as char).to_digit(16)?;
-        Some(n << 4 | v)
-    })
+    let mut n = 0u32;
+    let mut bad = 0u8;
+    for &d in digits {
+        let v = HEX[d as usize];
+        bad |= v;
+        n = n << 4 | u32::from(v & 15);
+    }
+    (bad < 16).then_some(n)
 }
 
-fn utf8(raw_len: usize, code: u32) -> (usize, [u8; 4], usize) {
-    if code < 0x80 {
-        return (raw_len, [code as u8, 0, 0, 0], 1);
+/// The escape of `raw_len` bytes that stands for code point `code` (U+FFFD where `code` is no
+/// character: a surrogate, or past U+10FFFF).
+#[inline(always)]
+fn utf8(raw_len: usize, code: u32) -> Escape {
+    if code >= 0x800 {
+        return utf8_wide(raw_len, code);
     }
-    let c = char::from_u32(code).unwrap_or('\u{FFFD}');
-    let mut out = [0u8; 4];
-    let n = c.encode_utf8(&mut out).len();
-    (raw_len, out, n)
+    // One byte or two, chosen without a branch: escaped bytes (`\x30\x82`) mix both at random.
+    let ascii = code < 0x80;
+    let two = 0xC0 | code >> 6 | (0x80 | code & 0x3F) << 8;
+    Escape {
+        utf8: if ascii { code } else { two },
+        len: 2 - u8::from(ascii),
+        raw_len: raw_len as u8,
+    }
+}
+
+/// [`utf8`] for code points of three and four bytes.
+fn utf8_wide(raw_len: usize, code: u32) -> Escape {
+    let code = if char::from_u32(code).is_some() {
+        code
+    } else {
+        0xFFFD
+    };
+    let cont = |shift: u32| 0x80 | (code >> shift & 0x3F);
+    let (utf8, len) = if code < 0x10000 {
+        (0xE0 | code >> 12 | cont(6) << 8 | cont(0) << 16, 3)
+    } else {
+        (
+            0xF0 | code >> 18 | cont(12) << 8 | cont(6) << 16 | cont(0) << 24,
+            4,
+        )
+    };
+    Escape {
+        utf8,
+        len,
+        raw_len: raw_len as u8,
+    }
 }
 
 /// Whether the byte at `at` is preceded by an odd number of backslashes (so it is escaped).
@@ -100,58 +179,96 @@ fn literal_start(buf: &[u8], at: usize, floor: usize) -> (usize, Option<u8>) {
 }
 
 /// Appends the decoded view of every literal of `buf` that holds an escape to `out` (which stays
-/// empty when there is none).
-pub fn decode(buf: &[u8], out: &mut ViewBuilder) {
+/// empty when there is none); `backslashes` are where the backslashes of `buf` are, in order.
+pub fn decode(buf: &[u8], backslashes: impl Iterator<Item = usize>, out: &mut ViewBuilder) {
+    let mut backslashes = backslashes.peekable();
     let mut pos = 0;
-    while let Some(i) = memchr(b'\\', &buf[pos..]) {
-        let at = pos + i;
+    while let Some(at) = backslashes.next() {
+        if at < pos {
+            continue;
+        }
         if escape(&buf[at..]).is_none() {
             pos = at + 2;
-            if pos >= buf.len() {
-                break;
-            }
             continue;
         }
         let (start, quote) = literal_start(buf, at, pos);
         if !out.is_empty() {
             out.separator(start);
         }
-        let end = decode_literal(buf, start, at, quote, out);
+        let end = match quote {
+            Some(quote) => decode_quoted(buf, start, at, quote, &mut backslashes, out),
+            None => decode_unquoted(buf, start, at, out),
+        };
         pos = end.max(at + 1);
-        if pos >= buf.len() {
-            break;
-        }
     }
 }
 
-/// Decodes the literal that starts at `start` and holds its first escape at `at` (nothing between
-/// them is a backslash) into `out`, in one pass: up to its closing quote (`quote`, or any quote when
-/// the opening one was not found), a line break, or [`MAX_FORWARD`] bytes past `at`. Returns where
-/// it ends. A backslash that starts no escape keeps the byte after it in the literal (a
-/// line continuation, `\d` in a regex).
-fn decode_literal(
+/// Decodes the literal that starts at `start`, holds its first escape at `at` (nothing between them
+/// is a backslash) and opened with `quote` into `out`: up to its closing quote, a line break, or
+/// [`MAX_FORWARD`] bytes past `at`. Returns where it ends. The other escapes are the ones
+/// `backslashes` (after `at`) holds before that end, which it takes; the text between them is
+/// copied, not walked a byte at a time. A backslash that starts no escape keeps the byte after it
+/// in the literal (a line continuation, `\d` in a regex).
+fn decode_quoted(
     buf: &[u8],
     start: usize,
     at: usize,
-    quote: Option<u8>,
+    quote: u8,
+    backslashes: &mut std::iter::Peekable<impl Iterator<Item = usize>>,
     out: &mut ViewBuilder,
 ) -> usize {
+    let limit = buf.len().min(at + MAX_FORWARD);
+    let mut copied = start;
+    // Where the next byte not yet part of an escape is.
+    let mut i = at;
+    let mut first = Some(at);
+    let end = loop {
+        if i >= limit {
+            break limit;
+        }
+        // The literal ends here unless an escape before it takes this byte.
+        let stop = memchr2(quote, b'\n', &buf[i..limit]).map_or(limit, |k| i + k);
+        while let Some(b) = first.take().or_else(|| backslashes.next_if(|&b| b < stop)) {
+            if b < i {
+                // Inside an escape already read (the second backslash of `\\`).
+                continue;
+            }
+            match escape(&buf[b..limit]) {
+                Some(e) => {
+                    out.literal(buf, copied..b);
+                    e.append(b..b + e.raw_len(), out);
+                    i = b + e.raw_len();
+                    copied = i;
+                }
+                None => i = b + 2,
+            }
+        }
+        if i <= stop {
+            break stop;
+        }
+    };
+    out.literal(buf, copied..end.max(copied));
+    end
+}
+
+/// [`decode_quoted`] for a literal whose opening quote was not found (same line, [`MAX_BACK`]):
+/// it ends at any quote, a byte at a time.
+fn decode_unquoted(buf: &[u8], start: usize, at: usize, out: &mut ViewBuilder) -> usize {
     let limit = buf.len().min(at + MAX_FORWARD);
     let mut copied = start;
     let mut i = at;
     while i < limit {
         match buf[i] {
             b'\\' => match escape(&buf[i..limit]) {
-                Some((raw_len, bytes, n)) => {
+                Some(e) => {
                     out.literal(buf, copied..i);
-                    out.atomic(i..i + raw_len, &bytes[..n]);
-                    i += raw_len;
+                    e.append(i..i + e.raw_len(), out);
+                    i += e.raw_len();
                     copied = i;
                 }
                 None => i += 2,
             },
-            b'\n' => break,
-            b @ (b'"' | b'\'' | b'`') if quote.is_none_or(|q| q == b) => break,
+            b'\n' | b'"' | b'\'' | b'`' => break,
             _ => i += 1,
         }
     }
@@ -162,11 +279,14 @@ fn decode_literal(
 
 #[cfg(test)]
 mod tests {
+    use super::super::marks::Marks;
     use super::*;
 
     fn decoded(buf: &[u8]) -> Option<ViewBuilder> {
         let mut v = ViewBuilder::default();
-        decode(buf, &mut v);
+        let mut marks = Marks::default();
+        marks.find(buf);
+        decode(buf, marks.backslashes(), &mut v);
         (!v.is_empty()).then_some(v)
     }
 
@@ -183,6 +303,93 @@ mod tests {
             view(r#"a = 'it\'s', b = "\u0041\u00e9\ud83d\ude00\u{1F600}\x41\/""#).unwrap(),
             "it's\nAé😀😀A/"
         );
+    }
+
+    /// Each code point as UTF-8, U+FFFD for a surrogate or past U+10FFFF.
+    #[test]
+    fn code_points_encode_as_std_encodes_them() {
+        for code in (0..0x11_0000u32).chain([0x11_0000, 0xFFFF_FFFF]) {
+            let e = utf8(6, code);
+            let c = char::from_u32(code).unwrap_or('\u{FFFD}');
+            let mut expected = [0u8; 4];
+            let expected = c.encode_utf8(&mut expected).as_bytes();
+            let got = &e.utf8.to_le_bytes()[..usize::from(e.len)];
+            assert_eq!(got, expected, "U+{code:X}");
+            assert_eq!(e.raw_len(), 6);
+        }
+    }
+
+    /// The literal decoding of the old scanner, a byte at a time, for any quote.
+    fn byte_loop(buf: &[u8]) -> ViewBuilder {
+        let mut out = ViewBuilder::default();
+        let mut pos = 0;
+        while let Some(i) = memchr(b'\\', &buf[pos..]) {
+            let at = pos + i;
+            if escape(&buf[at..]).is_none() {
+                pos = at + 2;
+                if pos >= buf.len() {
+                    break;
+                }
+                continue;
+            }
+            let (start, quote) = literal_start(buf, at, pos);
+            if !out.is_empty() {
+                out.separator(start);
+            }
+            let limit = buf.len().min(at + MAX_FORWARD);
+            let (mut copied, mut i) = (start, at);
+            while i < limit {
+                match buf[i] {
+                    b'\\' => match escape(&buf[i..limit]) {
+                        Some(e) => {
+                            out.literal(buf, copied..i);
+                            e.append(i..i + e.raw_len(), &mut out);
+                            i += e.raw_len();
+                            copied = i;
+                        }
+                        None => i += 2,
+                    },
+                    b'\n' => break,
+                    b @ (b'"' | b'\'' | b'`') if quote.is_none_or(|q| q == b) => break,
+                    _ => i += 1,
+                }
+            }
+            let end = i.min(limit);
+            out.literal(buf, copied..end.max(copied));
+            pos = end.max(at + 1);
+            if pos >= buf.len() {
+                break;
+            }
+        }
+        out
+    }
+
+    /// Quoted literals are read from escape to escape, not a byte at a time: the same views, and
+    /// the same maps, as a byte loop makes of random escapes, quotes and line breaks.
+    #[test]
+    fn literals_read_from_escape_to_escape_decode_as_a_byte_loop_does() {
+        let pieces: [&[u8]; 12] = [
+            b"\"", b"'", b"`", b"\\\"", b"\\\\", b"\\n", b"\n", b"ab ", b"\\x4", b"\\u0041",
+            b"\\q", b"\\",
+        ];
+        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+        for _ in 0..20_000 {
+            let mut buf = Vec::new();
+            for _ in 0..(seed % 24) {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                buf.extend_from_slice(pieces[(seed % 12) as usize]);
+            }
+            let (fast, slow) = (decoded(&buf).unwrap_or_default(), byte_loop(&buf));
+            let (fast, slow) = (fast.finish(), slow.finish());
+            assert_eq!(fast.0, slow.0, "{:?}", String::from_utf8_lossy(&buf));
+            for at in 0..=fast.0.len() {
+                for end in at..=fast.0.len() {
+                    assert_eq!(fast.1.to_raw(at..end), slow.1.to_raw(at..end));
+                }
+            }
+        }
     }
 
     #[test]

@@ -13,11 +13,13 @@
 mod base64;
 pub mod container;
 mod escape;
+mod marks;
 mod percent;
 mod span_map;
 
 use std::collections::HashMap;
 
+pub use marks::Marks;
 pub use span_map::{SpanMap, ViewBuilder};
 
 use super::engine::{LineCounter, Scanner, Sink};
@@ -101,14 +103,20 @@ impl DecodeOptions {
 const KEEP_VIEW_BYTES: usize = 1 << 20;
 
 /// Fills `views` with the decoded views of `buf` (each left empty where its decoder found nothing)
-/// and returns the steps that made each one (outermost first).
-fn views(outer: Outer, buf: &[u8], views: &mut [ViewBuilder; 4]) -> [&'static [DecodeStep]; 4] {
+/// and returns the steps that made each one (outermost first). `marks` is scratch space.
+fn views(
+    outer: Outer,
+    buf: &[u8],
+    marks: &mut Marks,
+    views: &mut [ViewBuilder; 4],
+) -> [&'static [DecodeStep]; 4] {
     let [first, second, third, fourth] = views;
     match outer {
         Outer::Text => {
-            escape::decode(buf, first);
-            percent::decode(buf, second);
-            base64::decode(buf, third, fourth);
+            marks.find(buf);
+            escape::decode(buf, marks.backslashes(), first);
+            percent::decode(buf, marks.percents(), second);
+            base64::decode(buf, marks.runs(), third, fourth);
             [
                 &[DecodeStep::Escape],
                 &[DecodeStep::Percent],
@@ -213,7 +221,7 @@ impl<'r> Scanner<'r> {
             v.clear();
             v
         });
-        let steps = views(outer, buf, &mut made);
+        let steps = views(outer, buf, &mut self.marks, &mut made);
         for (steps, view) in steps.into_iter().zip(&made) {
             if view.is_empty() || view.len() > *budget {
                 continue;

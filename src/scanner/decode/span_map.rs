@@ -107,6 +107,22 @@ impl ViewBuilder {
         });
     }
 
+    /// [`ViewBuilder::atomic`] for up to 4 decoded bytes, packed little-endian in `packed` (`len`
+    /// of them count): written as one word, so no byte goes through memory a byte at a time.
+    pub fn atomic_packed(&mut self, raw: Range<usize>, packed: u32, len: usize) {
+        debug_assert!((1..=4).contains(&len));
+        let decoded_start = self.bytes.len();
+        self.bytes.extend_from_slice(&packed.to_le_bytes());
+        self.bytes.truncate(decoded_start + len);
+        self.map.segments.push(Segment {
+            decoded_start,
+            raw_start: raw.start,
+            atomic_decoded: len,
+            atomic_raw: raw.len(),
+            tail: 0,
+        });
+    }
+
     /// A line break between two decoded regions, so no token is read across them. It maps to the
     /// empty raw span where the next region starts.
     pub fn separator(&mut self, raw_at: usize) {
