@@ -528,7 +528,11 @@ fn scan_paths(
             stats.considered.fetch_add(1, Ordering::Relaxed);
             match read_candidate(path, args.max_file_size, &mut buf) {
                 Ok(ReadOutcome::Read) => {
-                    let label = path.display().to_string();
+                    // Not `display()` or `to_string_lossy()`: both go through a UTF-8 check a
+                    // chunk at a time (a percent of the whole scan); a path is almost always UTF-8.
+                    let label = path
+                        .to_str()
+                        .map_or_else(|| path.to_string_lossy(), std::borrow::Cow::Borrowed);
                     let mut collect = Collect::new(stats, None, args.show_secrets);
                     scanner.scan_tree(&label, &buf, decode, &TreeLimits::default(), &mut collect);
                     tracing::debug!(path = %label, bytes = buf.len(), findings = collect.found.len(), "scanned");

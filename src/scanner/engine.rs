@@ -14,6 +14,8 @@
 //!   its own regex in a **window** around the hit; overlapping windows of a rule are merged, so no byte
 //!   is searched twice by one rule. Rule regexes thus only see a tiny fraction of the input.
 //! - Rules without keywords (imported ones only) get a separate combined whole-buffer pass.
+//! - A buffer that will be decoded is marked for the decoders (`decode/marks.rs`) chunk by chunk
+//!   as the keyword pass lower-cases it, while the chunk is in cache.
 //! - Validators, entropy, context and allowlists run only on candidates.
 //!
 //! No async, database or HTTP here: the core takes bytes and hands [`Finding`]s to a [`Sink`].
@@ -371,6 +373,27 @@ impl<'r> Scanner<'r> {
     /// Scans `haystack` (from `source`, a label such as a path, used by path allowlists) and hands
     /// every finding to `sink`, in order of position.
     pub fn scan(&mut self, source: &str, haystack: &[u8], sink: &mut impl Sink<'r>) {
+        self.scan_inner(source, haystack, false, sink);
+    }
+
+    /// [`Scanner::scan`], marking `haystack` for the decoders on the way ([`super::decode::Marks`]);
+    /// false when it was not marked (a source allowed whole, a rule set without keywords).
+    pub(super) fn scan_and_mark(
+        &mut self,
+        source: &str,
+        haystack: &[u8],
+        sink: &mut impl Sink<'r>,
+    ) -> bool {
+        self.scan_inner(source, haystack, true, sink)
+    }
+
+    fn scan_inner(
+        &mut self,
+        source: &str,
+        haystack: &[u8],
+        mark: bool,
+        sink: &mut impl Sink<'r>,
+    ) -> bool {
         self.candidates.clear();
         let set = self.set;
         if set
@@ -378,16 +401,20 @@ impl<'r> Scanner<'r> {
             .iter()
             .any(|a| a.allows_whole_source(source, self.commit.as_deref()))
         {
-            return;
+            return false;
         }
+        let marked = mark && !set.groups.is_empty();
         if !set.groups.is_empty() {
-            self.keyword_pass(haystack);
+            self.keyword_pass(haystack, marked);
+        }
+        if marked {
+            self.marks.finish();
         }
         if let (Some(pass), Some(cache)) = (&set.unanchored, self.unanchored_cache.as_mut()) {
             collect_combined(pass, cache, haystack, &mut self.candidates);
         }
         if self.candidates.is_empty() {
-            return;
+            return marked;
         }
         self.candidates
             .sort_unstable_by_key(|c| (c.start, c.end, c.rule));
@@ -411,11 +438,16 @@ impl<'r> Scanner<'r> {
         for finding in found {
             sink.finding(finding);
         }
+        marked
     }
 
-    /// Finds keyword hits chunk by chunk and runs each hit's rules in merged windows.
-    fn keyword_pass(&mut self, haystack: &[u8]) {
+    /// Finds keyword hits chunk by chunk and runs each hit's rules in merged windows; with `mark`,
+    /// also marks each chunk for the decoders ([`Scanner::scan_and_mark`]) right after reading it.
+    fn keyword_pass(&mut self, haystack: &[u8], mark: bool) {
         let set = self.set;
+        if mark {
+            self.marks.start(haystack.len());
+        }
         let mut chunk_start = 0;
         while chunk_start < haystack.len() {
             let owned_end = (chunk_start + CHUNK).min(haystack.len());
@@ -429,6 +461,11 @@ impl<'r> Scanner<'r> {
             self.lower.clear();
             self.lower
                 .extend(source.iter().map(|byte| byte.to_ascii_lowercase()));
+            if mark {
+                // While the chunk is still in cache: marked after the whole scan, a buffer's
+                // blocks came back from memory and marking took twice as long.
+                self.marks.mark(haystack, chunk_start..owned_end);
+            }
             self.hits.clear();
             let owned = (chunk_start - copy_start)..(owned_end - copy_start);
             for group in &set.groups {

@@ -2,8 +2,12 @@
 //! at least [`MIN_RUN`] base64 alphabet characters, the backslashes (escapes) and the percent signs
 //! (`%XX`). One pass instead of three (two `memchr` walks and the run finder) reads each block once,
 //! and on source text nothing but three masks and a few shifts is computed for almost every block.
+//! The engine marks a buffer chunk by chunk as its keyword pass reads it ([`Marks::start`],
+//! [`Marks::mark`], [`Marks::finish`]), so the bytes are read while they are in cache.
 //!
 //! Pure: no I/O, async, database or HTTP; imports nothing but `std`.
+
+use std::ops::Range;
 
 /// Shortest run of alphabet characters found: 32 characters are 24 bytes, as short as a token with
 /// its key name gets (`KEY=` and a 20-character token); shorter runs are mostly identifiers, paths
@@ -27,6 +31,8 @@ pub struct Marks {
     /// Each block's alphabet mask, after one zero (the mask "before" the first block) and before
     /// zeros up to a whole group of [`GROUP`].
     alphabet: Vec<u64>,
+    /// The length of the buffer being marked.
+    len: usize,
 }
 
 /// A block's backslashes and percent signs: bit k is about byte `pos + k`.
@@ -57,7 +63,7 @@ fn room<T: Clone + Default>(list: &mut Vec<T>, len: usize) {
 }
 
 impl Marks {
-    /// The runs of at least [`MIN_RUN`] alphabet characters, `(start, end)`, in order.
+    /// The runs of at least `MIN_RUN` (32) alphabet characters, `(start, end)`, in order.
     pub fn runs(&self) -> &[(usize, usize)] {
         &self.runs
     }
@@ -72,54 +78,69 @@ impl Marks {
         Positions::new(&self.specials[..self.blocks], |s| s.percent)
     }
 
-    /// Marks `buf` (with AVX-512BW or AVX2 where the CPU has them).
+    /// Marks `buf`: [`Marks::start`], [`Marks::mark`] of every block, [`Marks::finish`].
     pub fn find(&mut self, buf: &[u8]) {
+        self.start(buf.len());
+        self.mark(buf, 0..buf.len());
+        self.finish();
+    }
+
+    /// Begins marking a buffer of `len` bytes; its blocks are then marked in order
+    /// ([`Marks::mark`], in as many pieces as the caller likes: the engine marks each chunk it has
+    /// just read, while the chunk is in cache) and the runs found by [`Marks::finish`].
+    pub fn start(&mut self, len: usize) {
+        let blocks = len.div_ceil(64);
+        room(&mut self.specials, blocks);
+        room(&mut self.alphabet, padded(blocks));
+        self.alphabet[0] = 0;
+        self.blocks = 0;
+        self.len = len;
+    }
+
+    /// Marks the blocks of `buf` (the buffer [`Marks::start`] was given the length of) in `range`,
+    /// which starts at a block and ends at one or at the buffer's end, with AVX-512BW or AVX2
+    /// where the CPU has them.
+    pub fn mark(&mut self, buf: &[u8], range: Range<usize>) {
+        assert!(buf.len() == self.len && range.start.is_multiple_of(64) && range.end <= buf.len());
         #[cfg(target_arch = "x86_64")]
         if std::is_x86_feature_detected!("avx512bw") {
             // SAFETY: the CPU has AVX-512BW, and so AVX-512F (checked just above; std caches it).
-            return unsafe { self.find_avx512(buf) };
+            return unsafe { self.mark_avx512(buf, range) };
         }
         #[cfg(target_arch = "x86_64")]
         if std::is_x86_feature_detected!("avx2") {
             // SAFETY: the CPU has AVX2 (checked just above; std caches the answer).
-            return unsafe { self.find_avx2(buf) };
+            return unsafe { self.mark_avx2(buf, range) };
         }
-        self.find_with(buf, block_portable)
+        self.mark_with(buf, range, block_portable)
     }
 
-    /// [`Marks::find`] compiled for AVX-512BW, so the block masks inline into its loop.
+    /// [`Marks::mark`] compiled for AVX-512BW, so the block masks inline into its loop.
     ///
     /// # Safety
     /// The CPU must have AVX-512F and AVX-512BW.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f,avx512bw")]
-    unsafe fn find_avx512(&mut self, buf: &[u8]) {
+    unsafe fn mark_avx512(&mut self, buf: &[u8], range: Range<usize>) {
         // SAFETY: this function runs only where AVX-512BW is present.
-        self.find_with(buf, |b| unsafe { block_avx512(b) })
+        self.mark_with(buf, range, |b| unsafe { block_avx512(b) })
     }
 
-    /// [`Marks::find`] compiled for AVX2.
+    /// [`Marks::mark`] compiled for AVX2.
     ///
     /// # Safety
     /// The CPU must have AVX2.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2")]
-    unsafe fn find_avx2(&mut self, buf: &[u8]) {
+    unsafe fn mark_avx2(&mut self, buf: &[u8], range: Range<usize>) {
         // SAFETY: this function runs only where AVX2 is present.
-        self.find_with(buf, |b| unsafe { block_avx2(b) })
+        self.mark_with(buf, range, |b| unsafe { block_avx2(b) })
     }
 
     #[inline(always)]
-    fn find_with(&mut self, buf: &[u8], block: impl Fn(&[u8; 64]) -> Block) {
-        const _: () = assert!(MIN_RUN == 32, "`deep` finds runs of 32");
-        let blocks = buf.len().div_ceil(64);
-        room(&mut self.specials, blocks);
-        let padded = 1 + blocks.div_ceil(GROUP) * GROUP + 1;
-        room(&mut self.alphabet, padded);
-        // First every block's masks.
-        let mut specials = 0;
-        self.alphabet[0] = 0;
-        for (b, pos) in (0..buf.len()).step_by(64).enumerate() {
+    fn mark_with(&mut self, buf: &[u8], range: Range<usize>, block: impl Fn(&[u8; 64]) -> Block) {
+        let mut specials = self.blocks;
+        for pos in range.step_by(64) {
             let masks = match buf.get(pos..pos + 64) {
                 Some(bytes) => block(bytes.try_into().expect("64 bytes")),
                 None => {
@@ -129,7 +150,7 @@ impl Marks {
                     block(&tail)
                 }
             };
-            self.alphabet[b + 1] = masks.alphabet;
+            self.alphabet[pos / 64 + 1] = masks.alphabet;
             self.specials[specials] = Special {
                 pos,
                 backslash: masks.backslash,
@@ -138,22 +159,70 @@ impl Marks {
             specials += usize::from(masks.backslash | masks.percent != 0);
         }
         self.blocks = specials;
+    }
+
+    /// Finds the runs of the buffer whose blocks are all marked (eight blocks' deep bits side by
+    /// side in vector registers where the CPU has AVX-512 or AVX2).
+    pub fn finish(&mut self) {
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX-512F (checked just above; std caches it).
+            return unsafe { self.finish_avx512() };
+        }
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has AVX2 (checked just above; std caches the answer).
+            return unsafe { self.finish_avx2() };
+        }
+        self.finish_portable()
+    }
+
+    /// # Safety
+    /// The CPU must have AVX-512F.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn finish_avx512(&mut self) {
+        self.finish_portable()
+    }
+
+    /// # Safety
+    /// The CPU must have AVX2.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn finish_avx2(&mut self) {
+        self.finish_portable()
+    }
+
+    #[inline(always)]
+    fn finish_portable(&mut self) {
+        const _: () = assert!(MIN_RUN == 32, "`deep` finds runs of 32");
+        let blocks = self.len.div_ceil(64);
+        let padded = padded(blocks);
         self.alphabet[1 + blocks..padded].fill(0);
-        // Then the runs: a run is found at its 32nd character, in the block that holds it.
+        // A run is found at its 32nd character, in the block that holds it.
         self.runs.clear();
         let alphabet = &self.alphabet[..padded];
         // Everything before it is done.
         let mut done = 0usize;
         for group in (0..blocks).step_by(GROUP) {
+            if done >= (group + GROUP) * 64 {
+                // Inside a long run (a base64 blob) already found.
+                continue;
+            }
             let before: &[u64; GROUP] = alphabet[group..group + GROUP].try_into().expect("group");
             let masks: &[u64; GROUP] = alphabet[group + 1..group + 1 + GROUP]
                 .try_into()
                 .expect("group");
             let deeps: [u64; GROUP] = std::array::from_fn(|k| deep(before[k], masks[k]));
-            if deeps.iter().fold(0, |any, d| any | d) == 0 {
-                continue;
-            }
-            for (k, mut deep) in deeps.into_iter().enumerate() {
+            // One bit per block of the group with deep bits.
+            let mut with_deep = deeps
+                .iter()
+                .enumerate()
+                .fold(0u32, |bits, (k, &d)| bits | u32::from(d != 0) << k);
+            while with_deep != 0 {
+                let k = with_deep.trailing_zeros() as usize;
+                with_deep &= with_deep - 1;
+                let mut deep = deeps[k];
                 let b = group + k;
                 let pos = b * 64;
                 if done > pos {
@@ -171,6 +240,12 @@ impl Marks {
             }
         }
     }
+}
+
+/// Entries of the alphabet list for `blocks` blocks: one zero before them, and zeros after them up
+/// to a whole group and one more.
+fn padded(blocks: usize) -> usize {
+    1 + blocks.div_ceil(GROUP) * GROUP + 1
 }
 
 /// The positions of one kind of mark, in order.
@@ -454,13 +529,25 @@ mod tests {
             };
             marks.find(&buf);
             check(&marks, "find");
-            // The paths for CPUs without AVX-512 or AVX2, too (reusing the marks clears them).
-            marks.find_with(&buf, block_portable);
-            check(&marks, "portable");
+            // The paths for CPUs without AVX-512 or AVX2, too (reusing the marks clears them), and
+            // marked in pieces of random whole blocks, as the engine marks its chunks.
+            marks.start(buf.len());
+            let mut from = 0;
+            while from < buf.len() {
+                let to = (from + 64 * (1 + xorshift(&mut seed) % 3) as usize).min(buf.len());
+                marks.mark_with(&buf, from..to, block_portable);
+                from = to;
+            }
+            marks.finish_portable();
+            check(&marks, "portable, in pieces");
             #[cfg(target_arch = "x86_64")]
             if std::is_x86_feature_detected!("avx2") {
+                marks.start(buf.len());
                 // SAFETY: AVX2 is present.
-                unsafe { marks.find_avx2(&buf) };
+                unsafe {
+                    marks.mark_avx2(&buf, 0..buf.len());
+                    marks.finish_avx2();
+                }
                 check(&marks, "avx2");
             }
         }

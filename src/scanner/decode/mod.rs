@@ -103,17 +103,21 @@ impl DecodeOptions {
 const KEEP_VIEW_BYTES: usize = 1 << 20;
 
 /// Fills `views` with the decoded views of `buf` (each left empty where its decoder found nothing)
-/// and returns the steps that made each one (outermost first). `marks` is scratch space.
+/// and returns the steps that made each one (outermost first). `marks` are `buf`'s when `marked`
+/// (the scan of `buf` marked it), else scratch space.
 fn views(
     outer: Outer,
     buf: &[u8],
     marks: &mut Marks,
+    marked: bool,
     views: &mut [ViewBuilder; 4],
 ) -> [&'static [DecodeStep]; 4] {
     let [first, second, third, fourth] = views;
     match outer {
         Outer::Text => {
-            marks.find(buf);
+            if !marked {
+                marks.find(buf);
+            }
             escape::decode(buf, marks.backslashes(), first);
             percent::decode(buf, marks.percents(), second);
             base64::decode(buf, marks.runs(), third, fourth);
@@ -146,12 +150,20 @@ impl<'r> Scanner<'r> {
             return self.scan(source, haystack, sink);
         }
         let mut found = Vec::new();
-        self.scan(source, haystack, &mut |f: Finding<'r>| found.push(f));
+        let mut collect = |f: Finding<'r>| found.push(f);
+        // Text is marked for its decoders by the scan; a form body is decoded whole.
+        let marked = if options.outer == Outer::Text {
+            self.scan_and_mark(source, haystack, &mut collect)
+        } else {
+            self.scan(source, haystack, &mut collect);
+            false
+        };
         let raw = found.len();
         let mut budget = options.max_decoded_bytes;
         self.scan_views(
             source,
             haystack,
+            marked,
             options,
             options.outer,
             1,
@@ -203,11 +215,14 @@ impl<'r> Scanner<'r> {
         }
     }
 
+    /// Scans the views of `buf` (marked for its decoders when `marked`) and, to the depth allowed,
+    /// theirs, into `out` at `buf`'s bytes.
     #[allow(clippy::too_many_arguments)]
     fn scan_views(
         &mut self,
         source: &str,
         buf: &[u8],
+        marked: bool,
         options: &DecodeOptions,
         outer: Outer,
         depth: usize,
@@ -221,24 +236,28 @@ impl<'r> Scanner<'r> {
             v.clear();
             v
         });
-        let steps = views(outer, buf, &mut self.marks, &mut made);
+        let steps = views(outer, buf, &mut self.marks, marked, &mut made);
         for (steps, view) in steps.into_iter().zip(&made) {
             if view.is_empty() || view.len() > *budget {
                 continue;
             }
             *budget -= view.len();
             let mut inner = Vec::new();
-            self.scan(source, view.bytes(), &mut |f: Finding<'r>| inner.push(f));
+            let mut collect = |f: Finding<'r>| inner.push(f);
             if depth < options.max_depth {
+                let marked = self.scan_and_mark(source, view.bytes(), &mut collect);
                 self.scan_views(
                     source,
                     view.bytes(),
+                    marked,
                     options,
                     Outer::Text,
                     depth + 1,
                     budget,
                     &mut inner,
                 );
+            } else {
+                self.scan(source, view.bytes(), &mut collect);
             }
             let map = view.map();
             for mut f in inner {
