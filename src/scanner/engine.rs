@@ -462,8 +462,8 @@ impl<'r> Scanner<'r> {
             self.lower
                 .extend(source.iter().map(|byte| byte.to_ascii_lowercase()));
             if mark {
-                // While the chunk is still in cache: marked after the whole scan, a buffer's
-                // blocks came back from memory and marking took twice as long.
+                // While the chunk is still in cache: marking a buffer out of cache took 1.6
+                // times as long (39 against 24 ms on the corpus, in isolation).
                 self.marks.mark(haystack, chunk_start..owned_end);
             }
             self.hits.clear();

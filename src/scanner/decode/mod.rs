@@ -19,7 +19,7 @@ mod span_map;
 
 use std::collections::HashMap;
 
-pub use marks::Marks;
+pub(crate) use marks::Marks;
 pub use span_map::{SpanMap, ViewBuilder};
 
 use super::engine::{LineCounter, Scanner, Sink};
