@@ -44,7 +44,7 @@ struct Special {
 }
 
 /// Blocks whose runs are looked for at once: their deep bits are computed side by side (the
-/// compiler makes vector code of it), and almost every group of source text has none.
+/// compiler makes vector code of it), and a group without any is passed over with one test.
 const GROUP: usize = 8;
 
 /// Lists longer than this many entries are freed after a buffer that needed them, so a thread's
