@@ -19,8 +19,8 @@ pub const MAX_BACK: usize = 64 << 10;
 pub const MAX_FORWARD: usize = 1 << 20;
 
 /// What an escape stands for: `len` bytes of UTF-8, packed little-endian in `utf8` (a value kept
-/// in a register: built and read a byte at a time through memory, it stalled each escape's
-/// caller on a store that could not be forwarded), and how many raw bytes it takes.
+/// in a register: built a byte at a time in memory and read back as a word, it showed in the
+/// profile as a stall after every call), and how many raw bytes it takes.
 #[derive(Debug, Clone, Copy)]
 struct Escape {
     utf8: u32,
@@ -41,7 +41,7 @@ impl Escape {
 
 /// An escape at the start of `s` (which starts with a backslash), or `None` for a backslash that
 /// starts no escape.
-#[inline(always)]
+#[inline]
 fn escape(s: &[u8]) -> Option<Escape> {
     let byte = |c: u8| {
         Some(Escape {
