@@ -98,13 +98,7 @@ impl ViewBuilder {
         }
         let decoded_start = self.bytes.len();
         self.bytes.extend_from_slice(decoded);
-        self.map.segments.push(Segment {
-            decoded_start,
-            raw_start: raw.start,
-            atomic_decoded: decoded.len(),
-            atomic_raw: raw.len(),
-            tail: 0,
-        });
+        self.atomic_segment(raw, decoded_start);
     }
 
     /// [`ViewBuilder::atomic`] for up to 4 decoded bytes, packed little-endian in `packed` (`len`
@@ -114,10 +108,15 @@ impl ViewBuilder {
         let decoded_start = self.bytes.len();
         self.bytes.extend_from_slice(&packed.to_le_bytes());
         self.bytes.truncate(decoded_start + len);
+        self.atomic_segment(raw, decoded_start);
+    }
+
+    /// Maps the bytes appended since `decoded_start` to `raw` as a whole.
+    fn atomic_segment(&mut self, raw: Range<usize>, decoded_start: usize) {
         self.map.segments.push(Segment {
             decoded_start,
             raw_start: raw.start,
-            atomic_decoded: len,
+            atomic_decoded: self.bytes.len() - decoded_start,
             atomic_raw: raw.len(),
             tail: 0,
         });
