@@ -373,21 +373,13 @@ impl<'r> Scanner<'r> {
     /// Scans `haystack` (from `source`, a label such as a path, used by path allowlists) and hands
     /// every finding to `sink`, in order of position.
     pub fn scan(&mut self, source: &str, haystack: &[u8], sink: &mut impl Sink<'r>) {
-        self.scan_inner(source, haystack, false, sink);
+        self.scan_marking(source, haystack, false, sink);
     }
 
-    /// [`Scanner::scan`], marking `haystack` for the decoders on the way ([`super::decode::Marks`]);
-    /// false when it was not marked (a source allowed whole, a rule set without keywords).
-    pub(super) fn scan_and_mark(
-        &mut self,
-        source: &str,
-        haystack: &[u8],
-        sink: &mut impl Sink<'r>,
-    ) -> bool {
-        self.scan_inner(source, haystack, true, sink)
-    }
-
-    fn scan_inner(
+    /// [`Scanner::scan`], and with `mark`, marking `haystack` for the decoders on the way
+    /// ([`super::decode::Marks`]). Whether it was marked: not where `mark` was false, the source
+    /// is allowed whole, or the rule set has no keywords.
+    pub(super) fn scan_marking(
         &mut self,
         source: &str,
         haystack: &[u8],
@@ -406,9 +398,6 @@ impl<'r> Scanner<'r> {
         let marked = mark && !set.groups.is_empty();
         if !set.groups.is_empty() {
             self.keyword_pass(haystack, marked);
-        }
-        if marked {
-            self.marks.finish();
         }
         if let (Some(pass), Some(cache)) = (&set.unanchored, self.unanchored_cache.as_mut()) {
             collect_combined(pass, cache, haystack, &mut self.candidates);
@@ -442,7 +431,7 @@ impl<'r> Scanner<'r> {
     }
 
     /// Finds keyword hits chunk by chunk and runs each hit's rules in merged windows; with `mark`,
-    /// also marks each chunk for the decoders ([`Scanner::scan_and_mark`]) right after reading it.
+    /// also marks each chunk for the decoders ([`Scanner::scan_marking`]) right after reading it.
     fn keyword_pass(&mut self, haystack: &[u8], mark: bool) {
         let set = self.set;
         if mark {
@@ -530,6 +519,9 @@ impl<'r> Scanner<'r> {
                 }
             }
             chunk_start = owned_end;
+        }
+        if mark {
+            self.marks.finish();
         }
         for r in self.touched.drain(..) {
             if let Some(done) = self.open_windows[r].take() {

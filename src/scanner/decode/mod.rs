@@ -150,14 +150,13 @@ impl<'r> Scanner<'r> {
             return self.scan(source, haystack, sink);
         }
         let mut found = Vec::new();
-        let mut collect = |f: Finding<'r>| found.push(f);
         // Text is marked for its decoders by the scan; a form body is decoded whole.
-        let marked = if options.outer == Outer::Text {
-            self.scan_and_mark(source, haystack, &mut collect)
-        } else {
-            self.scan(source, haystack, &mut collect);
-            false
-        };
+        let marked = self.scan_marking(
+            source,
+            haystack,
+            options.outer == Outer::Text,
+            &mut |f: Finding<'r>| found.push(f),
+        );
         let raw = found.len();
         let mut budget = options.max_decoded_bytes;
         self.scan_views(
@@ -243,9 +242,12 @@ impl<'r> Scanner<'r> {
             }
             *budget -= view.len();
             let mut inner = Vec::new();
-            let mut collect = |f: Finding<'r>| inner.push(f);
-            if depth < options.max_depth {
-                let marked = self.scan_and_mark(source, view.bytes(), &mut collect);
+            // Marked only where its own views are decoded next.
+            let deeper = depth < options.max_depth;
+            let marked = self.scan_marking(source, view.bytes(), deeper, &mut |f: Finding<'r>| {
+                inner.push(f)
+            });
+            if deeper {
                 self.scan_views(
                     source,
                     view.bytes(),
@@ -256,8 +258,6 @@ impl<'r> Scanner<'r> {
                     budget,
                     &mut inner,
                 );
-            } else {
-                self.scan(source, view.bytes(), &mut collect);
             }
             let map = view.map();
             for mut f in inner {
