@@ -251,15 +251,7 @@ fn decode_quoted(
                 // Inside an escape already read (the second backslash of `\\`).
                 continue;
             }
-            match escape(&buf[b..limit]) {
-                Some(e) => {
-                    out.literal(buf, copied..b);
-                    e.append(b..b + e.raw_len(), out);
-                    i = b + e.raw_len();
-                    copied = i;
-                }
-                None => i = b + 2,
-            }
+            i = step(buf, b, limit, &mut copied, out);
         }
         if i <= stop {
             break stop;
@@ -267,6 +259,22 @@ fn decode_quoted(
     };
     out.literal(buf, copied..end.max(copied));
     end
+}
+
+/// Reads the backslash at `b` (literal text ends at `limit`): an escape is appended to `out` after
+/// the text copied from `copied` (which then moves past it); a backslash that starts no escape
+/// keeps the byte after it in the literal. Returns where the next byte to read is.
+#[inline]
+fn step(buf: &[u8], b: usize, limit: usize, copied: &mut usize, out: &mut ViewBuilder) -> usize {
+    match escape(&buf[b..limit]) {
+        Some(e) => {
+            out.literal(buf, *copied..b);
+            e.append(b..b + e.raw_len(), out);
+            *copied = b + e.raw_len();
+            *copied
+        }
+        None => b + 2,
+    }
 }
 
 /// [`decode_quoted`] for a literal whose opening quote was not found (same line, [`MAX_BACK`]):
@@ -277,15 +285,7 @@ fn decode_unquoted(buf: &[u8], start: usize, at: usize, out: &mut ViewBuilder) -
     let mut i = at;
     while i < limit {
         match buf[i] {
-            b'\\' => match escape(&buf[i..limit]) {
-                Some(e) => {
-                    out.literal(buf, copied..i);
-                    e.append(i..i + e.raw_len(), out);
-                    i += e.raw_len();
-                    copied = i;
-                }
-                None => i += 2,
-            },
+            b'\\' => i = step(buf, i, limit, &mut copied, out),
             b'\n' | b'"' | b'\'' | b'`' => break,
             _ => i += 1,
         }
@@ -358,15 +358,7 @@ mod tests {
             let (mut copied, mut i) = (start, at);
             while i < limit {
                 match buf[i] {
-                    b'\\' => match escape(&buf[i..limit]) {
-                        Some(e) => {
-                            out.literal(buf, copied..i);
-                            e.append(i..i + e.raw_len(), &mut out);
-                            i += e.raw_len();
-                            copied = i;
-                        }
-                        None => i += 2,
-                    },
+                    b'\\' => i = step(buf, i, limit, &mut copied, &mut out),
                     b'\n' => break,
                     b @ (b'"' | b'\'' | b'`') if quote.is_none_or(|q| q == b) => break,
                     _ => i += 1,
