@@ -254,14 +254,16 @@ fn pack(fingerprints: &[Trigram], own: &[u64], groups: usize) -> Layout {
             capacities.push((g, (size - k).div_ceil(BUCKETS)));
         }
     }
-    // The local search asks for the same buckets again and again.
-    let memo = std::cell::RefCell::new(std::collections::HashMap::new());
-    let cost_of = |members: &[usize]| {
-        let masks = Masks::of(members.iter().map(|&i| fingerprints[i]));
-        *memo
-            .borrow_mut()
-            .entry(masks)
-            .or_insert_with(|| masks.cost())
+    // The local search asks for the same buckets again and again: each start keeps a memo.
+    let memoised = || {
+        let memo = std::cell::RefCell::new(std::collections::HashMap::new());
+        move |members: &[usize]| {
+            let masks = Masks::of(members.iter().map(|&i| fingerprints[i]));
+            *memo
+                .borrow_mut()
+                .entry(masks)
+                .or_insert_with(|| masks.cost())
+        }
     };
     // Two starts, each improved by local search; the cheaper wins. Sorted order (neighbours in byte
     // order tend to share nibbles) and a greedy fill of the shared buckets with the members that
@@ -276,18 +278,30 @@ fn pack(fingerprints: &[Trigram], own: &[u64], groups: usize) -> Layout {
     // Beyond a few searchers the greedy start and repeated sweeps cost more at start-up (a second
     // for Gitleaks' 267 fingerprints) than they can save in a scan: sorted order, one sweep.
     let large = n > LARGE_LAYOUT;
-    let starts = if large {
-        vec![by_order]
-    } else {
-        vec![by_order, greedy_fill(own, &capacities, &cost_of)]
-    };
     let sweeps = if large { 1 } else { usize::MAX };
-    let buckets = starts
-        .into_iter()
-        .map(|start| improve(start, own, &cost_of, sweeps))
-        .min_by_key(|(_, cost)| *cost)
-        .map(|(buckets, _)| buckets)
-        .expect("two starts");
+    let from_order = || improve(by_order, own, &memoised(), sweeps);
+    let (buckets, _) = if large {
+        from_order()
+    } else {
+        // The two starts are independent: at start-up the other core is otherwise idle.
+        let from_greedy = || {
+            let cost_of = memoised();
+            improve(
+                greedy_fill(own, &capacities, &cost_of),
+                own,
+                &cost_of,
+                sweeps,
+            )
+        };
+        let (a, b) = std::thread::scope(|s| {
+            let b = s.spawn(from_greedy);
+            (
+                from_order(),
+                b.join().unwrap_or_else(|e| std::panic::resume_unwind(e)),
+            )
+        });
+        if b.1 < a.1 { b } else { a }
+    };
     // Emit each searcher's patterns so that the `i`-th lands in slot `i % 8`.
     let mut out = vec![Vec::new(); groups];
     let mut first = 0;
