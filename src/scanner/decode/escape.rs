@@ -416,8 +416,14 @@ mod tests {
             b"\\q", b"\\",
         ];
         let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut distinct = std::collections::HashSet::new();
         for _ in 0..20_000 {
             let mut buf = Vec::new();
+            // A new length every round (a length of 0 used to leave the seed, and every later
+            // round, as it was).
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
             for _ in 0..(seed % 24) {
                 seed ^= seed << 13;
                 seed ^= seed >> 7;
@@ -432,7 +438,13 @@ mod tests {
                     assert_eq!(fast.1.to_raw(at..end), slow.1.to_raw(at..end));
                 }
             }
+            distinct.insert(buf);
         }
+        assert!(
+            distinct.len() > 10_000,
+            "{} distinct buffers",
+            distinct.len()
+        );
     }
 
     #[test]
