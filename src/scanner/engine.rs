@@ -168,6 +168,9 @@ pub struct RuleSet {
     shared_allowlists: Vec<Arc<Allowlist>>,
     /// Whether Gitleaks' generic-finding filter runs (a Gitleaks `generic` rule is in the set).
     any_generic: bool,
+    /// Bytes in the shortest match any rule that reads content can make: decoded text shorter
+    /// than this holds no finding, so the decoders leave it out of their views.
+    min_match_len: usize,
     options: ScanOptions,
 }
 
@@ -234,6 +237,12 @@ impl RuleSet {
             None => Vec::new(),
         };
         let any_generic = rules.iter().any(|r| r.generic);
+        let min_match_len = rules
+            .iter()
+            .filter(|r| r.pass != Pass::Path)
+            .map(|r| r.min_match_len)
+            .min()
+            .unwrap_or(usize::MAX);
         tracing::debug!(
             rules = rules.len(),
             keywords = keywords.len(),
@@ -241,6 +250,7 @@ impl RuleSet {
             groups = groups.len(),
             estimated_candidates_per_mb = layout.candidates_per_mb,
             unanchored = unanchored.as_ref().map_or(0, |c| c.rule_of_pattern.len()),
+            min_match_len,
             "compiled rule set"
         );
         Ok(RuleSet {
@@ -253,6 +263,7 @@ impl RuleSet {
             path_rules,
             shared_allowlists,
             any_generic,
+            min_match_len,
             options,
         })
     }
@@ -268,6 +279,11 @@ impl RuleSet {
 
     pub fn rule(&self, id: &str) -> Option<&Rule> {
         self.rules.iter().find(|r| r.id == id)
+    }
+
+    /// Bytes in the shortest match any content rule can make.
+    pub(crate) fn min_match_len(&self) -> usize {
+        self.min_match_len
     }
 
     pub fn options(&self) -> ScanOptions {
@@ -319,7 +335,7 @@ struct Candidate {
 
 /// Per-thread scanning state. Cheap to create; reuse it across buffers.
 pub struct Scanner<'r> {
-    set: &'r RuleSet,
+    pub(super) set: &'r RuleSet,
     unanchored_cache: Option<meta::Cache>,
     /// Per rule with `follows`: its regex's cache, once needed.
     follows_caches: Vec<Option<meta::Cache>>,
@@ -769,6 +785,30 @@ mod tests {
             );
             assert_eq!(keyword.is_at(hay, at), hay[at..].starts_with(text));
         }
+    }
+
+    /// The shortest match is over the rules that read content: a path-only rule matches no text.
+    #[test]
+    fn the_shortest_match_leaves_path_only_rules_out() {
+        let config = r#"
+[[rules]]
+id = "key-file"
+path = '''\.p12$'''
+
+[[rules]]
+id = "short-secret"
+regex = '''secret_([a-z]{10})'''
+keywords = ["secret_"]
+
+[[rules]]
+id = "long-secret"
+regex = '''longsecret_([a-z]{40})'''
+keywords = ["longsecret_"]
+"#;
+        let rules = crate::scanner::gitleaks::parse_gitleaks_file("t.toml", config).unwrap();
+        assert_eq!(rules[0].pass, Pass::Path);
+        let set = RuleSet::new(rules, ScanOptions::default()).unwrap();
+        assert_eq!(set.min_match_len(), "secret_".len() + 10);
     }
 
     #[test]

@@ -247,6 +247,8 @@ pub struct Rule {
     pub pass: Pass,
     /// Length of the shortest literal every match starts with (0 if none); shown in previews.
     pub prefix_len: usize,
+    /// Bytes in the shortest match the regex can make (`usize::MAX` for one that matches nothing).
+    pub min_match_len: usize,
     pub examples: Vec<String>,
     pub negative_examples: Vec<String>,
     /// Where the rule came from (file name), for messages.
@@ -387,6 +389,7 @@ impl RawRule {
             ));
         }
         let prefix_len = literal_prefix_len(&hir);
+        let min_match_len = hir.properties().minimum_len().unwrap_or(usize::MAX);
         // A bounded regex gets a window that fits its longest match.
         // Gitleaks runs a rule over the whole file once a keyword is in it: an unbounded imported
         // regex gets the largest window.
@@ -445,6 +448,7 @@ impl RawRule {
             dialect: self.dialect,
             pass,
             prefix_len,
+            min_match_len,
             examples: self.examples,
             negative_examples: self.negative_examples,
             origin: file.to_owned(),

@@ -104,12 +104,15 @@ const KEEP_VIEW_BYTES: usize = 1 << 20;
 
 /// Fills `views` with the decoded views of `buf` (each left empty where its decoder found nothing)
 /// and returns the steps that made each one (outermost first). `marks` are `buf`'s when `marked`
-/// (the scan of `buf` marked it), else scratch space.
+/// (the scan of `buf` marked it), else scratch space. A URL run shorter than `shortest` bytes (the
+/// rule set's shortest match) is left out: it decodes to no more bytes than it takes, so no
+/// finding fits in it.
 fn views(
     outer: Outer,
     buf: &[u8],
     marks: &mut Marks,
     marked: bool,
+    shortest: usize,
     views: &mut [ViewBuilder; 4],
 ) -> [&'static [DecodeStep]; 4] {
     let [first, second, third, fourth] = views;
@@ -119,7 +122,7 @@ fn views(
                 marks.find(buf);
             }
             escape::decode(buf, marks.backslashes(), first);
-            percent::decode(buf, marks.percents(), second);
+            percent::decode(buf, marks.percents(), shortest, second);
             base64::decode(buf, marks.runs(), third, fourth);
             [
                 &[DecodeStep::Escape],
@@ -235,7 +238,8 @@ impl<'r> Scanner<'r> {
             v.clear();
             v
         });
-        let steps = views(outer, buf, &mut self.marks, marked, &mut made);
+        let shortest = self.set.min_match_len();
+        let steps = views(outer, buf, &mut self.marks, marked, shortest, &mut made);
         for (steps, view) in steps.into_iter().zip(&made) {
             if view.is_empty() || view.len() > *budget {
                 continue;

@@ -49,9 +49,15 @@ pub fn decode_form(buf: &[u8], out: &mut ViewBuilder) {
     out.literal(buf, copied..buf.len());
 }
 
-/// Appends every URL-like run of `buf` that holds a `%XX`, decoded, to `out` (which stays empty
-/// when there is none); `percents` are where the percent signs of `buf` are, in order.
-pub fn decode(buf: &[u8], percents: impl Iterator<Item = usize>, out: &mut ViewBuilder) {
+/// Appends every URL-like run of `buf` that holds a `%XX` and is at least `shortest` bytes long,
+/// decoded, to `out` (which stays empty when there is none); `percents` are where the percent signs
+/// of `buf` are, in order.
+pub fn decode(
+    buf: &[u8],
+    percents: impl Iterator<Item = usize>,
+    shortest: usize,
+    out: &mut ViewBuilder,
+) {
     let mut pos = 0;
     for at in percents {
         if at < pos {
@@ -71,6 +77,11 @@ pub fn decode(buf: &[u8], percents: impl Iterator<Item = usize>, out: &mut ViewB
             .iter()
             .position(|&b| !url_byte(b))
             .map_or(limit, |p| at + p);
+        if end - start < shortest {
+            // Decodes to fewer bytes than any match takes (`%02x` in a format string).
+            pos = end.max(at + 1);
+            continue;
+        }
         if !out.is_empty() {
             out.separator(start);
         }
@@ -106,7 +117,7 @@ mod tests {
     fn url(buf: &[u8], out: &mut ViewBuilder) {
         let mut marks = Marks::default();
         marks.find(buf);
-        decode(buf, marks.percents(), out);
+        decode(buf, marks.percents(), 0, out);
     }
 
     fn with(decoder: fn(&[u8], &mut ViewBuilder), buf: &[u8]) -> Option<ViewBuilder> {
@@ -137,6 +148,25 @@ mod tests {
         assert_eq!(text(with(url, b"printf(\"%s\", x)")), None);
         assert_eq!(text(with(url, b"%")), None);
         assert_eq!(text(with(url, b"%4")), None);
+    }
+
+    #[test]
+    fn runs_shorter_than_any_match_are_left_out() {
+        let buf = b"printf(\"%02x\"); see \"https://x.test/a%20b\"";
+        let runs = |shortest| {
+            let mut v = ViewBuilder::default();
+            let mut marks = Marks::default();
+            marks.find(buf);
+            decode(buf, marks.percents(), shortest, &mut v);
+            text((!v.is_empty()).then_some(v))
+        };
+        assert_eq!(runs(0).unwrap(), "\u{2}x\nhttps://x.test/a b");
+        // `%02x` is four bytes: the run is left out from a shortest match of five.
+        assert_eq!(runs(4).unwrap(), "\u{2}x\nhttps://x.test/a b");
+        assert_eq!(runs(5).unwrap(), "https://x.test/a b");
+        // The URL is 20 bytes.
+        assert_eq!(runs(20).unwrap(), "https://x.test/a b");
+        assert_eq!(runs(21), None);
     }
 
     #[test]
