@@ -850,3 +850,40 @@ fn a_gitleaks_file_spillway_cannot_honour_is_refused_by_rule_and_field() {
         assert!(err.contains("bad.toml") && err.contains(expected), "{err}");
     }
 }
+
+/// One thread reads every file into the same buffer: a short file after a long one is only its own
+/// bytes, never the long file's tail (the buffer keeps its size from file to file). Ten long files
+/// among thirty short ones, so that whatever order the directory lists them in, some short file
+/// comes after a long one.
+#[test]
+fn a_short_file_after_a_long_one_is_only_its_own_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    for i in 0..10 {
+        // The token sits past the end of every short file.
+        write(
+            dir.path(),
+            &format!("long{i}.txt"),
+            &format!("{}\nGITHUB_TOKEN={}\n", "x".repeat(64), github_token(i)),
+        );
+    }
+    for i in 0..30 {
+        write(dir.path(), &format!("short{i}.txt"), "x\n");
+    }
+    write(dir.path(), "empty.txt", "");
+    let out = spillway(
+        &["scan", "--threads", "1", "--format", "json", "."],
+        dir.path(),
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let findings: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut paths: Vec<&str> = findings
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["path"].as_str().unwrap())
+        .collect();
+    paths.sort();
+    let expected: Vec<String> = (0..10).map(|i| format!("./long{i}.txt")).collect();
+    assert_eq!(paths, expected, "{}", stdout(&out));
+    assert!(stderr(&out).contains("41 files"), "{}", stderr(&out));
+}
