@@ -133,25 +133,16 @@ fn utf8(raw_len: usize, code: u32) -> Escape {
     }
 }
 
-/// [`utf8`] for code points of three and four bytes.
+/// [`utf8`] for code points of three and four bytes (rare: std's encoder, packed).
 fn utf8_wide(raw_len: usize, code: u32) -> Escape {
-    let code = if char::from_u32(code).is_some() {
-        code
-    } else {
-        0xFFFD
-    };
-    let cont = |shift: u32| 0x80 | (code >> shift & 0x3F);
-    let (utf8, len) = if code < 0x10000 {
-        (0xE0 | code >> 12 | cont(6) << 8 | cont(0) << 16, 3)
-    } else {
-        (
-            0xF0 | code >> 18 | cont(12) << 8 | cont(6) << 16 | cont(0) << 24,
-            4,
-        )
-    };
+    let mut bytes = [0u8; 4];
+    let len = char::from_u32(code)
+        .unwrap_or('\u{FFFD}')
+        .encode_utf8(&mut bytes)
+        .len();
     Escape {
-        utf8,
-        len,
+        utf8: u32::from_le_bytes(bytes),
+        len: len as u8,
         raw_len: raw_len as u8,
     }
 }
