@@ -194,7 +194,8 @@ impl Marks {
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2")]
     unsafe fn finish_avx2(&mut self) {
-        self.finish_portable()
+        // SAFETY: this function runs only where AVX2 is present.
+        self.finish_with(|window, deeps| unsafe { deep_avx2(window, deeps) })
     }
 
     fn finish_portable(&mut self) {
@@ -381,6 +382,54 @@ unsafe fn deep_avx512(window: &[u64; GROUP + 1], deeps: &mut [u64; GROUP]) -> u3
     if with_deep != 0 {
         // SAFETY: eight u64 written to an array of eight; unaligned stores are allowed.
         unsafe { _mm512_storeu_si512(deeps.as_mut_ptr().cast(), high) };
+    }
+    with_deep
+}
+
+/// [`deep_group`] in two AVX2 registers: four blocks a register, one lane each. Writes `deeps`
+/// only when a block has deep bits. Calling [`Marks::finish_portable`] from AVX2 code instead runs
+/// the compiler's SSE2 form of [`deep`]: 1.8 times the perf samples on the corpus.
+///
+/// # Safety
+/// The CPU must have AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn deep_avx2(window: &[u64; GROUP + 1], deeps: &mut [u64; GROUP]) -> u32 {
+    use std::arch::x86_64::*;
+    const _: () = assert!(GROUP == 8, "two registers of four lanes");
+    // SAFETY: each load reads four u64 of the nine in `window`; unaligned loads are allowed.
+    let load = |k: usize| unsafe { _mm256_loadu_si256(window[k..k + 4].as_ptr().cast()) };
+    let (mut low, mut high) = ([load(0), load(4)], [load(1), load(5)]);
+    // `deep`'s rounds, lane by lane.
+    macro_rules! round {
+        ($shift:literal, $back:literal) => {
+            for r in 0..2 {
+                high[r] = _mm256_and_si256(
+                    high[r],
+                    _mm256_or_si256(
+                        _mm256_slli_epi64::<$shift>(high[r]),
+                        _mm256_srli_epi64::<$back>(low[r]),
+                    ),
+                );
+                low[r] = _mm256_and_si256(low[r], _mm256_slli_epi64::<$shift>(low[r]));
+            }
+        };
+    }
+    round!(1, 63);
+    round!(2, 62);
+    round!(4, 60);
+    round!(8, 56);
+    round!(16, 48);
+    let zero = _mm256_setzero_si256();
+    let empty = |v: __m256i| _mm256_movemask_pd(_mm256_castsi256_pd(_mm256_cmpeq_epi64(v, zero)));
+    let with_deep = !(empty(high[0]) | empty(high[1]) << 4) as u32 & 0xff;
+    if with_deep != 0 {
+        // SAFETY: four u64 written to each half of an array of eight; unaligned stores are allowed.
+        unsafe {
+            _mm256_storeu_si256(deeps.as_mut_ptr().cast(), high[0]);
+            _mm256_storeu_si256(deeps[4..].as_mut_ptr().cast(), high[1]);
+        }
     }
     with_deep
 }
