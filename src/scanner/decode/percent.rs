@@ -115,9 +115,14 @@ mod tests {
 
     /// The URL runs' view, found as the scanner finds them.
     fn url(buf: &[u8], out: &mut ViewBuilder) {
+        url_at_least(buf, 0, out);
+    }
+
+    /// [`url`] leaving out runs shorter than `shortest` bytes.
+    fn url_at_least(buf: &[u8], shortest: usize, out: &mut ViewBuilder) {
         let mut marks = Marks::default();
         marks.find(buf);
-        decode(buf, marks.percents(), 0, out);
+        decode(buf, marks.percents(), shortest, out);
     }
 
     fn with(decoder: fn(&[u8], &mut ViewBuilder), buf: &[u8]) -> Option<ViewBuilder> {
@@ -155,9 +160,7 @@ mod tests {
         let buf = b"printf(\"%02x\"); see \"https://x.test/a%20b\"";
         let runs = |shortest| {
             let mut v = ViewBuilder::default();
-            let mut marks = Marks::default();
-            marks.find(buf);
-            decode(buf, marks.percents(), shortest, &mut v);
+            url_at_least(buf, shortest, &mut v);
             text((!v.is_empty()).then_some(v))
         };
         assert_eq!(runs(0).unwrap(), "\u{2}x\nhttps://x.test/a b");
